@@ -1,0 +1,3 @@
+from iotctl.cli import main
+
+main()

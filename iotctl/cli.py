@@ -1,0 +1,112 @@
+"""The root command and `main()`, the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from iotctl import __version__
+from iotctl.errors import ExitCode, IotctlError
+from iotctl.lazy import LazyGroup
+
+GROUPS = {
+    "mqtt": ("iotctl.protocols.mqtt.cli:group",
+             "MQTT: publish, subscribe, request/response, retained messages."),
+    "coap": ("iotctl.protocols.coap.cli:group",
+             "CoAP: get/put/post/delete/fetch/patch, observe, discover, serve a simulated device."),
+    "amqp": ("iotctl.protocols.amqp.cli:group",
+             "AMQP 0-9-1 (RabbitMQ): publish, consume, tap, declare (not built yet)."),
+    "stomp": ("iotctl.protocols.stomp.cli:group", "STOMP: send, subscribe (not built yet)."),
+    "xmpp": ("iotctl.protocols.xmpp.cli:group",
+             "XMPP: send, listen, presence, roster, ping, disco (not built yet)."),
+    "profile": ("iotctl.commands.profile:group", "Manage connection profiles (TOML, one per file)."),
+    "completion": ("iotctl.commands.completion:command", "Print the shell completion script."),
+}
+
+CONTEXT = {"help_option_names": ["--help"], "max_content_width": 100}
+
+
+def _root_params():
+    from iotctl.options import global_params
+
+    return global_params(root=True)
+
+
+@click.group(cls=LazyGroup, lazy=GROUPS, context_settings=CONTEXT, params=_root_params(),
+             epilog="Exit status: 0 ok, 1 error, 2 usage, 3 connect, 4 auth, 5 timeout, "
+                    "6 peer error, 7 TLS, 130 interrupted. See 'man iotctl'.")
+@click.version_option(__version__, "--version", prog_name="iotctl", message="%(prog)s %(version)s")
+def cli():
+    """iotctl: one tool for MQTT, CoAP, AMQP, STOMP and XMPP.
+
+    Global options go before the protocol or after the command:
+    'iotctl -o json mqtt sub -t x' is 'iotctl mqtt sub -t x -o json'.
+    """
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(argv))
+
+
+def run(argv: list[str] | None = None) -> int:
+    verbose = _verbose_requested(argv)
+    try:
+        result = cli.main(args=argv, prog_name="iotctl", standalone_mode=False)
+        return result if isinstance(result, int) else ExitCode.OK
+    except IotctlError as exc:
+        _trace(verbose)
+        _error(exc.what, exc.why, exc.hint)
+        return exc.code
+    except click.exceptions.NoArgsIsHelpError as exc:
+        sys.stdout.write(exc.ctx.get_help() + "\n")
+        return ExitCode.OK
+    except click.UsageError as exc:
+        _trace(verbose)
+        hint = None
+        if exc.ctx is not None:
+            hint = f"try '{exc.ctx.command_path} --help'"
+        _error(exc.format_message(), None, hint)
+        return ExitCode.USAGE
+    except click.ClickException as exc:
+        _trace(verbose)
+        _error(exc.format_message())
+        return ExitCode.ERROR
+    except (KeyboardInterrupt, click.Abort):
+        sys.stderr.write("\n")
+        _error("interrupted")
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        from iotctl.output import _quiet_broken_pipe
+
+        _quiet_broken_pipe()
+        return ExitCode.OK
+    except Exception as exc:  # the last resort: one line, traceback only with --verbose
+        _trace(verbose)
+        _error(f"unexpected {type(exc).__name__}", str(exc) or None,
+               None if verbose else "run again with --verbose for the traceback")
+        return ExitCode.ERROR
+
+
+def _verbose_requested(argv: list[str] | None) -> bool:
+    import os
+
+    args = sys.argv[1:] if argv is None else argv
+    if "--" in args:
+        args = args[: args.index("--")]
+    return "-v" in args or "--verbose" in args or os.environ.get("IOTCTL_VERBOSE", "") not in ("", "0")
+
+
+def _trace(verbose: bool) -> None:
+    if verbose:
+        import traceback
+
+        traceback.print_exc(file=sys.stderr)
+
+
+def _error(what: str, why: str | None = None, hint: str | None = None) -> None:
+    line = f"iotctl: error: {what}" + (f": {why}" if why else "")
+    sys.stderr.write(line.replace("\n", " ") + "\n")
+    if hint:
+        sys.stderr.write(f"iotctl: hint: {hint}\n")
+    sys.stderr.flush()

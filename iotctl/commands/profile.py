@@ -1,0 +1,183 @@
+"""`iotctl profile list|show|add|set|unset|remove|use|path`."""
+
+from __future__ import annotations
+
+import click
+
+from iotctl import profiles
+from iotctl.context import Command, status
+from iotctl.errors import UsageError
+
+
+class _Group(click.Group):
+    command_class = Command
+
+
+def _complete(ctx, param, incomplete):
+    return [n for n in profiles.list_profiles() if n.startswith(incomplete)]
+
+
+def _parse_assignment(text: str) -> tuple[str, str, object]:
+    """`mqtt.port=8883` -> ("mqtt", "port", 8883). Values are TOML when they parse as such."""
+    import tomllib
+
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise UsageError(f"bad setting {text!r}", "write PROTOCOL.KEY=VALUE, e.g. mqtt.port=8883")
+    left, raw = text.split("=", 1)
+    proto, key = left.split(".", 1)
+    _check_key(proto, key)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return proto, key, value
+
+
+def _check_key(proto: str, key: str) -> None:
+    proto = proto.strip()
+    if proto not in profiles.PROTOCOLS:
+        raise UsageError(f"unknown protocol {proto!r}", f"choose from {', '.join(profiles.PROTOCOLS)}")
+    known = option_names(proto)
+    base = key[:-4] if key.endswith(profiles.INDIRECT) else key
+    if known and key not in known and base not in known:
+        raise UsageError(f"unknown setting {proto}.{key}",
+                         f"{proto} commands have no option --{key.replace('_', '-')}")
+
+
+def option_names(proto: str) -> set[str]:
+    """Every option name of a protocol's commands (importing only its cli module)."""
+    from iotctl.cli import cli
+
+    ctx = click.Context(cli)
+    group = cli.get_command(ctx, proto)
+    names: set[str] = set()
+
+    def walk(cmd):
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not getattr(p, "iotctl_global", False) and p.name:
+                names.add(p.name)
+        for sub in getattr(cmd, "commands", {}).values():
+            walk(sub)
+
+    if group is not None:
+        walk(group)
+    return names
+
+
+@click.group(cls=_Group)
+def group():
+    """Manage connection profiles.
+
+    A profile is a TOML file with one table per protocol; its keys are long option
+    names with '-' written '_'. Example: iotctl profile add lab mqtt.host=broker.lab
+    mqtt.port=8883 mqtt.tls=true mqtt.username=dev mqtt.password_env=LAB_PASSWORD
+    """
+
+
+@group.command("list")
+def list_():
+    """List profiles ('*' marks the one chosen by 'profile use')."""
+    chosen = profiles.current()
+    for name in profiles.list_profiles():
+        click.echo(f"{'*' if name == chosen else ' '} {name}")
+
+
+@group.command()
+@click.argument("name", required=False, shell_complete=_complete)
+@click.option("--show-secrets", is_flag=True, help="Print secrets instead of masking them.")
+def show(name, show_secrets):
+    """Print a profile (the active one by default), secrets masked."""
+    import tomli_w
+
+    from iotctl.context import settings
+
+    name = name or profiles.active_name(settings().profile)
+    if not name:
+        raise UsageError("no profile chosen", "name one, or choose one with 'iotctl profile use NAME'")
+    data = profiles.load(name)
+    click.echo(f"# {profiles.path_for(name)}")
+    click.echo(tomli_w.dumps(data if show_secrets else profiles.masked(data)), nl=False)
+
+
+@group.command()
+@click.argument("name")
+@click.argument("settings_", metavar="PROTOCOL.KEY=VALUE...", nargs=-1)
+@click.option("--force", is_flag=True, help="Replace a profile of that name.")
+def add(name, settings_, force):
+    """Create a profile, e.g. 'iotctl profile add lab mqtt.host=broker.lab mqtt.port=1884'."""
+    path = profiles.path_for(name)
+    if path.exists() and not force:
+        raise UsageError(f"profile {name!r} exists", f"{path}; use 'profile set' or --force")
+    data: dict = {}
+    for text in settings_:
+        proto, key, value = _parse_assignment(text)
+        data.setdefault(proto, {})[key] = value
+    status(f"wrote {profiles.save(name, data)}")
+
+
+@group.command("set")
+@click.argument("name", shell_complete=_complete)
+@click.argument("settings_", metavar="PROTOCOL.KEY=VALUE...", nargs=-1, required=True)
+def set_(name, settings_):
+    """Set keys in a profile (created if missing)."""
+    data = profiles.load(name, missing_ok=True)
+    for text in settings_:
+        proto, key, value = _parse_assignment(text)
+        data.setdefault(proto, {})[key] = value
+    status(f"wrote {profiles.save(name, data)}")
+
+
+@group.command()
+@click.argument("name", shell_complete=_complete)
+@click.argument("keys", metavar="PROTOCOL.KEY...", nargs=-1, required=True)
+def unset(name, keys):
+    """Remove keys from a profile."""
+    data = profiles.load(name)
+    for text in keys:
+        if "." not in text:
+            raise UsageError(f"bad key {text!r}", "write PROTOCOL.KEY, e.g. mqtt.port")
+        proto, key = text.split(".", 1)
+        table = data.get(proto) or {}
+        if key not in table:
+            raise UsageError(f"{text} is not set in profile {name!r}")
+        del table[key]
+        if not table:
+            data.pop(proto, None)
+    status(f"wrote {profiles.save(name, data)}")
+
+
+@group.command()
+@click.argument("name", shell_complete=_complete)
+def remove(name):
+    """Delete a profile."""
+    path = profiles.path_for(name)
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        raise UsageError(f"no profile {name!r}", f"{path} does not exist") from None
+    if profiles.current() == name:
+        profiles.set_current(None)
+    status(f"removed {path}")
+
+
+@group.command()
+@click.argument("name", required=False, shell_complete=_complete)
+@click.option("--none", "clear", is_flag=True, help="Use no profile by default.")
+def use(name, clear):
+    """Make NAME the profile used when --profile is not given."""
+    if clear:
+        profiles.set_current(None)
+        status("no profile in use")
+        return
+    if not name:
+        raise UsageError("missing profile name", "give NAME or --none")
+    profiles.load(name)
+    profiles.set_current(name)
+    status(f"using profile {name!r}")
+
+
+@group.command()
+@click.argument("name", required=False, shell_complete=_complete)
+def path(name):
+    """Print the profiles folder, or the file of profile NAME."""
+    click.echo(str(profiles.path_for(name) if name else profiles.profiles_dir()))

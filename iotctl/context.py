@@ -1,0 +1,141 @@
+"""Run-wide settings (the global options) and the click classes every group uses.
+
+Global options are accepted before the protocol group and after the command
+(`iotctl -o json mqtt sub -t x` == `iotctl mqtt sub -t x -o json`): every command
+built from `Command`/`ProtocolGroup` carries a hidden copy of them, and a value
+given on a command's own command line wins over the root's.
+"""
+
+from __future__ import annotations
+
+import click
+
+
+class Settings:
+    """The global options of one run, stored on the root context's `obj`."""
+
+    def __init__(self) -> None:
+        self.profile: str | None = None
+        self.output: str = "auto"
+        self.format: str | None = None
+        self.color: bool | None = None
+        self.verbose: bool = False
+        self.quiet: bool = False
+
+    def writer(self, piped_default: str = "raw"):
+        from iotctl.output import make_writer
+
+        return make_writer(self.output, self.format, piped_default)
+
+
+def settings(ctx: click.Context | None = None) -> Settings:
+    ctx = ctx or click.get_current_context()
+    return ctx.find_root().ensure_object(Settings)
+
+
+def status(text: str) -> None:
+    """A status line on stderr when it is a terminal (or with --verbose), unless --quiet."""
+    import sys
+
+    try:
+        s = settings()
+        show = not s.quiet and (s.verbose or sys.stderr.isatty())
+    except RuntimeError:
+        show = sys.stderr.isatty()
+    if show:
+        sys.stderr.write(f"iotctl: {text}\n")
+        sys.stderr.flush()
+
+
+def warn(text: str) -> None:
+    import sys
+
+    sys.stderr.write(f"iotctl: warning: {text}\n")
+    sys.stderr.flush()
+
+
+GLOBAL_EPILOG = ("Global options (--profile, -o/--output, -F/--format, --color/--no-color, "
+                 "-v/--verbose, --quiet) are accepted here too; see 'iotctl --help'.")
+
+
+def _with_globals(params: list[click.Parameter] | None) -> list[click.Parameter]:
+    from iotctl.options import global_params
+
+    return list(params or []) + global_params(root=False)
+
+
+class Command(click.Command):
+    """A leaf command: takes the global options too (hidden from its help)."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs["params"] = _with_globals(kwargs.get("params"))
+        kwargs.setdefault("epilog", GLOBAL_EPILOG)
+        kwargs.setdefault("context_settings", {}).setdefault("max_content_width", 100)
+        super().__init__(*args, **kwargs)
+
+
+class ProtocolGroup(click.Group):
+    """A protocol's group (or a sub-group such as `mqtt retained`).
+
+    - every option of its commands gets the environment variable
+      IOTCTL_<PROTO>_<OPTION> unless it names its own;
+    - the active profile's `[proto]` table becomes the commands' default_map
+      (resolved lazily, so `--profile` given after the command still applies);
+    - short aliases (`pub` for `publish`) resolve to the command.
+    """
+
+    command_class = Command
+
+    def __init__(self, *args, protocol: str, aliases: dict[str, str] | None = None, **kwargs):
+        kwargs["params"] = _with_globals(kwargs.get("params"))
+        kwargs.setdefault("context_settings", {}).setdefault("max_content_width", 100)
+        super().__init__(*args, **kwargs)
+        self.protocol = protocol
+        self.aliases = aliases or {}
+        self.group_class = type(self)
+
+    def group(self, *args, **kwargs):
+        kwargs.setdefault("protocol", self.protocol)
+        kwargs.setdefault("cls", ProtocolGroup)
+        return super().group(*args, **kwargs)
+
+    def add_command(self, cmd: click.Command, name: str | None = None) -> None:
+        _set_envvars(cmd, self.protocol)
+        super().add_command(cmd, name)
+
+    def get_command(self, ctx: click.Context, cmd_name: str):
+        return super().get_command(ctx, self.aliases.get(cmd_name, cmd_name))
+
+    def resolve_command(self, ctx, args):
+        name, cmd, rest = super().resolve_command(ctx, args)
+        return (cmd.name if cmd is not None else name), cmd, rest
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        reverse: dict[str, list[str]] = {}
+        for alias, target in self.aliases.items():
+            reverse.setdefault(target, []).append(alias)
+        for name in self.list_commands(ctx):
+            cmd = self.commands[name]
+            if cmd.hidden:
+                continue
+            label = name + (f" ({', '.join(reverse[name])})" if name in reverse else "")
+            rows.append((label, cmd.get_short_help_str(limit=formatter.width - 6 - len(label))))
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+    def invoke(self, ctx: click.Context):
+        from iotctl.profiles import ProfileSection
+
+        section = ProfileSection(self.protocol)
+        ctx.default_map = {name: section for name in self.commands}
+        return super().invoke(ctx)
+
+
+def _set_envvars(cmd: click.Command, protocol: str) -> None:
+    for param in cmd.params:
+        if isinstance(param, click.Option) and param.envvar is None \
+                and not getattr(param, "iotctl_global", False) and param.name:
+            param.envvar = f"IOTCTL_{protocol.upper()}_{param.name.upper()}"
+            param.show_envvar = False

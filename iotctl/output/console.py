@@ -1,0 +1,89 @@
+"""The one place that creates rich consoles (stdout for data, stderr for the rest).
+
+rich is imported only when a console is first asked for.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_consoles: dict[str, object] = {}
+_color: bool | None = None
+
+
+def set_color(color: bool | None) -> None:
+    """--color/--no-color; None means decide from NO_COLOR/FORCE_COLOR and the terminal."""
+    global _color
+    _color = color
+    _consoles.clear()
+
+
+def color_enabled(stream=None) -> bool:
+    if _color is not None:
+        return _color
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    stream = stream or sys.stdout
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def _make(name: str):
+    from rich.console import Console
+
+    stream = sys.stdout if name == "stdout" else sys.stderr
+    color = color_enabled(stream)
+    return Console(file=stream, force_terminal=color if _color is not None or color else None,
+                   no_color=not color, highlight=False, soft_wrap=name == "stdout",
+                   stderr=name == "stderr")
+
+
+def stdout():
+    if "stdout" not in _consoles:
+        _consoles["stdout"] = _make("stdout")
+    return _consoles["stdout"]
+
+
+def stderr():
+    if "stderr" not in _consoles:
+        _consoles["stderr"] = _make("stderr")
+    return _consoles["stderr"]
+
+
+def progress(total: int | None, description: str):
+    """A rich progress bar on stderr when it is a terminal, else a no-op stand-in."""
+    if not sys.stderr.isatty():
+        return _NoProgress()
+    from rich.progress import Progress
+
+    bar = Progress(console=stderr(), transient=True)
+    task = bar.add_task(description, total=total)
+    return _Bar(bar, task)
+
+
+class _NoProgress:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+
+class _Bar:
+    def __init__(self, bar, task):
+        self.bar, self.task = bar, task
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        return self.bar.__exit__(*exc)
+
+    def advance(self, n: int = 1) -> None:
+        self.bar.advance(self.task, n)

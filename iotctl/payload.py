@@ -1,0 +1,143 @@
+"""Shared payload input for every sending command (DESIGN.md, "Payload input").
+
+A `PayloadSource` is an iterator of `Outgoing` items. `-l/--lines` and `--replay`
+stream: nothing reads the whole input ahead of what has been sent.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import IO, Iterator
+
+from iotctl import codecs
+from iotctl.errors import UsageError
+
+
+@dataclass(slots=True)
+class Outgoing:
+    payload: bytes
+    address: str | None = None      # from --replay: the captured address
+    meta: dict = field(default_factory=dict)
+    content_type: str | None = None
+
+
+@dataclass
+class PayloadSpec:
+    """What the user asked for; built by options.payload_options."""
+
+    message: str | None = None
+    file: str | None = None
+    stdin: bool = False
+    lines: bool = False
+    null: bool = False
+    encode: str | None = None
+    replay: str | None = None
+    speed: float | None = None
+
+    def sources(self) -> list[str]:
+        given = []
+        if self.message is not None:
+            given.append("MESSAGE/-m")
+        if self.file is not None:
+            given.append("-f")
+        if self.stdin:
+            given.append("-s")
+        if self.lines:
+            given.append("-l")
+        if self.null:
+            given.append("--null")
+        if self.replay is not None:
+            given.append("--replay")
+        return given
+
+    @property
+    def streaming(self) -> bool:
+        """True when the payloads come one by one from a stream (-l, --replay)."""
+        return self.lines or self.replay is not None
+
+    def validate(self, required: bool = True) -> None:
+        given = self.sources()
+        if len(given) > 1:
+            raise UsageError("conflicting payload options", f"{' and '.join(given)} given; choose one")
+        if required and not given:
+            raise UsageError("no payload", "give MESSAGE, -m, -f FILE, -s, -l, --null or --replay FILE")
+        if self.speed is not None and self.replay is None:
+            raise UsageError("--speed", "only makes sense with --replay")
+        if self.speed is not None and self.speed < 0:
+            raise UsageError("--speed", "must be 0 (as fast as possible) or more")
+
+    def read_one(self, stdin: IO[bytes] | None = None) -> bytes:
+        """The single payload of a non-streaming spec (MESSAGE, -m, -f, -s, --null)."""
+        if self.null:
+            return b""
+        if self.message is not None:
+            data = self.message.encode("utf-8", "surrogateescape")
+        elif self.file is not None:
+            data = read_file(self.file)
+        elif self.stdin:
+            data = (stdin or sys.stdin.buffer).read()
+        else:
+            return b""
+        return codecs.encode(data, self.encode)
+
+    def iter(self, stdin: IO[bytes] | None = None) -> Iterator[Outgoing]:
+        """Every payload to send, lazily."""
+        if self.replay is not None:
+            return replay(self.replay, self.speed)
+        if self.lines:
+            return _lines(stdin or sys.stdin.buffer, self.encode)
+        return iter([Outgoing(self.read_one(stdin))])
+
+
+def read_file(path: str) -> bytes:
+    if path == "-":
+        return sys.stdin.buffer.read()
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError as exc:
+        raise UsageError(f"cannot read file {path}", exc.strerror or str(exc)) from None
+
+
+def _lines(stream: IO[bytes], encode: str | None) -> Iterator[Outgoing]:
+    for line in stream:
+        if line.endswith(b"\n"):
+            line = line[:-1]
+            if line.endswith(b"\r"):
+                line = line[:-1]
+        yield Outgoing(codecs.encode(line, encode) if encode else line)
+
+
+def replay(path: str, speed: float | None = None) -> Iterator[Outgoing]:
+    """Messages from a JSONL envelope capture (`-o jsonl` output of any protocol).
+
+    With `speed` (1 = real time, 2 = twice as fast, 0 = no delay) the gaps between the
+    captured timestamps are kept.
+    """
+    from iotctl.message import Message
+
+    try:
+        fh = sys.stdin.buffer if path == "-" else open(path, "rb")
+    except OSError as exc:
+        raise UsageError(f"cannot read file {path}", exc.strerror or str(exc)) from None
+    previous: float | None = None
+    started = time.monotonic()
+    offset = 0.0
+    with fh:
+        for number, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            try:
+                msg = Message.from_envelope(json.loads(raw))
+            except ValueError as exc:
+                raise UsageError(f"{path}, line {number}", f"not a message envelope ({exc})") from None
+            if speed and previous is not None:
+                offset += max(0.0, msg.ts - previous) / speed
+                delay = started + offset - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            previous = msg.ts
+            yield Outgoing(msg.payload, msg.address, msg.meta, msg.content_type)

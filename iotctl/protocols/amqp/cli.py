@@ -1,0 +1,10 @@
+"""The `amqp` group: not built yet; it exists so the command tree is complete."""
+
+import click
+
+from iotctl.context import ProtocolGroup
+
+
+@click.group(cls=ProtocolGroup, protocol="amqp")
+def group():
+    """AMQP commands (not built yet)."""

@@ -1,0 +1,490 @@
+"""The one module that imports paho-mqtt.
+
+The client is driven from our own select loop (loop_read/loop_write/loop_misc),
+never from paho's background thread: bulk publishing through loop_start() is
+several times slower. Received messages are turned into `Message`s and handed out
+in batches (one batch per burst read from the socket) so the output can flush once
+per batch instead of once per message.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import select
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from iotctl.endpoint import Endpoint
+from iotctl.errors import (AuthError, ConnectError, IotctlError, PeerError, TLSError,
+                           TimeoutError_, UsageError, from_os_error)
+from iotctl.message import Message
+
+VERSIONS = {"3.1": paho.MQTTv31, "3.1.1": paho.MQTTv311, "5": paho.MQTTv5}
+AUTH_REASONS = {0x86, 0x87, 0x8C}  # bad user name or password, not authorised, bad auth method
+_PRIVATE = frozenset(("packetType", "types", "names", "properties"))
+# paho's property attribute names -> the envelope's snake_case keys
+PROPERTY_KEYS = {
+    "PayloadFormatIndicator": "payload_format_indicator",
+    "MessageExpiryInterval": "message_expiry_interval",
+    "ContentType": "content_type",
+    "ResponseTopic": "response_topic",
+    "CorrelationData": "correlation_data",
+    "SubscriptionIdentifier": "subscription_identifier",
+    "TopicAlias": "topic_alias",
+    "UserProperty": "user_properties",
+}
+
+
+@dataclass
+class Will:
+    topic: str
+    payload: bytes = b""
+    qos: int = 0
+    retain: bool = False
+
+
+@dataclass
+class MqttConfig:
+    endpoint: Endpoint
+    version: str = "5"
+    client_id: str | None = None
+    keepalive: int = 60
+    clean_start: bool = True
+    session_expiry: int | None = None
+    will: Will | None = None
+    ws_path: str | None = None
+    connect_timeout: float = 10.0
+    verbose: bool = False
+
+
+@dataclass
+class PublishProps:
+    """MQTT 5 PUBLISH properties given on the command line."""
+
+    content_type: str | None = None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+    message_expiry: int | None = None
+    payload_format_indicator: int | None = None
+    user_properties: list[tuple[str, str]] = field(default_factory=list)
+
+    def empty(self) -> bool:
+        return (self.content_type is None and self.response_topic is None and self.correlation_data is None
+                and self.message_expiry is None and self.payload_format_indicator is None
+                and not self.user_properties)
+
+    def to_paho(self) -> Properties | None:
+        if self.empty():
+            return None
+        props = Properties(PacketTypes.PUBLISH)
+        if self.content_type is not None:
+            props.ContentType = self.content_type
+        if self.response_topic is not None:
+            props.ResponseTopic = self.response_topic
+        if self.correlation_data is not None:
+            props.CorrelationData = self.correlation_data
+        if self.message_expiry is not None:
+            props.MessageExpiryInterval = self.message_expiry
+        if self.payload_format_indicator is not None:
+            props.PayloadFormatIndicator = self.payload_format_indicator
+        if self.user_properties:
+            props.UserProperty = list(self.user_properties)
+        return props
+
+
+@dataclass
+class Subscription:
+    topic_filter: str
+    qos: int = 0
+    no_local: bool = False
+    retain_as_published: bool = False
+    retain_handling: int = 0
+
+
+def properties_dict(props) -> dict:
+    """MQTT 5 properties as the envelope's `meta.properties` (only those present)."""
+    out = {}
+    for name, value in vars(props).items():
+        if name in _PRIVATE:
+            continue
+        key = PROPERTY_KEYS.get(name) or name
+        if key == "user_properties":
+            value = [list(pair) for pair in value]
+        elif isinstance(value, bytes):
+            try:
+                value = value.decode("utf-8")
+            except UnicodeDecodeError:
+                value = "0x" + value.hex()
+        out[key] = value
+    return out
+
+
+class _ErrorCapture(logging.Handler):
+    """Remembers the last error paho logged (e.g. why a TLS read failed)."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.last: str | None = None
+
+    def emit(self, record):
+        self.last = record.getMessage()
+
+
+class Session:
+    """One connection to a broker, driven synchronously by the caller."""
+
+    def __init__(self, cfg: MqttConfig):
+        self.cfg = cfg
+        self.v5 = cfg.version == "5"
+        self.client_id = cfg.client_id or f"iotctl-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.connected = False
+        self.connack: tuple | None = None
+        self.disconnect_reason = None
+        self.receive_maximum = 65535
+        self._batch: list[Message] = []
+        self._accept = None
+        self._acked: set[int] = set()
+        self._pub_failures: list[tuple[int, str]] = []
+        self._suback: dict[int, list] = {}
+        self._log = logging.getLogger("iotctl.mqtt")
+        self._errors = _ErrorCapture()
+        self._log.addHandler(self._errors)
+        self._log.propagate = False
+        if cfg.verbose:
+            handler = logging.StreamHandler()
+            handler.setFormatter(logging.Formatter("mqtt: %(message)s"))
+            self._log.addHandler(handler)
+            self._log.setLevel(logging.DEBUG)
+        else:
+            self._log.setLevel(logging.ERROR)
+        self.client = self._make_client()
+
+    # ------------------------------------------------------------------ set-up
+
+    def _make_client(self) -> paho.Client:
+        cfg, ep = self.cfg, self.cfg.endpoint
+        kwargs = {}
+        if not self.v5:
+            kwargs["clean_session"] = cfg.clean_start
+        try:
+            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                                 protocol=VERSIONS[cfg.version],
+                                 transport="websockets" if ep.ws else "tcp",
+                                 reconnect_on_failure=False, **kwargs)
+        except ValueError as exc:
+            raise UsageError("bad MQTT client settings", str(exc)) from None
+        client.enable_logger(self._log)
+        if ep.ws:
+            client.ws_set_options(path=cfg.ws_path or ep.path or "/mqtt")
+        if ep.username is not None or ep.password is not None:
+            client.username_pw_set(ep.username or "", ep.password)
+        if ep.tls:
+            client.tls_set_context(ep.ssl_context())
+            if ep.insecure:
+                client.tls_insecure_set(True)
+        if cfg.will is not None:
+            client.will_set(cfg.will.topic, cfg.will.payload, cfg.will.qos, cfg.will.retain)
+        client.connect_timeout = cfg.connect_timeout
+        # our own window (the broker's receive maximum) limits what is in flight
+        client.max_inflight_messages_set(65535)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        client.on_publish = self._on_publish
+        client.on_subscribe = self._on_subscribe
+        return client
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties):
+        self.connack = (reason_code, flags, properties)
+        if not reason_code.is_failure:
+            self.connected = True
+            rm = getattr(properties, "ReceiveMaximum", None) if properties is not None else None
+            if rm:
+                self.receive_maximum = rm
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties):
+        self.connected = False
+        self.disconnect_reason = reason_code
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties):
+        self._acked.add(mid)
+        if reason_code.is_failure:
+            self._pub_failures.append((reason_code.value, str(reason_code)))
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
+        self._suback[mid] = reason_codes
+
+    def _on_message(self, client, userdata, m):
+        meta = {"qos": m.qos, "retain": m.retain}
+        content_type = None
+        props = m.properties
+        if props is not None and len(vars(props)) > 4:
+            pd = properties_dict(props)
+            content_type = pd.get("content_type")
+            meta["properties"] = pd
+        msg = Message("mqtt", m.topic, m.payload, content_type, meta)
+        if self._accept is None or self._accept(msg):
+            self._batch.append(msg)
+
+    # ------------------------------------------------------------------ connection
+
+    def __enter__(self) -> "Session":
+        self.connect()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def connect(self) -> None:
+        cfg, ep = self.cfg, self.cfg.endpoint
+        what = f"cannot connect to {ep.display}"
+        props = None
+        kwargs = {}
+        if self.v5:
+            kwargs["clean_start"] = cfg.clean_start
+            expiry = cfg.session_expiry
+            if expiry is None and not cfg.clean_start:
+                expiry = 0xFFFFFFFF  # a persistent session must outlive the connection
+            if expiry:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = expiry
+            kwargs["properties"] = props
+        try:
+            self.client.connect(ep.host, ep.port, cfg.keepalive, **kwargs)
+        except IotctlError:
+            raise
+        except ValueError as exc:
+            raise UsageError(what, str(exc)) from None
+        except Exception as exc:  # socket, TLS and websocket errors
+            if type(exc).__name__ == "WebsocketConnectionError":
+                raise ConnectError(what, f"websocket handshake failed: {exc}") from None
+            raise from_os_error(what, exc) from None
+        deadline = time.monotonic() + cfg.connect_timeout
+        while self.connack is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError_(what, f"no CONNACK within {cfg.connect_timeout:g} s")
+            if not self._pump(deadline - time.monotonic()):
+                raise self._lost(what)
+        reason = self.connack[0]
+        if reason.is_failure:
+            if reason.value in AUTH_REASONS:
+                raise AuthError(what, f"broker refused the login: {reason}",
+                                hint="check -u/--username and -P/--password (or the profile's password)")
+            raise PeerError(what, f"broker refused the connection: {reason}")
+
+    def _lost(self, what: str) -> IotctlError:
+        reason = self.disconnect_reason
+        last = self._errors.last or ""
+        if "SSL" in last or "certificate" in last or "alert" in last:
+            return TLSError(what, last.split(": ", 1)[-1])
+        if reason is not None and getattr(reason, "is_failure", False) and reason.value not in (0x80,):
+            if reason.value in AUTH_REASONS:
+                return AuthError(what, f"broker closed the connection: {reason}")
+            return PeerError(what, f"broker closed the connection: {reason}")
+        return ConnectError(what, "connection lost" + (f" ({last})" if last else ""))
+
+    def close(self) -> None:
+        client = self.client
+        if self.connected:
+            try:
+                client.disconnect()
+                deadline = time.monotonic() + 2
+                while client.want_write() and time.monotonic() < deadline:
+                    self._pump(0.1)
+            except Exception:  # closing is best effort
+                pass
+        try:
+            sock = client.socket()
+            if sock is not None:
+                sock.close()
+        except Exception:
+            pass
+        self._log.removeHandler(self._errors)
+
+    # ------------------------------------------------------------------ the loop
+
+    def _pump(self, timeout: float) -> bool:
+        """Wait up to `timeout` for the socket, then read, write and do housekeeping.
+
+        Returns False when the connection is gone."""
+        client = self.client
+        sock = client.socket()
+        if sock is None:
+            return False
+        pending = sock.pending() if hasattr(sock, "pending") else 0
+        if pending:
+            readable = True
+            writable = client.want_write()
+        else:
+            try:
+                r, w, _ = select.select([sock], [sock] if client.want_write() else [], [],
+                                        max(0.0, timeout))
+            except (ValueError, OSError):
+                return False
+            readable, writable = bool(r), bool(w)
+        if readable:
+            if not self._read_burst():
+                return False
+        if writable or client.want_write():
+            if client.loop_write() not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+                return False
+        if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        return client.socket() is not None
+
+    def _read_burst(self, limit: int = 2000) -> bool:
+        """Read packets until the socket has no more (paho's loop_read reads only one
+        when nothing is in flight, whatever max_packets says)."""
+        client = self.client
+        batch = self._batch
+        for _ in range(limit):
+            before = len(batch)
+            acked = len(self._acked)
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                return False
+            if len(batch) == before and len(self._acked) == acked:
+                break
+        return True
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish_stream(self, items: Iterable[tuple[str, bytes, int, bool, object]],
+                       timeout: float, progress=None) -> int:
+        """Publish every item; return when all QoS 1/2 messages are acknowledged.
+
+        Items are (topic, payload, qos, retain, paho Properties or None). At most
+        `window` messages are unacknowledged at a time, so any number of messages
+        can be sent without packet ids colliding or memory growing. Raises
+        TimeoutError_ naming how many were not acknowledged when no acknowledgement
+        arrives for `timeout` seconds.
+        """
+        client = self.client
+        window = max(1, min(self.receive_maximum, 65535))
+        outstanding: set[int] = set()
+        acked = self._acked
+        sent = 0
+        what = "publish"
+        last_progress = time.monotonic()
+        for topic, payload, qos, retain, props in items:
+            if len(outstanding) >= window or client.want_write():
+                last_progress = self._drain(outstanding, window - 1, timeout, last_progress, what)
+            try:
+                info = client.publish(topic, payload, qos, retain, props)
+            except ValueError as exc:
+                raise UsageError(f"cannot publish to {topic!r}", str(exc)) from None
+            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+                if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN or not self.connected:
+                    raise self._lost(what)
+                raise IotctlError(what, paho.error_string(info.rc))
+            sent += 1
+            if qos:
+                outstanding.add(info.mid)
+                if acked:
+                    outstanding -= acked
+                    acked.clear()
+            if progress is not None:
+                progress.advance()
+            if self._pub_failures:
+                break
+        self._drain(outstanding, 0, timeout, last_progress, what)
+        if self._pub_failures:
+            code, reason = self._pub_failures[0]
+            raise PeerError(what, f"broker refused {len(self._pub_failures)} message(s): {reason} (0x{code:02x})")
+        return sent
+
+    def _drain(self, outstanding: set[int], target: int, timeout: float, last_progress: float,
+               what: str) -> float:
+        """Pump until at most `target` messages are unacknowledged and nothing waits to be written."""
+        client = self.client
+        acked = self._acked
+        while True:
+            if acked:
+                outstanding -= acked
+                acked.clear()
+                last_progress = time.monotonic()
+            if len(outstanding) <= target and not client.want_write():
+                return last_progress
+            if self._pub_failures and target:
+                return last_progress
+            idle = time.monotonic() - last_progress
+            if idle > timeout:
+                raise TimeoutError_(what, f"{len(outstanding)} message(s) not acknowledged within {timeout:g} s")
+            if not self._pump(min(1.0, timeout - idle)):
+                if acked:
+                    continue
+                raise self._lost(what)
+
+    # ------------------------------------------------------------------ subscribing
+
+    def subscribe(self, subs: list[Subscription], timeout: float) -> None:
+        if self.v5:
+            topics = [(s.topic_filter, SubscribeOptions(qos=s.qos, noLocal=s.no_local,
+                                                        retainAsPublished=s.retain_as_published,
+                                                        retainHandling=s.retain_handling))
+                      for s in subs]
+        else:
+            topics = [(s.topic_filter, s.qos) for s in subs]
+        try:
+            rc, mid = self.client.subscribe(topics)
+        except ValueError as exc:
+            raise UsageError("cannot subscribe", str(exc)) from None
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise self._lost("subscribe")
+        deadline = time.monotonic() + timeout
+        while mid not in self._suback:
+            if time.monotonic() > deadline:
+                raise TimeoutError_("subscribe", f"no SUBACK within {timeout:g} s")
+            if not self._pump(deadline - time.monotonic()):
+                raise self._lost("subscribe")
+        for sub, code in zip(subs, self._suback.pop(mid)):
+            value = code.value if hasattr(code, "value") else int(code)
+            if value >= 0x80:
+                why = str(code) if hasattr(code, "value") else "refused"
+                if value == 0x87:
+                    raise AuthError(f"cannot subscribe to {sub.topic_filter!r}", f"broker refused: {why}")
+                raise PeerError(f"cannot subscribe to {sub.topic_filter!r}", f"broker refused: {why}")
+
+    def batches(self, deadline: float | None = None, accept=None,
+                until=None) -> Iterator[list[Message]]:
+        """Received messages, a batch per burst; ends at `deadline` (monotonic) or when
+        `until(message)` is true for a message (that message is not yielded)."""
+        self._accept = accept
+        while True:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                return
+            wait = 1.0 if deadline is None else min(1.0, deadline - now)
+            if not self._pump(wait):
+                if self._batch:
+                    yield self._take()
+                raise self._lost("subscription")
+            if self._batch:
+                batch = self._take()
+                if until is not None:
+                    for i, msg in enumerate(batch):
+                        if until(msg):
+                            yield batch[:i]
+                            return
+                yield batch
+
+    def _take(self) -> list[Message]:
+        batch = self._batch
+        self._batch = []
+        return batch
+
+    # ------------------------------------------------------------------ helpers for commands
+
+    def probe_topic(self) -> str:
+        return f"iotctl/probe/{self.client_id}"
+
+    def publish_probe(self) -> None:
+        self.client.publish(self.probe_topic(), b"", 0, False)

@@ -1,0 +1,10 @@
+"""The `stomp` group: not built yet; it exists so the command tree is complete."""
+
+import click
+
+from iotctl.context import ProtocolGroup
+
+
+@click.group(cls=ProtocolGroup, protocol="stomp")
+def group():
+    """STOMP commands (not built yet)."""

@@ -1,0 +1,67 @@
+"""The receive loop shared by every streaming command (subscribe, observe, consume, listen).
+
+Protocol clients produce batches of Messages (one batch per read from the network);
+this loop renders them, flushes once a batch, counts, saves, and turns "count not
+reached before the timeout" into exit 5. Ctrl-C ends it successfully.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+from iotctl.errors import TimeoutError_
+from iotctl.message import Message
+
+
+@dataclass
+class ReceiveSpec:
+    count: int | None
+    timeout: float | None
+    save: str | None
+
+
+def consume(batches: Iterable[list[Message]], receive: ReceiveSpec, what: str, writer=None) -> int:
+    from iotctl.context import settings
+
+    writer = writer or settings().writer()
+    saver = _saver(receive.save)
+    count = receive.count
+    n = 0
+    try:
+        for batch in batches:
+            for msg in batch:
+                writer.write(msg)
+                if saver is not None:
+                    saver.write(msg)
+                n += 1
+                if count is not None and n >= count:
+                    return n
+            writer.flush()
+            if saver is not None:
+                saver.flush()
+    except KeyboardInterrupt:
+        return n
+    finally:
+        writer.flush()
+        if saver is not None:
+            saver.out.close()
+    if receive.timeout is not None:
+        if count is not None and n < count:
+            raise TimeoutError_(what, f"received {n} of {count} messages within {receive.timeout:g} s")
+        if count is None and n == 0:
+            raise TimeoutError_(what, f"no message within {receive.timeout:g} s")
+    return n
+
+
+def _saver(path: str | None):
+    if path is None:
+        return None
+    from iotctl.errors import UsageError
+    from iotctl.output import JsonWriter
+
+    try:
+        fh = open(path, "ab")
+    except OSError as exc:
+        raise UsageError(f"cannot write --save file {path}", exc.strerror or str(exc)) from None
+    return JsonWriter(fh, lines=True)
