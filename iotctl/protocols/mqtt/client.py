@@ -199,7 +199,8 @@ class Session:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
-        client.on_publish = self._on_publish
+        # on_publish is set only while QoS 1/2 messages are sent: with it set, paho
+        # builds a reason code and properties object for every QoS 0 message too
         client.on_subscribe = self._on_subscribe
         return client
 
@@ -274,6 +275,9 @@ class Session:
                 raise TimeoutError_(what, f"no CONNACK within {cfg.connect_timeout:g} s")
             if not self._pump(deadline - time.monotonic()):
                 raise self._lost(what)
+        if not self.cfg.verbose:
+            # paho logs every packet; past the handshake only --verbose wants that
+            self.client.disable_logger()
         reason = self.connack[0]
         if reason.is_failure:
             if reason.value in AUTH_REASONS:
@@ -368,13 +372,17 @@ class Session:
         arrives for `timeout` seconds.
         """
         client = self.client
-        window = max(1, min(self.receive_maximum, 65535))
+        window = max(1, min(self.receive_maximum, 100))
         outstanding: set[int] = set()
         acked = self._acked
         sent = 0
         what = "publish"
         last_progress = time.monotonic()
+        last_qos = -1
         for topic, payload, qos, retain, props in items:
+            if qos != last_qos:
+                client.on_publish = self._on_publish if qos else None
+                last_qos = qos
             if len(outstanding) >= window or client.want_write():
                 last_progress = self._drain(outstanding, window - 1, timeout, last_progress, what)
             try:
