@@ -82,12 +82,18 @@ class Message:
 def jsonable(value: Any) -> Any:
     """Make protocol metadata JSON-serialisable: bytes become text or 0x-hex."""
     if isinstance(value, (bytes, bytearray)):
-        try:
-            return bytes(value).decode("utf-8")
-        except UnicodeDecodeError:
-            return "0x" + bytes(value).hex()
+        return bytes_text(bytes(value))
     if isinstance(value, dict):
         return {str(k): jsonable(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [jsonable(v) for v in value]
     return value
+
+
+def bytes_text(value: bytes) -> str:
+    """Metadata bytes for display: the text when printable UTF-8, else `0x` and hex."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "0x" + value.hex()
+    return text if text.isprintable() else "0x" + value.hex()

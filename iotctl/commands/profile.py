@@ -105,7 +105,7 @@ def show(name, show_secrets):
 @click.option("--force", is_flag=True, help="Replace a profile of that name.")
 def add(name, settings_, force):
     """Create a profile, e.g. 'iotctl profile add lab mqtt.host=broker.lab mqtt.port=1884'."""
-    path = profiles.path_for(name)
+    path = profiles.path_for(profiles.valid_name(name))
     if path.exists() and not force:
         raise UsageError(f"profile {name!r} exists", f"{path}; use 'profile set' or --force")
     data: dict = {}
@@ -120,6 +120,7 @@ def add(name, settings_, force):
 @click.argument("settings_", metavar="PROTOCOL.KEY=VALUE...", nargs=-1, required=True)
 def set_(name, settings_):
     """Set keys in a profile (created if missing)."""
+    profiles.valid_name(name)
     data = profiles.load(name, missing_ok=True)
     for text in settings_:
         proto, key, value = _parse_assignment(text)
@@ -132,6 +133,7 @@ def set_(name, settings_):
 @click.argument("keys", metavar="PROTOCOL.KEY...", nargs=-1, required=True)
 def unset(name, keys):
     """Remove keys from a profile."""
+    profiles.valid_name(name)
     data = profiles.load(name)
     for text in keys:
         if "." not in text:
@@ -150,7 +152,7 @@ def unset(name, keys):
 @click.argument("name", shell_complete=_complete)
 def remove(name):
     """Delete a profile."""
-    path = profiles.path_for(name)
+    path = profiles.path_for(profiles.valid_name(name))
     try:
         path.unlink()
     except FileNotFoundError:
@@ -171,7 +173,7 @@ def use(name, clear):
         return
     if not name:
         raise UsageError("missing profile name", "give NAME or --none")
-    profiles.load(name)
+    profiles.load(profiles.valid_name(name))
     profiles.set_current(name)
     status(f"using profile {name!r}")
 

@@ -42,6 +42,8 @@ class SafeFormatter(string.Formatter):
     def format_field(self, value: Any, format_spec: str) -> str:
         if value is None:
             value = ""
+        elif isinstance(value, bool):
+            value = "true" if value else "false"
         if isinstance(value, (dict, list)) and not format_spec:
             import json
 

@@ -26,7 +26,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from iotctl.endpoint import Endpoint
 from iotctl.errors import (AuthError, ConnectError, IotctlError, PeerError, TLSError,
                            TimeoutError_, UsageError, from_os_error)
-from iotctl.message import Message
+from iotctl.message import Message, bytes_text
 
 VERSIONS = {"3.1": paho.MQTTv31, "3.1.1": paho.MQTTv311, "5": paho.MQTTv5}
 AUTH_REASONS = {0x86, 0x87, 0x8C}  # bad user name or password, not authorised, bad auth method
@@ -120,10 +120,7 @@ def properties_dict(props) -> dict:
         if key == "user_properties":
             value = [list(pair) for pair in value]
         elif isinstance(value, bytes):
-            try:
-                value = value.decode("utf-8")
-            except UnicodeDecodeError:
-                value = "0x" + value.hex()
+            value = bytes_text(value)
         out[key] = value
     return out
 
@@ -263,9 +260,11 @@ class Session:
             self.client.connect(ep.host, ep.port, cfg.keepalive, **kwargs)
         except IotctlError:
             raise
+        except OSError as exc:  # socket and TLS errors (SSLCertVerificationError is a ValueError too)
+            raise from_os_error(what, exc) from None
         except ValueError as exc:
             raise UsageError(what, str(exc)) from None
-        except Exception as exc:  # socket, TLS and websocket errors
+        except Exception as exc:  # websocket errors
             if type(exc).__name__ == "WebsocketConnectionError":
                 raise ConnectError(what, f"websocket handshake failed: {exc}") from None
             raise from_os_error(what, exc) from None
@@ -273,7 +272,8 @@ class Session:
         while self.connack is None:
             if time.monotonic() > deadline:
                 raise TimeoutError_(what, f"no CONNACK within {cfg.connect_timeout:g} s")
-            if not self._pump(deadline - time.monotonic()):
+            # a refusing CONNACK also ends the connection: look at it before the loss
+            if not self._pump(deadline - time.monotonic()) and self.connack is None:
                 raise self._lost(what)
         if not self.cfg.verbose:
             # paho logs every packet; past the handshake only --verbose wants that
@@ -288,8 +288,10 @@ class Session:
     def _lost(self, what: str) -> IotctlError:
         reason = self.disconnect_reason
         last = self._errors.last or ""
-        if "SSL" in last or "certificate" in last or "alert" in last:
-            return TLSError(what, last.split(": ", 1)[-1])
+        if self.cfg.endpoint.tls and self.connack is None and ("ssl" in last.lower() or "alert" in last):
+            return TLSError(what, "the server ended the TLS session before the MQTT handshake: "
+                            + last.split(": ", 1)[-1],
+                            hint="does the server require a client certificate (--cert/--key)?")
         if reason is not None and getattr(reason, "is_failure", False) and reason.value not in (0x80,):
             if reason.value in AUTH_REASONS:
                 return AuthError(what, f"broker closed the connection: {reason}")
@@ -406,7 +408,8 @@ class Session:
         self._drain(outstanding, 0, timeout, last_progress, what)
         if self._pub_failures:
             code, reason = self._pub_failures[0]
-            raise PeerError(what, f"broker refused {len(self._pub_failures)} message(s): {reason} (0x{code:02x})")
+            cls = AuthError if code in AUTH_REASONS else PeerError
+            raise cls(what, f"broker refused {len(self._pub_failures)} message(s): {reason} (0x{code:02x})")
         return sent
 
     def _drain(self, outstanding: set[int], target: int, timeout: float, last_progress: float,

@@ -1,0 +1,142 @@
+"""Output modes, seen from a user's side: what each -o prints for a message."""
+
+import base64
+import io
+import json
+
+import pytest
+from hypothesis import given, strategies as st
+
+from iotctl.errors import UsageError
+from iotctl.message import Message
+from iotctl.output import make_writer, resolve_mode
+from iotctl.output.template import Template
+
+MSG = Message("mqtt", "sensors/t1", b'{"t": 21.5}', "application/json",
+              {"qos": 1, "retain": False, "properties": {"user_properties": [["unit", "C"]]}}, ts=0.0)
+BIN = Message("mqtt", "raw/bytes", bytes(range(250, 256)) + b"\x00", None, {"qos": 0, "retain": True}, ts=0.0)
+
+
+def render(mode, msg, template=None, monkeypatch=None):
+    out = io.BytesIO()
+    writer = make_writer(mode, template)
+    writer.out = out
+    writer.write(msg)
+    return out.getvalue()
+
+
+def test_raw_is_payload_and_newline():
+    assert render("raw", MSG) == b'{"t": 21.5}\n'
+    assert render("raw", BIN) == bytes(range(250, 256)) + b"\x00\n"
+
+
+def test_hex():
+    assert render("hex", BIN) == b"fafbfcfdfeff00\n"
+
+
+def test_text_is_address_and_payload():
+    assert render("text", MSG) == b'sensors/t1 {"t": 21.5}\n'
+
+
+def test_jsonl_envelope_schema():
+    env = json.loads(render("jsonl", MSG))
+    assert env == {"ts": "1970-01-01T00:00:00+00:00", "protocol": "mqtt", "address": "sensors/t1",
+                   "payload": '{"t": 21.5}', "encoding": "utf-8", "content_type": "application/json",
+                   "meta": {"qos": 1, "retain": False, "properties": {"user_properties": [["unit", "C"]]}}}
+    assert render("jsonl", MSG).count(b"\n") == 1
+
+
+def test_json_binary_payload_is_base64():
+    env = json.loads(render("json", BIN))
+    assert env["encoding"] == "base64"
+    assert base64.b64decode(env["payload"]) == BIN.payload
+
+
+def test_json_meta_with_bytes_is_made_serialisable():
+    msg = Message("coap", "coap://h/x", b"", None, {"etag": b"\x01\x02"}, ts=0.0)
+    assert json.loads(render("json", msg))["meta"] == {"etag": "0x0102"}
+
+
+def test_template_fields_and_meta():
+    out = render("template", MSG, "{address} q={meta[qos]} r={meta[retain]} {size} {payload}")
+    assert out == b'sensors/t1 q=1 r=false 11 {"t": 21.5}\n'
+
+
+def test_template_nested_meta_and_missing_key():
+    out = render("template", MSG, "{meta[properties][user_properties]}|{meta[nope]}|")
+    assert out == b'[["unit","C"]]||\n'
+
+
+def test_template_escapes():
+    assert render("template", MSG, "{address}\\t{meta[qos]}") == b"sensors/t1\t1\n"
+
+
+@pytest.mark.parametrize("template", ["{payload.__class__}", "{0}", "{}", "{nosuch}", "{ts!x}", "{address"])
+def test_template_rejects_unsafe_or_bad(template):
+    with pytest.raises(UsageError):
+        Template(template).render(MSG.to_envelope())
+
+
+def test_auto_is_raw_when_piped_and_template_when_format_given():
+    assert resolve_mode("auto", None, stream=io.BytesIO()) == "raw"
+    assert resolve_mode("auto", "{payload}") == "template"
+    assert resolve_mode("auto", None, "text", stream=io.BytesIO()) == "text"
+
+
+def test_template_mode_without_format_is_usage_error():
+    with pytest.raises(UsageError):
+        make_writer("template", None)
+
+
+def test_pretty_shows_header_and_pretty_json(capsys):
+    from iotctl.output import console
+
+    console.set_color(False)
+    try:
+        writer = make_writer("pretty")
+        writer.write(MSG)
+        writer.flush()
+    finally:
+        console.set_color(None)
+    out = capsys.readouterr().out
+    assert "sensors/t1" in out and "qos=1" in out and "ct=application/json" in out
+    assert '"t": 21.5' in out
+    assert "user_properties" in out
+
+
+def test_pretty_binary_is_hexdump(capsys):
+    from iotctl.output import console
+
+    console.set_color(False)
+    try:
+        writer = make_writer("pretty")
+        writer.write(BIN)
+        writer.flush()
+    finally:
+        console.set_color(None)
+    out = capsys.readouterr().out
+    assert "00000000  fa fb fc fd fe ff 00" in out
+
+
+def test_pretty_cbor_as_json(capsys):
+    import cbor2
+
+    from iotctl.output import console
+
+    console.set_color(False)
+    try:
+        writer = make_writer("pretty")
+        writer.write(Message("coap", "coap://x/y", cbor2.dumps({"temp": 21}), "application/cbor", {}, ts=0.0))
+        writer.flush()
+    finally:
+        console.set_color(None)
+    assert '"temp": 21' in capsys.readouterr().out
+
+
+@given(st.binary(max_size=300), st.text(min_size=1, max_size=40),
+       st.sampled_from(["mqtt", "coap", "amqp"]), st.one_of(st.none(), st.text(max_size=20)))
+def test_envelope_round_trip(payload, address, protocol, ct):
+    msg = Message(protocol, address, payload, ct, {"qos": 0}, ts=1234.5)
+    back = Message.from_envelope(json.loads(json.dumps(msg.to_envelope())))
+    assert (back.payload, back.address, back.protocol, back.content_type, back.meta, back.ts) == \
+        (payload, address, protocol, ct, {"qos": 0}, 1234.5)
