@@ -33,18 +33,20 @@ def settings(ctx: click.Context | None = None) -> Settings:
     return ctx.find_root().ensure_object(Settings)
 
 
-def status(text: str) -> None:
-    """A status line on stderr when it is a terminal (or with --verbose), unless --quiet."""
+def status(text: str, tty_only: bool = False) -> None:
+    """A status line on stderr, unless --quiet; with `tty_only`, only when stderr is a
+    terminal (or with --verbose): confirmations a script does not need."""
     import sys
 
     try:
         s = settings()
-        show = not s.quiet and (s.verbose or sys.stderr.isatty())
+        quiet, verbose = s.quiet, s.verbose
     except RuntimeError:
-        show = sys.stderr.isatty()
-    if show:
-        sys.stderr.write(f"iotctl: {text}\n")
-        sys.stderr.flush()
+        quiet, verbose = False, False
+    if quiet or (tty_only and not verbose and not sys.stderr.isatty()):
+        return
+    sys.stderr.write(f"iotctl: {text}\n")
+    sys.stderr.flush()
 
 
 def warn(text: str) -> None:

@@ -151,7 +151,7 @@ def certs(peer):
     for path in paths.values():
         if not path.exists():
             pytest.fail(f"test certificate {path} is missing; run: scripts/services up mosquitto", pytrace=False)
-    return {k.replace(".", "_"): str(v) for k, v in paths.items()}
+    return {k.replace(".", "_").replace("-", "_"): str(v) for k, v in paths.items()}
 
 
 @pytest.fixture

@@ -112,7 +112,7 @@ def add(name, settings_, force):
     for text in settings_:
         proto, key, value = _parse_assignment(text)
         data.setdefault(proto, {})[key] = value
-    status(f"wrote {profiles.save(name, data)}")
+    status(f"wrote {profiles.save(name, data)}", tty_only=True)
 
 
 @group.command("set")
@@ -125,7 +125,7 @@ def set_(name, settings_):
     for text in settings_:
         proto, key, value = _parse_assignment(text)
         data.setdefault(proto, {})[key] = value
-    status(f"wrote {profiles.save(name, data)}")
+    status(f"wrote {profiles.save(name, data)}", tty_only=True)
 
 
 @group.command()
@@ -145,7 +145,7 @@ def unset(name, keys):
         del table[key]
         if not table:
             data.pop(proto, None)
-    status(f"wrote {profiles.save(name, data)}")
+    status(f"wrote {profiles.save(name, data)}", tty_only=True)
 
 
 @group.command()
@@ -159,7 +159,7 @@ def remove(name):
         raise UsageError(f"no profile {name!r}", f"{path} does not exist") from None
     if profiles.current() == name:
         profiles.set_current(None)
-    status(f"removed {path}")
+    status(f"removed {path}", tty_only=True)
 
 
 @group.command()
@@ -169,13 +169,13 @@ def use(name, clear):
     """Make NAME the profile used when --profile is not given."""
     if clear:
         profiles.set_current(None)
-        status("no profile in use")
+        status("no profile in use", tty_only=True)
         return
     if not name:
         raise UsageError("missing profile name", "give NAME or --none")
     profiles.load(profiles.valid_name(name))
     profiles.set_current(name)
-    status(f"using profile {name!r}")
+    status(f"using profile {name!r}", tty_only=True)
 
 
 @group.command()

@@ -194,7 +194,7 @@ def publish(cfg, topics, qos, retain, repeat, interval, timeout, props, payload)
 
     with Session(cfg) as session, progress(None, "publishing") as bar:
         sent = session.publish_stream(items(), timeout, bar if payload.streaming else None)
-    status(f"published {sent} message(s)")
+    status(f"published {sent} message(s)", tty_only=True)
 
 
 # --------------------------------------------------------------------------- subscribe
@@ -388,4 +388,4 @@ def retained_clear(cfg, topic_filter, dry_run, timeout):
             session.publish_stream(((t, b"", 1, True, None) for t in topics), timeout)
     for t in topics:
         click.echo(t)
-    status(f"{'would clear' if dry_run else 'cleared'} {len(topics)} retained message(s)")
+    status(f"{'would clear' if dry_run else 'cleared'} {len(topics)} retained message(s)", tty_only=True)
