@@ -8,7 +8,7 @@ reached before the timeout" into exit 5. Ctrl-C ends it successfully.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 from iotctl.errors import TimeoutError_
 from iotctl.message import Message
@@ -21,31 +21,47 @@ class ReceiveSpec:
     save: str | None
 
 
-def consume(batches: Iterable[list[Message]], receive: ReceiveSpec, what: str, writer=None) -> int:
+def consume(batches: Iterable[list[Message]], receive: ReceiveSpec, what: str, writer=None,
+            done: Callable[[Message], None] | None = None) -> int:
+    """Render every message; `done(msg)` is called once a message has been written
+    (protocols acknowledge there, so nothing unshown is acknowledged)."""
     from iotctl.context import settings
 
     writer = writer or settings().writer()
     saver = _saver(receive.save)
     count = receive.count
     n = 0
+    written: list[Message] = []
+
+    def flush() -> None:
+        writer.flush()
+        if saver is not None:
+            saver.flush()
+        if done is not None:
+            for msg in written:
+                done(msg)
+        written.clear()
+
     try:
         for batch in batches:
             for msg in batch:
                 writer.write(msg)
                 if saver is not None:
                     saver.write(msg)
+                if done is not None:
+                    written.append(msg)
                 n += 1
                 if count is not None and n >= count:
                     return n
-            writer.flush()
-            if saver is not None:
-                saver.flush()
+            flush()
     except KeyboardInterrupt:
         return n
     finally:
-        writer.flush()
-        if saver is not None:
-            saver.out.close()
+        try:
+            flush()
+        finally:
+            if saver is not None:
+                saver.out.close()
     if receive.timeout is not None:
         if count is not None and n < count:
             raise TimeoutError_(what, f"received {n} of {count} messages within {receive.timeout:g} s")

@@ -439,3 +439,17 @@ def test_global_options_before_and_after(iotctl, broker, topic):
     env = iotctl("mqtt", "sub", *PRIVATE, "-t", topic, "-C", "1", env={"IOTCTL_OUTPUT": "text"})
     assert env.stdout == f"{topic} g\n"
     pub(iotctl, topic, "-r", "--null")
+
+
+def test_count_leaves_the_rest_for_the_persistent_session(iotctl, broker, topic):
+    """-C 1 on a session holding 3 messages shows one; the next run gets the other two."""
+    cid = f"iotctl-count-{os.getpid()}-{time.time_ns() % 100000}"
+    session = ("-i", cid, "--no-clean-start", "--session-expiry", "60", "-q", "1")
+    iotctl("mqtt", "sub", *PRIVATE, *session, "-t", topic, "-W", "0.3")
+    for i in range(3):
+        pub(iotctl, topic, "-m", f"m{i}", "-q", "1")
+    first = iotctl("mqtt", "sub", *PRIVATE, *session, "-t", topic, "-C", "1", "-W", "5")
+    second = iotctl("mqtt", "sub", *PRIVATE, *session, "-t", topic, "-C", "2", "-W", "5")
+    assert (first.exit_code, second.exit_code) == (0, 0), (first, second)
+    assert first.stdout + second.stdout == "m0\nm1\nm2\n"
+    iotctl("mqtt", "sub", *PRIVATE, "-i", cid, "-t", topic, "-W", "0.2")

@@ -240,7 +240,8 @@ def subscribe(cfg, topics, qoss, no_retained, retained_only, filter_out, no_loca
         raise UsageError("-R and --retained-only", "contradict each other")
     subs = [Subscription(t, (qoss[i] if i < len(qoss) else (qoss[-1] if qoss else 0)), no_local,
                          retain_as_published, retain_handling) for i, t in enumerate(topics)]
-    with Session(cfg) as session:
+    manual_ack = any(sub.qos for sub in subs)
+    with Session(cfg, manual_ack=manual_ack) as session:
         probe = session.probe_topic()
         if retained_only:
             subs.append(Subscription(probe, 0))
@@ -252,7 +253,8 @@ def subscribe(cfg, topics, qoss, no_retained, retained_only, filter_out, no_loca
             session.publish_probe()
             until = (lambda m: m.address == probe)
         deadline = time.monotonic() + receive.timeout if receive.timeout else None
-        consume(session.batches(deadline, accept, until), receive, "subscribe")
+        consume(session.batches(deadline, accept, until), receive, "subscribe",
+                done=session.ack if manual_ack else None)
 
 
 def _accept(filter_out, no_retained: bool, retained_only: bool, probe: str):

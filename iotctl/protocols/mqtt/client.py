@@ -139,8 +139,10 @@ class _ErrorCapture(logging.Handler):
 class Session:
     """One connection to a broker, driven synchronously by the caller."""
 
-    def __init__(self, cfg: MqttConfig):
+    def __init__(self, cfg: MqttConfig, manual_ack: bool = False):
         self.cfg = cfg
+        self.manual_ack = manual_ack
+        self._unacked: dict[int, tuple[int, int]] = {}
         self.v5 = cfg.version == "5"
         self.client_id = cfg.client_id or f"iotctl-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.connected = False
@@ -199,6 +201,11 @@ class Session:
         # on_publish is set only while QoS 1/2 messages are sent: with it set, paho
         # builds a reason code and properties object for every QoS 0 message too
         client.on_subscribe = self._on_subscribe
+        if self.manual_ack:
+            # acknowledge a QoS 1/2 message only once it has been written out, so one
+            # that was never shown (-C reached, Ctrl-C) is delivered again to a
+            # persistent session instead of being lost
+            client.manual_ack_set(True)
         return client
 
     def _on_connect(self, client, userdata, flags, reason_code, properties):
@@ -232,6 +239,16 @@ class Session:
         msg = Message("mqtt", m.topic, m.payload, content_type, meta)
         if self._accept is None or self._accept(msg):
             self._batch.append(msg)
+            if self.manual_ack and m.qos:
+                self._unacked[id(msg)] = (m.mid, m.qos)
+        elif self.manual_ack and m.qos:
+            client.ack(m.mid, m.qos)
+
+    def ack(self, msg: Message) -> None:
+        """Acknowledge a received message once it has been handled (manual_ack mode)."""
+        entry = self._unacked.pop(id(msg), None)
+        if entry is not None:
+            self.client.ack(*entry)
 
     # ------------------------------------------------------------------ connection
 
