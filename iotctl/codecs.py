@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from typing import Any
 
@@ -31,6 +30,8 @@ def encode(data: bytes, how: str | None) -> bytes:
     if how in ("json", "cbor"):
         value = parse_json(data)
         if how == "json":
+            import json
+
             return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
         return cbor_encode(value)
     text = _text(data, how)
@@ -58,6 +59,8 @@ def _text(data: bytes, how: str) -> str:
 
 
 def parse_json(data: bytes) -> Any:
+    import json
+
     text = _text(data, "json")
     try:
         return json.loads(text)
@@ -104,6 +107,8 @@ def looks_like_json(data: bytes) -> Any:
     stripped = data.lstrip()
     if not stripped or stripped[:1] not in (b"{", b"["):
         return None
+    import json
+
     try:
         return json.loads(data)
     except (ValueError, UnicodeDecodeError):

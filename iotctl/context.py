@@ -66,7 +66,30 @@ def _with_globals(params: list[click.Parameter] | None) -> list[click.Parameter]
     return list(params or []) + global_params(root=False)
 
 
-class Command(click.Command):
+class QuickParser:
+    """Mixin: short options parse without importing difflib.
+
+    click tries every argument as a long option first and builds a "did you mean"
+    suggestion (importing difflib, ~1-6 ms) before falling back to short options,
+    so `-t x` paid for a suggestion nobody sees. Unknown `--long` options keep it."""
+
+    def make_parser(self, ctx):
+        parser = super().make_parser(ctx)
+        match_long = getattr(parser, "_match_long_opt", None)
+        long_opts = getattr(parser, "_long_opt", None)
+        if match_long is None or long_opts is None:
+            return parser
+
+        def quick(opt, explicit_value, state):
+            if opt not in long_opts and not opt.startswith("--"):
+                raise click.NoSuchOption(opt, ctx=ctx)
+            return match_long(opt, explicit_value, state)
+
+        parser._match_long_opt = quick
+        return parser
+
+
+class Command(QuickParser, click.Command):
     """A leaf command: takes the global options too (hidden from its help)."""
 
     def __init__(self, *args, **kwargs):
@@ -76,7 +99,7 @@ class Command(click.Command):
         super().__init__(*args, **kwargs)
 
 
-class ProtocolGroup(click.Group):
+class ProtocolGroup(QuickParser, click.Group):
     """A protocol's group (or a sub-group such as `mqtt retained`).
 
     - every option of its commands gets the environment variable

@@ -2,31 +2,26 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import click
 
 from iotctl.errors import UsageError
 
 
-@dataclass
 class Endpoint:
-    """Where to connect and as whom; built from --url and the individual options."""
+    """Where to connect and as whom; built from --url and the individual options.
 
-    scheme: str
-    host: str
-    port: int
-    username: str | None = None
-    password: str | None = None
-    path: str | None = None
-    tls: bool = False
-    ws: bool = False
-    cafile: str | None = None
-    cert: str | None = None
-    key: str | None = None
-    insecure: bool = False
-    alpn: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict)
+    (Plain classes rather than dataclasses here and in the protocol clients: the
+    dataclass code generation costs time on every start.)"""
+
+    def __init__(self, scheme: str, host: str, port: int, username: str | None = None,
+                 password: str | None = None, path: str | None = None, tls: bool = False, ws: bool = False,
+                 cafile: str | None = None, cert: str | None = None, key: str | None = None,
+                 insecure: bool = False, alpn: tuple[str, ...] = (), extra: dict | None = None):
+        self.scheme, self.host, self.port = scheme, host, port
+        self.username, self.password, self.path = username, password, path
+        self.tls, self.ws = tls, ws
+        self.cafile, self.cert, self.key, self.insecure, self.alpn = cafile, cert, key, insecure, alpn
+        self.extra = extra if extra is not None else {}
 
     def ssl_context(self):
         from iotctl.tls import make_ssl_context
@@ -39,11 +34,13 @@ class Endpoint:
         return f"{self.scheme}://{host}:{self.port}{self.path or ''}"
 
 
-@dataclass(frozen=True)
 class Scheme:
-    tls: bool
-    ws: bool
-    port: int
+    """A URL scheme of a protocol: whether it means TLS, websockets, and its default port."""
+
+    __slots__ = ("tls", "ws", "port")
+
+    def __init__(self, tls: bool, ws: bool, port: int):
+        self.tls, self.ws, self.port = tls, ws, port
 
 
 def parse_url(url: str, schemes: dict[str, Scheme]):

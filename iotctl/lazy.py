@@ -10,8 +10,10 @@ import importlib
 
 import click
 
+from iotctl.context import QuickParser
 
-class LazyGroup(click.Group):
+
+class LazyGroup(QuickParser, click.Group):
     def __init__(self, *args, lazy: dict[str, tuple[str, str]], **kwargs):
         super().__init__(*args, **kwargs)
         self.lazy = lazy  # name -> ("module:attribute", one-line help)

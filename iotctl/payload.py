@@ -6,36 +6,33 @@ stream: nothing reads the whole input ahead of what has been sent.
 
 from __future__ import annotations
 
-import json
 import sys
 import time
-from dataclasses import dataclass, field
 from typing import IO, Iterator
 
 from iotctl import codecs
 from iotctl.errors import UsageError
 
 
-@dataclass(slots=True)
 class Outgoing:
-    payload: bytes
-    address: str | None = None      # from --replay: the captured address
-    meta: dict = field(default_factory=dict)
-    content_type: str | None = None
+    """One payload to send; `address`, `meta` and `content_type` come from --replay."""
+
+    __slots__ = ("payload", "address", "meta", "content_type")
+
+    def __init__(self, payload: bytes, address: str | None = None, meta: dict | None = None,
+                 content_type: str | None = None):
+        self.payload, self.address, self.content_type = payload, address, content_type
+        self.meta = meta if meta is not None else {}
 
 
-@dataclass
 class PayloadSpec:
     """What the user asked for; built by options.payload_options."""
 
-    message: str | None = None
-    file: str | None = None
-    stdin: bool = False
-    lines: bool = False
-    null: bool = False
-    encode: str | None = None
-    replay: str | None = None
-    speed: float | None = None
+    def __init__(self, message: str | None = None, file: str | None = None, stdin: bool = False,
+                 lines: bool = False, null: bool = False, encode: str | None = None,
+                 replay: str | None = None, speed: float | None = None):
+        self.message, self.file, self.stdin, self.lines, self.null = message, file, stdin, lines, null
+        self.encode, self.replay, self.speed = encode, replay, speed
 
     def sources(self) -> list[str]:
         given = []
@@ -117,6 +114,8 @@ def replay(path: str, speed: float | None = None) -> Iterator[Outgoing]:
     With `speed` (1 = real time, 2 = twice as fast, 0 = no delay) the gaps between the
     captured timestamps are kept.
     """
+    import json
+
     from iotctl.message import Message
 
     try:

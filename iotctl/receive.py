@@ -7,18 +7,19 @@ reached before the timeout" into exit 5. Ctrl-C ends it successfully.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from iotctl.errors import TimeoutError_
 from iotctl.message import Message
 
 
-@dataclass
 class ReceiveSpec:
-    count: int | None
-    timeout: float | None
-    save: str | None
+    """-C/--count, -W/--timeout and --save of a receiving command."""
+
+    __slots__ = ("count", "timeout", "save")
+
+    def __init__(self, count: int | None, timeout: float | None, save: str | None):
+        self.count, self.timeout, self.save = count, timeout, save
 
 
 def consume(batches: Iterable[list[Message]], receive: ReceiveSpec, what: str, writer=None,

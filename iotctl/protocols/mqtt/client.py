@@ -14,7 +14,6 @@ import os
 import select
 import time
 import uuid
-from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 import paho.mqtt.client as paho
@@ -44,38 +43,31 @@ PROPERTY_KEYS = {
 }
 
 
-@dataclass
 class Will:
-    topic: str
-    payload: bytes = b""
-    qos: int = 0
-    retain: bool = False
+    def __init__(self, topic: str, payload: bytes = b"", qos: int = 0, retain: bool = False):
+        self.topic, self.payload, self.qos, self.retain = topic, payload, qos, retain
 
 
-@dataclass
 class MqttConfig:
-    endpoint: Endpoint
-    version: str = "5"
-    client_id: str | None = None
-    keepalive: int = 60
-    clean_start: bool = True
-    session_expiry: int | None = None
-    will: Will | None = None
-    ws_path: str | None = None
-    connect_timeout: float = 10.0
-    verbose: bool = False
+    def __init__(self, endpoint: Endpoint, version: str = "5", client_id: str | None = None,
+                 keepalive: int = 60, clean_start: bool = True, session_expiry: int | None = None,
+                 will: Will | None = None, ws_path: str | None = None, connect_timeout: float = 10.0,
+                 verbose: bool = False):
+        self.endpoint, self.version, self.client_id, self.keepalive = endpoint, version, client_id, keepalive
+        self.clean_start, self.session_expiry, self.will, self.ws_path = clean_start, session_expiry, will, ws_path
+        self.connect_timeout, self.verbose = connect_timeout, verbose
 
 
-@dataclass
 class PublishProps:
     """MQTT 5 PUBLISH properties given on the command line."""
 
-    content_type: str | None = None
-    response_topic: str | None = None
-    correlation_data: bytes | None = None
-    message_expiry: int | None = None
-    payload_format_indicator: int | None = None
-    user_properties: list[tuple[str, str]] = field(default_factory=list)
+    def __init__(self, content_type: str | None = None, response_topic: str | None = None,
+                 correlation_data: bytes | None = None, message_expiry: int | None = None,
+                 payload_format_indicator: int | None = None,
+                 user_properties: list[tuple[str, str]] | None = None):
+        self.content_type, self.response_topic, self.correlation_data = content_type, response_topic, correlation_data
+        self.message_expiry, self.payload_format_indicator = message_expiry, payload_format_indicator
+        self.user_properties = user_properties or []
 
     def empty(self) -> bool:
         return (self.content_type is None and self.response_topic is None and self.correlation_data is None
@@ -101,13 +93,11 @@ class PublishProps:
         return props
 
 
-@dataclass
 class Subscription:
-    topic_filter: str
-    qos: int = 0
-    no_local: bool = False
-    retain_as_published: bool = False
-    retain_handling: int = 0
+    def __init__(self, topic_filter: str, qos: int = 0, no_local: bool = False,
+                 retain_as_published: bool = False, retain_handling: int = 0):
+        self.topic_filter, self.qos, self.no_local = topic_filter, qos, no_local
+        self.retain_as_published, self.retain_handling = retain_as_published, retain_handling
 
 
 def properties_dict(props) -> dict:
