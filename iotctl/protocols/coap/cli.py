@@ -1,10 +1,462 @@
-"""The `coap` group (being built)."""
+"""The `coap` group: get/put/post/delete/fetch/patch/ipatch, observe, discover, serve.
+
+Only option parsing lives here; aiocoap is imported by client.py (and server.py for
+`serve`), inside the command bodies. Names and numbers are checked by formats.py
+before any network library is loaded, so a typo fails fast with exit 2.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
 
 import click
 
-from iotctl.context import ProtocolGroup
+from iotctl.context import ProtocolGroup, settings, status
+from iotctl.errors import UsageError
+from iotctl.options import payload_options, receive_options
+from iotctl.protocols.coap import formats
+
+DEFAULT_TIMEOUT = 10.0
+MULTICAST_WAIT = 3.0
+MULTICAST_TARGETS = ("coap://224.0.1.187/.well-known/core", "coap://[ff02::fd]/.well-known/core")
 
 
 @click.group(cls=ProtocolGroup, protocol="coap")
 def group():
-    """CoAP commands (being built)."""
+    """CoAP (RFC 7252) on aiocoap: requests, observe, discovery, and a simulated device.
+
+    URIs: coap:// (UDP), coap+tcp://, coaps+tcp:// (TLS); coaps:// (DTLS, needs
+    DTLSSocket) and coap+ws:// (needs websockets) where aiocoap has the modules.
+    Flags follow aiocoap-client and coap-client: -t content format, -A accept,
+    -O option, --non, -C count, -W timeout.
+
+    \b
+    iotctl coap serve &
+    iotctl coap get coap://127.0.0.1/sensors/temperature -A json
+    iotctl coap observe coap://127.0.0.1/time -C 3
+    iotctl coap discover coap://127.0.0.1 --rt 'temperature*'
+    """
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def _content_format(option: str):
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        return formats.parse_content_format(str(value), option)
+
+    return callback
+
+
+def _options(ctx, param, values):
+    return [formats.parse_option(v) for v in values]
+
+
+def _block_size(ctx, param, value):
+    if value is None:
+        return None
+    return formats.block_szx(value)
+
+
+def _proxy(ctx, param, value):
+    if value is None or value in ("", "none", "-"):
+        return None
+    return formats.check_uri(value, "--proxy URI")
+
+
+def request_options(content_format: bool = True, timeout: float | None = DEFAULT_TIMEOUT,
+                    with_timeout: bool = True):
+    """Options of every CoAP request; the command receives `req` (a dict of
+    client.RequestSpec fields, checked but without aiocoap)."""
+
+    def decorator(f):
+        options = []
+        if content_format:
+            options.append(click.option(
+                "-t", "--content-format", metavar="TYPE", callback=_content_format("--content-format"),
+                help="Content format of the payload, by name (text/plain, application/json, "
+                     "application/cbor, json, cbor, senml+json, ...) or number [default: "
+                     "application/cbor with --encode cbor, application/json with --encode json]."))
+        options += [
+            click.option("-A", "--accept", metavar="TYPE", callback=_content_format("--accept"),
+                         help="Content format to ask for (Accept), by name or number."),
+            click.option("--non", is_flag=True, default=False,
+                         help="Send the request non-confirmable (NON) instead of CON."),
+            click.option("-O", "--option", multiple=True, metavar="NUM=VALUE",
+                         callback=_options,
+                         help="Add CoAP option NUM (or its name) with VALUE: text, a number for uint "
+                              "options, or 0x-hex; repeatable. E.g. -O 2048=0x0102, -O Uri-Query=x=1."),
+            click.option("--block-size", type=click.Choice([str(s) for s in formats.BLOCK_SIZES]),
+                         default=None, callback=lambda c, p, v: _block_size(c, p, int(v) if v else None),
+                         help="Block size for block-wise transfer (RFC 7959) [default: 1024]."),
+            click.option("--proxy", metavar="URI", callback=_proxy,
+                         help="Send the request through this CoAP forward proxy (e.g. coap://proxy:5683)."),
+        ]
+        if with_timeout:
+            options.append(click.option(
+                "-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=timeout, metavar="SECONDS",
+                show_default=timeout is not None,
+                help="Seconds to wait for the response (exit 5 when none comes)."))
+
+        @functools.wraps(f)
+        def wrapper(*args, **kw):
+            req = {
+                "content_format": kw.pop("content_format", None),
+                "accept": kw.pop("accept"),
+                "non": kw.pop("non"),
+                "options": kw.pop("option"),
+                "block_szx": kw.pop("block_size"),
+                "proxy": kw.pop("proxy"),
+            }
+            if with_timeout:
+                req["timeout"] = kw.pop("timeout")
+            kw["req"] = req
+            return f(*args, **kw)
+
+        for option in reversed(options):
+            wrapper = option(wrapper)
+        return wrapper
+
+    return decorator
+
+
+def security_options(f):
+    """DTLS PSK, aiocoap credentials and OSCORE, the same on every client command;
+    the command receives `security` (a dict of client.Security fields)."""
+    options = [
+        click.option("--psk-identity", metavar="ID", help="DTLS PSK identity (coaps://)."),
+        click.option("--psk", metavar="KEY",
+                     help="DTLS pre-shared key: text, or 0x-hex (a profile can name psk_env or psk_cmd)."),
+        click.option("--credentials", metavar="FILE", type=click.Path(dir_okay=False),
+                     help="aiocoap credentials file (JSON) mapping URI patterns to DTLS/OSCORE keys."),
+        click.option("--oscore", metavar="DIR", type=click.Path(file_okay=False),
+                     help="Protect the request with OSCORE using this security context directory."),
+    ]
+
+    @functools.wraps(f)
+    def wrapper(*args, **kw):
+        psk = kw.pop("psk")
+        identity = kw.pop("psk_identity")
+        key = None
+        if psk is not None:
+            if psk[:2].lower() == "0x":
+                try:
+                    key = bytes.fromhex(psk[2:])
+                except ValueError:
+                    raise UsageError("--psk", "the value after 0x is not valid hex") from None
+            else:
+                key = psk.encode("utf-8")
+        if (key is None) != (identity is None):
+            raise UsageError("--psk and --psk-identity", "give both, or neither")
+        kw["security"] = {"psk_identity": identity, "psk": key, "credentials": kw.pop("credentials"),
+                          "oscore": kw.pop("oscore")}
+        return f(*args, **kw)
+
+    for option in reversed(options):
+        wrapper = option(wrapper)
+    return wrapper
+
+
+def _check_security(uri: str, req: dict, security: dict) -> None:
+    scheme = formats.uri_scheme(req.get("proxy") or uri)
+    if security["psk"] is not None and scheme != "coaps":
+        raise UsageError("--psk", f"DTLS pre-shared keys need a coaps:// URI, not {scheme}://")
+    if scheme == "coaps" and security["psk"] is None and not security["credentials"]:
+        from iotctl.protocols.coap import client
+
+        client.check_transport("coaps", client.Security())  # "DTLS not available" comes first
+        raise UsageError(f"{uri}", "coaps:// needs --psk-identity and --psk (or --credentials FILE)")
+
+
+def _spec(method: str, uri: str, req: dict, security: dict, payload: bytes = b""):
+    from iotctl.protocols.coap import client
+
+    client.setup_logging(settings().verbose)
+    return client.RequestSpec(method=method, uri=uri, payload=payload, security=client.Security(**security),
+                              verbose=settings().verbose, **req)
+
+
+def _write(messages, writer) -> int:
+    """Write responses; in raw/hex mode an empty payload prints nothing (the code goes to
+    stderr as a status line) so `put` and `delete` stay quiet in scripts."""
+    from iotctl.output import HexWriter, RawWriter
+
+    n = 0
+    for msg in messages:
+        n += 1
+        if not msg.payload and isinstance(writer, (RawWriter, HexWriter)):
+            status(f"{msg.address}: {msg.meta.get('code')}", tty_only=True)
+            continue
+        writer.write(msg)
+        writer.flush()
+    return n
+
+
+# --------------------------------------------------------------------------- get, put, post, ...
+
+
+METHOD_HELP = {
+    "get": "Fetch a resource (GET) and print the response.",
+    "delete": "Delete a resource (DELETE).",
+    "put": "Create or replace a resource (PUT) with the payload.",
+    "post": "Send the payload to a resource (POST); the payload is optional.",
+    "fetch": "FETCH (RFC 8132): GET with a request body.",
+    "patch": "PATCH (RFC 8132) a resource with the payload.",
+    "ipatch": "iPATCH (RFC 8132): an idempotent PATCH.",
+}
+PAYLOAD_REQUIRED = {"put": True, "patch": True, "ipatch": True, "post": False, "fetch": False}
+
+EXAMPLES = {
+    "get": "iotctl coap get coap://127.0.0.1/sensors/temperature -A json\n"
+           "iotctl coap get coap://127.0.0.1/large -o json | jq -r .meta.code",
+    "put": "iotctl coap put coap://127.0.0.1/store/led on\n"
+           "iotctl coap put coap://127.0.0.1/store/cfg --encode cbor -m '{\"rate\": 5}'",
+    "post": "iotctl coap post coap://127.0.0.1/store -t json -m '{\"x\": 1}'",
+    "delete": "iotctl coap delete coap://127.0.0.1/store/led",
+    "fetch": "iotctl coap fetch coap://127.0.0.1/x -t json -m '[\"a\"]'",
+    "patch": "iotctl coap patch coap://127.0.0.1/x -t merge-patch+json -m '{\"a\": 1}'",
+    "ipatch": "iotctl coap ipatch coap://127.0.0.1/x -t merge-patch+json -m '{\"a\": 1}'",
+}
+
+
+def _method_command(method: str):
+    has_payload = method in PAYLOAD_REQUIRED
+    doc = (f"{METHOD_HELP[method]}\n\n"
+           "Prints the payload (raw when piped; rendered by content format on a terminal; "
+           "-o json for the envelope with the code and options in meta). A 4.xx/5.xx "
+           "response exits 6 with the code and diagnostic payload on stderr."
+           + (" With -l, each line of stdin is sent as its own request." if has_payload else "")
+           + "\n\n\b\n" + EXAMPLES[method])
+
+    def body(uri, req, security, payload=None):
+        uri = formats.check_uri(uri)
+        _check_security(uri, req, security)
+        data = b""
+        if payload is not None:
+            payload.validate(required=PAYLOAD_REQUIRED[method])
+            if req["content_format"] is None and payload.encode in ("cbor", "json"):
+                req["content_format"] = 60 if payload.encode == "cbor" else 50
+            if not payload.streaming:
+                data = payload.read_one()
+        from iotctl.protocols.coap import client
+
+        writer = settings().writer(piped_default="raw")
+        if payload is not None and payload.streaming:
+            specs = (_spec(method, uri, req, security, out.payload) for out in payload.iter())
+        else:
+            specs = iter([_spec(method, uri, req, security, data)])
+        _write(client.request_all(specs), writer)
+
+    f = body
+    if has_payload:
+        f = payload_options(replay=False)(f)
+    f = security_options(f)
+    f = request_options(content_format=has_payload)(f)
+    f = click.argument("uri", metavar="URI")(f)
+    cmd = click.command(method, help=doc, cls=group.command_class, short_help=METHOD_HELP[method])(f)
+    group.add_command(cmd)
+    return cmd
+
+
+for _method in ("get", "put", "post", "delete", "fetch", "patch", "ipatch"):
+    _method_command(_method)
+
+
+# --------------------------------------------------------------------------- observe
+
+
+@group.command()
+@click.argument("uri", metavar="URI")
+@request_options(content_format=False, with_timeout=False)
+@click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Observe for this long, then deregister and exit 0.")
+@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Give up (exit 5) when no notification arrives for this long.")
+@security_options
+@receive_options()
+def observe(uri, req, duration, idle_timeout, security, receive):
+    """Observe a resource (RFC 7641): print the current state and every notification.
+
+    Every notification is printed, one per line when piped. Ctrl-C, --duration or
+    -C COUNT ends it (exit 0) and deregisters from the server. -W TIMEOUT gives up
+    after that many seconds (exit 5 when COUNT, or anything, was not received);
+    it also bounds the wait for the first response [default: 10 s].
+
+    \b
+    iotctl coap observe coap://127.0.0.1/time -C 3
+    iotctl coap observe coap://127.0.0.1/sensors/temperature -A json -o jsonl --duration 60
+    """
+    from iotctl.receive import consume
+
+    uri = formats.check_uri(uri)
+    _check_security(uri, req, security)
+    req["timeout"] = receive.timeout or DEFAULT_TIMEOUT
+    req["label"] = f"observe {uri}"
+    from iotctl.protocols.coap import client
+
+    spec = _spec("get", uri, req, security)
+    started = time.monotonic()
+    deadline = started + receive.timeout if receive.timeout else None
+    until = started + duration if duration else None
+    writer = settings().writer(piped_default="raw")
+    with client.Observation(spec) as obs:
+        status(f"observing {uri}")
+        consume(obs.batches(deadline, idle_timeout, until), receive, f"observe {uri}", writer)
+
+
+# --------------------------------------------------------------------------- discover
+
+
+@group.command()
+@click.argument("uri", metavar="[URI]", required=False)
+@click.option("--rt", metavar="TYPE", help="Only links with this resource type (a trailing * matches a prefix).")
+@click.option("--if", "if_", metavar="IFACE", envvar="IOTCTL_COAP_IF", help="Only links with this interface description (* as in --rt).")
+@request_options(content_format=False, timeout=None)
+@security_options
+def discover(uri, rt, if_, req, security):
+    """List a server's resources (GET /.well-known/core, RFC 6690).
+
+    URI defaults to the path /.well-known/core on its host. Without URI, it asks every
+    CoAP node on the local network (multicast to 224.0.1.187 and ff02::fd) and prints
+    each answer that comes within -W seconds [default: 3 s; 10 s for unicast].
+
+    Output: a table on a terminal; one link per line with -o raw (piped) or -o text
+    ('URI LINK'); -o json/jsonl give the envelope with the parsed links in meta.links.
+
+    \b
+    iotctl coap discover coap://127.0.0.1
+    iotctl coap discover coap://127.0.0.1 --rt 'temperature*' -o raw
+    iotctl coap discover -W 5
+    """
+    from iotctl.errors import IotctlError, TimeoutError_
+
+    if uri is None:
+        targets = list(MULTICAST_TARGETS)
+    else:
+        targets = [formats.with_path(formats.check_uri(uri), "/.well-known/core")]
+    _check_security(targets[0], req, security)
+    query = f"rt={rt}" if rt is not None else (f"if={if_}" if if_ is not None else None)
+    if query:
+        from urllib.parse import quote
+
+        key, value = query.split("=", 1)
+        targets = [t if "?" in t else f"{t}?{key}={quote(value, safe='*')}" for t in targets]
+    if req["accept"] is None:
+        req["accept"] = 40
+    multicast = [t for t in targets if formats.is_multicast_host(formats.uri_host(t))]
+    for t in multicast:
+        if formats.uri_scheme(t) != "coap":
+            raise UsageError(f"bad URI {t!r}", "multicast discovery works over coap:// (UDP) only")
+        if req["proxy"]:
+            raise UsageError("--proxy", "cannot be combined with multicast discovery")
+    from iotctl.protocols.coap import client
+
+    responses = []
+    errors: list[IotctlError] = []
+    for target in targets:
+        if target in multicast:
+            wait = req["timeout"] or MULTICAST_WAIT
+            spec = _spec("get", target, {**req, "non": True, "timeout": wait}, security)
+            try:
+                answers = client.multicast_request(spec, wait)
+            except IotctlError as exc:
+                errors.append(exc)
+                continue
+            responses.extend(client.complete_blocks(answers, spec))
+        else:
+            spec = _spec("get", target, {**req, "timeout": req["timeout"] or DEFAULT_TIMEOUT}, security)
+            responses.extend(client.request_all(iter([spec])))
+    if errors and len(errors) == len(targets):
+        raise errors[0]
+    for exc in errors:
+        from iotctl.context import warn
+
+        warn(f"{exc.what}: {exc.why}")
+    good = [m for m in responses if m.meta.get("code", "").startswith("2.")]
+    for m in responses:
+        if m not in good:
+            from iotctl.context import warn
+
+            warn(f"{m.address}: {m.meta.get('code')}")
+    if not good:
+        if multicast:
+            raise TimeoutError_("discover", f"no CoAP server answered within {wait:g} s")
+        raise TimeoutError_("discover", "no answer")
+    _write_links(good, rt, if_)
+
+
+def _write_links(responses, rt, if_) -> None:
+    from iotctl.context import warn
+    from iotctl.linkformat import filter_links, format_link, format_links, parse_links
+    from iotctl.message import Message
+    from iotctl.output import resolve_mode
+
+    s = settings()
+    mode = resolve_mode(s.output, s.format, "raw")
+    writer = s.writer(piped_default="raw")
+    for resp in responses:
+        try:
+            links = parse_links(resp.payload.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            warn(f"{resp.address}: the answer is not link-format ({exc}); printing it as it came")
+            writer.write(resp)
+            continue
+        links = filter_links(links, rt=rt, if_=if_)
+        if mode in ("raw", "text", "template"):
+            for link in links:
+                writer.write(Message("coap", resp.address, format_link(link).encode("utf-8"),
+                                     "application/link-format", {**resp.meta, "link": link}, resp.ts))
+        else:
+            meta = dict(resp.meta)
+            if mode in ("json", "jsonl"):
+                meta["links"] = links
+            writer.write(Message("coap", resp.address, format_links(links).encode("utf-8"),
+                                 "application/link-format", meta, resp.ts))
+    writer.flush()
+
+
+# --------------------------------------------------------------------------- serve
+
+
+@group.command()
+@click.option("-b", "--bind", default="127.0.0.1", show_default=True, metavar="ADDRESS",
+              help="Address to listen on (:: for every IPv6 and IPv4 address).")
+@click.option("-p", "--port", type=click.IntRange(1, 65535), default=5683, show_default=True, metavar="PORT",
+              help="UDP port to listen on.")
+@click.option("--tcp", is_flag=True, default=False, help="Also serve CoAP over TCP (coap+tcp://) on the same port.")
+@click.option("--dir", type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="Also serve the files under DIR (read-only) at /files/...")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True, metavar="SECONDS",
+              help="How often the simulated sensors change (and observers are notified).")
+@click.option("--large-size", type=click.IntRange(1, 16 * 1024 * 1024), default=4096, show_default=True,
+              metavar="BYTES", help="Size of /large, the resource that needs block-wise transfer.")
+def serve(bind, port, tcp, dir, interval, large_size):
+    """Run a simulated CoAP device until Ctrl-C.
+
+    \b
+    /time                  the time, observable (a notification every second)
+    /sensors/temperature   observable, changes every --interval (Accept: text, json,
+    /sensors/humidity        cbor, senml+json, senml+cbor)
+    /actuators/led         writable: PUT on|off (or JSON/CBOR true/false), POST toggles
+    /store                 POST creates /store/N; PUT /store/NAME creates or replaces,
+                           DELETE removes; every entry is observable
+    /large                 --large-size bytes of text: needs block-wise transfer
+    /files/...             the files of --dir, read-only
+    /.well-known/core      all of the above with rt, if, ct, obs, title
+
+    One line per request is logged on stderr (--quiet turns it off).
+
+    \b
+    iotctl coap serve &
+    iotctl coap get coap://127.0.0.1/sensors/temperature
+    iotctl coap observe coap://127.0.0.1/time -C 3
+    """
+    from iotctl.protocols.coap import server
+
+    s = settings()
+    server.serve(server.ServeConfig(address=bind, port=port, tcp=tcp, directory=dir,
+                                    interval=interval, large_size=large_size, quiet=s.quiet,
+                                    verbose=s.verbose))
