@@ -16,7 +16,6 @@ aiocoap 0.4.17 quirks handled here:
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from aiocoap.numbers.codes import Code
 
 from iotctl.errors import ConnectError, IotctlError, PeerError, TimeoutError_, TLSError, UsageError
 from iotctl.message import Message
+from iotctl.trace import route_logs
 from iotctl.protocols.coap import formats
 
 METHODS = {"get": Code.GET, "post": Code.POST, "put": Code.PUT, "delete": Code.DELETE,
@@ -73,21 +73,7 @@ class RequestSpec:
 
 def setup_logging(verbose: bool) -> None:
     """aiocoap logs to the 'coap' loggers: a trace on stderr with -v, silence otherwise."""
-    for name in ("coap", "coap-server"):
-        log = logging.getLogger(name)
-        log.propagate = False
-        for handler in list(log.handlers):
-            log.removeHandler(handler)
-        if verbose:
-            import sys
-
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("iotctl: %(name)s: %(message)s"))
-            log.addHandler(handler)
-            log.setLevel(logging.DEBUG)
-        else:
-            log.addHandler(logging.NullHandler())
-            log.setLevel(logging.CRITICAL)
+    route_logs(("coap", "coap-server"), verbose)
 
 
 # --------------------------------------------------------------------------- context

@@ -507,23 +507,6 @@ class Device:
                     sensor.step()
 
 
-def _setup_logging(verbose: bool) -> None:
-    import logging
-
-    for name in ("coap-server", "coap"):
-        log = logging.getLogger(name)
-        log.propagate = False
-        log.handlers[:] = []
-        if verbose:
-            handler = logging.StreamHandler(sys.stderr)
-            handler.setFormatter(logging.Formatter("iotctl: %(name)s: %(message)s"))
-            log.addHandler(handler)
-            log.setLevel(logging.DEBUG)
-        else:
-            log.addHandler(logging.NullHandler())
-            log.setLevel(logging.CRITICAL)
-
-
 async def _run(cfg: ServeConfig) -> None:
     device = Device(cfg)
     transports = ["udp6"] + (["tcpserver"] if cfg.tcp else [])
@@ -565,7 +548,9 @@ async def _run(cfg: ServeConfig) -> None:
 
 
 def serve(cfg: ServeConfig) -> None:
-    _setup_logging(cfg.verbose)
+    from iotctl.trace import route_logs
+
+    route_logs(("coap-server", "coap"), cfg.verbose)
     # aiocoap sets SO_REUSEPORT by default: a second server on the same port would then
     # start silently and share the requests; a busy port must be an error instead
     os.environ.setdefault("AIOCOAP_REUSE_PORT", "0")

@@ -26,6 +26,7 @@ from iotctl.endpoint import Endpoint
 from iotctl.errors import (AuthError, ConnectError, IotctlError, PeerError, TLSError,
                            TimeoutError_, UsageError, from_os_error)
 from iotctl.message import Message, bytes_text
+from iotctl.trace import route_logs
 
 VERSIONS = {"3.1": paho.MQTTv31, "3.1.1": paho.MQTTv311, "5": paho.MQTTv5}
 AUTH_REASONS = {0x86, 0x87, 0x8C}  # bad user name or password, not authorised, bad auth method
@@ -144,17 +145,11 @@ class Session:
         self._acked: set[int] = set()
         self._pub_failures: list[tuple[int, str]] = []
         self._suback: dict[int, list] = {}
-        self._log = logging.getLogger("iotctl.mqtt")
+        # paho logs every packet: a trace with --verbose; errors are always captured
+        # so a failed TLS read can be reported for what it is
+        self._log = route_logs(("iotctl.mqtt",), cfg.verbose, "mqtt", quiet_level=logging.ERROR)[0]
         self._errors = _ErrorCapture()
         self._log.addHandler(self._errors)
-        self._log.propagate = False
-        if cfg.verbose:
-            handler = logging.StreamHandler()
-            handler.setFormatter(logging.Formatter("mqtt: %(message)s"))
-            self._log.addHandler(handler)
-            self._log.setLevel(logging.DEBUG)
-        else:
-            self._log.setLevel(logging.ERROR)
         self.client = self._make_client()
 
     # ------------------------------------------------------------------ set-up
