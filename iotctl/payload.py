@@ -80,13 +80,17 @@ class PayloadSpec:
             return b""
         return codecs.encode(data, self.encode)
 
-    def iter(self, stdin: IO[bytes] | None = None) -> Iterator[Outgoing]:
-        """Every payload to send, lazily."""
-        if self.replay is not None:
-            return replay(self.replay, self.speed)
+    def payloads(self, stdin: IO[bytes] | None = None) -> Iterator[bytes]:
+        """Every payload to send, lazily, as bytes (not for --replay, which has addresses)."""
         if self.lines:
             return _lines(stdin or sys.stdin.buffer, self.encode)
-        return iter([Outgoing(self.read_one(stdin))])
+        return iter([self.read_one(stdin)])
+
+    def iter(self, stdin: IO[bytes] | None = None) -> Iterator[Outgoing]:
+        """Every message to send, lazily, with the captured address and meta for --replay."""
+        if self.replay is not None:
+            return replay(self.replay, self.speed)
+        return (Outgoing(p) for p in self.payloads(stdin))
 
 
 def read_file(path: str) -> bytes:
@@ -99,13 +103,15 @@ def read_file(path: str) -> bytes:
         raise UsageError(f"cannot read file {path}", exc.strerror or str(exc)) from None
 
 
-def _lines(stream: IO[bytes], encode: str | None) -> Iterator[Outgoing]:
-    for line in stream:
-        if line.endswith(b"\n"):
-            line = line[:-1]
-            if line.endswith(b"\r"):
-                line = line[:-1]
-        yield Outgoing(codecs.encode(line, encode) if encode else line)
+def _lines(stream: IO[bytes], encode: str | None) -> Iterator[bytes]:
+    """Each line without its LF, as mosquitto_pub -l does (a CR before it is data and
+    stays). Iteration splits after each LF, so rstrip removes exactly that one."""
+    from itertools import repeat
+
+    lines = map(bytes.rstrip, stream, repeat(b"\n"))
+    if encode:
+        return (codecs.encode(line, encode) for line in lines)
+    return lines
 
 
 def replay(path: str, speed: float | None = None) -> Iterator[Outgoing]:

@@ -17,10 +17,10 @@ def test_exactly_one_source():
     PayloadSpec(null=True).validate()
 
 
-def test_lines_strip_newlines_keep_empty_lines():
+def test_lines_strip_the_newline_only_and_keep_empty_lines():
     spec = PayloadSpec(lines=True)
-    got = [o.payload for o in spec.iter(io.BytesIO(b"a\r\n\nb\nlast"))]
-    assert got == [b"a", b"", b"b", b"last"]
+    got = list(spec.payloads(io.BytesIO(b"a\r\n\nb\n\n\nlast")))
+    assert got == [b"a\r", b"", b"b", b"", b"", b"last"]  # like mosquitto_pub -l: CR is data
 
 
 def test_lines_with_encode_cbor_per_line():

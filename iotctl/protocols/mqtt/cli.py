@@ -176,25 +176,37 @@ def publish(cfg, topics, qos, retain, repeat, interval, timeout, props, payload)
     if repeat > 1 and payload.streaming:
         raise UsageError("--repeat", "cannot be combined with -l or --replay")
     paho_props = props.to_paho()
-    single = None if payload.streaming else payload.read_one()
-
-    def items():
-        if single is not None:
-            for i in range(repeat):
-                if i and interval:
-                    time.sleep(interval)
-                for t in topics:
-                    yield t, single, qos, retain, paho_props
-            return
-        for out in payload.iter():
-            for t in topics or (validate_topic(out.address or ""),):
-                yield t, out.payload, qos, retain, paho_props
+    if payload.replay is not None:
+        messages = ((t, out.payload) for out in payload.iter()
+                    for t in topics or (validate_topic(out.address or ""),))
+    elif payload.lines:
+        messages = _each_topic(topics, payload.payloads())
+    else:
+        messages = _repeated(topics, payload.read_one(), repeat, interval)
 
     from iotctl.output.console import progress
 
     with Session(cfg) as session, progress(None, "publishing") as bar:
-        sent = session.publish_stream(items(), timeout, bar if payload.streaming else None)
+        sent = session.publish_stream(messages, qos, retain, paho_props, timeout,
+                                      bar if payload.streaming else None)
     status(f"published {sent} message(s)", tty_only=True)
+
+
+def _each_topic(topics, payloads):
+    """(topic, payload) for every payload and topic; a C-level zip for one topic."""
+    if len(topics) == 1:
+        from itertools import repeat
+
+        return zip(repeat(topics[0]), payloads)
+    return ((t, p) for p in payloads for t in topics)
+
+
+def _repeated(topics, data: bytes, repeat: int, interval: float):
+    for i in range(repeat):
+        if i and interval:
+            time.sleep(interval)
+        for t in topics:
+            yield t, data
 
 
 # --------------------------------------------------------------------------- subscribe
@@ -312,7 +324,7 @@ def request(cfg, topic, response_topic, qos, correlation_data, content_type, use
         session.subscribe([Subscription(reply_to, qos)], cfg.connect_timeout)
         props = PublishProps(content_type=content_type, response_topic=reply_to, correlation_data=corr,
                              user_properties=list(user_property))
-        session.publish_stream([(topic, data, qos, False, props.to_paho())], timeout)
+        session.publish_stream([(topic, data)], qos, False, props.to_paho(), timeout)
 
         def answer(msg) -> bool:
             got = msg.meta.get("properties", {}).get("correlation_data")
@@ -387,7 +399,7 @@ def retained_clear(cfg, topic_filter, dry_run, timeout):
         found = _collect_retained(session, topic_filter, timeout)
         topics = [m.address for m in found]
         if not dry_run and topics:
-            session.publish_stream(((t, b"", 1, True, None) for t in topics), timeout)
+            session.publish_stream(((t, b"") for t in topics), 1, True, None, timeout)
     for t in topics:
         click.echo(t)
     status(f"{'would clear' if dry_run else 'cleared'} {len(topics)} retained message(s)", tty_only=True)

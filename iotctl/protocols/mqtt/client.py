@@ -365,35 +365,37 @@ class Session:
 
     # ------------------------------------------------------------------ publishing
 
-    def publish_stream(self, items: Iterable[tuple[str, bytes, int, bool, object]],
-                       timeout: float, progress=None) -> int:
-        """Publish every item; return when all QoS 1/2 messages are acknowledged.
+    def publish_stream(self, messages: Iterable[tuple[str, bytes]], qos: int = 0, retain: bool = False,
+                       props=None, timeout: float = 10.0, progress=None) -> int:
+        """Publish every (topic, payload); return when all are written and, at QoS 1/2,
+        acknowledged.
 
-        Items are (topic, payload, qos, retain, paho Properties or None). At most
-        `window` messages are unacknowledged at a time, so any number of messages
-        can be sent without packet ids colliding or memory growing. Raises
+        At most `window` messages are unacknowledged at a time, so any number of
+        messages can be sent without packet ids colliding or memory growing. Raises
         TimeoutError_ naming how many were not acknowledged when no acknowledgement
-        arrives for `timeout` seconds.
+        arrives for `timeout` seconds. This is the hot loop of `pub -l`: keep it lean.
         """
         client = self.client
+        publish = client.publish
+        want_write = client.want_write
         window = max(1, min(self.receive_maximum, 100))
         outstanding: set[int] = set()
         acked = self._acked
+        failures = self._pub_failures
+        # with on_publish set, paho builds a reason code and properties object for
+        # every QoS 0 message too: only listen for acknowledgements when there are any
+        client.on_publish = self._on_publish if qos else None
         sent = 0
         what = "publish"
         last_progress = time.monotonic()
-        last_qos = -1
-        for topic, payload, qos, retain, props in items:
-            if qos != last_qos:
-                client.on_publish = self._on_publish if qos else None
-                last_qos = qos
-            if len(outstanding) >= window or client.want_write():
+        for topic, payload in messages:
+            if want_write() or len(outstanding) >= window:
                 last_progress = self._drain(outstanding, window - 1, timeout, last_progress, what)
             try:
-                info = client.publish(topic, payload, qos, retain, props)
+                info = publish(topic, payload, qos, retain, props)
             except ValueError as exc:
                 raise UsageError(f"cannot publish to {topic!r}", str(exc)) from None
-            if info.rc not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+            if info.rc > 0:  # MQTT_ERR_AGAIN (-1) only means "queued"
                 if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN or not self.connected:
                     raise self._lost(what)
                 raise IotctlError(what, paho.error_string(info.rc))
@@ -403,15 +405,17 @@ class Session:
                 if acked:
                     outstanding -= acked
                     acked.clear()
-            if progress is not None:
-                progress.advance()
-            if self._pub_failures:
-                break
+                if failures:
+                    break
+            if progress is not None and not sent % 1000:
+                progress.advance(1000)
         self._drain(outstanding, 0, timeout, last_progress, what)
-        if self._pub_failures:
-            code, reason = self._pub_failures[0]
+        if progress is not None:
+            progress.advance(sent % 1000)
+        if failures:
+            code, reason = failures[0]
             cls = AuthError if code in AUTH_REASONS else PeerError
-            raise cls(what, f"broker refused {len(self._pub_failures)} message(s): {reason} (0x{code:02x})")
+            raise cls(what, f"broker refused {len(failures)} message(s): {reason} (0x{code:02x})")
         return sent
 
     def _drain(self, outstanding: set[int], target: int, timeout: float, last_progress: float,
