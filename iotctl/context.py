@@ -102,7 +102,7 @@ class Command(QuickParser, click.Command):
 class ProtocolGroup(QuickParser, click.Group):
     """A protocol's group (or a sub-group such as `mqtt retained`).
 
-    - every option of its commands gets the environment variable
+    - every option of its commands reads the environment variable
       IOTCTL_<PROTO>_<OPTION> unless it names its own;
     - the active profile's `[proto]` table becomes the commands' default_map
       (resolved lazily, so `--profile` given after the command still applies);
@@ -125,7 +125,10 @@ class ProtocolGroup(QuickParser, click.Group):
         return super().group(*args, **kwargs)
 
     def add_command(self, cmd: click.Command, name: str | None = None) -> None:
-        _set_envvars(cmd, self.protocol)
+        # every option without an envvar of its own reads IOTCTL_<PROTO>_<OPTION>:
+        # click derives it from the context's auto_envvar_prefix, so Option objects
+        # shared between commands (and protocols) stay untouched
+        cmd.context_settings["auto_envvar_prefix"] = f"IOTCTL_{self.protocol.upper()}"
         super().add_command(cmd, name)
 
     def get_command(self, ctx: click.Context, cmd_name: str):
@@ -156,11 +159,3 @@ class ProtocolGroup(QuickParser, click.Group):
         section = ProfileSection(self.protocol)
         ctx.default_map = {name: section for name in self.commands}
         return super().invoke(ctx)
-
-
-def _set_envvars(cmd: click.Command, protocol: str) -> None:
-    for param in cmd.params:
-        if isinstance(param, click.Option) and param.envvar is None \
-                and not getattr(param, "iotctl_global", False) and param.name:
-            param.envvar = f"IOTCTL_{protocol.upper()}_{param.name.upper()}"
-            param.show_envvar = False

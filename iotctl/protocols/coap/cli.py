@@ -14,7 +14,7 @@ import click
 
 from iotctl.context import ProtocolGroup, settings, status
 from iotctl.errors import UsageError
-from iotctl.options import payload_options, receive_options
+from iotctl.options import shared_factory, payload_options, receive_options, shared
 from iotctl.protocols.coap import formats
 
 DEFAULT_TIMEOUT = 10.0
@@ -67,40 +67,41 @@ def _proxy(ctx, param, value):
     return formats.check_uri(value, "--proxy URI")
 
 
+@shared_factory
 def request_options(content_format: bool = True, timeout: float | None = DEFAULT_TIMEOUT,
                     with_timeout: bool = True):
     """Options of every CoAP request; the command receives `req` (a dict of
     client.RequestSpec fields, checked but without aiocoap)."""
+    options = []
+    if content_format:
+        options.append(click.option(
+            "-t", "--content-format", metavar="TYPE", callback=_content_format("--content-format"),
+            help="Content format of the payload, by name (text/plain, application/json, "
+                 "application/cbor, json, cbor, senml+json, ...) or number [default: "
+                 "application/cbor with --encode cbor, application/json with --encode json]."))
+    options += [
+        click.option("-A", "--accept", metavar="TYPE", callback=_content_format("--accept"),
+                     help="Content format to ask for (Accept), by name or number."),
+        click.option("--non", is_flag=True, default=False,
+                     help="Send the request non-confirmable (NON) instead of CON."),
+        click.option("-O", "--option", multiple=True, metavar="NUM=VALUE",
+                     callback=_options,
+                     help="Add CoAP option NUM (or its name) with VALUE: text, a number for uint "
+                          "options, or 0x-hex; repeatable. E.g. -O 2048=0x0102, -O Uri-Query=x=1."),
+        click.option("--block-size", type=click.Choice([str(s) for s in formats.BLOCK_SIZES]),
+                     default=None, callback=lambda c, p, v: _block_size(c, p, int(v) if v else None),
+                     help="Block size for block-wise transfer (RFC 7959) [default: 1024]."),
+        click.option("--proxy", metavar="URI", callback=_proxy,
+                     help="Send the request through this CoAP forward proxy (e.g. coap://proxy:5683)."),
+    ]
+    if with_timeout:
+        options.append(click.option(
+            "-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=timeout, metavar="SECONDS",
+            show_default=timeout is not None,
+            help="Seconds to wait for the response (exit 5 when none comes)."))
+    with_options = shared(options)
 
     def decorator(f):
-        options = []
-        if content_format:
-            options.append(click.option(
-                "-t", "--content-format", metavar="TYPE", callback=_content_format("--content-format"),
-                help="Content format of the payload, by name (text/plain, application/json, "
-                     "application/cbor, json, cbor, senml+json, ...) or number [default: "
-                     "application/cbor with --encode cbor, application/json with --encode json]."))
-        options += [
-            click.option("-A", "--accept", metavar="TYPE", callback=_content_format("--accept"),
-                         help="Content format to ask for (Accept), by name or number."),
-            click.option("--non", is_flag=True, default=False,
-                         help="Send the request non-confirmable (NON) instead of CON."),
-            click.option("-O", "--option", multiple=True, metavar="NUM=VALUE",
-                         callback=_options,
-                         help="Add CoAP option NUM (or its name) with VALUE: text, a number for uint "
-                              "options, or 0x-hex; repeatable. E.g. -O 2048=0x0102, -O Uri-Query=x=1."),
-            click.option("--block-size", type=click.Choice([str(s) for s in formats.BLOCK_SIZES]),
-                         default=None, callback=lambda c, p, v: _block_size(c, p, int(v) if v else None),
-                         help="Block size for block-wise transfer (RFC 7959) [default: 1024]."),
-            click.option("--proxy", metavar="URI", callback=_proxy,
-                         help="Send the request through this CoAP forward proxy (e.g. coap://proxy:5683)."),
-        ]
-        if with_timeout:
-            options.append(click.option(
-                "-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=timeout, metavar="SECONDS",
-                show_default=timeout is not None,
-                help="Seconds to wait for the response (exit 5 when none comes)."))
-
         @functools.wraps(f)
         def wrapper(*args, **kw):
             req = {
@@ -116,25 +117,25 @@ def request_options(content_format: bool = True, timeout: float | None = DEFAULT
             kw["req"] = req
             return f(*args, **kw)
 
-        for option in reversed(options):
-            wrapper = option(wrapper)
-        return wrapper
+        return with_options(wrapper)
 
     return decorator
+
+
+_SECURITY_OPTIONS = shared([
+    click.option("--psk-identity", metavar="ID", help="DTLS PSK identity (coaps://)."),
+    click.option("--psk", metavar="KEY",
+                 help="DTLS pre-shared key: text, or 0x-hex (a profile can name psk_env or psk_cmd)."),
+    click.option("--credentials", metavar="FILE", type=click.Path(dir_okay=False),
+                 help="aiocoap credentials file (JSON) mapping URI patterns to DTLS/OSCORE keys."),
+    click.option("--oscore", metavar="DIR", type=click.Path(file_okay=False),
+                 help="Protect the request with OSCORE using this security context directory."),
+])
 
 
 def security_options(f):
     """DTLS PSK, aiocoap credentials and OSCORE, the same on every client command;
     the command receives `security` (a dict of client.Security fields)."""
-    options = [
-        click.option("--psk-identity", metavar="ID", help="DTLS PSK identity (coaps://)."),
-        click.option("--psk", metavar="KEY",
-                     help="DTLS pre-shared key: text, or 0x-hex (a profile can name psk_env or psk_cmd)."),
-        click.option("--credentials", metavar="FILE", type=click.Path(dir_okay=False),
-                     help="aiocoap credentials file (JSON) mapping URI patterns to DTLS/OSCORE keys."),
-        click.option("--oscore", metavar="DIR", type=click.Path(file_okay=False),
-                     help="Protect the request with OSCORE using this security context directory."),
-    ]
 
     @functools.wraps(f)
     def wrapper(*args, **kw):
@@ -155,9 +156,7 @@ def security_options(f):
                           "oscore": kw.pop("oscore")}
         return f(*args, **kw)
 
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
+    return _SECURITY_OPTIONS(wrapper)
 
 
 def _check_security(uri: str, req: dict, security: dict) -> None:

@@ -13,7 +13,7 @@ import click
 from iotctl.context import ProtocolGroup, settings, status
 from iotctl.endpoint import Scheme
 from iotctl.errors import UsageError
-from iotctl.options import connection_options, payload_options, receive_options
+from iotctl.options import connection_options, payload_options, receive_options, shared
 from iotctl.protocols.mqtt.topics import matches, validate_filter, validate_topic
 
 SCHEMES = {
@@ -38,27 +38,28 @@ def group():
 # --------------------------------------------------------------------------- shared options
 
 
+_MQTT_OPTIONS = shared([
+    click.option("-i", "--client-id", help="Client id [default: iotctl-PID-RANDOM]."),
+    click.option("-k", "--keepalive", type=click.IntRange(0, 65535), default=60, show_default=True,
+                 help="Keepalive interval in seconds."),
+    click.option("-V", "--mqtt-version", type=click.Choice(MQTT_VERSIONS), default="5", show_default=True,
+                 help="MQTT protocol version."),
+    click.option("--clean-start/--no-clean-start", default=True, show_default=True,
+                 help="Start a new session, or resume the persistent session of this client id (-i)."),
+    click.option("--session-expiry", type=click.IntRange(0, 0xFFFFFFFF), default=None,
+                 help="MQTT 5 session expiry in seconds [default: unlimited with --no-clean-start]."),
+    click.option("--will-topic", help="Topic of the last-will message."),
+    click.option("--will-payload", default="", help="Payload of the last-will message."),
+    click.option("--will-qos", type=click.IntRange(0, 2), default=0, help="QoS of the last-will message."),
+    click.option("--will-retain", is_flag=True, default=False, help="Retain the last-will message."),
+    click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+                 show_default=True, help="Seconds to wait for the broker to accept the connection."),
+])
+
+
 def mqtt_options(f):
     """Connection and session options shared by every MQTT command; the command
     receives `cfg` (a client.MqttConfig) instead of them."""
-    options = [
-        connection_options("mqtt", SCHEMES, "mqtt", tls=True, ws=True),
-        click.option("-i", "--client-id", help="Client id [default: iotctl-PID-RANDOM]."),
-        click.option("-k", "--keepalive", type=click.IntRange(0, 65535), default=60, show_default=True,
-                     help="Keepalive interval in seconds."),
-        click.option("-V", "--mqtt-version", type=click.Choice(MQTT_VERSIONS), default="5", show_default=True,
-                     help="MQTT protocol version."),
-        click.option("--clean-start/--no-clean-start", default=True, show_default=True,
-                     help="Start a new session, or resume the persistent session of this client id (-i)."),
-        click.option("--session-expiry", type=click.IntRange(0, 0xFFFFFFFF), default=None,
-                     help="MQTT 5 session expiry in seconds [default: unlimited with --no-clean-start]."),
-        click.option("--will-topic", help="Topic of the last-will message."),
-        click.option("--will-payload", default="", help="Payload of the last-will message."),
-        click.option("--will-qos", type=click.IntRange(0, 2), default=0, help="QoS of the last-will message."),
-        click.option("--will-retain", is_flag=True, default=False, help="Retain the last-will message."),
-        click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-                     show_default=True, help="Seconds to wait for the broker to accept the connection."),
-    ]
 
     @functools.wraps(f)
     def wrapper(*args, **kw):
@@ -82,9 +83,7 @@ def mqtt_options(f):
             kw.pop(name)
         return f(*args, **kw)
 
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
+    return connection_options("mqtt", SCHEMES, "mqtt", tls=True, ws=True)(_MQTT_OPTIONS(wrapper))
 
 
 def _user_property(ctx, param, values):
@@ -97,18 +96,20 @@ def _user_property(ctx, param, values):
     return pairs
 
 
+_PUBLISH_PROPERTY_OPTIONS = shared([
+    click.option("--content-type", help="MQTT 5 content type, e.g. application/json."),
+    click.option("--response-topic", help="MQTT 5 response topic."),
+    click.option("--correlation-data", help="MQTT 5 correlation data (text)."),
+    click.option("--message-expiry", type=click.IntRange(0, 0xFFFFFFFF), help="MQTT 5 message expiry (s)."),
+    click.option("--user-property", multiple=True, metavar="KEY=VALUE", callback=_user_property,
+                 help="MQTT 5 user property (repeatable)."),
+    click.option("--payload-format-indicator", is_flag=True, default=False,
+                 help="MQTT 5: mark the payload as UTF-8 text."),
+])
+
+
 def publish_property_options(f):
     """MQTT 5 PUBLISH properties; the command receives `props` (client.PublishProps)."""
-    options = [
-        click.option("--content-type", help="MQTT 5 content type, e.g. application/json."),
-        click.option("--response-topic", help="MQTT 5 response topic."),
-        click.option("--correlation-data", help="MQTT 5 correlation data (text)."),
-        click.option("--message-expiry", type=click.IntRange(0, 0xFFFFFFFF), help="MQTT 5 message expiry (s)."),
-        click.option("--user-property", multiple=True, metavar="KEY=VALUE", callback=_user_property,
-                     help="MQTT 5 user property (repeatable)."),
-        click.option("--payload-format-indicator", is_flag=True, default=False,
-                     help="MQTT 5: mark the payload as UTF-8 text."),
-    ]
 
     @functools.wraps(f)
     def wrapper(*args, **kw):
@@ -125,9 +126,7 @@ def publish_property_options(f):
             validate_topic(kw["props"].response_topic)
         return f(*args, **kw)
 
-    for option in reversed(options):
-        wrapper = option(wrapper)
-    return wrapper
+    return _PUBLISH_PROPERTY_OPTIONS(wrapper)
 
 
 def _require_v5(cfg, what: str) -> None:
