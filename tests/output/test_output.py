@@ -88,49 +88,44 @@ def test_template_mode_without_format_is_usage_error():
         make_writer("template", None)
 
 
-def test_pretty_shows_header_and_pretty_json(capsys):
+def pretty(msg, capsys) -> str:
+    """What -o pretty prints for `msg`, colour off."""
     from iotctl.output import console
 
     console.set_color(False)
     try:
         writer = make_writer("pretty")
-        writer.write(MSG)
+        writer.write(msg)
         writer.flush()
     finally:
         console.set_color(None)
-    out = capsys.readouterr().out
+    return capsys.readouterr().out
+
+
+def test_pretty_shows_header_and_pretty_json(capsys):
+    out = pretty(MSG, capsys)
     assert "sensors/t1" in out and "qos=1" in out and "ct=application/json" in out
     assert '"t": 21.5' in out
     assert "user_properties" in out
 
 
 def test_pretty_binary_is_hexdump(capsys):
-    from iotctl.output import console
-
-    console.set_color(False)
-    try:
-        writer = make_writer("pretty")
-        writer.write(BIN)
-        writer.flush()
-    finally:
-        console.set_color(None)
-    out = capsys.readouterr().out
-    assert "00000000  fa fb fc fd fe ff 00" in out
+    assert "00000000  fa fb fc fd fe ff 00" in pretty(BIN, capsys)
 
 
 def test_pretty_cbor_as_json(capsys):
     import cbor2
 
-    from iotctl.output import console
+    msg = Message("coap", "coap://x/y", cbor2.dumps({"temp": 21}), "application/cbor", {}, ts=0.0)
+    assert '"temp": 21' in pretty(msg, capsys)
 
-    console.set_color(False)
-    try:
-        writer = make_writer("pretty")
-        writer.write(Message("coap", "coap://x/y", cbor2.dumps({"temp": 21}), "application/cbor", {}, ts=0.0))
-        writer.flush()
-    finally:
-        console.set_color(None)
-    assert '"temp": 21' in capsys.readouterr().out
+
+def test_pretty_link_format_as_table(capsys):
+    msg = Message("coap", "coap://x/.well-known/core", b'</t>;rt="temp";obs,</l>;if="core.a"',
+                  "application/link-format", {"code": "2.05 Content"}, ts=0.0)
+    out = pretty(msg, capsys)
+    assert "code=2.05 Content" in out
+    assert "temp" in out and "core.a" in out and "</t>" not in out  # a table, not the raw text
 
 
 @given(st.binary(max_size=300), st.text(min_size=1, max_size=40),
