@@ -26,9 +26,10 @@ class PrettyWriter(Writer):
         header.append(" ")
         header.append(msg.address, style="bold cyan")
         for key in _HEADER_KEYS:
-            if key in msg.meta and msg.meta[key] not in (None, False, ""):
+            value = msg.meta.get(key)
+            if value is not None and value is not False and value != "":  # qos=0 is shown
                 header.append(f" {key}=", style="dim")
-                header.append(str(msg.meta[key]), style="yellow")
+                header.append(str(value), style="yellow")
         if msg.content_type:
             header.append(" ct=", style="dim")
             header.append(msg.content_type, style="yellow")

@@ -110,7 +110,9 @@ def test_pretty_shows_header_and_pretty_json(capsys):
 
 
 def test_pretty_binary_is_hexdump(capsys):
-    assert "00000000  fa fb fc fd fe ff 00" in pretty(BIN, capsys)
+    out = pretty(BIN, capsys)
+    assert "00000000  fa fb fc fd fe ff 00" in out
+    assert "qos=0 retain=True" in out  # QoS 0 is still shown
 
 
 def test_pretty_cbor_as_json(capsys):
