@@ -8,6 +8,9 @@ from datetime import datetime, timezone
 from typing import Any
 
 
+_now = time.time
+
+
 class Message:
     """One message received or sent, whatever the protocol.
 
@@ -25,7 +28,7 @@ class Message:
         self.payload = payload
         self.content_type = content_type
         self.meta = meta if meta is not None else {}
-        self.ts = time.time() if ts is None else ts
+        self.ts = _now() if ts is None else ts
 
     def __repr__(self) -> str:
         return f"Message({self.protocol!r}, {self.address!r}, {self.payload!r}, meta={self.meta!r})"

@@ -44,16 +44,20 @@ def consume(batches: Iterable[list[Message]], receive: ReceiveSpec, what: str, w
         written.clear()
 
     try:
+        write = writer.write
         for batch in batches:
+            if count is not None and len(batch) >= count - n:
+                batch = batch[: count - n]
             for msg in batch:
-                writer.write(msg)
-                if saver is not None:
+                write(msg)
+            n += len(batch)
+            if saver is not None:
+                for msg in batch:
                     saver.write(msg)
-                if done is not None:
-                    written.append(msg)
-                n += 1
-                if count is not None and n >= count:
-                    return n
+            if done is not None:
+                written.extend(batch)
+            if count is not None and n >= count:
+                return n
             flush()
     except KeyboardInterrupt:
         return n

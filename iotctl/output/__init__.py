@@ -42,9 +42,7 @@ class RawWriter(Writer):
     """The payload bytes and a newline: exactly what mosquitto_sub prints."""
 
     def write(self, msg: Message) -> None:
-        w = self.out.write
-        w(msg.payload)
-        w(b"\n")
+        self.out.write(msg.payload + b"\n")
 
 
 class HexWriter(Writer):

@@ -214,14 +214,14 @@ class Session:
         self._suback[mid] = reason_codes
 
     def _on_message(self, client, userdata, m):
-        meta = {"qos": m.qos, "retain": m.retain}
-        content_type = None
+        # the receive hot path: one Message per PUBLISH, nothing else that can be avoided
         props = m.properties
         if props is not None and len(vars(props)) > 4:
             pd = properties_dict(props)
-            content_type = pd.get("content_type")
-            meta["properties"] = pd
-        msg = Message("mqtt", m.topic, m.payload, content_type, meta)
+            msg = Message("mqtt", m.topic, m.payload, pd.get("content_type"),
+                          {"qos": m.qos, "retain": m.retain, "properties": pd})
+        else:
+            msg = Message("mqtt", m.topic, m.payload, None, {"qos": m.qos, "retain": m.retain})
         if self._accept is None or self._accept(msg):
             self._batch.append(msg)
             if self.manual_ack and m.qos:
