@@ -453,3 +453,83 @@ def test_count_leaves_the_rest_for_the_persistent_session(iotctl, broker, topic)
     assert (first.exit_code, second.exit_code) == (0, 0), (first, second)
     assert first.stdout + second.stdout == "m0\nm1\nm2\n"
     iotctl("mqtt", "sub", *PRIVATE, "-i", cid, "-t", topic, "-W", "0.2")
+
+
+# --------------------------------------------------------------------------- a broker that misbehaves
+
+
+class StubBroker:
+    """A real socket peer speaking just enough MQTT 5 to accept a client, then answering
+    QoS 1 PUBLISHes with PUBACK `reason` (0x80 = unspecified error), or never (None).
+    It stands in for a broker that hangs or refuses, which Mosquitto cannot be made to do."""
+
+    def __init__(self, reason):
+        import socket
+
+        self.reason = reason
+        self.server = socket.socket()
+        self.server.bind(("127.0.0.1", 0))
+        self.server.listen(1)
+        self.port = self.server.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _read_packet(self, conn):
+        header = conn.recv(1)
+        if not header:
+            return None, b""
+        length, shift = 0, 0
+        while True:
+            byte = conn.recv(1)[0]
+            length |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                break
+        body = b""
+        while len(body) < length:
+            chunk = conn.recv(length - len(body))
+            if not chunk:
+                return None, b""
+            body += chunk
+        return header[0], body
+
+    def _serve(self):
+        conn, _ = self.server.accept()
+        with conn:
+            while True:
+                kind, body = self._read_packet(conn)
+                if kind is None:
+                    return
+                if kind >> 4 == 1:                       # CONNECT -> CONNACK, success
+                    conn.sendall(bytes([0x20, 3, 0, 0, 0]))
+                elif kind >> 4 == 3 and (kind >> 1) & 3:  # PUBLISH at QoS 1
+                    topic_len = int.from_bytes(body[:2], "big")
+                    packet_id = body[2 + topic_len:4 + topic_len]
+                    if self.reason is not None:
+                        conn.sendall(bytes([0x40, 3]) + packet_id + bytes([self.reason]))
+                elif kind >> 4 == 14:                    # DISCONNECT
+                    return
+
+    def close(self):
+        self.server.close()
+
+
+def test_publish_without_acknowledgement_is_exit_5_naming_the_count(iotctl):
+    stub = StubBroker(reason=None)
+    try:
+        r = iotctl("mqtt", "pub", "-h", "127.0.0.1", "-p", stub.port, "-t", "t", "-q", "1", "-m", "x",
+                   "--repeat", "3", "-W", "0.5")
+    finally:
+        stub.close()
+    assert r.exit_code == 5, r
+    assert r.stderr.strip() == "iotctl: error: publish: 3 message(s) not acknowledged within 0.5 s"
+
+
+def test_negative_puback_is_exit_6(iotctl):
+    stub = StubBroker(reason=0x80)
+    try:
+        r = iotctl("mqtt", "pub", "-h", "127.0.0.1", "-p", stub.port, "-t", "t", "-q", "1", "-m", "x")
+    finally:
+        stub.close()
+    assert r.exit_code == 6, r
+    assert "broker refused 1 message(s): Unspecified error (0x80)" in r.stderr
