@@ -25,7 +25,8 @@ import aiocoap
 from aiocoap import error as coap_error
 from aiocoap.numbers.codes import Code
 
-from iotctl.errors import ConnectError, IotctlError, PeerError, TimeoutError_, TLSError, UsageError
+from iotctl.errors import (ConnectError, IotctlError, PeerError, TimeoutError_, UsageError,
+                           from_os_error)
 from iotctl.message import Message
 from iotctl.trace import route_logs
 from iotctl.protocols.coap import formats
@@ -211,7 +212,6 @@ def check_response(resp, what: str) -> None:
 
 def map_error(exc: BaseException, what: str, timeout: float | None = None) -> IotctlError:
     """aiocoap's and the OS's failures as iotctl errors (exit 3, 5, 7 or 1)."""
-    import errno
     import ssl
 
     if isinstance(exc, IotctlError):
@@ -226,17 +226,8 @@ def map_error(exc: BaseException, what: str, timeout: float | None = None) -> Io
     if isinstance(exc, (coap_error.MalformedUrlError, coap_error.IncompleteUrlError)):
         return UsageError(f"bad URI in {what}", str(exc))
     cause = exc.__cause__ if exc.__cause__ is not None else exc
-    if isinstance(cause, ssl.SSLCertVerificationError):
-        return TLSError(what, f"certificate verification failed: {cause.verify_message}")
-    if isinstance(cause, ssl.SSLError):
-        return TLSError(what, f"TLS handshake failed: {cause.reason or cause}")
-    if isinstance(cause, OSError) and cause.errno is not None:
-        if cause.errno == errno.ECONNREFUSED:
-            return ConnectError(what, "connection refused (nothing listens on that port)",
-                                hint="is the CoAP server running on that host and port?")
-        if cause.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
-            return ConnectError(what, os.strerror(cause.errno).lower())
-        return ConnectError(what, cause.strerror or str(cause))
+    if isinstance(cause, OSError) and (cause.errno is not None or isinstance(cause, ssl.SSLError)):
+        return from_os_error(what, cause)  # refused (ICMP port unreachable), TLS, ...
     if isinstance(exc, coap_error.NetworkError):
         return ConnectError(what, str(exc.__cause__ or exc))
     if isinstance(exc, coap_error.Error):
