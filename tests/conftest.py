@@ -38,8 +38,9 @@ PEERS = {
     "mosquitto-ws": ("127.0.0.1", 9001, "tcp"),
     "mosquitto-wss": ("127.0.0.1", 9443, "tcp"),
     "coap-server": ("127.0.0.1", 5783, "udp"),
+    "coaps-server": ("127.0.0.1", 5785, "udp"),  # its DTLS port is 5786 (PSK iotctl / iotctl-psk)
 }
-SERVICE_OF = {"coap-server": "coap"}
+SERVICE_OF = {"coap-server": "coap", "coaps-server": "coaps"}
 
 
 @dataclass

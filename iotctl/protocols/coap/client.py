@@ -218,6 +218,9 @@ def map_error(exc: BaseException, what: str, timeout: float | None = None) -> Io
         return exc
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError, coap_error.TimeoutError)):
         why = f"no response within {timeout:g} s" if timeout else "no response (retransmissions exhausted)"
+        if "coaps://" in what:  # tinydtls drops a failed handshake silently: no alert reaches us
+            return TimeoutError_(what, why, hint="a DTLS handshake that fails looks like this: "
+                                 "check --psk-identity and --psk (and -W)")
         return TimeoutError_(what, why, hint="is a CoAP server running there? (-W sets the timeout)")
     if isinstance(exc, coap_error.ResolutionError):
         return ConnectError(what, f"cannot resolve host ({exc.args[0] if exc.args else exc})")
