@@ -8,18 +8,11 @@ import click
 
 from iotctl import __version__
 from iotctl.errors import ExitCode, IotctlError
-from iotctl.lazy import LazyGroup
+from iotctl.groups import LazyGroup
+from iotctl.registry import PROTOCOLS
 
 GROUPS = {
-    "mqtt": ("iotctl.protocols.mqtt.cli:group",
-             "MQTT: publish, subscribe, request/response, retained messages."),
-    "coap": ("iotctl.protocols.coap.cli:group",
-             "CoAP: get/put/post/delete/fetch/patch, observe, discover, serve a simulated device."),
-    "amqp": ("iotctl.protocols.amqp.cli:group",
-             "AMQP 0-9-1 (RabbitMQ): publish, consume, tap, declare (not built yet)."),
-    "stomp": ("iotctl.protocols.stomp.cli:group", "STOMP: send, subscribe (not built yet)."),
-    "xmpp": ("iotctl.protocols.xmpp.cli:group",
-             "XMPP: send, listen, presence, roster, ping, disco (not built yet)."),
+    **{p.name: (p.group, p.help) for p in PROTOCOLS.values()},
     "profile": ("iotctl.commands.profile:group", "Manage connection profiles (TOML, one per file)."),
     "completion": ("iotctl.commands.completion:command", "Print the shell completion script."),
 }
@@ -38,7 +31,7 @@ def _root_params():
                     "6 peer error, 7 TLS, 130 interrupted. See 'man iotctl'.")
 @click.version_option(__version__, "--version", prog_name="iotctl", message="%(prog)s %(version)s")
 def cli():
-    """iotctl: one tool for MQTT, CoAP, AMQP, STOMP and XMPP.
+    """iotctl: one tool for the IoT and messaging protocols.
 
     Global options go before the protocol or after the command:
     'iotctl -o json mqtt sub -t x' is 'iotctl mqtt sub -t x -o json'.
@@ -50,26 +43,26 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(argv: list[str] | None = None) -> int:
-    verbose = _verbose_requested(argv)
+    debug = _debug_requested(argv)
     try:
         result = cli.main(args=argv, prog_name="iotctl", standalone_mode=False)
         return result if isinstance(result, int) else ExitCode.OK
     except IotctlError as exc:
-        _trace(verbose)
+        _trace(debug)
         _error(exc.what, exc.why, exc.hint)
         return exc.code
     except click.exceptions.NoArgsIsHelpError as exc:
         sys.stdout.write(exc.ctx.get_help() + "\n")
         return ExitCode.OK
     except click.UsageError as exc:
-        _trace(verbose)
+        _trace(debug)
         hint = None
         if exc.ctx is not None:
             hint = f"try '{exc.ctx.command_path} --help'"
         _error(exc.format_message(), None, hint)
         return ExitCode.USAGE
     except click.ClickException as exc:
-        _trace(verbose)
+        _trace(debug)
         _error(exc.format_message())
         return ExitCode.ERROR
     except (KeyboardInterrupt, click.Abort):
@@ -81,24 +74,26 @@ def run(argv: list[str] | None = None) -> int:
 
         _quiet_broken_pipe()
         return ExitCode.OK
-    except Exception as exc:  # the last resort: one line, traceback only with --verbose
-        _trace(verbose)
+    except Exception as exc:  # the last resort: one line, traceback only with --debug
+        _trace(debug)
         _error(f"unexpected {type(exc).__name__}", str(exc) or None,
-               None if verbose else "run again with --verbose for the traceback")
+               None if debug else "run again with -d/--debug for the traceback")
         return ExitCode.ERROR
 
 
-def _verbose_requested(argv: list[str] | None) -> bool:
+def _debug_requested(argv: list[str] | None) -> bool:
     import os
 
     args = sys.argv[1:] if argv is None else argv
     if "--" in args:
         args = args[: args.index("--")]
-    return "-v" in args or "--verbose" in args or os.environ.get("IOTCTL_VERBOSE", "") not in ("", "0")
+    if any(a in ("-d", "--debug", "--verbose") for a in args):
+        return True
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("IOTCTL_DEBUG", "IOTCTL_VERBOSE"))
 
 
-def _trace(verbose: bool) -> None:
-    if verbose:
+def _trace(debug: bool) -> None:
+    if debug:
         import traceback
 
         traceback.print_exc(file=sys.stderr)

@@ -8,7 +8,8 @@ from iotctl.errors import UsageError
 
 
 class Endpoint:
-    """Where to connect and as whom; built from --url and the individual options.
+    """Where to connect and as whom; built from --url (or --jid/--server) and the
+    individual options.
 
     (Plain classes rather than dataclasses here and in the protocol clients: the
     dataclass code generation costs time on every start.)"""
@@ -16,12 +17,13 @@ class Endpoint:
     def __init__(self, scheme: str, host: str, port: int, username: str | None = None,
                  password: str | None = None, path: str | None = None, tls: bool = False, ws: bool = False,
                  cafile: str | None = None, cert: str | None = None, key: str | None = None,
-                 insecure: bool = False, alpn: tuple[str, ...] = (), extra: dict | None = None):
+                 insecure: bool = False, alpn: tuple[str, ...] = (), server_given: bool = True):
         self.scheme, self.host, self.port = scheme, host, port
         self.username, self.password, self.path = username, password, path
         self.tls, self.ws = tls, ws
         self.cafile, self.cert, self.key, self.insecure, self.alpn = cafile, cert, key, insecure, alpn
-        self.extra = extra if extra is not None else {}
+        # False when the host was only derived (from a JID's domain), so a protocol may look it up (SRV)
+        self.server_given = server_given
 
     def ssl_context(self):
         from iotctl.tls import make_ssl_context
@@ -43,23 +45,30 @@ class Scheme:
         self.tls, self.ws, self.port = tls, ws, port
 
 
+def mask_url(url: str) -> str:
+    """The URL with its password replaced by ****, for every message that shows one."""
+    import re
+
+    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:)[^/]*@", r"\1****@", url)
+
+
 def parse_url(url: str, schemes: dict[str, Scheme]):
-    """Split a URL into its parts; a bad URL is a usage error (exit 2)."""
+    """Split a URL into its parts; a bad URL is a usage error (exit 2) whose message
+    never shows the password."""
     from urllib.parse import unquote, urlsplit
 
-    from iotctl.errors import UsageError
-
+    shown = mask_url(url)
     try:
         parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise UsageError(f"bad URL {url!r}", str(exc)) from None
+        raise UsageError(f"bad URL {shown!r}", str(exc)) from None
     scheme = parts.scheme.lower()
     if scheme not in schemes:
-        raise UsageError(f"bad URL {url!r}",
+        raise UsageError(f"bad URL {shown!r}",
                          f"scheme must be one of {', '.join(s + '://' for s in schemes)}")
     if not parts.hostname:
-        raise UsageError(f"bad URL {url!r}", "no host")
+        raise UsageError(f"bad URL {shown!r}", "no host")
     return {
         "scheme": scheme,
         "host": parts.hostname,
@@ -72,11 +81,14 @@ def parse_url(url: str, schemes: dict[str, Scheme]):
 
 
 def build_endpoint(ctx: click.Context, kw: dict, schemes: dict[str, Scheme],
-                   default_scheme: str, tls: bool) -> Endpoint:
+                   default_scheme: str) -> Endpoint:
+    """The Endpoint from the values of options.connection_options (popped from `kw`)."""
     from click.core import ParameterSource
 
-    url = kw.pop("url")
-    values = {name: kw.pop(name) for name in ("host", "port", "username", "password")}
+    url = kw.pop("url", None)
+    jid = kw.pop("jid", None)
+    server = kw.pop("server", None)
+    values = {name: kw.pop(name, None) for name in ("host", "port", "username", "password")}
     tls_values = {name: kw.pop(name, None) for name in ("tls", "cafile", "cert", "key", "insecure", "alpn")}
     want_ws = bool(kw.pop("ws", False))
     ws_path = kw.pop("ws_path", None)
@@ -86,6 +98,7 @@ def build_endpoint(ctx: click.Context, kw: dict, schemes: dict[str, Scheme],
 
     scheme = default_scheme
     path = None
+    server_given = True
     if url:
         parsed = parse_url(url, schemes)
         scheme = parsed["scheme"]
@@ -93,6 +106,15 @@ def build_endpoint(ctx: click.Context, kw: dict, schemes: dict[str, Scheme],
         for name in ("host", "port", "username", "password"):
             if parsed[name] is not None and not given(name):
                 values[name] = parsed[name]
+    if jid is not None or server is not None or "jid" in ctx.params:
+        values["username"] = jid
+        if server:
+            values["host"], values["port"] = split_host_port(server, "--server")
+        elif jid:
+            values["host"] = jid.split("@", 1)[-1].split("/", 1)[0]
+            server_given = False
+        if not values["host"]:
+            raise UsageError("no server", "give --jid user@domain (or --server HOST[:PORT])")
     info = schemes[scheme]
     use_tls = info.tls or bool(tls_values["tls"]) or bool(tls_values["cafile"]) or bool(tls_values["cert"])
     want_ws = want_ws or info.ws
@@ -111,4 +133,23 @@ def build_endpoint(ctx: click.Context, kw: dict, schemes: dict[str, Scheme],
     return Endpoint(scheme=scheme, host=values["host"], port=port, username=values["username"],
                     password=values["password"], path=path, tls=use_tls, ws=info.ws,
                     cafile=tls_values["cafile"], cert=tls_values["cert"], key=tls_values["key"],
-                    insecure=bool(tls_values["insecure"]), alpn=tuple(tls_values["alpn"] or ()))
+                    insecure=bool(tls_values["insecure"]), alpn=tuple(tls_values["alpn"] or ()),
+                    server_given=server_given)
+
+
+def split_host_port(text: str, what: str) -> tuple[str, int | None]:
+    """`host`, `host:port`, `[v6]:port` -> (host, port or None); a bad one is exit 2."""
+    host, port = text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if port is not None:
+        if not port.isdigit() or not 0 < int(port) < 65536:
+            raise UsageError(f"bad {what} {text!r}", "the port must be a number from 1 to 65535")
+        port = int(port)
+    if not host:
+        raise UsageError(f"bad {what} {text!r}", "no host")
+    return host, port

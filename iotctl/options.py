@@ -1,43 +1,75 @@
 """Every shared option, defined once, as decorator factories.
 
+- `bundle()`              a list of options that reaches the command as one object
 - `global_params()`       the global options (root, and hidden on every command)
-- `connection_options()`  URL, host, port, credentials and TLS for any protocol
+- `connection_options()`  URL, host/port or JID, credentials and TLS for any protocol
 - `payload_options()`     MESSAGE, -m, -f, -s, -l, --null, --encode, --replay, --speed
-- `receive_options()`     -C/--count, -W/--timeout, --save
+- `send_options()`        --repeat, --interval (with the payload: the send driver's input)
+- `receive_options()`     -C/--count, -W/--timeout, --idle-timeout, --save
+- `timeout_option()`      -W/--timeout for one-shot commands
+- `kv_option()`           a repeatable KEY=VALUE option (properties, headers, arguments)
+
+Option objects are built once per distinct factory call and shared by every command
+that uses them (see `bundle`).
 """
 
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import click
 
 from iotctl.output import MODES
 
 
-def shared(option_decorators: list[Callable]) -> Callable:
-    """One decorator applying `option_decorators`, whose Option objects are built once
-    and shared by every command it decorates.
+class Values(dict):
+    """The values of a bundle without a builder: `values.name` or `values["name"]`."""
 
-    Building ~30 options for each command of a group cost milliseconds at every start,
-    although only one command runs. Sharing is safe: an Option keeps no per-run state
-    (values live in the click Context, and IOTCTL_<PROTO>_<OPTION> comes from the
-    context's auto_envvar_prefix, not from the Option)."""
+    __getattr__ = dict.__getitem__
+
+
+def _params_of(option_decorators: list[Callable]) -> list[click.Parameter]:
+    def probe():
+        pass
+
+    for decorate in reversed(option_decorators):
+        probe = decorate(probe)
+    return list(probe.__click_params__)
+
+
+def bundle(target: str | None, options: list[Callable], build: Callable[..., Any] | None = None,
+           consumes: tuple[str, ...] = ()) -> Callable:
+    """A decorator adding `options` to a command. Their values are taken out of the
+    command's arguments and given to it as one argument `target`: `build(**values)`
+    (build may read click's current context), or a `Values` dict without `build`.
+    `consumes` names arguments made by outer bundles (e.g. "endpoint") that are taken
+    out too and passed to `build`. With `target` None the options are only added.
+
+    The Option objects are built once and shared by every command decorated, which
+    keeps start-up cheap (only one command runs). Sharing is safe: an Option keeps no
+    per-run state, and IOTCTL_<PROTO>_<OPTION> comes from the context's
+    auto_envvar_prefix, not from the Option."""
     built: list[click.Parameter] = []
 
-    def apply(f):
+    def decorator(f):
         if not built:
-            def probe():
-                pass
+            built.extend(_params_of(options))
+        if target is None:
+            f.__dict__.setdefault("__click_params__", []).extend(built)
+            return f
+        names = [p.name for p in built] + list(consumes)
 
-            for decorate in reversed(option_decorators):
-                probe = decorate(probe)
-            built.extend(probe.__click_params__)
-        f.__dict__.setdefault("__click_params__", []).extend(built)
-        return f
+        @functools.wraps(f)
+        def wrapper(*args, **kwargs):
+            values = {name: kwargs.pop(name) for name in names if name in kwargs}
+            kwargs[target] = build(**values) if build is not None else Values(values)
+            return f(*args, **kwargs)
 
-    return apply
+        wrapper.__dict__["__click_params__"] = list(getattr(f, "__click_params__", [])) + built
+        return wrapper
+
+    return decorator
 
 
 def shared_factory(factory: Callable) -> Callable:
@@ -47,7 +79,8 @@ def shared_factory(factory: Callable) -> Callable:
     @functools.wraps(factory)
     def get(*args, **kwargs):
         # dict arguments (a protocol's scheme table) are module constants: key them by identity
-        key = tuple(id(a) if isinstance(a, dict) else a for a in args) + tuple(sorted(kwargs.items()))
+        key = (tuple(id(a) if isinstance(a, dict) else a for a in args)
+               + tuple((k, id(v) if isinstance(v, dict) else v) for k, v in sorted(kwargs.items())))
         if key not in cache:
             cache[key] = factory(*args, **kwargs)
         return cache[key]
@@ -65,15 +98,19 @@ def _complete_profiles(ctx, param, incomplete):
 
 
 def _store_global(ctx: click.Context, param: click.Parameter, value):
-    from iotctl.context import settings
+    from iotctl.settings import Settings
 
     root = ctx.parent is None
     source = ctx.get_parameter_source(param.name)
     if root or source is click.core.ParameterSource.COMMANDLINE:
-        s = settings(ctx)
+        s = ctx.find_root().ensure_object(Settings)
         setattr(s, param.name, value)
         if param.name == "format" and value is not None and s.output == "auto":
             s.output = "template"
+        if param.name == "format" and value is not None:
+            from iotctl.output.template import Template
+
+            Template(value)  # a bad template is a usage error before anything connects
         if param.name == "color":
             from iotctl.output import console
 
@@ -107,8 +144,9 @@ def global_params(root: bool) -> list[click.Option]:
             help="Template such as '{ts} {address} {payload} {meta[qos]}' (implies -o template)."),
         opt("--color/--no-color", default=None, envvar="IOTCTL_COLOR",
             help="Force colour on or off (NO_COLOR and FORCE_COLOR are honoured)."),
-        opt("-v", "--verbose", is_flag=True, default=False, envvar="IOTCTL_VERBOSE",
-            help="Protocol trace on stderr; tracebacks on errors."),
+        opt("-d", "--debug", "--verbose", "debug", is_flag=True, default=False,
+            envvar=["IOTCTL_DEBUG", "IOTCTL_VERBOSE"],
+            help="Protocol trace on stderr and tracebacks on errors (as mosquitto's -d)."),
         opt("--quiet", is_flag=True, default=False, envvar="IOTCTL_QUIET",
             help="No status lines on stderr (errors are still shown)."),
     ]
@@ -117,29 +155,109 @@ def global_params(root: bool) -> list[click.Option]:
     return params
 
 
+# --------------------------------------------------------------------------- small shared options
+
+
+@shared_factory
+def timeout_option(default: float | None = 10.0, help: str = "Seconds to wait for the answer "
+                   "(exit 5 when none comes).") -> Callable:
+    """-W/--timeout of a one-shot command (receive_options has its own)."""
+    return bundle(None, [click.option(
+        "-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=default, metavar="SECONDS",
+        show_default=default is not None, help=help)])
+
+
+def parse_pair(text: str, typed: bool = False) -> tuple[str, Any]:
+    """`KEY=VALUE` -> (KEY, "VALUE"). With `typed`: `KEY:int=5`, `KEY:float=1.5`,
+    `KEY:bool=true`, `KEY:json=[1,2]` and `KEY:str=007` give typed values. Raises
+    ValueError with the reason."""
+    if "=" not in text:
+        raise ValueError(f"{text!r} is not KEY=VALUE")
+    key, value = text.split("=", 1)
+    if not typed or ":" not in key:
+        if not key:
+            raise ValueError(f"{text!r} has an empty key")
+        return key, value
+    key, kind = key.rsplit(":", 1)
+    if not key:
+        raise ValueError(f"{text!r} has an empty key")
+    try:
+        if kind == "str":
+            return key, value
+        if kind == "int":
+            return key, int(value)
+        if kind == "float":
+            return key, float(value)
+        if kind == "bool":
+            lowered = value.strip().lower()
+            if lowered in ("true", "yes", "1", "on"):
+                return key, True
+            if lowered in ("false", "no", "0", "off"):
+                return key, False
+            raise ValueError("not true or false")
+        if kind == "json":
+            import json
+
+            return key, json.loads(value)
+    except ValueError as exc:
+        raise ValueError(f"{text!r}: the value is not a {kind} ({exc})") from None
+    raise ValueError(f"{text!r}: unknown type {kind!r} (str, int, float, bool or json)")
+
+
+@shared_factory
+def kv_option(*decls: str, help: str, typed: bool = False, metavar: str = "KEY=VALUE") -> Callable:
+    """A repeatable KEY=VALUE option whose value is a list of (key, value) pairs."""
+
+    def callback(ctx, param, values):
+        pairs = []
+        for text in values:
+            try:
+                pairs.append(parse_pair(text, typed))
+            except ValueError as exc:
+                raise click.BadParameter(str(exc), ctx, param) from None
+        return pairs
+
+    if typed:
+        help += " Typed values: KEY:int=5, KEY:bool=true, KEY:json=[1,2]."
+    return bundle(None, [click.option(*decls, multiple=True, metavar=metavar, callback=callback, help=help)])
+
+
 # --------------------------------------------------------------------------- connection
 
 
 @shared_factory
-def connection_options(protocol: str, schemes: dict, default_scheme: str,
-                       tls: bool = True, ws: bool = False) -> Callable:
+def connection_options(schemes: dict, default_scheme: str, tls: bool = True, ws: bool = False,
+                       identity: str = "user", default_host: str = "localhost") -> Callable:
     """Connection options shared by every command of a protocol; the command receives
-    one `endpoint: Endpoint` argument instead of the separate values."""
+    one `endpoint: Endpoint` argument instead of the separate values.
+
+    identity "user": --url, -h/--host, -p/--port, -u/--username, -P/--password
+    (URL- and host/port-addressed protocols: MQTT, AMQP, STOMP, MQTT-SN);
+    identity "jid": --jid, -P/--password, --server HOST[:PORT] (XMPP: the host comes
+    from the JID's domain unless --server names one)."""
+    from iotctl.endpoint import build_endpoint
+
     default_port = schemes[default_scheme].port
     tls_schemes = [s for s, v in schemes.items() if v.tls]
-
-    options = [
-        click.option("--url", metavar="URL",
-                     help=f"Connect to URL ({', '.join(s + '://' for s in schemes)}"
-                          "user:pass@host:port); separate options given on the command line win."),
-        click.option("-h", "--host", default="localhost", show_default=True, help="Host to connect to."),
-        click.option("-p", "--port", type=click.IntRange(1, 65535), default=None,
-                     help=f"Port [default: {default_port}"
-                          + (f", {schemes[tls_schemes[0]].port} with TLS" if tls and tls_schemes else "")
-                          + "]."),
-        click.option("-u", "--username", help="User name."),
-        click.option("-P", "--password", help="Password (a profile can name password_env or password_cmd)."),
-    ]
+    port_help = (f"Port [default: {default_port}"
+                 + (f", {schemes[tls_schemes[0]].port} with TLS" if tls and tls_schemes else "") + "].")
+    if identity == "jid":
+        options = [
+            click.option("--jid", metavar="JID", help="Your address (user@domain[/resource])."),
+            click.option("-P", "--password", help=_PASSWORD_HELP),
+            click.option("--server", metavar="HOST[:PORT]",
+                         help=f"Connect to this server instead of the JID's domain; {port_help}"),
+        ]
+    else:
+        options = [
+            click.option("--url", metavar="URL",
+                         help=f"Connect to URL ({', '.join(s + '://' for s in schemes)}"
+                              "user:pass@host:port); separate options given on the command line win."),
+            click.option("-h", "--host", default=default_host, show_default=True, help="Host to connect to."),
+            click.option("-p", "--port", type=click.IntRange(1, 65535), default=None, help=port_help),
+            click.option("-u", "--username", help="User name."),
+            click.option("-P", "--password", help=_PASSWORD_HELP),
+        ]
     if tls:
         options += [
             click.option("--tls", is_flag=True, default=False, help="Use TLS."),
@@ -156,20 +274,15 @@ def connection_options(protocol: str, schemes: dict, default_scheme: str,
             click.option("--ws", is_flag=True, default=False, help="Connect over websockets."),
             click.option("--ws-path", metavar="PATH", help="Websocket path (MQTT: /mqtt)."),
         ]
-    with_options = shared(options)
 
-    def decorator(f):
-        @functools.wraps(f)
-        def wrapper(*args, **kwargs):
-            from iotctl.endpoint import build_endpoint
+    def build(**values):
+        return build_endpoint(click.get_current_context(), values, schemes, default_scheme)
 
-            ctx = click.get_current_context()
-            kwargs["endpoint"] = build_endpoint(ctx, kwargs, schemes, default_scheme, tls)
-            return f(*args, **kwargs)
+    return bundle("endpoint", options, build)
 
-        return with_options(wrapper)
 
-    return decorator
+_PASSWORD_HELP = ("Password. Seen by every user in 'ps': prefer IOTCTL_<PROTO>_PASSWORD or a "
+                  "profile's password_env/password_cmd.")
 
 
 # --------------------------------------------------------------------------- payload
@@ -202,37 +315,48 @@ def payload_options(replay: bool = True) -> Callable:
                          help="With --replay: keep the captured timing, sped up by this factor "
                               "(1 = real time, 0 = no delay)."),
         ]
-    with_options = shared(options)
 
-    def decorator(f):
-        @functools.wraps(f)
-        def wrapper(*args, **kwargs):
-            from iotctl.errors import UsageError
-            from iotctl.payload import PayloadSpec
+    def build(message_arg, message, file, stdin_, lines, null, encode, replay=None, speed=None):
+        from iotctl.errors import UsageError
+        from iotctl.payload import PayloadSpec
 
-            positional = kwargs.pop("message_arg")
-            message = kwargs.pop("message")
-            if positional is not None and message is not None:
-                raise UsageError("conflicting payload options", "MESSAGE and -m given; choose one")
-            kwargs["payload"] = PayloadSpec(
-                message=positional if positional is not None else message,
-                file=kwargs.pop("file"), stdin=kwargs.pop("stdin_"), lines=kwargs.pop("lines"),
-                null=kwargs.pop("null"), encode=kwargs.pop("encode"),
-                replay=kwargs.pop("replay", None), speed=kwargs.pop("speed", None))
-            return f(*args, **kwargs)
+        if message_arg is not None and message is not None:
+            raise UsageError("conflicting payload options", "MESSAGE and -m given; choose one")
+        return PayloadSpec(message=message_arg if message_arg is not None else message, file=file,
+                           stdin=stdin_, lines=lines, null=null, encode=encode, replay=replay, speed=speed)
 
-        return with_options(wrapper)
+    return bundle("payload", options, build)
 
-    return decorator
+
+@shared_factory
+def send_options() -> Callable:
+    """--repeat, --interval and --failed; the command receives `sending: SendSpec`."""
+    options = [
+        click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Send the message this many times."),
+        click.option("--interval", type=click.FloatRange(min=0), default=0.0, show_default=True,
+                     help="Seconds between repeated messages."),
+        click.option("--failed", type=click.Path(dir_okay=False, writable=True), metavar="FILE.jsonl",
+                     help="When stopped early, write every message not acknowledged to FILE as "
+                          "envelope lines (send them again with --replay FILE)."),
+    ]
+
+    def build(repeat, interval, failed):
+        from iotctl.send import SendSpec
+
+        return SendSpec(repeat, interval, failed)
+
+    return bundle("sending", options, build)
 
 
 # --------------------------------------------------------------------------- receiving
 
 
 @shared_factory
-def receive_options(default_timeout: float | None = None) -> Callable:
-    """-C/--count, -W/--timeout and --save; the command receives `receive: ReceiveSpec`."""
-
+def receive_options(default_timeout: float | None = None, idle: str | None = None) -> Callable:
+    """-C/--count, -W/--timeout, --save, and with `idle` --idle-timeout ("ok": stop
+    successfully once nothing arrived for that long, as a drained queue; "error":
+    give up with exit 5); the command receives `receive: ReceiveSpec`."""
     options = [
         click.option("-C", "--count", type=click.IntRange(min=1), default=None,
                      help="Stop after COUNT messages."),
@@ -244,16 +368,15 @@ def receive_options(default_timeout: float | None = None) -> Callable:
                      help="Also append every message received to FILE as JSON lines "
                           "(replayable with --replay)."),
     ]
-    with_options = shared(options)
+    if idle is not None:
+        options.append(click.option(
+            "--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+            help=("Stop (exit 0) once nothing has arrived for this long." if idle == "ok" else
+                  "Give up (exit 5) when nothing arrives for this long.")))
 
-    def decorator(f):
-        @functools.wraps(f)
-        def wrapper(*args, **kwargs):
-            from iotctl.receive import ReceiveSpec
+    def build(count, timeout, save, idle_timeout=None):
+        from iotctl.receive import ReceiveSpec
 
-            kwargs["receive"] = ReceiveSpec(kwargs.pop("count"), kwargs.pop("timeout"), kwargs.pop("save"))
-            return f(*args, **kwargs)
+        return ReceiveSpec(count, timeout, save, idle_timeout, idle_ok=idle == "ok")
 
-        return with_options(wrapper)
-
-    return decorator
+    return bundle("receive", options, build)

@@ -12,11 +12,10 @@ import os
 import stat
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from iotctl.errors import IotctlError, UsageError
 
-PROTOCOLS = ("mqtt", "coap", "amqp", "stomp", "xmpp")
 SECRET_WORDS = ("password", "psk", "secret", "token")
 INDIRECT = ("_env", "_cmd")
 
@@ -109,7 +108,7 @@ def _warn_if_readable(path: Path) -> None:
     except OSError:
         return
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        from iotctl.context import warn
+        from iotctl.settings import warn
 
         warn(f"profile {path} can be read by others (mode {stat.S_IMODE(mode):o}); "
              f"run 'chmod 600 {path}'")
@@ -192,13 +191,14 @@ class ProfileSection(Mapping):
     the command (processed eagerly) is already known when defaults are resolved.
     """
 
-    def __init__(self, protocol: str):
+    def __init__(self, protocol: str, selected: Callable[[], str | None]):
         self.protocol = protocol
+        self.selected = selected  # the --profile given (read when first needed)
         self._data: dict[str, Any] | None = None
 
     def _table(self) -> dict[str, Any]:
         if self._data is None:
-            from iotctl.context import settings
+            from iotctl.settings import current as settings
 
             name = active_name(settings().profile)
             table = {}

@@ -1,51 +1,100 @@
-"""The receive loop shared by every streaming command (subscribe, observe, consume, listen).
+"""The receive driver: every receiving command (mqtt subscribe, coap observe, amqp
+consume/tap, stomp subscribe, xmpp listen, mqttsn subscribe) runs on `run()`.
 
-Protocol clients produce batches of Messages (one batch per read from the network);
-this loop renders them, flushes once a batch, counts, saves, and turns "count not
-reached before the timeout" into exit 5. Ctrl-C ends it successfully.
+A protocol supplies a `Receiver`; the driver owns everything else: -C/--count,
+-W/--timeout, --idle-timeout, a duration, --save, acknowledging only what has been
+written (and flushed), and Ctrl-C (which ends a receive successfully).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+import time
 
-from iotctl.errors import TimeoutError_
+from iotctl.errors import TimeoutError_, UsageError
 from iotctl.message import Message
 
 
 class ReceiveSpec:
-    """-C/--count, -W/--timeout and --save of a receiving command."""
+    """-C/--count, -W/--timeout, --save and --idle-timeout of a receiving command;
+    `idle_ok`: an idle timeout ends the run successfully (a drained queue) instead of
+    exit 5; `duration`: stop successfully after that many seconds (coap observe
+    --duration, xmpp presence set --for)."""
 
-    __slots__ = ("count", "timeout", "save")
+    __slots__ = ("count", "timeout", "save", "idle_timeout", "idle_ok", "duration")
 
-    def __init__(self, count: int | None, timeout: float | None, save: str | None):
+    def __init__(self, count: int | None = None, timeout: float | None = None, save: str | None = None,
+                 idle_timeout: float | None = None, idle_ok: bool = False, duration: float | None = None):
         self.count, self.timeout, self.save = count, timeout, save
+        self.idle_timeout, self.idle_ok, self.duration = idle_timeout, idle_ok, duration
 
 
-def consume(batches: Iterable[list[Message]], receive: ReceiveSpec, what: str, writer=None,
-            done: Callable[[Message], None] | None = None) -> int:
-    """Render every message; `done(msg)` is called once a message has been written
-    (protocols acknowledge there, so nothing unshown is acknowledged)."""
-    from iotctl.context import settings
+class Receiver:
+    """What a protocol implements for `run()`.
 
-    writer = writer or settings().writer()
-    saver = _saver(receive.save)
-    count = receive.count
+    poll(wait): wait at most `wait` seconds (None: as long as it takes) and return the
+        messages that arrived, as one batch (possibly empty); None when the source
+        has ended (the driver then stops successfully). Raise an IotctlError when the
+        connection fails. KeyboardInterrupt may escape it: the driver handles it.
+    ack(batch): called with messages once they are written and flushed; a protocol
+        acknowledges them to its peer here (nothing unshown is ever acknowledged).
+    """
+
+    def poll(self, wait: float | None) -> list[Message] | None:
+        raise NotImplementedError
+
+    def ack(self, batch: list[Message]) -> None:
+        pass
+
+
+def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str = "message") -> int:
+    """Receive until the count, a timeout, the end of the source or Ctrl-C; returns
+    how many messages were written. Raises TimeoutError_ (exit 5) when -W passes
+    before --count (or, without --count, before anything) arrived."""
+    if writer is None:
+        from iotctl.settings import current
+
+        writer = current().writer()
+    saver = _saver(spec.save)
+    count = spec.count
     n = 0
-    written: list[Message] = []
+    pending: list[Message] = []  # written, not yet flushed and acknowledged
 
     def flush() -> None:
         writer.flush()
         if saver is not None:
             saver.flush()
-        if done is not None:
-            for msg in written:
-                done(msg)
-        written.clear()
+        if pending:
+            batch = pending[:]
+            pending.clear()
+            receiver.ack(batch)
 
+    started = time.monotonic()
+    deadline = started + spec.timeout if spec.timeout else None
+    until = started + spec.duration if spec.duration else None
+    idle = spec.idle_timeout
+    last = started
+    timed_out = False
+    write = writer.write
     try:
-        write = writer.write
-        for batch in batches:
+        while True:
+            now = time.monotonic()
+            ends = [t for t in (deadline, until, last + idle if idle else None) if t is not None]
+            wait = None
+            if ends:
+                wait = min(ends) - now
+                if wait <= 0:
+                    if deadline is not None and now >= deadline:
+                        timed_out = True
+                    elif idle and now >= last + idle and not (until is not None and now >= until):
+                        if not spec.idle_ok:
+                            raise TimeoutError_(what, f"no {noun} for {idle:g} s")
+                    break
+            batch = receiver.poll(wait)
+            if batch is None:
+                break
+            if not batch:
+                continue
+            last = time.monotonic()
             if count is not None and len(batch) >= count - n:
                 batch = batch[: count - n]
             for msg in batch:
@@ -54,11 +103,10 @@ def consume(batches: Iterable[list[Message]], receive: ReceiveSpec, what: str, w
             if saver is not None:
                 for msg in batch:
                     saver.write(msg)
-            if done is not None:
-                written.extend(batch)
+            pending.extend(batch)
+            flush()
             if count is not None and n >= count:
                 return n
-            flush()
     except KeyboardInterrupt:
         return n
     finally:
@@ -67,18 +115,17 @@ def consume(batches: Iterable[list[Message]], receive: ReceiveSpec, what: str, w
         finally:
             if saver is not None:
                 saver.out.close()
-    if receive.timeout is not None:
+    if timed_out:
         if count is not None and n < count:
-            raise TimeoutError_(what, f"received {n} of {count} messages within {receive.timeout:g} s")
+            raise TimeoutError_(what, f"received {n} of {count} messages within {spec.timeout:g} s")
         if count is None and n == 0:
-            raise TimeoutError_(what, f"no message within {receive.timeout:g} s")
+            raise TimeoutError_(what, f"no {noun} within {spec.timeout:g} s")
     return n
 
 
 def _saver(path: str | None):
     if path is None:
         return None
-    from iotctl.errors import UsageError
     from iotctl.output import JsonWriter
 
     try:

@@ -90,13 +90,31 @@ def test_mqtt_publish_imports_only_paho(peer):
     assert not mods & {"aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich"}
 
 
-def test_unexpected_error_has_no_traceback_unless_verbose(iotctl, tmp_path):
-    # a profile that is a directory makes reading it fail in an unplanned way
+def test_unreadable_profile_is_usage_error_traceback_only_with_debug(iotctl, tmp_path):
+    # a profile that is a directory makes reading it fail
     bad = tmp_path / "dir.toml"
     bad.mkdir()
     r = iotctl("--profile", str(bad), "mqtt", "pub", "-t", "x", "-m", "y")
     assert r.exit_code == 2
     assert "Traceback" not in r.stderr
     assert r.stderr.startswith("iotctl: error: cannot read profile")
-    r = iotctl("-v", "--profile", str(bad), "mqtt", "pub", "-t", "x", "-m", "y")
-    assert "Traceback" in r.stderr
+    for flag in ("-d", "--debug", "--verbose"):
+        r = iotctl(flag, "--profile", str(bad), "mqtt", "pub", "-t", "x", "-m", "y")
+        assert "Traceback" in r.stderr, flag
+
+
+def test_unexpected_exception_is_one_line_exit_1_traceback_only_with_debug(iotctl, monkeypatch):
+    """The catch-all of cli.run(): a bug anywhere is one line, exit 1, and a hint."""
+    from iotctl import profiles
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug")
+
+    monkeypatch.setattr(profiles, "load", broken)
+    r = iotctl("--profile", "x", "mqtt", "pub", "-t", "x", "-m", "y")
+    assert r.exit_code == 1
+    assert r.stderr.splitlines() == ["iotctl: error: unexpected RuntimeError: simulated bug",
+                                     "iotctl: hint: run again with -d/--debug for the traceback"]
+    r = iotctl("--profile", "x", "mqtt", "pub", "-t", "x", "-m", "y", "-d")
+    assert r.exit_code == 1
+    assert "Traceback" in r.stderr and "RuntimeError: simulated bug" in r.stderr

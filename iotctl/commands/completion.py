@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from iotctl.context import Command
+from iotctl.groups import Command
 
 SHELLS = ("bash", "zsh", "fish")
 

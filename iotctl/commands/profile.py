@@ -4,13 +4,10 @@ from __future__ import annotations
 
 import click
 
-from iotctl import profiles
-from iotctl.context import Command, status
+from iotctl import profiles, registry
+from iotctl.groups import Command, Group
+from iotctl.settings import status
 from iotctl.errors import UsageError
-
-
-class _Group(click.Group):
-    command_class = Command
 
 
 def _complete(ctx, param, incomplete):
@@ -35,8 +32,8 @@ def _parse_assignment(text: str) -> tuple[str, str, object]:
 
 def _check_key(proto: str, key: str) -> None:
     proto = proto.strip()
-    if proto not in profiles.PROTOCOLS:
-        raise UsageError(f"unknown protocol {proto!r}", f"choose from {', '.join(profiles.PROTOCOLS)}")
+    if proto not in registry.names():
+        raise UsageError(f"unknown protocol {proto!r}", f"choose from {', '.join(registry.names())}")
     known = option_names(proto)
     base = key[:-4] if key.endswith(profiles.INDIRECT) else key
     if known and key not in known and base not in known:
@@ -64,7 +61,7 @@ def option_names(proto: str) -> set[str]:
     return names
 
 
-@click.group(cls=_Group)
+@click.group(cls=Group)
 def group():
     """Manage connection profiles.
 
@@ -89,7 +86,7 @@ def show(name, show_secrets):
     """Print a profile (the active one by default), secrets masked."""
     import tomli_w
 
-    from iotctl.context import settings
+    from iotctl.settings import current as settings
 
     name = name or profiles.active_name(settings().profile)
     if not name:

@@ -1,14 +1,14 @@
-"""Pretty output with rich: a header line with address and key metadata, then the
-payload rendered by what it is (JSON, CBOR, link-format, text, binary)."""
+"""Pretty output with rich: a header line with address and key metadata (the keys
+each protocol's registry entry names), then the payload rendered by its content type
+(output/renderers.py), else by what it looks like (JSON, text, binary)."""
 
 from __future__ import annotations
 
 from iotctl.message import Message
 from iotctl.output import Writer
 from iotctl.output import console
+from iotctl.registry import header_keys
 
-# meta keys shown on the header line, in this order, when present
-_HEADER_KEYS = ("code", "qos", "retain", "exchange", "routing_key", "type", "from", "seq")
 
 
 class PrettyWriter(Writer):
@@ -25,7 +25,8 @@ class PrettyWriter(Writer):
         header.append(msg.protocol, style="magenta")
         header.append(" ")
         header.append(msg.address, style="bold cyan")
-        for key in _HEADER_KEYS:
+        keys = header_keys(msg.protocol)
+        for key in keys:
             value = msg.meta.get(key)
             if value is not None and value is not False and value != "":  # qos=0 is shown
                 header.append(f" {key}=", style="dim")
@@ -35,7 +36,7 @@ class PrettyWriter(Writer):
             header.append(msg.content_type, style="yellow")
         header.append(f" ({len(msg.payload)} B)", style="dim")
         self.console.print(header)
-        extra = {k: v for k, v in msg.meta.items() if k not in _HEADER_KEYS and v not in (None, {}, [], "")}
+        extra = {k: v for k, v in msg.meta.items() if k not in keys and v not in (None, {}, [], "")}
         for key, value in extra.items():
             self.console.print(Text.assemble(("  " + key + ": ", "dim"), _short(value)))
         self.console.print(render_payload(msg.payload, msg.content_type))
@@ -55,27 +56,22 @@ def _short(value) -> str:
 
 def render_payload(payload: bytes, content_type: str | None):
     """A rich renderable for a payload, chosen by content type, then by sniffing."""
+    import json
+
     from rich.json import JSON
     from rich.text import Text
-    import json
 
     from iotctl import codecs
 
-    ct = (content_type or "").split(";")[0].strip().lower()
+    from iotctl.output.renderers import lookup
+
     if not payload:
         return Text("(empty)", style="dim italic")
-    if ct.endswith("cbor"):
+    render = lookup(content_type)
+    if render is not None:
         try:
-            value = codecs.cbor_decode(payload)
-            return JSON.from_data(codecs.to_display_json(value))
-        except ValueError:
-            pass
-    if ct == "application/link-format":
-        try:
-            from iotctl.linkformat import parse_links, links_table
-
-            return links_table(parse_links(payload.decode("utf-8")))
-        except (ValueError, UnicodeDecodeError, ImportError):
+            return render(payload)
+        except (ValueError, UnicodeDecodeError):
             pass
     value = codecs.looks_like_json(payload)
     if value is not None:

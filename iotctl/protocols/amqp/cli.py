@@ -2,7 +2,7 @@
 
 import click
 
-from iotctl.context import ProtocolGroup
+from iotctl.groups import ProtocolGroup
 
 
 @click.group(cls=ProtocolGroup, protocol="amqp")

@@ -7,14 +7,13 @@ before any network library is loaded, so a typo fails fast with exit 2.
 
 from __future__ import annotations
 
-import functools
-import time
 
 import click
 
-from iotctl.context import ProtocolGroup, settings, status
+from iotctl.groups import ProtocolGroup
+from iotctl.settings import current as settings, status
 from iotctl.errors import UsageError
-from iotctl.options import shared_factory, payload_options, receive_options, shared
+from iotctl.options import bundle, payload_options, receive_options, shared_factory
 from iotctl.protocols.coap import formats
 
 DEFAULT_TIMEOUT = 10.0
@@ -99,30 +98,36 @@ def request_options(content_format: bool = True, timeout: float | None = DEFAULT
             "-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=timeout, metavar="SECONDS",
             show_default=timeout is not None,
             help="Seconds to wait for the response (exit 5 when none comes)."))
-    with_options = shared(options)
 
-    def decorator(f):
-        @functools.wraps(f)
-        def wrapper(*args, **kw):
-            req = {
-                "content_format": kw.pop("content_format", None),
-                "accept": kw.pop("accept"),
-                "non": kw.pop("non"),
-                "options": kw.pop("option"),
-                "block_szx": kw.pop("block_size"),
-                "proxy": kw.pop("proxy"),
-            }
-            if with_timeout:
-                req["timeout"] = kw.pop("timeout")
-            kw["req"] = req
-            return f(*args, **kw)
+    def build(accept, non, option, block_size, proxy, content_format=None, timeout=None):
+        req = {"content_format": content_format, "accept": accept, "non": non, "options": option,
+               "block_szx": block_size, "proxy": proxy}
+        if with_timeout:
+            req["timeout"] = timeout
+        return req
 
-        return with_options(wrapper)
-
-    return decorator
+    return bundle("req", options, build)
 
 
-_SECURITY_OPTIONS = shared([
+def _security(psk_identity, psk, credentials, oscore):
+    key = None
+    if psk is not None:
+        if psk[:2].lower() == "0x":
+            try:
+                key = bytes.fromhex(psk[2:])
+            except ValueError:
+                raise UsageError("--psk", "the value after 0x is not valid hex") from None
+        else:
+            key = psk.encode("utf-8")
+    if (key is None) != (psk_identity is None):
+        raise UsageError("--psk and --psk-identity", "give both, or neither")
+    return {"psk_identity": psk_identity, "psk": key, "credentials": credentials, "oscore": oscore}
+
+
+# DTLS PSK, aiocoap credentials and OSCORE, the same on every client command; the
+# command receives `security` (a dict of client.Security fields)
+security_options = bundle("security", [
+
     click.option("--psk-identity", metavar="ID", help="DTLS PSK identity (coaps://)."),
     click.option("--psk", metavar="KEY",
                  help="DTLS pre-shared key: text, or 0x-hex (a profile can name psk_env or psk_cmd)."),
@@ -130,33 +135,7 @@ _SECURITY_OPTIONS = shared([
                  help="aiocoap credentials file (JSON) mapping URI patterns to DTLS/OSCORE keys."),
     click.option("--oscore", metavar="DIR", type=click.Path(file_okay=False),
                  help="Protect the request with OSCORE using this security context directory."),
-])
-
-
-def security_options(f):
-    """DTLS PSK, aiocoap credentials and OSCORE, the same on every client command;
-    the command receives `security` (a dict of client.Security fields)."""
-
-    @functools.wraps(f)
-    def wrapper(*args, **kw):
-        psk = kw.pop("psk")
-        identity = kw.pop("psk_identity")
-        key = None
-        if psk is not None:
-            if psk[:2].lower() == "0x":
-                try:
-                    key = bytes.fromhex(psk[2:])
-                except ValueError:
-                    raise UsageError("--psk", "the value after 0x is not valid hex") from None
-            else:
-                key = psk.encode("utf-8")
-        if (key is None) != (identity is None):
-            raise UsageError("--psk and --psk-identity", "give both, or neither")
-        kw["security"] = {"psk_identity": identity, "psk": key, "credentials": kw.pop("credentials"),
-                          "oscore": kw.pop("oscore")}
-        return f(*args, **kw)
-
-    return _SECURITY_OPTIONS(wrapper)
+], _security)
 
 
 def _check_security(uri: str, req: dict, security: dict) -> None:
@@ -173,9 +152,9 @@ def _check_security(uri: str, req: dict, security: dict) -> None:
 def _spec(method: str, uri: str, req: dict, security: dict, payload: bytes = b""):
     from iotctl.protocols.coap import client
 
-    client.setup_logging(settings().verbose)
+    client.setup_logging(settings().debug)
     return client.RequestSpec(method=method, uri=uri, payload=payload, security=client.Security(**security),
-                              verbose=settings().verbose, **req)
+                              **req)
 
 
 def _write(messages, writer) -> int:
@@ -272,11 +251,9 @@ for _method in ("get", "put", "post", "delete", "fetch", "patch", "ipatch"):
 @request_options(content_format=False, with_timeout=False)
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Observe for this long, then deregister and exit 0.")
-@click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-              help="Give up (exit 5) when no notification arrives for this long.")
 @security_options
-@receive_options()
-def observe(uri, req, duration, idle_timeout, security, receive):
+@receive_options(idle="error")
+def observe(uri, req, duration, security, receive):
     """Observe a resource (RFC 7641): print the current state and every notification.
 
     Every notification is printed, one per line when piped. Ctrl-C, --duration or
@@ -288,7 +265,7 @@ def observe(uri, req, duration, idle_timeout, security, receive):
     iotctl coap observe coap://127.0.0.1/time -C 3
     iotctl coap observe coap://127.0.0.1/sensors/temperature -A json -o jsonl --duration 60
     """
-    from iotctl.receive import consume
+    from iotctl import receive as receiving
 
     uri = formats.check_uri(uri)
     _check_security(uri, req, security)
@@ -297,13 +274,10 @@ def observe(uri, req, duration, idle_timeout, security, receive):
     from iotctl.protocols.coap import client
 
     spec = _spec("get", uri, req, security)
-    started = time.monotonic()
-    deadline = started + receive.timeout if receive.timeout else None
-    until = started + duration if duration else None
-    writer = settings().writer(piped_default="raw")
+    receive.duration = duration
     with client.Observation(spec) as obs:
         status(f"observing {uri}")
-        consume(obs.batches(deadline, idle_timeout, until), receive, f"observe {uri}", writer)
+        receiving.run(obs, receive, f"observe {uri}", noun="notification")
 
 
 # --------------------------------------------------------------------------- discover
@@ -371,13 +345,13 @@ def discover(uri, rt, if_, req, security):
     if errors and len(errors) == len(targets):
         raise errors[0]
     for exc in errors:
-        from iotctl.context import warn
+        from iotctl.settings import warn
 
         warn(f"{exc.what}: {exc.why}")
     good = [m for m in responses if m.meta.get("code", "").startswith("2.")]
     for m in responses:
         if m not in good:
-            from iotctl.context import warn
+            from iotctl.settings import warn
 
             warn(f"{m.address}: {m.meta.get('code')}")
     if not good:
@@ -388,8 +362,8 @@ def discover(uri, rt, if_, req, security):
 
 
 def _write_links(responses, rt, if_) -> None:
-    from iotctl.context import warn
-    from iotctl.linkformat import filter_links, format_link, format_links, parse_links
+    from iotctl.settings import warn
+    from iotctl.protocols.coap.linkformat import filter_links, format_link, format_links, parse_links
     from iotctl.message import Message
     from iotctl.output import resolve_mode
 
@@ -458,4 +432,4 @@ def serve(bind, port, tcp, dir, interval, large_size):
     s = settings()
     server.serve(server.ServeConfig(address=bind, port=port, tcp=tcp, directory=dir,
                                     interval=interval, large_size=large_size, quiet=s.quiet,
-                                    verbose=s.verbose))
+                                    debug=s.debug))

@@ -2,7 +2,8 @@
 
 The one module of the client side that imports aiocoap; cli.py imports it inside the
 command bodies only. Everything here is synchronous from the outside: each public
-call drives its own asyncio event loop (an asyncio.Runner, so Ctrl-C cancels cleanly).
+call drives its own event loop through the shared bridge (iotctl.bridge), so Ctrl-C
+cancels cleanly.
 
 aiocoap 0.4.17 quirks handled here:
 - the observation's async iterator is lossy (a notification arriving before the
@@ -27,6 +28,8 @@ from aiocoap.numbers.codes import Code
 
 from iotctl.errors import (ConnectError, IotctlError, PeerError, TimeoutError_, UsageError,
                            from_os_error)
+from iotctl import receive
+from iotctl.bridge import Bridge
 from iotctl.message import Message
 from iotctl.trace import route_logs
 from iotctl.protocols.coap import formats
@@ -61,7 +64,6 @@ class RequestSpec:
     proxy: str | None = None
     timeout: float = 10.0
     security: Security = field(default_factory=Security)
-    verbose: bool = False
     label: str | None = None
 
     @property
@@ -72,9 +74,9 @@ class RequestSpec:
 # --------------------------------------------------------------------------- logging
 
 
-def setup_logging(verbose: bool) -> None:
-    """aiocoap logs to the 'coap' loggers: a trace on stderr with -v, silence otherwise."""
-    route_logs(("coap", "coap-server"), verbose)
+def setup_logging(debug: bool) -> None:
+    """aiocoap logs to the 'coap' loggers: a trace on stderr with -d, silence otherwise."""
+    route_logs(("coap", "coap-server"), debug)
 
 
 # --------------------------------------------------------------------------- context
@@ -253,18 +255,16 @@ def request_all(specs: Iterator[RequestSpec]) -> Iterator[Message]:
     """Send each request in turn (one context for all) and yield each response.
 
     Raises PeerError on the first 4.xx/5.xx, TimeoutError_ when one gets no answer."""
-    runner = asyncio.Runner()
+    bridge = Bridge()
     ctx = None
     try:
         for spec in specs:
             if ctx is None:
-                ctx = runner.run(_context(spec.proxy or spec.uri, spec.security))
-            resp = runner.run(_one(ctx, spec))
+                ctx = bridge.run(_context(spec.proxy or spec.uri, spec.security))
+            resp = bridge.run(_one(ctx, spec))
             yield to_message(resp, spec.uri)
     finally:
-        if ctx is not None:
-            runner.run(_shutdown(ctx))
-        runner.close()
+        bridge.close(*([ctx.shutdown] if ctx is not None else []))
 
 
 async def _one(ctx, spec: RequestSpec):
@@ -278,38 +278,30 @@ async def _one(ctx, spec: RequestSpec):
     return resp
 
 
-async def _shutdown(ctx) -> None:
-    try:
-        async with asyncio.timeout(2):
-            await ctx.shutdown()
-    except Exception:
-        pass
-
-
 # --------------------------------------------------------------------------- observe
 
 
-class Observation:
-    """An observation driven step by step from synchronous code (for receive.consume).
+class Observation(receive.Receiver):
+    """An observation, as a Receiver for the receive driver:
 
         with Observation(spec) as obs:
-            consume(obs.batches(deadline, idle), ...)
-        obs.ended -> None, "duration" or "deadline" (or the IotctlError that was raised)
+            receive.run(obs, receive_spec, ...)
     """
 
     def __init__(self, spec: RequestSpec):
         self.spec = spec
-        self.runner = asyncio.Runner()
+        self.bridge = Bridge()
         self.ctx = None
         self.request = None
         self.msg = None
         self.queue: asyncio.Queue | None = None
-        self.ended: object = None
+        self.first: Message | None = None
+        self.ended: IotctlError | None = None
         self.observing = False
 
     def __enter__(self) -> "Observation":
         try:
-            self.first = self.runner.run(self._start())
+            self.first = self.bridge.run(self._start())
         except BaseException:
             self.close()
             raise
@@ -354,73 +346,44 @@ class Observation:
         full.opt.observe = resp.opt.observe
         return full
 
-    def batches(self, deadline: float | None = None, idle_timeout: float | None = None,
-                until: float | None = None) -> Iterator[list[Message]]:
-        """The first response, then every notification, one per batch.
-
-        Ends at `deadline` (-W), `until` (--duration), after `idle_timeout` seconds
-        without a notification, or when the server ends the observation."""
-        yield [self.first]
+    def poll(self, wait: float | None) -> list[Message] | None:
+        """The first response, then every notification; raises when the server ends
+        the observation (an error code, or no longer observable)."""
+        if self.first is not None:
+            first, self.first = self.first, None
+            return [first]
         if self.ended is not None:
             raise self.ended
-        last = time.monotonic()
-        while True:
-            limits = [(deadline, "deadline"), (until, "duration"),
-                      (last + idle_timeout if idle_timeout else None, "idle")]
-            limits = [(t, why) for t, why in limits if t is not None]
-            wait = None
-            why = None
-            if limits:
-                t, why = min(limits)
-                wait = t - time.monotonic()
-                if wait <= 0:
-                    return self._stop(why, idle_timeout)
-            item = self.runner.run(self._next(wait))
-            if item is None:
-                return self._stop(why, idle_timeout)
+        items = self.bridge.take(self.queue, wait)
+        out = []
+        for item in items:
             if isinstance(item, _End):
                 self.ended = self._end_reason(item.exc)
-                raise self.ended
-            last = time.monotonic()
+                break
             if not item.code.is_successful():
                 self.ended = PeerError(f"observe {self.spec.uri}", "the server ended the observation with "
                                        + _code_text(item.code)
                                        + (f": {diagnostic(bytes(item.payload))}" if item.payload else ""))
-                raise self.ended
-            item = self.runner.run(self._complete(item))
-            yield [to_message(item, self.spec.uri, observe=True)]
-
-    def _stop(self, why: str, idle_timeout: float | None) -> None:
-        self.ended = why
-        if why == "idle":
-            raise TimeoutError_(f"observe {self.spec.uri}", f"no notification for {idle_timeout:g} s")
+                break
+            item = self.bridge.run(self._complete(item))
+            out.append(to_message(item, self.spec.uri, observe=True))
+        if self.ended is not None and not out:
+            raise self.ended
+        return out
 
     def _end_reason(self, exc):
         if isinstance(exc, (coap_error.ObservationCancelled, coap_error.NotObservable)):
             return IotctlError(f"observe {self.spec.uri}", "the server ended the observation")
         return map_error(exc, f"observe {self.spec.uri}")
 
-    async def _next(self, wait: float | None):
-        try:
-            if wait is None:
-                return await self.queue.get()
-            async with asyncio.timeout(wait):
-                return await self.queue.get()
-        except TimeoutError:
-            return None
-
     def close(self) -> None:
-        try:
-            if self.ctx is not None:
-                if self.observing:
-                    try:
-                        self.runner.run(self._deregister())
-                    except (Exception, KeyboardInterrupt):
-                        pass
-                self.runner.run(_shutdown(self.ctx))
-                self.ctx = None
-        finally:
-            self.runner.close()
+        cleanups = []
+        if self.ctx is not None:
+            if self.observing:
+                cleanups.append(self._deregister)
+            cleanups.append(self.ctx.shutdown)
+        self.bridge.close(*cleanups)
+        self.ctx = None
 
     async def _deregister(self) -> None:
         """RFC 7641 3.6: a GET with Observe: 1 on the observation's token."""
@@ -562,7 +525,7 @@ def complete_blocks(answers: list[tuple[str, object]], spec: RequestSpec) -> lis
         try:
             out.extend(request_all(iter(specs)))
         except IotctlError as exc:
-            from iotctl.context import warn
+            from iotctl.settings import warn
 
             warn(f"{exc.what}: {exc.why}")
     return out

@@ -31,7 +31,7 @@ from aiocoap import error, resource
 from aiocoap.numbers.codes import Code
 
 from iotctl.errors import IotctlError
-from iotctl.linkformat import filter_links, format_links
+from iotctl.protocols.coap.linkformat import filter_links, format_links
 
 TEXT, LINK, OCTETS, JSON, CBOR, SENML_JSON, SENML_CBOR = 0, 40, 42, 50, 60, 110, 112
 MAX_STORE_ITEMS = 100
@@ -49,7 +49,7 @@ class ServeConfig:
     interval: float = 1.0
     large_size: int = 4096
     quiet: bool = False
-    verbose: bool = False
+    debug: bool = False
 
 
 def _response(payload: bytes = b"", ct: int | None = None, code=None, **opts) -> aiocoap.Message:
@@ -550,7 +550,7 @@ async def _run(cfg: ServeConfig) -> None:
 def serve(cfg: ServeConfig) -> None:
     from iotctl.trace import route_logs
 
-    route_logs(("coap-server", "coap"), cfg.verbose)
+    route_logs(("coap-server", "coap"), cfg.debug)
     # aiocoap sets SO_REUSEPORT by default: a second server on the same port would then
     # start silently and share the requests; a busy port must be an error instead
     os.environ.setdefault("AIOCOAP_REUSE_PORT", "0")

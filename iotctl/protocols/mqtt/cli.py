@@ -5,15 +5,16 @@ Only option parsing lives here; paho is imported by client.py, inside the comman
 
 from __future__ import annotations
 
-import functools
 import time
 
 import click
 
-from iotctl.context import ProtocolGroup, settings, status
+from iotctl.groups import ProtocolGroup
+from iotctl.settings import current as settings, status
 from iotctl.endpoint import Scheme
 from iotctl.errors import UsageError
-from iotctl.options import connection_options, payload_options, receive_options, shared
+from iotctl.options import (bundle, connection_options, kv_option, payload_options, receive_options,
+                            send_options, timeout_option)
 from iotctl.protocols.mqtt.topics import matches, validate_filter, validate_topic
 
 SCHEMES = {
@@ -38,7 +39,23 @@ def group():
 # --------------------------------------------------------------------------- shared options
 
 
-_MQTT_OPTIONS = shared([
+def _mqtt_config(endpoint, client_id, keepalive, mqtt_version, clean_start, session_expiry, will_topic,
+                 will_payload, will_qos, will_retain, connect_timeout):
+    from iotctl.protocols.mqtt.client import MqttConfig, Will
+
+    will = None
+    if will_topic is not None:
+        will = Will(validate_topic(will_topic), will_payload.encode(), will_qos, will_retain)
+    elif will_retain or will_payload:
+        raise UsageError("--will-payload/--will-retain", "need --will-topic")
+    if not clean_start and not client_id:
+        raise UsageError("--no-clean-start", "a persistent session needs a fixed client id: add -i ID")
+    return MqttConfig(endpoint=endpoint, version=mqtt_version, client_id=client_id, keepalive=keepalive,
+                      clean_start=clean_start, session_expiry=session_expiry, will=will,
+                      connect_timeout=connect_timeout, debug=settings().debug)
+
+
+_MQTT_OPTIONS = bundle("cfg", [
     click.option("-i", "--client-id", help="Client id [default: iotctl-PID-RANDOM]."),
     click.option("-k", "--keepalive", type=click.IntRange(0, 65535), default=60, show_default=True,
                  help="Keepalive interval in seconds."),
@@ -54,79 +71,41 @@ _MQTT_OPTIONS = shared([
     click.option("--will-retain", is_flag=True, default=False, help="Retain the last-will message."),
     click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
                  show_default=True, help="Seconds to wait for the broker to accept the connection."),
-])
+], _mqtt_config, consumes=("endpoint",))
 
 
 def mqtt_options(f):
     """Connection and session options shared by every MQTT command; the command
     receives `cfg` (a client.MqttConfig) instead of them."""
-
-    @functools.wraps(f)
-    def wrapper(*args, **kw):
-        from iotctl.protocols.mqtt.client import MqttConfig, Will
-
-        will = None
-        if kw["will_topic"] is not None:
-            will = Will(validate_topic(kw["will_topic"]), kw["will_payload"].encode(), kw["will_qos"],
-                        kw["will_retain"])
-        elif kw["will_retain"] or kw["will_payload"]:
-            raise UsageError("--will-payload/--will-retain", "need --will-topic")
-        if not kw["clean_start"] and not kw["client_id"]:
-            raise UsageError("--no-clean-start", "a persistent session needs a fixed client id: add -i ID")
-        endpoint = kw.pop("endpoint")
-        kw["cfg"] = MqttConfig(
-            endpoint=endpoint, version=kw.pop("mqtt_version"), client_id=kw.pop("client_id"),
-            keepalive=kw.pop("keepalive"), clean_start=kw.pop("clean_start"),
-            session_expiry=kw.pop("session_expiry"), will=will, connect_timeout=kw.pop("connect_timeout"),
-            verbose=settings().verbose)
-        for name in ("will_topic", "will_payload", "will_qos", "will_retain"):
-            kw.pop(name)
-        return f(*args, **kw)
-
-    return connection_options("mqtt", SCHEMES, "mqtt", tls=True, ws=True)(_MQTT_OPTIONS(wrapper))
+    return connection_options(SCHEMES, "mqtt", tls=True, ws=True)(_MQTT_OPTIONS(f))
 
 
-def _user_property(ctx, param, values):
-    pairs = []
-    for text in values:
-        if "=" not in text:
-            raise click.BadParameter(f"{text!r} is not KEY=VALUE", ctx, param)
-        key, value = text.split("=", 1)
-        pairs.append((key, value))
-    return pairs
+_USER_PROPERTY = kv_option("--user-property", help="MQTT 5 user property (repeatable).")
 
 
-_PUBLISH_PROPERTY_OPTIONS = shared([
-    click.option("--content-type", help="MQTT 5 content type, e.g. application/json."),
+def _publish_props(content_type, response_topic, correlation_data, message_expiry, user_property,
+                   payload_format_indicator):
+    from iotctl.protocols.mqtt.client import PublishProps
+
+    if response_topic is not None:
+        validate_topic(response_topic)
+    return PublishProps(
+        content_type=content_type, response_topic=response_topic,
+        correlation_data=correlation_data.encode() if correlation_data is not None else None,
+        message_expiry=message_expiry, payload_format_indicator=1 if payload_format_indicator else None,
+        user_properties=user_property)
+
+
+publish_property_options = bundle("props", [
+    click.option("--content-type", help="MQTT 5 content type, e.g. application/json [default: "
+                                        "application/json or application/cbor with --encode json|cbor]."),
     click.option("--response-topic", help="MQTT 5 response topic."),
     click.option("--correlation-data", help="MQTT 5 correlation data (text)."),
     click.option("--message-expiry", type=click.IntRange(0, 0xFFFFFFFF), help="MQTT 5 message expiry (s)."),
-    click.option("--user-property", multiple=True, metavar="KEY=VALUE", callback=_user_property,
-                 help="MQTT 5 user property (repeatable)."),
+    _USER_PROPERTY,
     click.option("--payload-format-indicator", is_flag=True, default=False,
                  help="MQTT 5: mark the payload as UTF-8 text."),
-])
-
-
-def publish_property_options(f):
-    """MQTT 5 PUBLISH properties; the command receives `props` (client.PublishProps)."""
-
-    @functools.wraps(f)
-    def wrapper(*args, **kw):
-        from iotctl.protocols.mqtt.client import PublishProps
-
-        corr = kw.pop("correlation_data")
-        kw["props"] = PublishProps(
-            content_type=kw.pop("content_type"), response_topic=kw.pop("response_topic"),
-            correlation_data=corr.encode() if corr is not None else None,
-            message_expiry=kw.pop("message_expiry"),
-            payload_format_indicator=1 if kw.pop("payload_format_indicator") else None,
-            user_properties=kw.pop("user_property"))
-        if kw["props"].response_topic is not None:
-            validate_topic(kw["props"].response_topic)
-        return f(*args, **kw)
-
-    return _PUBLISH_PROPERTY_OPTIONS(wrapper)
+], _publish_props)
 
 
 def _require_v5(cfg, what: str) -> None:
@@ -143,69 +122,62 @@ def _require_v5(cfg, what: str) -> None:
               help="Topic to publish to (repeatable). With --replay, the captured address is used when absent.")
 @click.option("-q", "--qos", type=click.IntRange(0, 2), default=0, show_default=True, help="Quality of service.")
 @click.option("-r", "--retain", is_flag=True, default=False, help="Ask the broker to retain the message.")
-@click.option("--repeat", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Publish the message this many times.")
-@click.option("--interval", type=click.FloatRange(min=0), default=0.0, show_default=True,
-              help="Seconds between repeated messages.")
-@click.option("-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Give up (exit 5) when no acknowledgement arrives for this many seconds.")
+@send_options()
+@timeout_option(10.0, "Give up (exit 5) when no acknowledgement arrives for this many seconds.")
 @publish_property_options
 @payload_options()
-def publish(cfg, topics, qos, retain, repeat, interval, timeout, props, payload):
+def publish(cfg, topics, qos, retain, sending, timeout, props, payload):
     """Publish a message, a file, stdin, or every line of stdin.
 
     Exits only when every QoS 1/2 message has been acknowledged (exit 5 naming how
     many were not). With -l, any number of lines is sent without loss or
     duplication: at most the broker's receive maximum is unacknowledged at a time.
+    Stopped early, it says how many were sent and acknowledged; --failed FILE keeps
+    every message not acknowledged, for --replay.
 
     \b
     iotctl mqtt pub -t sensors/t1 -m 21.5
     iotctl mqtt pub -t cfg/dev1 -r -q 1 -f config.json --content-type application/json
-    seq 1 100000 | iotctl mqtt pub -t load/test -l -q 1
+    seq 1 100000 | iotctl mqtt pub -t load/test -l -q 1 --failed rest.jsonl
     """
-    from iotctl.protocols.mqtt.client import Session
+    from iotctl import send
+    from iotctl.protocols.mqtt.client import Publisher, Session
 
     payload.validate()
     for t in topics:
         validate_topic(t)
     if not topics and payload.replay is None:
         raise UsageError("no topic", "give -t TOPIC")
+    if payload.encode in ("json", "cbor") and props.content_type is None and cfg.version == "5":
+        props.content_type = f"application/{payload.encode}"
     if not props.empty():
         _require_v5(cfg, "MQTT 5 properties (--content-type, --user-property, ...)")
-    if repeat > 1 and payload.streaming:
+    if sending.repeat > 1 and payload.streaming:
         raise UsageError("--repeat", "cannot be combined with -l or --replay")
-    paho_props = props.to_paho()
-    if payload.replay is not None:
-        messages = ((t, out.payload) for out in payload.iter()
-                    for t in topics or (validate_topic(out.address or ""),))
-    elif payload.lines:
-        messages = _each_topic(topics, payload.payloads())
-    else:
-        messages = _repeated(topics, payload.read_one(), repeat, interval)
-
-    from iotctl.output.console import progress
-
-    with Session(cfg) as session, progress(None, "publishing") as bar:
-        sent = session.publish_stream(messages, qos, retain, paho_props, timeout,
-                                      bar if payload.streaming else None)
-    status(f"published {sent} message(s)", tty_only=True)
+    items = _addressed(send.outgoing(payload, sending), topics)
+    with Session(cfg) as session:
+        result = send.run(Publisher(session, qos, retain, props.to_paho()), items, "publish", timeout,
+                          progress=payload.streaming, failed=sending.failed, verb="publishing")
+    status(f"published {result.sent} message(s)", tty_only=True)
 
 
-def _each_topic(topics, payloads):
-    """(topic, payload) for every payload and topic; a C-level zip for one topic."""
+def _addressed(items, topics):
+    """Each message once for every -t topic; with none (--replay), its captured topic."""
     if len(topics) == 1:
-        from itertools import repeat
+        topic = topics[0]
+        for out in items:
+            out.address = topic
+            yield out
+    elif topics:
+        from iotctl.payload import Outgoing
 
-        return zip(repeat(topics[0]), payloads)
-    return ((t, p) for p in payloads for t in topics)
-
-
-def _repeated(topics, data: bytes, repeat: int, interval: float):
-    for i in range(repeat):
-        if i and interval:
-            time.sleep(interval)
-        for t in topics:
-            yield t, data
+        for out in items:
+            for t in topics:
+                yield Outgoing(out.payload, t, out.meta, out.content_type)
+    else:
+        for out in items:
+            validate_topic(out.address or "")
+            yield out
 
 
 # --------------------------------------------------------------------------- subscribe
@@ -227,9 +199,11 @@ def _repeated(topics, data: bytes, repeat: int, interval: float):
               help="MQTT 5: keep the retain flag as the publisher set it.")
 @click.option("--retain-handling", type=click.IntRange(0, 2), default=0, show_default=True,
               help="MQTT 5: 0 send retained, 1 only for new subscriptions, 2 never.")
-@receive_options()
+@click.option("-v", "topic_and_payload", is_flag=True, default=False,
+              help="Print 'topic payload' lines, as mosquitto_sub -v (the same as -o text).")
+@receive_options(idle="ok")
 def subscribe(cfg, topics, qoss, no_retained, retained_only, filter_out, no_local, retain_as_published,
-              retain_handling, receive):
+              retain_handling, topic_and_payload, receive):
     """Print messages arriving on one or more topic filters.
 
     Ctrl-C ends it (exit 0). With -C N it stops after N messages; with -W S it gives
@@ -240,9 +214,11 @@ def subscribe(cfg, topics, qoss, no_retained, retained_only, filter_out, no_loca
     iotctl mqtt sub -t 'sensors/#' -o jsonl --save capture.jsonl
     iotctl mqtt sub -t cmd/dev1 -q 1 -i dev1 --no-clean-start
     """
+    from iotctl import receive as receiving
     from iotctl.protocols.mqtt.client import Session, Subscription
-    from iotctl.receive import consume
 
+    if topic_and_payload and settings().output == "auto" and settings().format is None:
+        settings().output = "text"
     for t in topics + filter_out:
         validate_filter(t)
     if (no_local or retain_as_published or retain_handling) and cfg.version != "5":
@@ -263,9 +239,7 @@ def subscribe(cfg, topics, qoss, no_retained, retained_only, filter_out, no_loca
         if retained_only:
             session.publish_probe()
             until = (lambda m: m.address == probe)
-        deadline = time.monotonic() + receive.timeout if receive.timeout else None
-        consume(session.batches(deadline, accept, until), receive, "subscribe",
-                done=session.ack if manual_ack else None)
+        receiving.run(session.receiver(accept, until), receive, "subscribe")
 
 
 def _accept(filter_out, no_retained: bool, retained_only: bool, probe: str):
@@ -294,10 +268,8 @@ def _accept(filter_out, no_retained: bool, retained_only: bool, probe: str):
 @click.option("-q", "--qos", type=click.IntRange(0, 2), default=0, show_default=True)
 @click.option("--correlation-data", help="Correlation data [default: random].")
 @click.option("--content-type", help="MQTT 5 content type of the request.")
-@click.option("--user-property", multiple=True, metavar="KEY=VALUE", callback=_user_property,
-              help="MQTT 5 user property (repeatable).")
-@click.option("-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Seconds to wait for the answer (exit 5 when none comes).")
+@_USER_PROPERTY
+@timeout_option(10.0)
 @payload_options(replay=False)
 def request(cfg, topic, response_topic, qos, correlation_data, content_type, user_property, timeout, payload):
     """MQTT 5 request/response: publish a request and print the answer.
@@ -330,10 +302,9 @@ def request(cfg, topic, response_topic, qos, correlation_data, content_type, use
             return msg.address == reply_to and (got is None or got.encode() == corr
                                                  or got == "0x" + corr.hex())
 
-        from iotctl.receive import ReceiveSpec, consume
+        from iotctl import receive
 
-        consume(session.batches(time.monotonic() + timeout, answer), ReceiveSpec(1, timeout, None),
-                f"no answer on {reply_to}")
+        receive.run(session.receiver(answer), receive.ReceiveSpec(1, timeout), f"no answer on {reply_to}")
 
 
 # --------------------------------------------------------------------------- retained
@@ -345,7 +316,7 @@ def retained():
 
 
 def _collect_retained(session, topic_filter: str, timeout: float) -> list:
-    from iotctl.context import warn
+    from iotctl.settings import warn
     from iotctl.protocols.mqtt.client import Subscription
 
     probe = session.probe_topic()
@@ -367,9 +338,8 @@ def _collect_retained(session, topic_filter: str, timeout: float) -> list:
 
 @retained.command("list")
 @mqtt_options
-@click.argument("topic_filter", metavar="FILTER", default="#")
-@click.option("-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Seconds to wait for the retained messages.")
+@click.argument("topic_filter", metavar="[FILTER]", default="#")
+@timeout_option(10.0, "Seconds to wait for the retained messages.")
 def retained_list(cfg, topic_filter, timeout):
     """Print the retained messages matching FILTER (default '#'), sorted by topic.
 
@@ -387,8 +357,7 @@ def retained_list(cfg, topic_filter, timeout):
 @mqtt_options
 @click.argument("topic_filter", metavar="FILTER")
 @click.option("--dry-run", is_flag=True, default=False, help="Only print what would be cleared.")
-@click.option("-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
-              help="Seconds to wait for the retained messages and the acknowledgements.")
+@timeout_option(10.0, "Seconds to wait for the retained messages and the acknowledgements.")
 def retained_clear(cfg, topic_filter, dry_run, timeout):
     """Clear the retained messages matching FILTER; print each topic cleared."""
     from iotctl.protocols.mqtt.client import Session
@@ -401,4 +370,4 @@ def retained_clear(cfg, topic_filter, dry_run, timeout):
             session.publish_stream(((t, b"") for t in topics), 1, True, None, timeout)
     for t in topics:
         click.echo(t)
-    status(f"{'would clear' if dry_run else 'cleared'} {len(topics)} retained message(s)", tty_only=True)
+    status(f"{'would clear' if dry_run else 'cleared'} {len(topics)} retained message(s)", tty_only=not dry_run)

@@ -22,6 +22,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from iotctl import receive, send
 from iotctl.endpoint import Endpoint
 from iotctl.errors import (AuthError, ConnectError, IotctlError, PeerError, TLSError,
                            TimeoutError_, UsageError, from_os_error)
@@ -52,11 +53,10 @@ class Will:
 class MqttConfig:
     def __init__(self, endpoint: Endpoint, version: str = "5", client_id: str | None = None,
                  keepalive: int = 60, clean_start: bool = True, session_expiry: int | None = None,
-                 will: Will | None = None, ws_path: str | None = None, connect_timeout: float = 10.0,
-                 verbose: bool = False):
+                 will: Will | None = None, connect_timeout: float = 10.0, debug: bool = False):
         self.endpoint, self.version, self.client_id, self.keepalive = endpoint, version, client_id, keepalive
-        self.clean_start, self.session_expiry, self.will, self.ws_path = clean_start, session_expiry, will, ws_path
-        self.connect_timeout, self.verbose = connect_timeout, verbose
+        self.clean_start, self.session_expiry, self.will = clean_start, session_expiry, will
+        self.connect_timeout, self.debug = connect_timeout, debug
 
 
 class PublishProps:
@@ -143,11 +143,11 @@ class Session:
         self._batch: list[Message] = []
         self._accept = None
         self._acked: set[int] = set()
-        self._pub_failures: list[tuple[int, str]] = []
+        self._refused: dict[int, tuple[int, str]] = {}
         self._suback: dict[int, list] = {}
-        # paho logs every packet: a trace with --verbose; errors are always captured
+        # paho logs every packet: a trace with --debug; errors are always captured
         # so a failed TLS read can be reported for what it is
-        self._log = route_logs(("iotctl.mqtt",), cfg.verbose, "mqtt", quiet_level=logging.ERROR)[0]
+        self._log = route_logs(("iotctl.mqtt",), cfg.debug, "mqtt", quiet_level=logging.ERROR)[0]
         self._errors = _ErrorCapture()
         self._log.addHandler(self._errors)
         self.client = self._make_client()
@@ -168,7 +168,7 @@ class Session:
             raise UsageError("bad MQTT client settings", str(exc)) from None
         client.enable_logger(self._log)
         if ep.ws:
-            client.ws_set_options(path=cfg.ws_path or ep.path or "/mqtt")
+            client.ws_set_options(path=ep.path or "/mqtt")
         if ep.username is not None or ep.password is not None:
             client.username_pw_set(ep.username or "", ep.password)
         if ep.tls:
@@ -206,9 +206,10 @@ class Session:
         self.disconnect_reason = reason_code
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
-        self._acked.add(mid)
         if reason_code.is_failure:
-            self._pub_failures.append((reason_code.value, str(reason_code)))
+            self._refused[mid] = (reason_code.value, str(reason_code))
+        else:
+            self._acked.add(mid)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):
         self._suback[mid] = reason_codes
@@ -277,8 +278,8 @@ class Session:
             # a refusing CONNACK also ends the connection: look at it before the loss
             if not self._pump(deadline - time.monotonic()) and self.connack is None:
                 raise self._lost(what)
-        if not self.cfg.verbose:
-            # paho logs every packet; past the handshake only --verbose wants that
+        if not self.cfg.debug:
+            # paho logs every packet; past the handshake only --debug wants that
             self.client.disable_logger()
         reason = self.connack[0]
         if reason.is_failure:
@@ -366,79 +367,14 @@ class Session:
     # ------------------------------------------------------------------ publishing
 
     def publish_stream(self, messages: Iterable[tuple[str, bytes]], qos: int = 0, retain: bool = False,
-                       props=None, timeout: float = 10.0, progress=None) -> int:
-        """Publish every (topic, payload); return when all are written and, at QoS 1/2,
-        acknowledged.
+                       props=None, timeout: float = 10.0) -> int:
+        """Publish (topic, payload) pairs through the send driver (for the commands'
+        own small publishes: a request, clearing retained messages)."""
+        from iotctl import send
+        from iotctl.payload import Outgoing
 
-        At most `window` messages are unacknowledged at a time, so any number of
-        messages can be sent without packet ids colliding or memory growing. Raises
-        TimeoutError_ naming how many were not acknowledged when no acknowledgement
-        arrives for `timeout` seconds. This is the hot loop of `pub -l`: keep it lean.
-        """
-        client = self.client
-        publish = client.publish
-        want_write = client.want_write
-        window = max(1, min(self.receive_maximum, 100))
-        outstanding: set[int] = set()
-        acked = self._acked
-        failures = self._pub_failures
-        # with on_publish set, paho builds a reason code and properties object for
-        # every QoS 0 message too: only listen for acknowledgements when there are any
-        client.on_publish = self._on_publish if qos else None
-        sent = 0
-        what = "publish"
-        last_progress = time.monotonic()
-        for topic, payload in messages:
-            if want_write() or len(outstanding) >= window:
-                last_progress = self._drain(outstanding, window - 1, timeout, last_progress, what)
-            try:
-                info = publish(topic, payload, qos, retain, props)
-            except ValueError as exc:
-                raise UsageError(f"cannot publish to {topic!r}", str(exc)) from None
-            if info.rc > 0:  # MQTT_ERR_AGAIN (-1) only means "queued"
-                if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN or not self.connected:
-                    raise self._lost(what)
-                raise IotctlError(what, paho.error_string(info.rc))
-            sent += 1
-            if qos:
-                outstanding.add(info.mid)
-                if acked:
-                    outstanding -= acked
-                    acked.clear()
-                if failures:
-                    break
-            if progress is not None and not sent % 1000:
-                progress.advance(1000)
-        self._drain(outstanding, 0, timeout, last_progress, what)
-        if progress is not None:
-            progress.advance(sent % 1000)
-        if failures:
-            code, reason = failures[0]
-            cls = AuthError if code in AUTH_REASONS else PeerError
-            raise cls(what, f"broker refused {len(failures)} message(s): {reason} (0x{code:02x})")
-        return sent
-
-    def _drain(self, outstanding: set[int], target: int, timeout: float, last_progress: float,
-               what: str) -> float:
-        """Pump until at most `target` messages are unacknowledged and nothing waits to be written."""
-        client = self.client
-        acked = self._acked
-        while True:
-            if acked:
-                outstanding -= acked
-                acked.clear()
-                last_progress = time.monotonic()
-            if len(outstanding) <= target and not client.want_write():
-                return last_progress
-            if self._pub_failures and target:
-                return last_progress
-            idle = time.monotonic() - last_progress
-            if idle > timeout:
-                raise TimeoutError_(what, f"{len(outstanding)} message(s) not acknowledged within {timeout:g} s")
-            if not self._pump(min(1.0, timeout - idle)):
-                if acked:
-                    continue
-                raise self._lost(what)
+        return send.run(Publisher(self, qos, retain, props), (Outgoing(p, t) for t, p in messages),
+                        "publish", timeout).sent
 
     # ------------------------------------------------------------------ subscribing
 
@@ -469,6 +405,11 @@ class Session:
                 if value == 0x87:
                     raise AuthError(f"cannot subscribe to {sub.topic_filter!r}", f"broker refused: {why}")
                 raise PeerError(f"cannot subscribe to {sub.topic_filter!r}", f"broker refused: {why}")
+
+    def receiver(self, accept=None, until=None) -> "Receiver":
+        """This session's messages for the receive driver."""
+        self._accept = accept
+        return Receiver(self, until)
 
     def batches(self, deadline: float | None = None, accept=None,
                 until=None) -> Iterator[list[Message]]:
@@ -505,3 +446,75 @@ class Session:
 
     def publish_probe(self) -> None:
         self.client.publish(self.probe_topic(), b"", 0, False)
+
+
+class Publisher(send.Sender):
+    """The send driver's MQTT side: PUBLISH with a window of unacknowledged QoS 1/2
+    messages (at most the broker's receive maximum, capped at 100: paho's in-flight
+    bookkeeping is O(in-flight) per acknowledgement). This is the hot loop of
+    `pub -l`: keep it lean."""
+
+    def __init__(self, session: Session, qos: int = 0, retain: bool = False, props=None):
+        self.session = session
+        self.client = session.client
+        self.qos, self.retain, self.props = qos, retain, props
+        self.window = max(1, min(session.receive_maximum, 100)) if qos else None
+        self.acked = session._acked
+        self.refused = session._refused
+        # with on_publish set, paho builds a reason code and properties object for
+        # every QoS 0 message too: only listen for acknowledgements when there are any
+        self.client.on_publish = session._on_publish if qos else None
+        self._publish = self.client.publish
+        self.busy = self.client.want_write
+
+    def send(self, out):
+        try:
+            info = self._publish(out.address, out.payload, self.qos, self.retain, self.props)
+        except ValueError as exc:
+            raise UsageError(f"cannot publish to {out.address!r}", str(exc)) from None
+        if info.rc > 0:  # MQTT_ERR_AGAIN (-1) only means "queued"
+            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN or not self.session.connected:
+                raise self.session._lost("publish")
+            raise IotctlError("publish", paho.error_string(info.rc))
+        return info.mid if self.qos else None
+
+    def pump(self, wait: float) -> None:
+        if not self.session._pump(wait) and not self.acked:
+            raise self.session._lost("publish")
+
+    def refusal(self, refused: dict) -> IotctlError:
+        code, reason = next(iter(refused.values()))
+        cls = AuthError if code in AUTH_REASONS else PeerError
+        return cls("publish", f"broker refused {len(refused)} message(s): {reason} (0x{code:02x})")
+
+
+class Receiver(receive.Receiver):
+    """The receive driver's MQTT side; `until(msg)` ends the stream at that message
+    (which is not returned)."""
+
+    def __init__(self, session: Session, until=None):
+        self.session, self.until, self.ended = session, until, False
+
+    def poll(self, wait):
+        session = self.session
+        if self.ended:
+            return None
+        if not session._pump(1.0 if wait is None else wait):
+            if session._batch:
+                return session._take()
+            raise session._lost("subscription")
+        if not session._batch:
+            return []
+        batch = session._take()
+        if self.until is not None:
+            for i, msg in enumerate(batch):
+                if self.until(msg):
+                    self.ended = True
+                    return batch[:i]
+        return batch
+
+    def ack(self, batch) -> None:
+        if self.session.manual_ack:
+            ack = self.session.ack
+            for msg in batch:
+                ack(msg)

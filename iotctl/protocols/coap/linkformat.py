@@ -194,3 +194,9 @@ def links_table(links: list[dict], title: str | None = None):
                                 if k != "href" and k not in COLUMNS))
         table.add_row(*row)
     return table
+
+
+def render(payload: bytes):
+    """The pretty renderer for application/link-format (registered in iotctl/registry.py):
+    a table of the links. Raises ValueError when the payload is not link-format."""
+    return links_table(parse_links(payload.decode("utf-8")))

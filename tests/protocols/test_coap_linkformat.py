@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from hypothesis import given, strategies as st
 
-from iotctl.linkformat import filter_links, format_link, format_links, links_table, matches, parse_links
+from iotctl.protocols.coap.linkformat import filter_links, format_link, format_links, links_table, matches, parse_links
 
 LIBCOAP = ('</>;title="General Info";ct=0,</time>;if="clock";rt="ticks";title="Internal Clock";ct=0;obs,'
            '</async>;ct=0')

@@ -1,4 +1,7 @@
-"""Run-wide settings (the global options) and the click classes every group uses.
+"""The click classes every group and command is built from.
+
+Above options and profiles in the layers: these classes attach the hidden global
+options to every command and load the active profile as a group's default_map.
 
 Global options are accepted before the protocol group and after the command
 (`iotctl -o json mqtt sub -t x` == `iotctl mqtt sub -t x -o json`): every command
@@ -8,62 +11,28 @@ given on a command's own command line wins over the root's.
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
-
-class Settings:
-    """The global options of one run, stored on the root context's `obj`."""
-
-    def __init__(self) -> None:
-        self.profile: str | None = None
-        self.output: str = "auto"
-        self.format: str | None = None
-        self.color: bool | None = None
-        self.verbose: bool = False
-        self.quiet: bool = False
-
-    def writer(self, piped_default: str = "raw"):
-        from iotctl.output import make_writer
-
-        return make_writer(self.output, self.format, piped_default)
-
-
-def settings(ctx: click.Context | None = None) -> Settings:
-    ctx = ctx or click.get_current_context()
-    return ctx.find_root().ensure_object(Settings)
-
-
-def status(text: str, tty_only: bool = False) -> None:
-    """A status line on stderr, unless --quiet; with `tty_only`, only when stderr is a
-    terminal (or with --verbose): confirmations a script does not need."""
-    import sys
-
-    try:
-        s = settings()
-        quiet, verbose = s.quiet, s.verbose
-    except RuntimeError:
-        quiet, verbose = False, False
-    if quiet or (tty_only and not verbose and not sys.stderr.isatty()):
-        return
-    sys.stderr.write(f"iotctl: {text}\n")
-    sys.stderr.flush()
-
-
-def warn(text: str) -> None:
-    import sys
-
-    sys.stderr.write(f"iotctl: warning: {text}\n")
-    sys.stderr.flush()
-
+from iotctl.options import global_params
+from iotctl.profiles import ProfileSection
+from iotctl.settings import current
 
 GLOBAL_EPILOG = ("Global options (--profile, -o/--output, -F/--format, --color/--no-color, "
-                 "-v/--verbose, --quiet) are accepted here too; see 'iotctl --help'.")
+                 "-d/--debug, --quiet) are accepted here too; see 'iotctl --help'.")
 
 
 def _with_globals(params: list[click.Parameter] | None) -> list[click.Parameter]:
-    from iotctl.options import global_params
-
     return list(params or []) + global_params(root=False)
+
+
+def suggest(word: str, choices) -> str | None:
+    """A "did you mean" hint for a misspelt command or group."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 class QuickParser:
@@ -89,6 +58,19 @@ class QuickParser:
         return parser
 
 
+class SuggestingGroup:
+    """Mixin: an unknown command name gets "did you mean" from every name and alias."""
+
+    def resolve_command(self, ctx, args):
+        name = click.utils.make_str(args[0]) if args else None
+        if name is not None and not name.startswith("-") and self.get_command(ctx, name) is None:
+            known = list(self.list_commands(ctx)) + list(getattr(self, "aliases", {}))
+            close = suggest(name, known)
+            if close is not None:
+                ctx.fail(f"No such command '{name}'. Did you mean '{close}'?")
+        return super().resolve_command(ctx, args)
+
+
 class Command(QuickParser, click.Command):
     """A leaf command: takes the global options too (hidden from its help)."""
 
@@ -99,7 +81,13 @@ class Command(QuickParser, click.Command):
         super().__init__(*args, **kwargs)
 
 
-class ProtocolGroup(QuickParser, click.Group):
+class Group(SuggestingGroup, QuickParser, click.Group):
+    """A plain group (profile, ...) whose commands take the global options."""
+
+    command_class = Command
+
+
+class ProtocolGroup(SuggestingGroup, QuickParser, click.Group):
     """A protocol's group (or a sub-group such as `mqtt retained`).
 
     - every option of its commands reads the environment variable
@@ -154,8 +142,35 @@ class ProtocolGroup(QuickParser, click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
-        from iotctl.profiles import ProfileSection
-
-        section = ProfileSection(self.protocol)
+        section = ProfileSection(self.protocol, lambda: current().profile)
         ctx.default_map = {name: section for name in self.commands}
         return super().invoke(ctx)
+
+
+class LazyGroup(SuggestingGroup, QuickParser, click.Group):
+    """The root: its groups are imported only when used, so `iotctl --help` lists them
+    from a static table without importing any protocol library."""
+
+    def __init__(self, *args, lazy: dict[str, tuple[str, str]], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy  # name -> ("module:attribute", one-line help)
+
+    def list_commands(self, ctx):
+        return sorted(set(super().list_commands(ctx)) | set(self.lazy))
+
+    def get_command(self, ctx, name):
+        if name in self.lazy and name not in self.commands:
+            target, _ = self.lazy[name]
+            module, attr = target.split(":")
+            self.add_command(getattr(importlib.import_module(module), attr), name)
+        return super().get_command(ctx, name)
+
+    def format_commands(self, ctx, formatter):
+        rows = []
+        for name in self.list_commands(ctx):
+            if name in self.lazy:
+                rows.append((name, self.lazy[name][1]))
+            else:
+                rows.append((name, self.commands[name].get_short_help_str()))
+        with formatter.section("Commands"):
+            formatter.write_dl(rows)
