@@ -1,0 +1,55 @@
+"""Helpers every test module shares: one scrubbed environment for subprocesses, and
+readiness waits (poll until a condition holds; never a fixed sleep)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """The environment for an iotctl subprocess: no IOTCTL_* settings from outside (the
+    test's config dir and peers dir stay), no colour, 80 columns, plus `extra`."""
+    keep = ("IOTCTL_CONFIG_DIR", "IOTCTL_PEERS_DIR")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTCTL_") or k in keep}
+    env.pop("FORCE_COLOR", None)
+    env.update({"NO_COLOR": "1", "COLUMNS": "80"})
+    env.update(extra)
+    return env
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 10.0, what: str = "condition",
+               interval: float = 0.02) -> T:
+    """Call `condition` until it returns something true (returned), or fail after `timeout`."""
+    end = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} did not happen within {timeout:g} s")
+        time.sleep(interval)
+
+
+def tcp_answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
+    """Wait until something accepts TCP connections on host:port."""
+    wait_until(lambda: tcp_answers(host, port), timeout, f"a listener on {host}:{port}")
+
+
+def free_port(kind: int = socket.SOCK_DGRAM) -> int:
+    """A port nothing on 127.0.0.1 uses right now (UDP by default)."""
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
