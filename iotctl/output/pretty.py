@@ -5,7 +5,7 @@ each protocol's registry entry names), then the payload rendered by its content 
 from __future__ import annotations
 
 from iotctl.message import Message
-from iotctl.output import Writer
+from iotctl.output.writers import Writer
 from iotctl.output import console
 from iotctl.registry import header_keys
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from iotctl.groups import ProtocolGroup
+from iotctl.output import run_writer
 from iotctl.settings import current as settings, status
 from iotctl.errors import UsageError
 from iotctl.options import bundle, payload_options, receive_options, shared_factory
@@ -221,7 +222,7 @@ def _method_command(method: str):
                 data = payload.read_one()
         from iotctl.protocols.coap import client
 
-        writer = settings().writer(piped_default="raw")
+        writer = run_writer(piped_default="raw")
         if payload is not None and payload.streaming:
             specs = (_spec(method, uri, req, security, out.payload) for out in payload.iter())
         else:
@@ -369,7 +370,7 @@ def _write_links(responses, rt, if_) -> None:
 
     s = settings()
     mode = resolve_mode(s.output, s.format, "raw")
-    writer = s.writer(piped_default="raw")
+    writer = run_writer(piped_default="raw")
     for resp in responses:
         try:
             links = parse_links(resp.payload.decode("utf-8"))

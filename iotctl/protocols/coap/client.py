@@ -235,8 +235,6 @@ def map_error(exc: BaseException, what: str, timeout: float | None = None) -> Io
         return from_os_error(what, cause)  # refused (ICMP port unreachable), TLS, ...
     if isinstance(exc, coap_error.NetworkError):
         return ConnectError(what, str(exc.__cause__ or exc))
-    if isinstance(exc, coap_error.Error):
-        return IotctlError(what, f"{type(exc).__name__}: {exc}")
     return IotctlError(what, f"{type(exc).__name__}: {exc}")
 
 

@@ -10,6 +10,7 @@ import time
 import click
 
 from iotctl.groups import ProtocolGroup
+from iotctl.output import run_writer
 from iotctl.settings import current as settings, status
 from iotctl.endpoint import Scheme
 from iotctl.errors import UsageError
@@ -348,7 +349,7 @@ def retained_list(cfg, topic_filter, timeout):
     from iotctl.protocols.mqtt.client import Session
 
     validate_filter(topic_filter)
-    writer = settings().writer(piped_default="text")
+    writer = run_writer(piped_default="text")
     with Session(cfg) as session:
         writer.write_all(_collect_retained(session, topic_filter, timeout))
 
