@@ -45,11 +45,11 @@ class HexWriter(Writer):
 
 
 class TextWriter(Writer):
-    """`ADDRESS PAYLOAD` a line, like mosquitto_sub -v."""
+    """`ADDRESS PAYLOAD` a line, like mosquitto_sub -v: the payload's bytes as they are
+    (binary included, as mosquitto_sub prints them; use -o hex or json for binary)."""
 
     def write(self, msg: Message) -> None:
-        text = msg.payload.decode("utf-8", "backslashreplace")
-        self.out.write(f"{msg.address} {text}\n".encode("utf-8", "surrogateescape"))
+        self.out.write(msg.address.encode("utf-8", "surrogateescape") + b" " + msg.payload + b"\n")
 
 
 class JsonWriter(Writer):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import click
 
 from iotctl.groups import ProtocolGroup
-from iotctl.output import run_writer
+from iotctl.output import JsonWriter, run_writer
 from iotctl.settings import current as settings, status
 from iotctl.errors import UsageError
 from iotctl.options import bundle, payload_options, receive_options, shared_factory
@@ -166,6 +166,8 @@ def _write(messages, writer) -> int:
     n = 0
     for msg in messages:
         n += 1
+        if msg.meta.get("location"):
+            status(f"{msg.meta.get('code')}: {msg.meta['location']}")
         if not msg.payload and isinstance(writer, (RawWriter, HexWriter)):
             status(f"{msg.address}: {msg.meta.get('code')}", tty_only=True)
             continue
@@ -206,7 +208,9 @@ def _method_command(method: str):
     doc = (f"{METHOD_HELP[method]}\n\n"
            "Prints the payload (raw when piped; rendered by content format on a terminal; "
            "-o json for the envelope with the code and options in meta). A 4.xx/5.xx "
-           "response exits 6 with the code and diagnostic payload on stderr."
+           "response exits 6 with the code and diagnostic payload on stderr (with -o json or "
+           "jsonl its envelope is printed on stdout too). A created resource's Location-Path "
+           "is shown on stderr and in meta.location."
            + (" With -l, each line of stdin is sent as its own request." if has_payload else "")
            + "\n\n\b\n" + EXAMPLES[method])
 
@@ -227,7 +231,8 @@ def _method_command(method: str):
             specs = (_spec(method, uri, req, security, out.payload) for out in payload.iter())
         else:
             specs = iter([_spec(method, uri, req, security, data)])
-        _write(client.request_all(specs), writer)
+        # with -o json/jsonl a 4.xx/5.xx response is printed too (the exit status still says 6)
+        _write(client.request_all(specs, yield_errors=isinstance(writer, JsonWriter)), writer)
 
     f = body
     if has_payload:
