@@ -32,7 +32,7 @@ def group():
     -O option, --non, -C count, -W timeout.
 
     \b
-    iotctl coap serve &
+    iotctl coap serve --background
     iotctl coap get coap://127.0.0.1/sensors/temperature -A json
     iotctl coap observe coap://127.0.0.1/time -C 3
     iotctl coap discover coap://127.0.0.1 --rt 'temperature*'
@@ -412,7 +412,9 @@ def _write_links(responses, rt, if_) -> None:
               help="How often the simulated sensors change (and observers are notified).")
 @click.option("--large-size", type=click.IntRange(1, 16 * 1024 * 1024), default=4096, show_default=True,
               metavar="BYTES", help="Size of /large, the resource that needs block-wise transfer.")
-def serve(bind, port, tcp, dir, interval, large_size):
+@click.option("--background", is_flag=True, default=False,
+              help="Return once the device listens, leaving it running (its pid is printed).")
+def serve(bind, port, tcp, dir, interval, large_size, background):
     """Run a simulated CoAP device until Ctrl-C.
 
     \b
@@ -426,13 +428,21 @@ def serve(bind, port, tcp, dir, interval, large_size):
     /files/...             the files of --dir, read-only
     /.well-known/core      all of the above with rt, if, ct, obs, title
 
-    One line per request is logged on stderr (--quiet turns it off).
+    One line per request is logged on stderr (--quiet turns it off). --background
+    returns as soon as the device listens, so the next command can use it at once.
 
     \b
-    iotctl coap serve &
+    iotctl coap serve --background
     iotctl coap get coap://127.0.0.1/sensors/temperature
     iotctl coap observe coap://127.0.0.1/time -C 3
     """
+    if background:
+        from iotctl import background as bg
+
+        pid = bg.start("coap serve")
+        click.echo(pid)
+        status(f"the simulated device runs in the background (pid {pid}); stop it with: kill {pid}")
+        return
     from iotctl.protocols.coap import server
 
     s = settings()
