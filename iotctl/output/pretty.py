@@ -45,7 +45,7 @@ class PrettyWriter(Writer):
         clock = _clock(msg.ts)
         head = f"{clock} {msg.protocol} "
         # the address gives way first (its middle), then the end of the line
-        address = _shorten(msg.address, max(24, width - len(head) - len(tail)))
+        address = _shorten(msg.address, max(16, width - len(head) - len(tail)))
         header = Text(no_wrap=True, overflow="ellipsis")
         header.append(clock, style="dim")
         header.append(" ")

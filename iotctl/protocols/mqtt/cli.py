@@ -33,7 +33,13 @@ def group():
 
     Flags follow mosquitto_pub/mosquitto_sub: -h host, -p port, -t topic, -m message,
     -q QoS, -r retain, -C count, -W timeout, -u/-P user/password, -i client id,
-    -V protocol version.
+    -V protocol version; in subscribe, -v prints 'topic payload' (-d is the trace).
+
+    \b
+    iotctl mqtt pub -t sensors/t1 -m 21.5 -q 1
+    iotctl mqtt sub -t 'sensors/#' -v
+    iotctl mqtt sub -t 'test/out' -C 3 -W 10 -o jsonl
+    iotctl mqtt retained list 'devices/#'
     """
 
 
