@@ -281,8 +281,9 @@ def connection_options(schemes: dict, default_scheme: str, tls: bool = True, ws:
     return bundle("endpoint", options, build)
 
 
-_PASSWORD_HELP = ("Password. Seen by every user in 'ps': prefer IOTCTL_<PROTO>_PASSWORD or a "
-                  "profile's password_env/password_cmd.")
+_PASSWORD_HELP = ("Password; '-P -' asks for it on the terminal. A password on the command line "
+                  "(-P or --url) is seen by every user in 'ps': prefer '-P -', IOTCTL_<PROTO>_PASSWORD "
+                  "or a profile's password_env/password_cmd.")
 
 
 # --------------------------------------------------------------------------- payload

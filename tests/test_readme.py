@@ -77,7 +77,7 @@ def test_setup_block_works_pasted_whole(setup_block_run):
     assert len(lines[at + 1:]) >= 3 + 1, out  # three notifications, then the discovered resources
     assert "/sensors/temperature" in out
     err = proc.stderr.decode()
-    assert "Traceback" not in err and "iotctl: server stopped" in err  # `kill "$device"` ended it
+    assert "Traceback" not in err
 
 
 def test_man_iotctl_is_found_after_pip_install(setup_block_run):

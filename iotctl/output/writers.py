@@ -6,6 +6,7 @@ from __future__ import annotations
 import sys
 from typing import IO
 
+from iotctl.errors import OutputClosed
 from iotctl.message import Message
 
 
@@ -26,7 +27,7 @@ class Writer:
             self.out.flush()
         except BrokenPipeError:
             _quiet_broken_pipe()
-            raise
+            raise OutputClosed() from None
 
     def close(self) -> None:
         self.flush()

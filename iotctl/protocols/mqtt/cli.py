@@ -232,6 +232,8 @@ def subscribe(cfg, topics, qoss, no_retained, retained_only, filter_out, no_loca
         _require_v5(cfg, "--no-local/--retain-as-published/--retain-handling")
     if no_retained and retained_only:
         raise UsageError("-R and --retained-only", "contradict each other")
+    if receive.timeout is not None:  # -W bounds the whole run, the connection included
+        cfg.connect_timeout = min(cfg.connect_timeout, receive.timeout)
     subs = [Subscription(t, (qoss[i] if i < len(qoss) else (qoss[-1] if qoss else 0)), no_local,
                          retain_as_published, retain_handling) for i, t in enumerate(topics)]
     manual_ack = any(sub.qos for sub in subs)
