@@ -254,4 +254,5 @@ def subscribe(cfg, destinations, ack_mode, nack, prefetch, durable, sub_id, sele
                 h["activemq.subscriptionName"] = sid
             session.subscribe(dest, sid, ack, h, cfg.connect_timeout)
         status(f"subscribed to {', '.join(destinations)} on {cfg.endpoint.display}")
-        receiving.run(Receiver(session, ack, nack), receive, "subscribe")
+        receiving.run(Receiver(session, ack, nack, f"subscription to {', '.join(destinations)}"), receive,
+                      "subscribe")

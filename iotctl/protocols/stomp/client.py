@@ -68,7 +68,6 @@ class _Transport(Transport):
         self.connection_error = False
         try:
             sock = socket.create_connection((ep.host, ep.port), self._cfg.connect_timeout)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if ep.tls:
                 try:
                     sock = ep.ssl_context().wrap_socket(sock, server_hostname=ep.host)
@@ -181,8 +180,9 @@ class Session:
         self.connect()
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, *exc) -> None:
+        # after a failure, a broker that may not answer is not waited for long
+        self.close(5.0 if exc_type is None else 0.5)
 
     def connect(self) -> None:
         cfg, ep = self.cfg, self.cfg.endpoint
@@ -434,8 +434,9 @@ class Receiver(receive.Receiver):
     """The receive driver's STOMP side: MESSAGE frames as Messages, acknowledged once
     written (ack modes client and client-individual), or rejected with --nack."""
 
-    def __init__(self, session: Session, ack: str, nack: bool = False):
+    def __init__(self, session: Session, ack: str, nack: bool = False, what: str = "subscription"):
         self.session = session
+        self.what = what
         self.ack_mode = ack
         self.nack = nack
         self._frames = session.listener.messages
@@ -445,10 +446,10 @@ class Receiver(receive.Receiver):
         frames = self._frames
         session = self.session
         if not frames:
-            session.check("subscription")
+            session.check(self.what)
             session.wait(1.0 if wait is None else wait)
             if not frames:
-                session.check("subscription")
+                session.check(self.what)
                 return []
         batch = []
         manual = self.ack_mode != "auto"
