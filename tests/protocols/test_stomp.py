@@ -450,3 +450,17 @@ def test_50000_lines_with_receipts_arrive_exactly_once(iotctl_proc, peer, queue,
     lines = got.stdout.splitlines()
     assert len(lines) == n
     assert lines == [str(i).encode() for i in range(n)]
+
+
+def test_profile_and_environment(iotctl, peer, queue):
+    """A [stomp] profile table and IOTCTL_STOMP_* supply the connection."""
+    peer("rabbitmq-stomp")
+    r = iotctl("profile", "add", "rabbit", "stomp.port=61613", "stomp.vhost=iotctl-stomp",
+               "stomp.username=iotctl-stomp", "stomp.password_env=RABBIT_STOMP_PASSWORD")
+    assert r.exit_code == 0, r
+    env = {"RABBIT_STOMP_PASSWORD": "iotctl-stomp-secret"}
+    assert iotctl("--profile", "rabbit", "stomp", "send", queue, "-m", "p", env=env).exit_code == 0
+    env = {"IOTCTL_STOMP_PORT": "61613", "IOTCTL_STOMP_VHOST": "iotctl-stomp", "IOTCTL_STOMP_USERNAME": "iotctl-stomp",
+           "IOTCTL_STOMP_PASSWORD": "iotctl-stomp-secret"}
+    r = iotctl("stomp", "sub", queue, "-C", "1", "-W", "10", "-o", "raw", env=env)
+    assert r.stdout == "p\n", r

@@ -32,9 +32,9 @@ Destinations are passed to the broker as given:
 """
 
 
-@click.group(cls=ProtocolGroup, protocol="stomp", aliases={"sub": "subscribe", "pub": "send"})
+@click.group(cls=ProtocolGroup, protocol="stomp", aliases={"sub": "subscribe"})
 def group():
-    """STOMP 1.0, 1.1 and 1.2 (RabbitMQ, ActiveMQ, Artemis): send and subscribe.
+    """STOMP 1.0, 1.1 and 1.2 (RabbitMQ, ActiveMQ): send and subscribe.
 
     Every SEND asks for a receipt and the command waits for all of them, so exit 0
     means the broker took every message; an ERROR frame is exit 6 with its text.
@@ -256,3 +256,14 @@ def subscribe(cfg, destinations, ack_mode, nack, prefetch, durable, sub_id, sele
         status(f"subscribed to {', '.join(destinations)} on {cfg.endpoint.display}")
         receiving.run(Receiver(session, ack, nack, f"subscription to {', '.join(destinations)}"), receive,
                       "subscribe")
+
+
+# the destination forms, in the help of the group and of both commands
+def _with_destinations(text: str) -> str:
+    import inspect
+
+    return inspect.cleandoc(text) + "\n\n" + DESTINATIONS
+
+
+for _command in (group, send, subscribe):
+    _command.help = _with_destinations(_command.help)
