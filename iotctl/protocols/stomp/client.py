@@ -19,6 +19,7 @@ import stomp
 from stomp.connect import BaseConnection
 from stomp.protocol import Protocol10, Protocol11, Protocol12
 from stomp.transport import Transport
+from stomp.utils import Frame, convert_frame, pack
 
 from iotctl import receive, send
 from iotctl.errors import AuthError, ConnectError, IotctlError, PeerError, TimeoutError_, UsageError, \
@@ -317,6 +318,33 @@ class Session:
 
     # ------------------------------------------------------------------ frames
 
+    def encode(self, cmd: str, headers: dict, body: bytes = b"") -> bytes:
+        """One frame as bytes, by stomp.py's rules (header escaping for the version,
+        content-length when there is a body)."""
+        h = dict(headers)
+        if body:
+            h["content-length"] = len(body)
+        escape = getattr(self.conn, "_escape_headers", None)
+        if escape is not None:
+            escape(h)
+        return pack(convert_frame(Frame(cmd, h, body)))
+
+    def write(self, data: bytes, what: str = "send") -> None:
+        """Frames already encoded, as one write (stomp.py's transport: the socket, or the
+        TLS reader thread's queue)."""
+        transport = self.transport
+        try:
+            if transport.blocking:
+                transport.send(data)
+            else:
+                transport.send_queue.put(data)
+        except OSError as exc:
+            self.check(what)
+            raise from_os_error(what, exc) from None
+        except stomp.exception.NotConnectedException:
+            self.check(what)
+            raise ConnectError(what, "the broker closed the connection") from None
+
     def subscribe(self, destination: str, sub_id: str, ack: str, headers: dict, timeout: float) -> None:
         conn = self.conn
         what = f"cannot subscribe to {destination}"
@@ -335,26 +363,19 @@ class Session:
         except PeerError as exc:
             raise _classified(exc) from None
 
-    def ack_message(self, headers: dict, nack: bool = False) -> None:
-        """ACK (or NACK) one received message with the right headers for the version:
-        1.2 `id` = the MESSAGE's `ack` header; 1.0/1.1 `message-id` (+ `subscription`)."""
-        conn = self.conn
+    def ack_frame(self, headers: dict, nack: bool = False) -> bytes:
+        """The ACK (or NACK) of one received message, with the right headers for the
+        version: 1.2 `id` = the MESSAGE's `ack` header; 1.1 `message-id` + `subscription`;
+        1.0 `message-id` (NACK needs 1.1+; requeue:false asks RabbitMQ not to requeue)."""
         if self.version == "1.2":
-            ack_id = headers.get("ack") or headers.get("message-id")
-            if nack:
-                conn.nack(ack_id, requeue="false")
-            else:
-                conn.ack(ack_id)
-        elif self.version == "1.1":
-            if nack:
-                conn.nack(headers.get("message-id"), headers.get("subscription"), requeue="false")
-            else:
-                conn.ack(headers.get("message-id"), headers.get("subscription"))
+            h = {"id": headers.get("ack") or headers.get("message-id")}
         else:
             h = {"message-id": headers.get("message-id")}
             if headers.get("subscription"):
                 h["subscription"] = headers["subscription"]
-            conn.send_frame("ACK", h)
+        if nack:
+            h["requeue"] = "false"
+        return self.encode("NACK" if nack else "ACK", h)
 
 
 def _classified(exc: PeerError) -> IotctlError:
@@ -379,7 +400,12 @@ def send_headers(out, base: dict, content_type: str | None) -> tuple[dict, str |
 
 class Sender(send.Sender):
     """The send driver's STOMP side: SEND frames, each asking for a receipt (key: the
-    receipt id), at most `window` waiting at once; `None` window with --no-receipt."""
+    receipt id), at most `window` waiting at once; `None` window with --no-receipt.
+
+    The hot loop of `send -l`: the fixed part of the frame (command, destination and
+    the command line's headers, encoded and escaped by stomp.py once) is reused, each
+    message adds its content-length and receipt, and goes out in one write. Messages
+    with headers of their own (--replay), or a --debug trace, take stomp.py's own path."""
 
     def __init__(self, session: Session, destination: str | None, headers: dict, content_type: str | None,
                  receipts: bool = True, window: int = 256, transaction: str | None = None):
@@ -393,30 +419,39 @@ class Sender(send.Sender):
         self.receipts = receipts
         self.window = window if receipts else None
         self._ids = itertools.count(1)
-        self._send = session.conn.send
         self._arrived = session.listener.receipts
         self._check = session.check
         self._wait = session.wait
+        self._write = session.write
+        self._prefix = None
+        if destination is not None and not session.cfg.debug:
+            fixed = dict(self.headers)
+            fixed["destination"] = destination
+            if content_type:
+                fixed["content-type"] = content_type
+            self._prefix = session.encode("SEND", fixed)[:-2]  # without the blank line and NUL
 
     def send(self, out):
+        body = out.payload
+        if self._prefix is not None and not out.meta and not out.content_type:
+            if self.receipts:
+                n = next(self._ids)
+                self._write(b"%scontent-length:%d\nreceipt:s%d\n\n%s\0" % (self._prefix, len(body), n, body))
+                return f"s{n}"
+            self._write(b"%scontent-length:%d\n\n%s\0" % (self._prefix, len(body), body))
+            return None
         destination = self.destination or out.address
         if not destination:
             raise UsageError("no destination", "give DESTINATION (a replayed message had no address)")
-        if out.meta or out.content_type:
-            headers, content_type = send_headers(out, self.headers, self.content_type)
-        else:
-            headers, content_type = self.headers, self.content_type
-        # stomp.py merges these into a new dict per frame: ours are never changed
+        headers, content_type = send_headers(out, self.headers, self.content_type)
+        key = f"s{next(self._ids)}" if self.receipts else None
         try:
-            if self.receipts:
-                key = f"s{next(self._ids)}"
-                self._send(destination, out.payload, content_type, headers, receipt=key)
-                return key
-            self._send(destination, out.payload, content_type, headers)
+            self.session.conn.send(destination, body, content_type, headers,
+                                   **({"receipt": key} if key else {}))
         except OSError as exc:
             self._check("send")
             raise from_os_error("send", exc) from None
-        return None
+        return key
 
     def pump(self, wait: float) -> None:
         arrived = self._arrived
@@ -469,7 +504,7 @@ class Receiver(receive.Receiver):
         if self.ack_mode == "auto":
             return
         remember = self._headers
-        ack = self.session.ack_message
+        frame = self.session.ack_frame
         if self.ack_mode == "client" and not self.nack:
             # cumulative: the last message of each subscription acknowledges the ones before
             last: dict = {}
@@ -477,10 +512,12 @@ class Receiver(receive.Receiver):
                 headers = remember.pop(id(msg), None)
                 if headers is not None:
                     last[headers.get("subscription")] = headers
-            for headers in last.values():
-                ack(headers)
-            return
-        for msg in batch:
-            headers = remember.pop(id(msg), None)
-            if headers is not None:
-                ack(headers, self.nack)
+            frames = [frame(headers) for headers in last.values()]
+        else:
+            frames = []
+            for msg in batch:
+                headers = remember.pop(id(msg), None)
+                if headers is not None:
+                    frames.append(frame(headers, self.nack))
+        if frames:
+            self.session.write(b"".join(frames), self.what)
