@@ -34,7 +34,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              header=("exchange", "routing_key")),
     Protocol("stomp", "iotctl.protocols.stomp.cli:group",
              "STOMP 1.0-1.2 (RabbitMQ, ActiveMQ): send with receipts, subscribe with acks.",
-             header=("subscription", "message-id", "redelivered")),
+             header=("subscription", "message-id")),
     Protocol("xmpp", "iotctl.protocols.xmpp.cli:group",
              "XMPP: send, listen, presence, roster, ping, disco (not built yet).",
              header=("type",)),

@@ -131,6 +131,17 @@ def test_receipts_really_wait_error_frame_is_exit_6(iotctl, peer, queue):
         assert "Traceback" not in r.stderr
 
 
+def test_expires(iotctl, broker, queue):
+    """--expires MS: RabbitMQ's expiration (a TTL) and ActiveMQ's expires (a deadline)."""
+    import time
+
+    _, login = broker
+    assert iotctl("stomp", "send", *login, queue, "-m", "short", "--expires", "100").exit_code == 0
+    assert iotctl("stomp", "send", *login, queue, "-m", "long", "--expires", "600000").exit_code == 0
+    time.sleep(0.3)  # not a readiness wait: the first message's lifetime passing
+    assert drain(iotctl, login, queue, idle="0.5") == ["long"]
+
+
 def test_transaction_delivers_all_on_commit(iotctl, broker, queue):
     _, login = broker
     fill(iotctl, login, queue, range(5), "--transaction")
@@ -224,6 +235,7 @@ def test_tls_with_the_test_ca(iotctl, peer, queue):
     (("subscribe", "/queue/x", "--heartbeats", "10"), "CX,CY"),
     (("send", "-m", "x"), "no destination"),
     (("send", "/queue/x"), "no payload"),
+    (("send", "/queue/x", "-m", "x", "-V", "1.0", "--heartbeats", "1000,1000"), "needs STOMP 1.1 or 1.2"),
 ])
 def test_usage_errors(iotctl, args, why):
     r = iotctl("stomp", *args)

@@ -66,6 +66,8 @@ def _heartbeats(ctx, param, value):
 def _stomp_config(endpoint, vhost, stomp_version, heartbeats, connect_timeout):
     from iotctl.protocols.stomp.client import StompConfig
 
+    if stomp_version == "1.0" and heartbeats != (0, 0):
+        raise UsageError("--heartbeats", "needs STOMP 1.1 or 1.2 (-V/--stomp-version)")
     return StompConfig(endpoint=endpoint, vhost=vhost or None, version=stomp_version, heartbeats=heartbeats,
                        connect_timeout=connect_timeout, debug=settings().debug)
 

@@ -96,7 +96,9 @@ class _Transport(Transport):
 
 
 class _Listener(stomp.ConnectionListener):
-    """Runs on stomp.py's reader thread: queue what arrived, wake the command."""
+    """Runs on stomp.py's reader thread: queue what arrived, and wake the command's
+    thread only when it is waiting (`waiting` is set before it looks at the queues, so
+    nothing is missed; the GIL orders the two threads' steps)."""
 
     def __init__(self):
         self.connected = None          # the CONNECTED frame's headers
@@ -105,6 +107,7 @@ class _Listener(stomp.ConnectionListener):
         self.messages: deque = deque()
         self.disconnected = False
         self.wake = threading.Event()
+        self.waiting = False
 
     def on_connected(self, frame):
         self.connected = frame.headers
@@ -116,11 +119,13 @@ class _Listener(stomp.ConnectionListener):
 
     def on_receipt(self, frame):
         self.receipts.append(frame.headers.get("receipt-id"))
-        self.wake.set()
+        if self.waiting:
+            self.wake.set()
 
     def on_message(self, frame):
         self.messages.append(frame)
-        self.wake.set()
+        if self.waiting:
+            self.wake.set()
 
     def on_disconnected(self):
         self.disconnected = True
@@ -195,8 +200,6 @@ class Session:
         if self.version == "1.0":
             if cfg.vhost:
                 headers["host"] = cfg.vhost
-            if cfg.heartbeats != (0, 0):
-                raise UsageError("--heartbeats", "needs STOMP 1.1 or 1.2 (--stomp-version)")
         try:
             # the protocol's connect: the connection class's would start a second transport
             if self.version == "1.0":
@@ -242,11 +245,18 @@ class Session:
         if listener.disconnected or not self.transport.running:
             raise ConnectError(what, "the broker closed the connection")
 
-    def wait(self, seconds: float) -> None:
-        """Sleep until something arrives, at most `seconds`."""
-        wake = self.listener.wake
-        wake.wait(max(0.0, seconds))
-        wake.clear()
+    def wait(self, seconds: float, ready=None) -> None:
+        """Sleep until something arrives, at most `seconds`; not at all when `ready()`
+        (checked after announcing the wait, so an arrival in between is not missed)."""
+        listener = self.listener
+        wake = listener.wake
+        listener.waiting = True
+        try:
+            if ready is None or not ready():
+                wake.wait(max(0.0, seconds))
+            wake.clear()
+        finally:
+            listener.waiting = False
 
     def request(self, what: str, frame_sender, timeout: float) -> None:
         """Send a frame asking for a receipt and wait for it (SUBSCRIBE, BEGIN, COMMIT)."""
@@ -259,7 +269,7 @@ class Session:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError_(what, f"no RECEIPT within {timeout:g} s")
-            self.wait(min(left, 1.0))
+            self.wait(min(left, 1.0), lambda: rid in receipts)
         receipts.remove(rid)
 
     def abort(self, tx: str) -> None:
@@ -290,7 +300,7 @@ class Session:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError_(what, f"no receipt for DISCONNECT within {timeout:g} s")
-            self.wait(min(left, 0.5))
+            self.wait(min(left, 0.5), lambda: rid in self.listener.receipts)
 
     def close(self, timeout: float = 5.0) -> None:
         """DISCONNECT with a receipt, so everything sent before (acks too) was handled."""
@@ -306,7 +316,7 @@ class Session:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
-                    self.wait(min(left, 0.5))
+                    self.wait(min(left, 0.5), lambda: rid in self.listener.receipts)
             except Exception:  # closing is best effort
                 pass
         self.open = False
@@ -457,7 +467,7 @@ class Sender(send.Sender):
         arrived = self._arrived
         if not arrived:
             self._check(f"send to {self.destination or 'the replayed destinations'}")
-            self._wait(wait)
+            self._wait(wait, arrived.__len__)
         acked = self.acked
         while arrived:
             acked.add(arrived.popleft())
@@ -482,7 +492,7 @@ class Receiver(receive.Receiver):
         session = self.session
         if not frames:
             session.check(self.what)
-            session.wait(1.0 if wait is None else wait)
+            session.wait(1.0 if wait is None else wait, frames.__len__)
             if not frames:
                 session.check(self.what)
                 return []
