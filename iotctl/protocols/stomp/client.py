@@ -183,7 +183,11 @@ class Session:
     # ------------------------------------------------------------------ connection
 
     def __enter__(self) -> "Session":
-        self.connect()
+        try:
+            self.connect()
+        except BaseException:
+            self.close(0.5)
+            raise
         return self
 
     def __exit__(self, exc_type, *exc) -> None:
@@ -401,7 +405,9 @@ def send_headers(out, base: dict, content_type: str | None) -> tuple[dict, str |
     """The headers of one SEND: a replayed message's own (minus delivery headers),
     overridden by the command line's."""
     if out.meta:
-        headers = {str(k): str(v) for k, v in out.meta.items() if k not in _DELIVERY_HEADERS}
+        # scalar values only: a capture from another protocol may carry nested meta
+        headers = {str(k): (str(v).lower() if isinstance(v, bool) else str(v)) for k, v in out.meta.items()
+                   if k not in _DELIVERY_HEADERS and v is not None and not isinstance(v, (dict, list))}
         headers.update(base)
     else:
         headers = base
