@@ -476,3 +476,57 @@ def test_profile_and_environment(iotctl, peer, queue):
            "IOTCTL_STOMP_PASSWORD": "iotctl-stomp-secret"}
     r = iotctl("stomp", "sub", queue, "-C", "1", "-W", "10", "-o", "raw", env=env)
     assert r.stdout == "p\n", r
+
+
+def _rabbit_queue(name: str) -> tuple[int, int] | None:
+    """(ready, unacknowledged) of a queue in vhost iotctl-stomp, from rabbitmqctl."""
+    import subprocess
+
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", "iotctl-stomp", "name", "messages_ready",
+                          "messages_unacknowledged"], capture_output=True, text=True, timeout=30).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == name:
+            return int(parts[1]), int(parts[2])
+    return None
+
+
+def test_ctrl_c_ends_subscribe_with_exit_0(iotctl, peer, queue):
+    """Ctrl-C is success, without a traceback; what was printed and acknowledged before it
+    does not come back, what arrives later stays for the next subscriber."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.helpers import wait_until
+
+    peer("rabbitmq-stomp")
+    fill(iotctl, RABBIT, queue, ["first"])
+    proc = subprocess.Popen([sys.executable, "-m", "iotctl", "stomp", "sub", *RABBIT, queue, "-o", "raw"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        assert proc.stdout.readline() == b"first\n"
+        # the ACK follows the write: wait until the broker has it (a Ctrl-C between the two
+        # leaves the message unacknowledged: it is delivered again, never lost)
+        wait_until(lambda: _rabbit_queue(queue.split("/")[-1]) == (0, 0), 20, "the ACK of 'first'", 0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert b"Traceback" not in err
+    fill(iotctl, RABBIT, queue, ["second"])
+    assert drain(iotctl, RABBIT, queue, idle="0.5") == ["second"]
+
+
+def test_failed_file_keeps_what_the_broker_refused(iotctl, peer, queue, tmp_path):
+    peer("rabbitmq-stomp")
+    failed = tmp_path / "failed.jsonl"
+    r = iotctl("stomp", "send", *RABBIT_READER, queue, "-l", "--failed", str(failed), input="a\nb\n")
+    assert r.exit_code == 6, r
+    kept = [json.loads(line)["payload"] for line in failed.read_text().splitlines()]
+    assert "a" in kept and len(kept) == 2, kept
+    r = iotctl("stomp", "send", *RABBIT, queue, "--replay", str(failed))
+    assert r.exit_code == 0, r
+    assert drain(iotctl, RABBIT, queue) == ["a", "b"]

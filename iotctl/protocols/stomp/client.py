@@ -347,6 +347,8 @@ class Session:
         """Frames already encoded, as one write (stomp.py's transport: the socket, or the
         TLS reader thread's queue)."""
         transport = self.transport
+        if self.cfg.debug:
+            stomp.log.debug("sending frames: %r", data)
         try:
             if transport.blocking:
                 transport.send(data)
