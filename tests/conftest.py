@@ -40,8 +40,10 @@ PEERS = {
     "mosquitto-wss": ("127.0.0.1", 9443, "tcp"),
     "coap-server": ("127.0.0.1", 5783, "udp"),
     "coaps-server": ("127.0.0.1", 5785, "udp"),  # its DTLS port is 5786 (PSK iotctl / iotctl-psk)
+    "rabbitmq-stomp": ("127.0.0.1", 61613, "tcp"),
+    "activemq": ("127.0.0.1", 61614, "tcp"),  # STOMP; STOMP over TLS on 61615
 }
-SERVICE_OF = {"coap-server": "coap", "coaps-server": "coaps"}
+SERVICE_OF = {"coap-server": "coap", "coaps-server": "coaps", "rabbitmq-stomp": "rabbitmq-stomp"}
 
 
 @dataclass
