@@ -12,7 +12,7 @@ from iotctl import __version__
 def test_help_lists_every_group(iotctl):
     r = iotctl("--help")
     assert r.exit_code == 0
-    for group in ("mqtt", "coap", "amqp", "stomp", "xmpp", "profile", "completion"):
+    for group in ("mqtt", "mqttsn", "coap", "amqp", "stomp", "xmpp", "profile", "completion"):
         assert f"\n  {group} " in r.stdout
     assert "Exit status" in r.stdout
 
@@ -75,7 +75,9 @@ def _modules_after(args):
     return result["code"], set(result["mods"])
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["mqtt", "--help"], ["mqtt", "publish", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["mqtt", "--help"], ["mqtt", "publish", "--help"],
+                                  ["mqttsn", "--help"], ["mqttsn", "publish", "--help"],
+                                  ["mqttsn", "gateway", "--help"]])
 def test_help_imports_no_protocol_library(args):
     code, mods = _modules_after(args)
     assert code == 0
@@ -88,6 +90,29 @@ def test_mqtt_publish_imports_only_paho(peer):
     assert code == 0
     assert "paho" in mods
     assert not mods & {"aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich"}
+
+
+def test_mqttsn_publish_imports_no_protocol_library():
+    """The MQTT-SN client is pure Python (its codec): only the gateway loads paho."""
+    from tests.helpers import free_port
+
+    code, mods = _modules_after(["mqttsn", "publish", "-q", "-1", "-T", "1", "-p", str(free_port()), "-m", "x"])
+    assert code == 0
+    assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
+
+
+def test_mqttsn_imports_mqtt_only_through_its_client_module():
+    """A protocol imports another only through that one's client.py."""
+    import ast
+    from pathlib import Path
+
+    import iotctl.protocols.mqttsn as pkg
+
+    for path in Path(pkg.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("iotctl.protocols."):
+                name = node.module.split(".")
+                assert name[2] == "mqttsn" or name[3:] == ["client"], f"{path.name} imports {node.module}"
 
 
 def test_unreadable_profile_is_usage_error_traceback_only_with_debug(iotctl, tmp_path):
