@@ -138,8 +138,8 @@ def short_topic() -> str:
 class MosqSub(Proc):
     """mosquitto_sub -v on some topics, returned once subscribed."""
 
-    def __init__(self, topics, count, qos=1):
-        args = ["stdbuf", "-oL", "mosquitto_sub", *BROKER, "-d", "-v", "-q", str(qos), "-C", str(count), "-W", "60"]
+    def __init__(self, topics, count, qos=1, port=1883):
+        args = ["stdbuf", "-oL", "mosquitto_sub", "-h", "127.0.0.1", "-p", str(port), "-d", "-v", "-q", str(qos), "-C", str(count), "-W", "60"]
         for t in topics:
             args += ["-t", t]
         super().__init__(args)
@@ -395,6 +395,51 @@ def test_lossy_link_qos1_all_arrive_and_qos2_exactly_once(iotctl_proc, quiet_gat
         sub.finish()
     finally:
         relay.close()
+
+
+def test_lossy_link_towards_the_subscriber_gateway_retries(peer, topic):
+    """The gateway's own retransmission: every QoS 1 and 2 message reaches a subscriber
+    behind a lossy link, QoS 2 exactly once."""
+    peer("mosquitto")
+    gw = Gateway(free_port(), "--retry-interval", "0.1", "--retries", "30")
+    relay = LossyRelay(gw.port, 0.1, seed=5)
+    try:
+        n = 150
+        sub = Proc(_iotctl("mqttsn", "sub", "-p", relay.port, "-t", f"{topic}/#", "-q", "2", "-v",
+                           "--retry-interval", "0.1", "--retries", "30", "-W", "40", "--idle-timeout", "3"))
+        sub.wait_err("subscribed to")
+        for qos in (1, 2):
+            lines = "".join(f"q{qos}-{i}\n" for i in range(n)).encode()
+            subprocess.run(["mosquitto_pub", *BROKER, "-q", str(qos), "-t", f"{topic}/q{qos}", "-l"], input=lines,
+                           check=True)
+        assert sub.finish(60) == 0, sub.stderr
+        got = sub.stdout.splitlines()
+        assert {f"{topic}/q1 q1-{i}" for i in range(n)} <= set(got)
+        assert sorted(m for m in got if m.startswith(f"{topic}/q2 ")) == sorted(f"{topic}/q2 q2-{i}" for i in range(n))
+        assert relay.dropped[0] > 5 and relay.dropped[1] > 5, relay.dropped
+    finally:
+        relay.close()
+        assert gw.interrupt() == 0, gw.stderr
+
+
+def test_gateway_reaches_the_broker_with_tls_and_credentials(iotctl_proc, certs, peer, topic):
+    peer("mosquitto-auth")
+    for broker in (["--broker", "mqtts://localhost:8883", "--cafile", certs["ca_crt"]],
+                   ["--broker", "mqtt://iotctl:iotctl-secret@127.0.0.1:1884"]):
+        gw = Gateway(free_port(), *broker)
+        try:
+            sub = MosqSub([topic], 1, port=11883)
+            r = run(iotctl_proc, gw, "pub", "-t", topic, "-m", broker[1], "-q", "1")
+            assert r.returncode == 0, r.stderr
+            assert sub.finish() == 0 and sub.messages() == [f"{topic} {broker[1]}"]
+        finally:
+            assert gw.interrupt() == 0, gw.stderr
+    r = iotctl_proc("mqttsn", "gateway", "--port", free_port(), "--broker", "mqtt://iotctl:wrong@127.0.0.1:1884",
+                    env=clean_env())
+    assert r.returncode == 4 and b"broker refused the login" in r.stderr
+    r = iotctl_proc("mqttsn", "gateway", "--port", free_port(), "--broker", "mqtts://localhost:8883",
+                    "--cafile", certs["other_ca_crt"], env=clean_env())
+    assert r.returncode == 7 and b"certificate verification failed" in r.stderr
 
 
 def test_client_gives_up_after_nretry_with_exit_5(iotctl_proc):
