@@ -365,9 +365,10 @@ class Session:
         """Read, write and do housekeeping once the caller's select says so; False when
         the connection is gone."""
         client = self.client
-        if client.socket() is None:
+        sock = client.socket()
+        if sock is None:
             return False
-        if readable or (hasattr(client.socket(), "pending") and client.socket().pending()):
+        if readable or (hasattr(sock, "pending") and sock.pending()):
             if not self._read_burst():
                 return False
         if writable or client.want_write():
@@ -403,8 +404,13 @@ class Session:
     def subscribe_request(self, subs: list[Subscription]) -> int:
         """Send SUBSCRIBE without waiting; `suback(mid)` has the granted QoS (or a
         reason code >= 0x80) per filter once it came."""
-        topics = [(s.topic_filter, s.qos) for s in subs] if not self.v5 else \
-            [(s.topic_filter, SubscribeOptions(qos=s.qos)) for s in subs]
+        if self.v5:
+            topics = [(s.topic_filter, SubscribeOptions(qos=s.qos, noLocal=s.no_local,
+                                                        retainAsPublished=s.retain_as_published,
+                                                        retainHandling=s.retain_handling))
+                      for s in subs]
+        else:
+            topics = [(s.topic_filter, s.qos) for s in subs]
         try:
             rc, mid = self.client.subscribe(topics)
         except ValueError as exc:
@@ -443,15 +449,7 @@ class Session:
             except (ValueError, OSError):
                 return False
             readable, writable = bool(r), bool(w)
-        if readable:
-            if not self._read_burst():
-                return False
-        if writable or client.want_write():
-            if client.loop_write() not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
-                return False
-        if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return False
-        return client.socket() is not None
+        return self.step(readable, writable)
 
     def _read_burst(self, limit: int = 2000) -> bool:
         """Read packets until the socket has no more (paho's loop_read reads only one
@@ -482,19 +480,7 @@ class Session:
     # ------------------------------------------------------------------ subscribing
 
     def subscribe(self, subs: list[Subscription], timeout: float) -> None:
-        if self.v5:
-            topics = [(s.topic_filter, SubscribeOptions(qos=s.qos, noLocal=s.no_local,
-                                                        retainAsPublished=s.retain_as_published,
-                                                        retainHandling=s.retain_handling))
-                      for s in subs]
-        else:
-            topics = [(s.topic_filter, s.qos) for s in subs]
-        try:
-            rc, mid = self.client.subscribe(topics)
-        except ValueError as exc:
-            raise UsageError("cannot subscribe", str(exc)) from None
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise self._lost("subscribe")
+        mid = self.subscribe_request(subs)
         deadline = time.monotonic() + timeout
         while mid not in self._suback:
             if time.monotonic() > deadline:
