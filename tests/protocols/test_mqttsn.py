@@ -6,7 +6,6 @@ the broker side, and mqtt-sn-12's mqtt_sn_pub/mqtt_sn_sub as a client no one her
 from __future__ import annotations
 
 import json
-import os
 import random
 import select
 import shutil
@@ -268,6 +267,17 @@ def test_sleeping_client_gets_what_was_published_while_it_slept(gateway, topic):
     assert wake < log.index("payload=b'zz0'") < log.index("-> ", log.index("payload=b'zz2'"))
 
 
+def test_keepalive_pings_keep_an_idle_client_connected(gateway, topic):
+    sub = SnSub(gateway, "-t", topic, "-k", "1", "-C", "1", "-W", "20", "-d")
+    # idle for longer than 1.5 x keepalive: its PINGREQs keep it connected
+    wait_until(lambda: gateway.stderr.count("PINGRESP") >= 3, 10, "three keepalive pings")
+    subprocess.run(["mosquitto_pub", *BROKER, "-t", topic, "-m", "still connected"], check=True)
+    assert sub.finish() == 0, sub.stderr
+    assert sub.stdout == "still connected\n"
+    assert "lost" not in gateway.stderr
+    assert "iotctl: mqttsn: -> 127.0.0.1:" in sub.stderr and " PINGREQ" in sub.stderr  # -d traces packets
+
+
 def test_will_is_published_when_a_client_goes_silent(gateway, topic):
     sub = MosqSub([f"{topic}/will"], 1)
     client = SnSub(gateway, "-t", topic, "-k", "1", "--will-topic", f"{topic}/will", "--will-payload", "gone",
@@ -489,6 +499,11 @@ def test_bad_datagrams_are_dropped_and_the_gateway_keeps_serving(iotctl_proc, ga
             other.settimeout(3)
             other.sendto(c.encode(Packet(c.PUBLISH, qos=1, topic_id=1, msg_id=1, data=b"x")), addr)
             assert c.decode(other.recv(100)).type == c.DISCONNECT
+        # a filter the broker would refuse, a topic name with a wildcard
+        s.sendto(c.encode(Packet(c.SUBSCRIBE, qos=0, msg_id=6, topic_name="a/#/b")), addr)
+        assert c.decode(s.recv(100)) == Packet(c.SUBACK, qos=0, topic_id=0, msg_id=6, return_code=c.NOT_SUPPORTED)
+        s.sendto(c.encode(Packet(c.REGISTER, topic_id=0, msg_id=7, topic_name="a/+")), addr)
+        assert c.decode(s.recv(100)) == Packet(c.REGACK, topic_id=0, msg_id=7, return_code=c.NOT_SUPPORTED)
         s.sendto(c.encode(Packet(c.DISCONNECT)), addr)
         assert c.decode(s.recv(100)).type == c.DISCONNECT
     # everyone else is still served

@@ -19,11 +19,12 @@ import socket
 import sys
 import time
 
-from iotctl.errors import ConnectError, IotctlError
+from iotctl.errors import ConnectError, IotctlError, UsageError
 from iotctl.protocols.mqtt.client import MqttConfig, Session, Subscription, Will
 from iotctl.protocols.mqttsn import codec as c
 from iotctl.protocols.mqttsn.client import trace
 from iotctl.protocols.mqttsn.codec import Packet
+from iotctl.topics import validate_filter, validate_topic
 
 WINDOW = 20  # PUBLISHes in flight towards one client
 SWEEP = 0.1  # seconds between timer sweeps
@@ -92,7 +93,6 @@ class Client:
         self.last_seen = time.monotonic()
         self.sleep_until = 0.0
         self.sleep_duration = 0
-        self.connect_packet: Packet | None = None
 
     def new_msg_id(self) -> int:
         self.msg_id = self.msg_id % 0xFFFF + 1
@@ -168,6 +168,7 @@ class Gateway:
             raise ConnectError(f"cannot listen on udp {self.cfg.bind}:{self.cfg.port}",
                                getattr(exc, "strerror", None) or str(exc)) from None
         self.sock.setblocking(False)
+        # a burst of datagrams waits here while the loop writes to the broker
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
         except OSError:
@@ -354,6 +355,10 @@ class Gateway:
                     self._service(cl, False, False)
                 if cl.state == "gone":
                     continue
+            if cl.state in ("will-topic", "will-msg") and \
+                    now - cl.last_seen > self.cfg.retry_interval * (self.cfg.retries + 1):
+                self._lost(cl, "never finished its will (WILLTOPIC/WILLMSG)")
+                continue
             if cl.state == "asleep":
                 if cl.sleep_until and now > cl.sleep_until:
                     self._lost(cl, "did not wake up within its sleep duration")
@@ -503,7 +508,6 @@ class Gateway:
                 return
             self._drop(existing)
         cl = Client(addr, p.client_id, p.duration, p.clean_session)
-        cl.connect_packet = p
         self.by_addr[addr] = cl
         self.by_id[p.client_id] = cl
         if p.will:
@@ -543,7 +547,10 @@ class Gateway:
 
     def _on_register(self, cl: Client, p: Packet) -> None:
         name = p.topic_name
-        if not name or "+" in name or "#" in name:
+        try:
+            validate_topic(name)
+        except UsageError as exc:
+            self.log(f"client {cl.client_id!r}: REGISTER refused: {exc}")
             self._send(cl.addr, Packet(c.REGACK, topic_id=0, msg_id=p.msg_id, return_code=c.NOT_SUPPORTED))
             return
         tid = cl.topic_id_for(name)
@@ -626,7 +633,10 @@ class Gateway:
         tid = 0
         if tt == c.NORMAL:
             name = p.topic_name
-            if not name:
+            try:
+                validate_filter(name)
+            except UsageError as exc:  # the broker would close the connection over it
+                self.log(f"client {cl.client_id!r}: SUBSCRIBE refused: {exc}")
                 self._send(cl.addr, Packet(c.SUBACK, qos=0, topic_id=0, msg_id=p.msg_id, return_code=c.NOT_SUPPORTED))
                 return
             if "+" not in name and "#" not in name:
