@@ -473,6 +473,33 @@ def test_client_gives_up_after_nretry_with_exit_5(iotctl_proc):
         assert got == ["CONNECT"] * 3
 
 
+def test_client_reports_a_refusing_gateway_and_skips_garbage(iotctl_proc):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as fake:
+        fake.bind(("127.0.0.1", 0))
+        fake.settimeout(10)
+        port = fake.getsockname()[1]
+
+        def answer():
+            data, addr = fake.recvfrom(100)
+            assert c.decode(data).type == c.CONNECT
+            fake.sendto(b"\x02\x03", addr)  # an unknown packet type
+            fake.sendto(b"\x09\x05\x00", addr)  # a length that lies
+            fake.sendto(c.encode(Packet(c.CONNACK, return_code=c.CONGESTION)), addr)
+
+        t = threading.Thread(target=answer, daemon=True)
+        t.start()
+        r = iotctl_proc("mqttsn", "pub", "-p", port, "-t", "x/y", "-m", "z", env=clean_env())
+        t.join(5)
+    err = r.stderr.decode().splitlines()
+    assert r.returncode == 6
+    assert err == [
+        f"iotctl: warning: ignored a bad datagram from 127.0.0.1:{port}: unknown packet type 0x03",
+        f"iotctl: warning: ignored a bad datagram from 127.0.0.1:{port}: "
+        "length field says 9 octets, the datagram has 3",
+        f"iotctl: error: cannot connect to gateway 127.0.0.1:{port}: "
+        "the gateway answered rejected: congestion"]
+
+
 def test_no_gateway_is_a_connect_error(iotctl_proc):
     r = iotctl_proc("mqttsn", "sub", "-p", free_port(), "-t", "x", env=clean_env())
     assert r.returncode == 3
@@ -532,10 +559,16 @@ def test_searchgw_is_answered_with_gwinfo(gateway):
 
 
 def test_gateway_ctrl_c_disconnects_its_clients(gateway, topic):
-    sub = SnSub(gateway, "-t", topic)
+    will = MosqSub([f"{topic}/will"], 1)
+    sub = SnSub(gateway, "-t", topic, "--will-topic", f"{topic}/will", "--will-payload", "gone")
     assert gateway.interrupt() == 0
     assert sub.finish() == 3
     assert "the gateway ended the session" in sub.stderr
+    # the broker connections were closed with DISCONNECT: no will
+    time.sleep(0.5)  # (a will, if any, comes at once: nothing to wait for but its absence)
+    will.proc.terminate()
+    will.finish()
+    assert will.messages() == []
 
 
 def test_gateway_without_broker_exits_3(iotctl_proc):
