@@ -243,6 +243,8 @@ def connection_options(schemes: dict, default_scheme: str, tls: bool = True, ws:
     from iotctl.endpoint import build_endpoint
 
     default_port = schemes[default_scheme].port
+    # its own name (and so profile key and IOTCTL_<PROTO>_<NAME>) when spelt otherwise
+    url_dest = url_option.lstrip("-").replace("-", "_")
     tls_schemes = [s for s, v in schemes.items() if v.tls]
     port_help = (f"Port [default: {default_port}"
                  + (f", {schemes[tls_schemes[0]].port} with TLS" if tls and tls_schemes else "") + "].")
@@ -255,7 +257,7 @@ def connection_options(schemes: dict, default_scheme: str, tls: bool = True, ws:
         ]
     else:
         options = [
-            click.option(url_option, "url", metavar="URL",
+            click.option(url_option, url_dest, metavar="URL",
                          help=f"Connect to URL ({', '.join(s + '://' for s in schemes)}"
                               + ("user:pass@" if credentials else "") + "host:port)"
                               + ("; separate options given on the command line win." if host_port else
@@ -289,6 +291,7 @@ def connection_options(schemes: dict, default_scheme: str, tls: bool = True, ws:
         ]
 
     def build(**values):
+        values["url"] = values.pop(url_dest)
         if not host_port:
             values["host"] = default_host  # the URL's host replaces it
         return build_endpoint(click.get_current_context(), values, schemes, default_scheme)

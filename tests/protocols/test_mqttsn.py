@@ -188,6 +188,19 @@ def test_publish_lines_reuses_one_registration(iotctl_proc, gateway, topic):
     assert gateway.stderr.count(f"topic_name={topic}") == 1
 
 
+def test_profile_and_environment_give_the_gateway_address(iotctl_proc, gateway, topic, tmp_path):
+    sub = MosqSub([topic], 2)
+    env = clean_env(IOTCTL_MQTTSN_PORT=str(gateway.port))
+    r = iotctl_proc("mqttsn", "pub", "-t", topic, "-m", "from env", "-q", "1", env=env)
+    assert r.returncode == 0, r.stderr
+    profile = tmp_path / "sn.toml"
+    profile.write_text(f'[mqttsn]\nurl = "mqttsn://127.0.0.1:{gateway.port}"\nretries = 3\n')
+    r = iotctl_proc("--profile", profile, "mqttsn", "pub", "-t", topic, "-m", "from profile", env=clean_env())
+    assert r.returncode == 0, r.stderr
+    assert sub.finish() == 0
+    assert sub.messages() == [f"{topic} from env", f"{topic} from profile"]
+
+
 def test_qos_minus_one_needs_no_connection(iotctl_proc, gateway, predefined, topic):
     short = short_topic()
     sub = MosqSub([predefined[8], short], 2)
