@@ -306,9 +306,8 @@ def decode(data: bytes) -> Packet:
         if n - pos < 5:
             raise CodecError(f"PUBLISH too short: {n - pos} octets after the type, at least 5 needed")
         flags, topic_id, msg_id = _PUB_HEAD.unpack_from(data, pos)
-        f = parse_flags(flags)
-        return Packet(PUBLISH, dup=f["dup"], qos=f["qos"], retain=f["retain"], topic_id_type=f["topic_id_type"],
-                      topic_id=topic_id, msg_id=msg_id, data=bytes(data[pos + 5:]))
+        return Packet(PUBLISH, dup=flags & 0x80 != 0, qos=_BITS_QOS[flags & 0x60], retain=flags & 0x10 != 0,
+                      topic_id_type=flags & 0x03, topic_id=topic_id, msg_id=msg_id, data=bytes(data[pos + 5:]))
     layout = LAYOUTS.get(t)
     if layout is None:
         raise CodecError(f"unknown packet type 0x{t:02x}")
