@@ -118,6 +118,7 @@ class Gateway:
         self.sock: socket.socket | None = None
         self.upstream: Session | None = None  # the gateway's own connection (QoS -1, checks the broker)
         self.stats = collections.Counter()
+        self.dirty: set = set()  # clients whose broker connection has packets to write
 
     # ------------------------------------------------------------------ logging
 
@@ -199,6 +200,10 @@ class Gateway:
                 for fd in r:
                     if fd is self.sock:
                         self._read_udp()
+                        for cl in self.dirty:
+                            if cl.mqtt is not None and cl.state != "gone":
+                                self._service(cl, False, True)
+                        self.dirty.clear()
                 ready = set(r) | set(w)
                 ready.discard(self.sock)
                 for fd in ready:
@@ -583,9 +588,7 @@ class Gateway:
             cl.puback_for[mid] = (p.msg_id, p.topic_id)
         else:
             cl.mqtt.publish(topic, p.data, 0, p.retain)
-        fd = cl.mqtt.fileno()
-        if fd is not None and cl.mqtt.want_write():
-            cl.mqtt.step(False, True)
+        self.dirty.add(cl)  # written once the burst of datagrams is read
 
     def _publish_qos_minus_one(self, addr, p: Packet) -> None:
         if p.topic_id_type == c.NORMAL:
