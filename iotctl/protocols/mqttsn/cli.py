@@ -47,7 +47,7 @@ _RETRY = [
 
 
 def _sn_config(endpoint, client_id, keepalive, no_clean_session, will_topic, will_payload, will_qos, will_retain,
-               retry_interval, retries, max_inflight):
+               retry_interval, retries):
     from iotctl.protocols.mqttsn.client import SnConfig, SnWill
 
     will = None
@@ -59,7 +59,7 @@ def _sn_config(endpoint, client_id, keepalive, no_clean_session, will_topic, wil
         raise UsageError("--no-clean-session", "a persistent session needs a fixed client id: add -i ID")
     return SnConfig(host=endpoint.host, port=endpoint.port, client_id=client_id, keepalive=keepalive,
                     clean_session=not no_clean_session, will=will, retry_interval=retry_interval,
-                    retries=retries, window=max_inflight, debug=settings().debug)
+                    retries=retries, debug=settings().debug)
 
 
 _SN_OPTIONS = bundle("cfg", [
@@ -73,8 +73,6 @@ _SN_OPTIONS = bundle("cfg", [
     click.option("--will-qos", type=click.IntRange(0, 2), default=0, help="QoS of the will message."),
     click.option("--will-retain", is_flag=True, default=False, help="Retain the will message."),
     *_RETRY,
-    click.option("--max-inflight", type=click.IntRange(1, 1000), default=20, show_default=True,
-                 help="QoS 1/2 messages sent before their acknowledgement comes."),
 ], _sn_config, consumes=("endpoint",))
 
 
@@ -102,11 +100,13 @@ _SLEEP = click.option("--sleep", type=click.IntRange(1, 65535), default=None, me
 @click.option("-q", "--qos", type=click.IntRange(-1, 2), default=0, show_default=True,
               help="Quality of service; -1 sends without connecting (only -T or a short topic).")
 @click.option("-r", "--retain", is_flag=True, default=False, help="Ask the broker to retain the message.")
+@click.option("--max-inflight", type=click.IntRange(1, 1000), default=20, show_default=True,
+              help="QoS 1/2 messages sent before their acknowledgement comes.")
 @_SLEEP
 @send_options()
 @timeout_option(10.0, "Give up (exit 5) when no acknowledgement arrives for this many seconds.")
 @payload_options()
-def publish(cfg, topic, predefined, qos, retain, sleep, sending, timeout, payload):
+def publish(cfg, topic, predefined, qos, retain, max_inflight, sleep, sending, timeout, payload):
     """Publish a message, a file, stdin, or every line of stdin through a gateway.
 
     QoS 1 and 2 messages are sent again (with DUP) every --retry-interval until the
@@ -133,6 +133,7 @@ def publish(cfg, topic, predefined, qos, retain, sleep, sending, timeout, payloa
         raise UsageError("-q -1", "publishes without a connection: no will, no --sleep")
     if sending.repeat > 1 and payload.streaming:
         raise UsageError("--repeat", "cannot be combined with -l or --replay")
+    cfg.window = max_inflight
     items = send.outgoing(payload, sending)
     if topic is not None:
         items = _addressed(items, topic)
