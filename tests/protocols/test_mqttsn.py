@@ -252,6 +252,16 @@ def test_subscribe_v_prints_topic_and_payload(gateway, topic):
     assert sub.stdout == f"{topic} 21.5\n"
 
 
+def test_ctrl_c_ends_subscribe_with_exit_0_and_disconnect(gateway, topic):
+    cid = f"iotctl-ctrlc-{uuid.uuid4().hex[:6]}"
+    sub = SnSub(gateway, "-t", topic, "-i", cid, "-F", "{address}|{payload}|{meta[topic_id_type]}")
+    subprocess.run(["mosquitto_pub", *BROKER, "-t", topic, "-m", "x"], check=True)
+    sub.wait_out(f"{topic}|x|normal\n")
+    assert sub.interrupt() == 0
+    assert sub.stdout == f"{topic}|x|normal\n"
+    wait_until(lambda: f"client {cid!r} disconnected" in gateway.stderr, 5, "the DISCONNECT")
+
+
 def test_clean_session_off_resumes_subscription(iotctl_proc, gateway, topic):
     cid = f"iotctl-test-{uuid.uuid4().hex[:8]}"
     sub = SnSub(gateway, "-t", topic, "-q", "1", "-i", cid, "-c", "-C", "1", "-W", "20")
