@@ -16,7 +16,6 @@ import importlib
 import click
 
 from iotctl.options import global_params
-from iotctl.profiles import ProfileSection
 from iotctl.settings import current
 
 GLOBAL_EPILOG = ("Global options (--profile, -o/--output, -F/--format, --color/--no-color, "
@@ -142,6 +141,8 @@ class ProtocolGroup(SuggestingGroup, QuickParser, click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
+        from iotctl.profiles import ProfileSection  # pathlib and friends: only when a command runs
+
         section = ProfileSection(self.protocol, lambda: current().profile)
         ctx.default_map = {name: section for name in self.commands}
         return super().invoke(ctx)

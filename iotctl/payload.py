@@ -1,4 +1,4 @@
-"""Shared payload input for every sending command (DESIGN.md, "Payload input").
+"""Shared payload input for every sending command (README, "Payload input").
 
 A `PayloadSource` is an iterator of `Outgoing` items. `-l/--lines` and `--replay`
 stream: nothing reads the whole input ahead of what has been sent.

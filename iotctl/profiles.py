@@ -1,4 +1,4 @@
-"""Profiles: one TOML file per profile, one table per protocol (DESIGN.md, "Profiles").
+"""Profiles: one TOML file per profile, one table per protocol (README, "Profiles").
 
     $IOTCTL_CONFIG_DIR/profiles/<name>.toml  (else $XDG_CONFIG_HOME/iotctl/..., else ~/.config/iotctl/...)
 

@@ -51,9 +51,9 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
     how many messages were written. Raises TimeoutError_ (exit 5) when -W passes
     before --count (or, without --count, before anything) arrived."""
     if writer is None:
-        from iotctl.settings import current
+        from iotctl.output import run_writer
 
-        writer = current().writer()
+        writer = run_writer()
     saver = _saver(spec.save)
     count = spec.count
     n = 0

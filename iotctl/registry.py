@@ -10,14 +10,16 @@ from __future__ import annotations
 class Protocol:
     """name: the group's name and the profile table's; group: "module:attribute" of its
     click group; help: the line `iotctl --help` shows; header: the meta keys the pretty
-    header shows, in order; renderers: content type -> "module:function" that turns a
-    payload into a rich renderable (see output/renderers.py)."""
+    header shows, in order (a true boolean shows as its name); details: meta keys pretty
+    output shows only with -d; renderers: content type -> "module:function" that turns
+    a payload into a rich renderable (see output/renderers.py)."""
 
-    __slots__ = ("name", "group", "help", "header", "renderers")
+    __slots__ = ("name", "group", "help", "header", "details", "renderers")
 
     def __init__(self, name: str, group: str, help: str, header: tuple[str, ...] = (),
-                 renderers: dict[str, str] | None = None):
+                 details: tuple[str, ...] = (), renderers: dict[str, str] | None = None):
         self.name, self.group, self.help, self.header = name, group, help, header
+        self.details = details
         self.renderers = renderers or {}
 
 
@@ -27,7 +29,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              header=("qos", "retain")),
     Protocol("coap", "iotctl.protocols.coap.cli:group",
              "CoAP: get/put/post/delete/fetch/patch, observe, discover, serve a simulated device.",
-             header=("code",),
+             header=("code", "observe", "location"), details=("type", "mid", "token", "options"),
              renderers={"application/link-format": "iotctl.protocols.coap.linkformat:render"}),
     Protocol("mqttsn", "iotctl.protocols.mqttsn.cli:group",
              "MQTT-SN over UDP: publish, subscribe, a gateway to any MQTT broker, a packet dump.",
@@ -54,6 +56,11 @@ def get(name: str) -> Protocol | None:
 def header_keys(name: str) -> tuple[str, ...]:
     p = PROTOCOLS.get(name)
     return p.header if p is not None else ()
+
+
+def detail_keys(name: str) -> tuple[str, ...]:
+    p = PROTOCOLS.get(name)
+    return p.details if p is not None else ()
 
 
 def content_renderers() -> dict[str, str]:

@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from iotctl.cli import run
+from tests.helpers import clean_env, tcp_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_DIR = Path(os.environ.get("IOTCTL_PEERS_DIR", "/var/tmp/iotctl-peers"))
@@ -94,11 +95,8 @@ def iotctl_proc():
 
     def invoke(*args: str, input: bytes | None = None, env: dict | None = None, timeout: float = 60,
                **kw) -> subprocess.CompletedProcess:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("IOTCTL_") or k == "IOTCTL_CONFIG_DIR"}
-        full_env.update({"NO_COLOR": "1", "COLUMNS": "80"})
-        full_env.update(env or {})
         return subprocess.run([sys.executable, "-m", "iotctl", *map(str, args)], input=input,
-                              capture_output=True, env=full_env, timeout=timeout, **kw)
+                              capture_output=True, env=clean_env(**(env or {})), timeout=timeout, **kw)
 
     return invoke
 
@@ -106,11 +104,7 @@ def iotctl_proc():
 def _answers(host: str, port: int, transport: str) -> bool:
     if transport == "udp":
         return _coap_ping(host, port)
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
+    return tcp_answers(host, port)
 
 
 def _coap_ping(host: str, port: int) -> bool:

@@ -143,3 +143,52 @@ def test_unexpected_exception_is_one_line_exit_1_traceback_only_with_debug(iotct
     r = iotctl("--profile", "x", "mqtt", "pub", "-t", "x", "-m", "y", "-d")
     assert r.exit_code == 1
     assert "Traceback" in r.stderr and "RuntimeError: simulated bug" in r.stderr
+
+
+@pytest.mark.parametrize("typed,expected", [(["mqt"], "'mqtt'"), (["coap", "gte"], "'get'"),
+                                            (["profle"], "'profile'"), (["mqtt", "retaind"], "'retained'")])
+def test_misspelt_group_or_command_gets_did_you_mean(iotctl, typed, expected):
+    r = iotctl(*typed)
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == f"iotctl: error: No such command '{typed[-1]}'. Did you mean {expected}?"
+
+
+def test_every_group_help_shows_examples(iotctl):
+    from iotctl.registry import names
+
+    for group in [*names(), "profile"]:
+        r = iotctl(group, "--help")
+        assert r.exit_code == 0
+        examples = [line for line in r.stdout.splitlines() if line.strip().startswith(f"iotctl {group} ")]
+        assert 2 <= len(examples) <= 6 or group in ("amqp", "stomp", "xmpp"), (group, r.stdout)
+
+
+def test_command_lists_are_not_cut_mid_sentence(iotctl):
+    for group in ("profile", "mqtt", "coap"):
+        r = iotctl(group, "--help")
+        listing = r.stdout.split("Commands:\n", 1)[1]
+        for line in listing.splitlines():
+            assert not line.rstrip().endswith(("e.g.", ",")), line
+
+
+def test_completion_names_the_supported_shells(iotctl):
+    r = iotctl("completion", "tcsh")
+    assert r.exit_code == 2
+    assert "'tcsh' is not one of 'bash', 'zsh', 'fish'" in r.stderr and "{bash|zsh|fish}" not in r.stderr
+
+
+def test_retained_list_filter_is_optional_in_usage(iotctl):
+    r = iotctl("mqtt", "retained", "list", "--help")
+    assert "[FILTER]" in r.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("template,why", [
+    ("{nope}", "unknown field {nope}"), ("{payload.__class__}", "attribute access"), ("{0}", "positional"),
+    ("{payload:>999999999}", "widths and precisions above 10000"), ("{payload:{size}}", "nested fields"),
+])
+def test_bad_template_is_usage_error_before_connecting(iotctl, template, why):
+    # port 1 refuses: a template checked only later would give exit 3 instead
+    for args in (["-F", template, "mqtt", "sub", "-t", "x", "-p", "1"], ["mqtt", "sub", "-t", "x", "-p", "1", "-F", template]):
+        r = iotctl(*args)
+        assert r.exit_code == 2, r
+        assert why in r.stderr and len(r.stderr.splitlines()) == 1

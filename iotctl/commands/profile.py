@@ -66,8 +66,13 @@ def group():
     """Manage connection profiles.
 
     A profile is a TOML file with one table per protocol; its keys are long option
-    names with '-' written '_'. Example: iotctl profile add lab mqtt.host=broker.lab
-    mqtt.port=8883 mqtt.tls=true mqtt.username=dev mqtt.password_env=LAB_PASSWORD
+    names with '-' written '_'. Command line and IOTCTL_<PROTO>_<OPTION> win over it.
+
+    \b
+    iotctl profile add lab mqtt.host=broker.lab mqtt.port=8883 mqtt.tls=true \\
+        mqtt.username=dev mqtt.password_env=LAB_PASSWORD
+    iotctl profile use lab
+    iotctl profile show lab
     """
 
 
@@ -101,7 +106,11 @@ def show(name, show_secrets):
 @click.argument("settings_", metavar="PROTOCOL.KEY=VALUE...", nargs=-1)
 @click.option("--force", is_flag=True, help="Replace a profile of that name.")
 def add(name, settings_, force):
-    """Create a profile, e.g. 'iotctl profile add lab mqtt.host=broker.lab mqtt.port=1884'."""
+    """Create a profile from PROTOCOL.KEY=VALUE settings.
+
+    \b
+    iotctl profile add lab mqtt.host=broker.lab mqtt.port=1884
+    """
     path = profiles.path_for(profiles.valid_name(name))
     if path.exists() and not force:
         raise UsageError(f"profile {name!r} exists", f"{path}; use 'profile set' or --force")
