@@ -101,20 +101,6 @@ def test_mqttsn_publish_imports_no_protocol_library():
     assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
 
 
-def test_mqttsn_imports_mqtt_only_through_its_client_module():
-    """A protocol imports another only through that one's client.py."""
-    import ast
-    from pathlib import Path
-
-    import iotctl.protocols.mqttsn as pkg
-
-    for path in Path(pkg.__file__).parent.glob("*.py"):
-        for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("iotctl.protocols."):
-                name = node.module.split(".")
-                assert name[2] == "mqttsn" or name[3:] == ["client"], f"{path.name} imports {node.module}"
-
-
 def test_unreadable_profile_is_usage_error_traceback_only_with_debug(iotctl, tmp_path):
     # a profile that is a directory makes reading it fail
     bad = tmp_path / "dir.toml"
