@@ -549,6 +549,11 @@ def test_bad_datagrams_are_dropped_and_the_gateway_keeps_serving(iotctl_proc, ga
             other.settimeout(3)
             other.sendto(c.encode(Packet(c.PUBLISH, qos=1, topic_id=1, msg_id=1, data=b"x")), addr)
             assert c.decode(other.recv(100)).type == c.DISCONNECT
+        # will updates: MQTT cannot change a live connection's will
+        s.sendto(c.encode(Packet(c.WILLTOPICUPD, qos=1, will_topic="w/t")), addr)
+        assert c.decode(s.recv(100)) == Packet(c.WILLTOPICRESP, return_code=c.NOT_SUPPORTED)
+        s.sendto(c.encode(Packet(c.WILLMSGUPD, will_msg=b"new")), addr)
+        assert c.decode(s.recv(100)) == Packet(c.WILLMSGRESP, return_code=c.NOT_SUPPORTED)
         # a filter the broker would refuse, a topic name with a wildcard
         s.sendto(c.encode(Packet(c.SUBSCRIBE, qos=0, msg_id=6, topic_name="a/#/b")), addr)
         assert c.decode(s.recv(100)) == Packet(c.SUBACK, qos=0, topic_id=0, msg_id=6, return_code=c.NOT_SUPPORTED)

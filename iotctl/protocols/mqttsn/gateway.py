@@ -701,15 +701,14 @@ class Gateway:
         self._drop(cl, clean=True)
 
     def _on_willtopicupd(self, cl: Client, p: Packet) -> None:
-        # MQTT 3.1.1 cannot change a will on a live connection: it applies from the next one
-        cl.will = None if p.will_topic is None else Will(p.will_topic, cl.will.payload if cl.will else b"",
-                                                         max(0, p.qos), p.retain)
-        self._send(cl.addr, Packet(c.WILLTOPICRESP, return_code=c.ACCEPTED))
+        # MQTT cannot change the will of a live connection: refused, and said so
+        self.log(f"client {cl.client_id!r}: WILLTOPICUPD answered 'not supported' (the broker connection's "
+                 "will cannot change while it is open)")
+        self._send(cl.addr, Packet(c.WILLTOPICRESP, return_code=c.NOT_SUPPORTED))
 
     def _on_willmsgupd(self, cl: Client, p: Packet) -> None:
-        if cl.will is not None:
-            cl.will.payload = p.will_msg
-        self._send(cl.addr, Packet(c.WILLMSGRESP, return_code=c.ACCEPTED))
+        self.log(f"client {cl.client_id!r}: WILLMSGUPD answered 'not supported'")
+        self._send(cl.addr, Packet(c.WILLMSGRESP, return_code=c.NOT_SUPPORTED))
 
     _HANDLERS = {
         c.WILLTOPIC: _on_willtopic, c.WILLMSG: _on_willmsg, c.REGISTER: _on_register,
