@@ -575,6 +575,30 @@ def test_bad_datagrams_are_dropped_and_the_gateway_keeps_serving(iotctl_proc, ga
     assert "Traceback" not in log
 
 
+def test_unsubscribe_stops_delivery(gateway, topic):
+    addr = ("127.0.0.1", gateway.port)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(5)
+        s.sendto(c.encode(Packet(c.CONNECT, clean_session=True, duration=30, client_id=f"raw-{uuid.uuid4().hex[:6]}")),
+                 addr)
+        assert c.decode(s.recv(100)).return_code == 0
+        s.sendto(c.encode(Packet(c.SUBSCRIBE, qos=0, msg_id=1, topic_name=topic)), addr)
+        suback = c.decode(s.recv(100))
+        assert (suback.type, suback.msg_id, suback.return_code) == (c.SUBACK, 1, 0) and suback.topic_id > 0
+        subprocess.run(["mosquitto_pub", *BROKER, "-t", topic, "-m", "one"], check=True)
+        pub = c.decode(s.recv(100))
+        assert (pub.type, pub.topic_id, pub.data) == (c.PUBLISH, suback.topic_id, b"one")
+        s.sendto(c.encode(Packet(c.SUBSCRIBE, qos=0, msg_id=2, topic_name=f"{topic}/marker")), addr)
+        assert c.decode(s.recv(100)).type == c.SUBACK
+        s.sendto(c.encode(Packet(c.UNSUBSCRIBE, msg_id=3, topic_name=topic)), addr)
+        assert c.decode(s.recv(100)) == Packet(c.UNSUBACK, msg_id=3)
+        subprocess.run(["mosquitto_pub", *BROKER, "-t", topic, "-m", "two"], check=True)
+        subprocess.run(["mosquitto_pub", *BROKER, "-t", f"{topic}/marker", "-m", "three"], check=True)
+        # one connection delivers in order: 'two' would come before the marker
+        nxt = c.decode(s.recv(100))
+        assert nxt.type == c.PUBLISH and nxt.data == b"three"
+
+
 def test_publish_to_unknown_predefined_id_is_a_peer_error(iotctl_proc, gateway):
     r = run(iotctl_proc, gateway, "pub", "-T", "999", "-q", "1", "-m", "x")
     assert r.returncode == 6
