@@ -33,7 +33,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              renderers={"application/link-format": "iotctl.protocols.coap.linkformat:render"}),
     Protocol("mqttsn", "iotctl.protocols.mqttsn.cli:group",
              "MQTT-SN over UDP: publish, subscribe, a gateway to any MQTT broker, a packet dump.",
-             header=("type", "qos", "retain", "topic_id", "topic_id_type")),
+             header=("qos", "retain", "topic_id", "topic_id_type")),
     Protocol("amqp", "iotctl.protocols.amqp.cli:group",
              "AMQP 0-9-1 (RabbitMQ): publish, consume, tap, declare (not built yet).",
              header=("exchange", "routing_key")),
