@@ -88,13 +88,15 @@ def build_endpoint(ctx: click.Context, kw: dict, schemes: dict[str, Scheme],
     url = kw.pop("url", None)
     jid = kw.pop("jid", None)
     server = kw.pop("server", None)
+    present = {name for name in ("host", "port", "username", "password") if name in kw}
     values = {name: kw.pop(name, None) for name in ("host", "port", "username", "password")}
     tls_values = {name: kw.pop(name, None) for name in ("tls", "cafile", "cert", "key", "insecure", "alpn")}
     want_ws = bool(kw.pop("ws", False))
     ws_path = kw.pop("ws_path", None)
 
     def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        # only the connection options themselves (a command may have a --port of its own)
+        return name in present and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
 
     scheme = default_scheme
     path = None

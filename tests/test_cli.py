@@ -12,7 +12,7 @@ from iotctl import __version__
 def test_help_lists_every_group(iotctl):
     r = iotctl("--help")
     assert r.exit_code == 0
-    for group in ("mqtt", "coap", "amqp", "stomp", "xmpp", "profile", "completion"):
+    for group in ("mqtt", "mqttsn", "coap", "amqp", "stomp", "xmpp", "profile", "completion"):
         assert f"\n  {group} " in r.stdout
     assert "Exit status" in r.stdout
 
@@ -76,7 +76,9 @@ def _modules_after(args):
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["mqtt", "--help"], ["mqtt", "publish", "--help"],
-                                  ["stomp", "--help"], ["stomp", "send", "--help"], ["stomp", "subscribe", "--help"]])
+                                  ["stomp", "--help"], ["stomp", "send", "--help"], ["stomp", "subscribe", "--help"],
+                                  ["mqttsn", "--help"], ["mqttsn", "publish", "--help"],
+                                  ["mqttsn", "gateway", "--help"]])
 def test_help_imports_no_protocol_library(args):
     code, mods = _modules_after(args)
     assert code == 0
@@ -98,6 +100,15 @@ def test_stomp_send_imports_only_stomp(peer):
     assert code == 0
     assert "stomp" in mods
     assert not mods & {"paho", "aiocoap", "pika", "slixmpp", "cbor2", "rich"}
+
+
+def test_mqttsn_publish_imports_no_protocol_library():
+    """The MQTT-SN client is pure Python (its codec): only the gateway loads paho."""
+    from tests.helpers import free_port
+
+    code, mods = _modules_after(["mqttsn", "publish", "-q", "-1", "-T", "1", "-p", str(free_port()), "-m", "x"])
+    assert code == 0
+    assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
 
 
 def test_unreadable_profile_is_usage_error_traceback_only_with_debug(iotctl, tmp_path):
