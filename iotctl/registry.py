@@ -35,8 +35,9 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("stomp", "iotctl.protocols.stomp.cli:group", "STOMP: send, subscribe (not built yet).",
              header=("destination",)),
     Protocol("xmpp", "iotctl.protocols.xmpp.cli:group",
-             "XMPP: send, listen, presence, roster, ping, disco (not built yet).",
-             header=("type",)),
+             "XMPP: messages, presence, subscriptions, roster, blocking, ping, disco, version.",
+             header=("type", "subject", "thread", "delay", "presence", "show"),
+             renderers={"application/vnd.iotctl.table+json": "iotctl.protocols.xmpp.tables:render"}),
 )}
 
 
