@@ -101,6 +101,7 @@ class Session:
         self.sm = False
         self.queue: asyncio.Queue | None = None
         self.lost: IotctlError | None = None
+        self.connected = False
         route_logs(("slixmpp",), cfg.debug, label="xmpp")
 
     # ------------------------------------------------------------------ life cycle
@@ -148,6 +149,7 @@ class Session:
         xmpp.enable_direct_tls = cfg.direct_tls
         xmpp.enable_starttls = not cfg.direct_tls
         xmpp.enable_plaintext = False
+        xmpp.default_port = ep.port  # without SRV records, the JID's domain on this port
         xmpp.auto_authorize = True if self.auto_approve else None
         xmpp.auto_subscribe = False
         self.queue = asyncio.Queue()
@@ -159,11 +161,23 @@ class Session:
             if not done.done():
                 done.set_exception(error)
 
+        failures: list = []
+
         def on_failed(reason=None) -> None:
+            # one address failed; slixmpp goes on with the next (SRV, IPv6 then IPv4)
+            failures.append(reason)
+
+        def attempt_done(fut) -> None:
+            if self.connected or done.done():
+                return
+            reason = failures[-1] if failures else None
             if isinstance(reason, BaseException):
                 fail(from_os_error(self.what, reason))
             else:
                 fail(ConnectError(self.what, str(reason or "cannot connect")))
+
+        def on_connected(*_):
+            self.connected = True
 
         def on_auth_failed(stanza=None) -> None:
             cond = stanza["condition"] if stanza is not None else "not-authorized"
@@ -187,7 +201,10 @@ class Session:
             self.lost = err
 
         def on_disconnected(*_):
-            fail(ConnectError(self.what, "the server closed the connection before the login ended"))
+            # a failed STARTTLS handshake closes the connection before start_tls()
+            # reports why: give that report a moment to arrive first
+            loop.call_later(0.2, fail, ConnectError(self.what, "the server closed the connection "
+                                                               "before the login ended"))
             if self.lost is None:
                 self.lost = ConnectError(f"connection to {ep.host}:{ep.port}", "the server closed the connection")
             self.queue.put_nowait(_END)
@@ -200,6 +217,7 @@ class Session:
             self.sm = True
 
         xmpp.add_event_handler("connection_failed", on_failed)
+        xmpp.add_event_handler("connected", on_connected)
         xmpp.add_event_handler("failed_auth", on_auth_failed)
         xmpp.add_event_handler("no_auth", on_no_auth)
         xmpp.add_event_handler("ssl_invalid_chain", on_tls)
@@ -208,9 +226,10 @@ class Session:
         xmpp.add_event_handler("session_start", on_session)
         xmpp.add_event_handler("sm_enabled", on_sm)
         if ep.server_given:
-            xmpp.connect(ep.host, ep.port)
+            attempt = xmpp.connect(ep.host, ep.port)
         else:
-            xmpp.connect()
+            attempt = xmpp.connect()
+        attempt.add_done_callback(attempt_done)
         try:
             async with asyncio.timeout(cfg.connect_timeout):
                 await done
