@@ -1,8 +1,10 @@
 """The root command: help, version, global options in both places, errors, import boundary."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -75,7 +77,8 @@ def _modules_after(args):
     return result["code"], set(result["mods"])
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["mqtt", "--help"], ["mqtt", "publish", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["mqtt", "--help"], ["mqtt", "publish", "--help"],
+                                  ["xmpp", "--help"], ["xmpp", "send", "--help"]])
 def test_help_imports_no_protocol_library(args):
     code, mods = _modules_after(args)
     assert code == 0
@@ -88,6 +91,16 @@ def test_mqtt_publish_imports_only_paho(peer):
     assert code == 0
     assert "paho" in mods
     assert not mods & {"aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich"}
+
+
+def test_xmpp_command_imports_only_slixmpp(peer):
+    peer("prosody")
+    ca = str(Path(os.environ.get("IOTCTL_PEERS_DIR", "/var/tmp/iotctl-peers")) / "certs" / "ca.crt")
+    code, mods = _modules_after(["xmpp", "unblock", "nobody@localhost", "--jid", "alice@localhost", "-P", "alice-pw",
+                                 "--server", "127.0.0.1:5222", "--cafile", ca])
+    assert code == 0
+    assert "slixmpp" in mods
+    assert not mods & {"paho", "aiocoap", "pika", "stomp", "cbor2", "rich"}
 
 
 def test_unreadable_profile_is_usage_error_traceback_only_with_debug(iotctl, tmp_path):

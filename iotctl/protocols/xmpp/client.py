@@ -431,10 +431,15 @@ def message_of(msg) -> Message:
     return Message("xmpp", msg["from"].full, msg["body"].encode("utf-8"), None, meta)
 
 
+def ptype(pres) -> str:
+    """The presence type attribute (slixmpp's pres["type"] answers the <show> instead)."""
+    return pres.xml.attrib.get("type") or "available"
+
+
 def presence_of(pres, summary: bool = False) -> Message:
     """A presence stanza as a Message: the payload is the status text, or with
     `summary` one line `PRESENCE [SHOW] [STATUS]` (presence watch when piped)."""
-    meta: dict = {"type": "presence", "presence": pres["type"] or "available"}
+    meta: dict = {"type": "presence", "presence": ptype(pres)}
     if pres["show"]:
         meta["show"] = pres["show"]
     if pres["priority"]:
@@ -472,7 +477,7 @@ class Listener(receive.Receiver):
             self.queue.put_nowait(message_of(msg))
 
     def _presence(self, pres) -> None:
-        if pres["type"] in ("error",):
+        if ptype(pres) == "error":
             return
         if self._wanted(pres["from"]):
             self.queue.put_nowait(presence_of(pres))
@@ -539,7 +544,7 @@ class PresenceWatch(receive.Receiver):
         session.send_presence(priority=-1)
 
     def _presence(self, pres) -> None:
-        if pres["type"] in ("available", "unavailable", "away", "chat", "dnd", "xa", ""):
+        if ptype(pres) in ("available", "unavailable"):
             if pres["from"] != self.session.xmpp.boundjid:
                 self.queue.put_nowait(presence_of(pres, self.summary))
 
@@ -599,7 +604,7 @@ def roster_set(session: Session, jid: str, timeout: float, name: str | None = No
 def blocklist(session: Session, timeout: float) -> list[str]:
     result = session.call(session.xmpp.plugin["xep_0191"].get_blocked(timeout=timeout), "get the blocklist",
                           timeout)
-    return sorted(str(item) for item in result["blocklist"]["items"])
+    return sorted(str(item["jid"]) for item in result["blocklist"])
 
 
 def block(session: Session, jids: list[str], timeout: float) -> None:
