@@ -252,6 +252,12 @@ def test_presence_is_seen_only_after_subscription_approval(xmpp, background):
     assert envs[0]["meta"]["show"] == "dnd" and envs[0]["meta"]["status"] == status_text
     assert _subscription("alice", "carol", xmpp) == ("to", "")
     assert _subscription("carol", "alice", xmpp) == ("from", "")
+    # watch: a line (or a live table on a terminal) per contact resource
+    r = xmpp("alice", "presence", "watch", "-C", "1", "-W", "10")
+    assert r.exit_code == 0, r.stderr
+    assert re.fullmatch(rf"carol@localhost/\S+ available dnd {status_text}\n", r.stdout)
+    r = xmpp("alice", "presence", "watch", "-C", "1", "-W", "10", "-o", "pretty")
+    assert re.search(rf"carol@localhost/\S+\s+available\s+dnd\s+{status_text}", r.stdout), r.stdout
     # cancel: alice stops receiving carol's presence
     assert xmpp("alice", "subscription", "cancel", "carol@localhost").exit_code == 0
     assert _subscription("alice", "carol", xmpp) == ("none", "")

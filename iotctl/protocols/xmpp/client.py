@@ -457,8 +457,7 @@ class Listener(receive.Receiver):
     """Incoming messages (and, with `presence`, presence changes) as a Receiver on
     the bridge. `senders`: only from these JIDs (bare ones match every resource)."""
 
-    def __init__(self, session: Session, senders: Iterable[str] = (), presence: bool = False,
-                 muc: dict | None = None):
+    def __init__(self, session: Session, senders: Iterable[str] = (), presence: bool = False):
         self.session = session
         self.queue = session.queue
         self.full = {s for s in senders if "/" in s}
