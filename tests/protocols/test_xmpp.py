@@ -461,3 +461,15 @@ def test_iotctl_sends_go_sendxmpp_listens(xmpp, tmp_path, peer):
         listener.terminate()
         listener.wait(timeout=10)
 
+
+
+def test_listen_count_leaves_the_rest_stored(xmpp):
+    """Stream management acknowledges only what was written: messages that arrived
+    after -C was reached are stored again by the server for the next listen."""
+    t = token()
+    r = xmpp("alice", "send", "bob@localhost", "-l", input="".join(f"{t} {i}\n" for i in range(6)))
+    assert r.exit_code == 0, r.stderr
+    first = xmpp("bob", "listen", "-C", "2", "-W", "10", "-o", "raw")
+    assert first.stdout.splitlines() == [f"{t} 0", f"{t} 1"]
+    rest = xmpp("bob", "listen", "-C", "4", "-W", "10", "-o", "raw")
+    assert rest.stdout.splitlines() == [f"{t} {i}" for i in range(2, 6)]

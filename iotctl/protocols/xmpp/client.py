@@ -102,6 +102,7 @@ class Session:
         self.queue: asyncio.Queue | None = None
         self.lost: IotctlError | None = None
         self.connected = False
+        self.final_ack = None  # a Listener's: the count of stanzas written, sent before closing
         route_logs(("slixmpp",), cfg.debug, label="xmpp")
 
     # ------------------------------------------------------------------ life cycle
@@ -258,6 +259,8 @@ class Session:
         if xmpp.transport is None:
             xmpp.cancel_connection_attempt()
             return
+        if self.final_ack is not None:
+            self.final_ack()
         try:
             await xmpp.disconnect(wait=1.0)
         except Exception:
@@ -455,7 +458,13 @@ def presence_of(pres, summary: bool = False) -> Message:
 
 class Listener(receive.Receiver):
     """Incoming messages (and, with `presence`, presence changes) as a Receiver on
-    the bridge. `senders`: only from these JIDs (bare ones match every resource)."""
+    the bridge. `senders`: only from these JIDs (bare ones match every resource).
+
+    With stream management the server learns that a message was handled only once it
+    has been written: the count acknowledged (`<a h=.../>`) stops before the first
+    message not yet written, so messages that arrived but were not printed (after -C,
+    at Ctrl-C) stay the server's: it stores them again for the next listen. Messages
+    that --from filters out count as handled."""
 
     def __init__(self, session: Session, senders: Iterable[str] = (), presence: bool = False):
         self.session = session
@@ -464,6 +473,10 @@ class Listener(receive.Receiver):
         self.bare = {s.lower() for s in senders if "/" not in s}
         self.filtered = bool(self.full or self.bare)
         xmpp = session.xmpp
+        self.sm = xmpp.plugin["xep_0198"]
+        self.unwritten: dict[int, int] = {}   # id(Message) -> its stream management count
+        self.sm.send_ack = self._send_ack
+        session.final_ack = self._send_ack
         xmpp.add_event_handler("message", self._message)
         if presence:
             xmpp.add_event_handler("presence", self._presence)
@@ -471,15 +484,37 @@ class Listener(receive.Receiver):
     def _wanted(self, jid) -> bool:
         return not self.filtered or jid.full in self.full or jid.bare.lower() in self.bare
 
+    def _put(self, msg: Message) -> None:
+        self.unwritten[id(msg)] = self.sm.handled
+        self.queue.put_nowait(msg)
+
     def _message(self, msg) -> None:
         if msg["body"] and self._wanted(msg["from"]):
-            self.queue.put_nowait(message_of(msg))
+            self._put(message_of(msg))
 
     def _presence(self, pres) -> None:
         if ptype(pres) == "error":
             return
         if self._wanted(pres["from"]):
-            self.queue.put_nowait(presence_of(pres))
+            self._put(presence_of(pres))
+
+    def _send_ack(self) -> None:
+        """slixmpp's XEP-0198 send_ack, counting only what has been written."""
+        xmpp = self.session.xmpp
+        if xmpp is None or not xmpp.transport or not self.sm.enabled_in:
+            return
+        h = self.sm.handled
+        if self.unwritten:
+            h = (min(self.unwritten.values()) - 1) % (1 << 32)
+        from slixmpp.plugins.xep_0198 import stanza as sm_stanza
+
+        ack = sm_stanza.Ack(xmpp)
+        ack["h"] = h
+        xmpp.send_raw(str(ack))
+
+    def ack(self, batch: list[Message]) -> None:
+        for msg in batch:
+            self.unwritten.pop(id(msg), None)
 
     def poll(self, wait: float | None) -> list[Message] | None:
         items = self.session.bridge.take(self.queue, wait)
