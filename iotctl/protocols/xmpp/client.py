@@ -214,8 +214,16 @@ class Session:
             if not done.done():
                 done.set_result(True)
 
+        sm_answer: asyncio.Future = loop.create_future()
+
         def on_sm(*_):
             self.sm = True
+            if not sm_answer.done():
+                sm_answer.set_result(True)
+
+        def on_sm_failed(*_):
+            if not sm_answer.done():
+                sm_answer.set_result(False)
 
         xmpp.add_event_handler("connection_failed", on_failed)
         xmpp.add_event_handler("connected", on_connected)
@@ -226,6 +234,17 @@ class Session:
         xmpp.add_event_handler("disconnected", on_disconnected)
         xmpp.add_event_handler("session_start", on_session)
         xmpp.add_event_handler("sm_enabled", on_sm)
+        xmpp.add_event_handler("sm_failed", on_sm_failed)
+        offers_sm: list = []
+
+        def on_features(features) -> None:
+            offers_sm[:] = [features.xml.find("{urn:xmpp:sm:3}sm") is not None]
+
+        from slixmpp.xmlstream.handler import Callback
+        from slixmpp.xmlstream.matcher import MatchXPath
+
+        xmpp.register_handler(Callback("iotctl stream features", MatchXPath("{%s}features" % xmpp.stream_ns),
+                                       on_features))
         if ep.server_given:
             attempt = xmpp.connect(ep.host, ep.port)
         else:
@@ -234,6 +253,10 @@ class Session:
         try:
             async with asyncio.timeout(cfg.connect_timeout):
                 await done
+                # session_start comes before the answer to stream management's <enable/>:
+                # wait for it, so senders know whether the server acknowledges stanzas
+                if any(offers_sm) and not self.sm:
+                    await sm_answer
         except TimeoutError:
             raise TimeoutError_(self.what, f"no answer within {cfg.connect_timeout:g} s",
                                 hint="is an XMPP server running there? (--connect-timeout sets the wait)") from None
@@ -325,8 +348,15 @@ class Messenger(send.Sender):
         self.prefix = uuid.uuid4().hex[:8] + "-"
         self.n = 0
         self.outq = self.xmpp.waiting_queue
+        self.written = 0
+        self.xmpp.add_filter("out_sync", self._written)
         self.xmpp.add_event_handler("stanza_acked", self._acked)
         self.xmpp.add_event_handler("message_error", self._error)
+
+    def _written(self, stanza):
+        if stanza.name == "message":
+            self.written += 1
+        return stanza
 
     def _acked(self, stanza) -> None:
         if stanza.name == "message":
@@ -355,16 +385,18 @@ class Messenger(send.Sender):
     def pump(self, wait: float) -> None:
         self.session.check()
         items = self.session.bridge.run(self._pump(wait))
+        # an error stanza comes before the ack of the message it answers: refused wins
         for item in items:
             if isinstance(item, _Refused):
                 self.refused[item.key] = item.reason
-            elif item is not _END:
+        for item in items:
+            if not isinstance(item, _Refused) and item is not _END and item not in self.refused:
                 self.acked.add(item)
         self.session.check()
 
     async def _pump(self, wait: float) -> list:
         end = time.monotonic() + wait
-        while not self.outq.empty():
+        while self.written < self.n:  # an ack request must follow what it is for
             await asyncio.sleep(0)
             if time.monotonic() > end:
                 return []
