@@ -70,18 +70,23 @@ def go_send(*extra: str) -> list[str]:
 
 
 class Lines(threading.Thread):
-    """Counts stdout lines of a child; remembers when the Nth arrived."""
+    """Counts stdout lines of a child (those containing `tag`, when set); remembers
+    when the Nth arrived."""
 
     def __init__(self, proc: subprocess.Popen, target: int | None = None):
         super().__init__(daemon=True)
         self.proc, self.target = proc, target
         self.count = 0
+        self.tag: bytes | None = None
+        self.tagged = 0
         self.reached: float | None = None
         self.start()
 
     def run(self) -> None:
-        for _ in self.proc.stdout:
+        for line in self.proc.stdout:
             self.count += 1
+            if self.tag is not None and self.tag in line:
+                self.tagged += 1
             if self.target is not None and self.count >= self.target and self.reached is None:
                 self.reached = time.perf_counter()
 
@@ -132,7 +137,6 @@ def case_login(sink: Lines, tmp: Path) -> dict:
 
 
 def case_send(sink: Lines, tmp: Path, n: int) -> dict:
-    lines = "".join(f"{i:08d}\n" for i in range(n)).encode()
     cmds = {
         "iotctl": iotctl("send", BOB[0], "-l"),
         "minimal slixmpp": minimal_send(BOB[0]),
@@ -141,17 +145,19 @@ def case_send(sink: Lines, tmp: Path, n: int) -> dict:
         cmds["go-sendxmpp"] = go_send("-i", BOB[0])
     out = {}
     for name, cmd in cmds.items():
-        before = sink.count
+        tag = f"{name[:3]}{time.monotonic_ns() % 10 ** 9}".encode()
+        lines = b"".join(b"%s-%08d\n" % (tag, i) for i in range(n))
+        sink.tag, sink.tagged = tag, 0
         t0 = time.perf_counter()
         subprocess.run(cmd, input=lines, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, timeout=300)
         wall = time.perf_counter() - t0
-        # everything the server acknowledged is on its way to bob: wait until it is quiet
-        last, quiet = sink.count, time.monotonic()
-        while time.monotonic() - quiet < 1.0 and sink.count - before < n:
+        # what the server took is on its way to bob: wait until all of it, or quiet for 2 s
+        last, quiet = sink.tagged, time.monotonic()
+        while time.monotonic() - quiet < 2.0 and sink.tagged < n:
             time.sleep(0.05)
-            if sink.count != last:
-                last, quiet = sink.count, time.monotonic()
-        out[name] = (n / wall, sink.count - before)
+            if sink.tagged != last:
+                last, quiet = sink.tagged, time.monotonic()
+        out[name] = (n / wall, sink.tagged)
     return out
 
 

@@ -285,10 +285,6 @@ def subscription():
 
 
 def _subscription_command(name: str, ptype: str, doc: str):
-    @subscription.command(name)
-    @xmpp_options
-    @click.argument("peer", metavar="JID")
-    @timeout_option(10.0)
     def command(cfg, peer, timeout):
         from iotctl.protocols.xmpp.client import Session, parse_jid
 
@@ -299,7 +295,9 @@ def _subscription_command(name: str, ptype: str, doc: str):
         status(f"{name}: {ptype} sent to {bare}", tty_only=True)
 
     command.__doc__ = doc
-    return command
+    command.__name__ = f"subscription_{name}"
+    decorated = timeout_option(10.0)(click.argument("peer", metavar="JID")(xmpp_options(command)))
+    return subscription.command(name)(decorated)
 
 
 _subscription_command("request", "subscribe", """Ask JID to share its presence with you.
