@@ -5,7 +5,6 @@ go-sendxmpp, a client no one here wrote."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess

@@ -65,11 +65,6 @@ def xmpp_options(f):
     return connection_options(SCHEMES, "xmpp", identity="jid")(_XMPP_OPTIONS(f))
 
 
-def _write(messages, piped_default: str = "raw") -> None:
-    writer = settings().writer(piped_default=piped_default)
-    writer.write_all(messages)
-
-
 # --------------------------------------------------------------------------- send
 
 
@@ -100,7 +95,7 @@ def send(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload
     iotctl xmpp send --muc ops@conference.example.com --nick sensor1 'temperature 21.5'
     """
     from iotctl import send as sending_driver
-    from iotctl.protocols.xmpp.client import Messenger, Session, join_muc, leave_muc, parse_jid
+    from iotctl.protocols.xmpp.client import MUC, Messenger, Session, join_muc, leave_muc, parse_jid
 
     if muc and peer is not None:
         if payload.message is None:
@@ -120,7 +115,7 @@ def send(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload
     items = sending_driver.outgoing(payload, sending)
     if payload.replay is not None and not peer and not muc:
         items = _replayed(items)
-    with Session(cfg) as session:
+    with Session(cfg, plugins=[MUC] if muc else []) as session:
         if muc:
             nick = nick or session.xmpp.boundjid.user
             join_muc(session, muc, nick, timeout)
@@ -168,13 +163,13 @@ def listen(cfg, senders, rooms, nick, with_presence, auto_approve, priority, rec
     iotctl xmpp listen --muc ops@conference.example.com --presence -o jsonl
     """
     from iotctl import receive as receiving
-    from iotctl.protocols.xmpp.client import Listener, Session, join_muc, parse_jid
+    from iotctl.protocols.xmpp.client import MUC, Listener, Session, join_muc, parse_jid
 
     for s in senders:
         parse_jid(s, "--from JID")
     for r in rooms:
         parse_jid(r, "--muc room")
-    with Session(cfg, auto_approve=auto_approve) as session:
+    with Session(cfg, auto_approve=auto_approve, plugins=[MUC] if rooms else []) as session:
         listener = Listener(session, senders, with_presence)
         for room in rooms:
             join_muc(session, room, nick or session.xmpp.boundjid.user, cfg.connect_timeout)
@@ -456,9 +451,9 @@ def block(cfg, jids, timeout):
     \b
     iotctl xmpp block spammer@example.com
     """
-    from iotctl.protocols.xmpp.client import Session, block as do_block
+    from iotctl.protocols.xmpp.client import BLOCKING, Session, block as do_block
 
-    with Session(cfg) as session:
+    with Session(cfg, plugins=[BLOCKING]) as session:
         do_block(session, list(jids), timeout)
     status(f"blocked {', '.join(jids)}", tty_only=True)
 
@@ -470,11 +465,11 @@ def block(cfg, jids, timeout):
 @timeout_option(10.0)
 def unblock(cfg, jids, everyone, timeout):
     """Unblock each JID (or --all)."""
-    from iotctl.protocols.xmpp.client import Session, unblock as do_unblock
+    from iotctl.protocols.xmpp.client import BLOCKING, Session, unblock as do_unblock
 
     if bool(jids) == everyone:
         raise UsageError("unblock", "give JID... or --all")
-    with Session(cfg) as session:
+    with Session(cfg, plugins=[BLOCKING]) as session:
         do_unblock(session, list(jids) or None, timeout)
     status(f"unblocked {', '.join(jids) if jids else 'everyone'}", tty_only=True)
 
@@ -484,10 +479,10 @@ def unblock(cfg, jids, everyone, timeout):
 @timeout_option(10.0)
 def blocklist(cfg, timeout):
     """Print the blocked JIDs, one a line."""
-    from iotctl.protocols.xmpp.client import Session, blocklist as get_blocklist
+    from iotctl.protocols.xmpp.client import BLOCKING, Session, blocklist as get_blocklist
     from iotctl.protocols.xmpp.tables import write_rows
 
-    with Session(cfg) as session:
+    with Session(cfg, plugins=[BLOCKING]) as session:
         jids = get_blocklist(session, timeout)
         me = session.xmpp.boundjid.bare
     write_rows(me, ["jid"], [{"jid": j} for j in jids])
@@ -569,12 +564,12 @@ def disco(cfg, peer, items, node, timeout):
     iotctl xmpp disco --items
     iotctl xmpp disco conference.example.com --items
     """
-    from iotctl.protocols.xmpp.client import Session, disco as do_disco, parse_jid
+    from iotctl.protocols.xmpp.client import DISCO, Session, disco as do_disco, parse_jid
     from iotctl.protocols.xmpp.tables import write_rows
 
     if peer:
         parse_jid(peer)
-    with Session(cfg) as session:
+    with Session(cfg, plugins=[DISCO]) as session:
         target, found = do_disco(session, peer, node, items, timeout)
     meta = {"node": node} if node else {}
     if items:
@@ -592,10 +587,10 @@ def disco(cfg, peer, items, node, timeout):
 @timeout_option(10.0)
 def version(cfg, peer, timeout):
     """XEP-0092 software version of JID (default: your server): name, version, OS."""
-    from iotctl.protocols.xmpp.client import Session, version as do_version
+    from iotctl.protocols.xmpp.client import VERSION, Session, version as do_version
     from iotctl.protocols.xmpp.tables import write_rows
 
-    with Session(cfg) as session:
+    with Session(cfg, plugins=[VERSION]) as session:
         target = peer or session.xmpp.boundjid.domain
         found = do_version(session, target, timeout)
     write_rows(target, ["name", "version", "os"], [found], piped_default="text")

@@ -33,7 +33,10 @@ from iotctl.errors import (AuthError, ConnectError, IotctlError, PeerError, Time
 from iotctl.message import Message
 from iotctl.trace import route_logs
 
-PLUGINS = ("xep_0030", "xep_0045", "xep_0092", "xep_0191", "xep_0198", "xep_0199", "xep_0203")
+# always loaded: stream management (acknowledgements) and ping (round trips). Each
+# command adds what it uses: every plugin loaded costs handler matching per stanza
+BASE_PLUGINS = ("xep_0198", "xep_0199")
+MUC, BLOCKING, DISCO, VERSION = "xep_0045", "xep_0191", "xep_0030", "xep_0092"
 SM_WINDOW = 256            # stanzas between two ack requests of stream management
 SEND_WINDOW = 4096         # stanzas sent but not yet acknowledged
 
@@ -91,8 +94,9 @@ class Session:
     """
 
     def __init__(self, cfg: XmppConfig, presence: bool = False, priority: int | None = None,
-                 auto_approve: bool = False):
+                 auto_approve: bool = False, plugins: Iterable[str] = ()):
         self.cfg = cfg
+        self.plugins = BASE_PLUGINS + tuple(plugins)
         self.bridge = Bridge()
         self.xmpp = None
         self.presence = presence
@@ -139,7 +143,7 @@ class Session:
             warn("--insecure: the server's certificate and name are not checked")
         xmpp = slixmpp.ClientXMPP(cfg.jid, ep.password)
         self.xmpp = xmpp
-        for name in PLUGINS:
+        for name in self.plugins:
             xmpp.register_plugin(name)
         sm = xmpp.plugin["xep_0198"]
         sm.allow_resume = False
@@ -349,6 +353,7 @@ class Messenger(send.Sender):
         self.n = 0
         self.outq = self.xmpp.waiting_queue
         self.written = 0
+        self.requested = -1  # stream management's count when we last asked for an ack
         self.xmpp.add_filter("out_sync", self._written)
         self.xmpp.add_event_handler("stanza_acked", self._acked)
         self.xmpp.add_event_handler("message_error", self._error)
@@ -396,12 +401,19 @@ class Messenger(send.Sender):
 
     async def _pump(self, wait: float) -> list:
         end = time.monotonic() + wait
+        flushed = self.written < self.n
         while self.written < self.n:  # an ack request must follow what it is for
             await asyncio.sleep(0)
             if time.monotonic() > end:
                 return []
+        if flushed:
+            # called to write out the send queue: acks arrive by themselves (slixmpp asks
+            # every SM_WINDOW stanzas); do not wait for one
+            await asyncio.sleep(0)
+            return self._ready()
         sm = self.xmpp.plugin["xep_0198"]
-        if self.window and sm.unacked_queue and self.acks.empty():
+        if self.window and sm.unacked_queue and self.acks.empty() and sm.seq != self.requested:
+            self.requested = sm.seq
             sm.request_ack()
         items = []
         if self.acks.empty():
@@ -410,6 +422,10 @@ class Messenger(send.Sender):
                     items.append(await self.acks.get())
             except TimeoutError:
                 return items
+        return items + self._ready()
+
+    def _ready(self) -> list:
+        items = []
         while not self.acks.empty():
             items.append(self.acks.get_nowait())
         return items
@@ -442,10 +458,23 @@ class _Refused:
 # --------------------------------------------------------------------------- receiving
 
 
+DELAY = "{urn:xmpp:delay}delay"
+
+
 def _stamp(stanza) -> str | None:
-    delay = stanza["delay"]
-    stamp = delay["stamp"] if delay.xml is not None and delay.xml.attrib.get("stamp") else None
-    return stamp.isoformat() if stamp is not None else None
+    """The XEP-0203 delay stamp as ISO 8601 (UTC), or None."""
+    delay = stanza.xml.find(DELAY)
+    if delay is None:
+        return None
+    stamp = delay.get("stamp")
+    if not stamp:
+        return None
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00")).isoformat()
+    except ValueError:
+        return stamp
 
 
 def message_of(msg) -> Message:
@@ -459,8 +488,9 @@ def message_of(msg) -> Message:
     meta["to"] = msg["to"].full
     if msg["id"]:
         meta["id"] = msg["id"]
-    if msg.xml.find("{urn:xmpp:delay}delay") is not None:
-        meta["delay"] = _stamp(msg)
+    stamp = _stamp(msg)
+    if stamp is not None:
+        meta["delay"] = stamp
     if msg["type"] == "error":
         meta["error"] = condition(msg)
     return Message("xmpp", msg["from"].full, msg["body"].encode("utf-8"), None, meta)
@@ -480,8 +510,9 @@ def presence_of(pres, summary: bool = False) -> Message:
     if pres["priority"]:
         meta["priority"] = pres["priority"]
     meta["to"] = pres["to"].full
-    if pres.xml.find("{urn:xmpp:delay}delay") is not None:
-        meta["delay"] = _stamp(pres)
+    stamp = _stamp(pres)
+    if stamp is not None:
+        meta["delay"] = stamp
     text = pres["status"] or ""
     if summary:
         text = " ".join(t for t in (meta["presence"], meta.get("show", ""), text) if t)
@@ -507,7 +538,8 @@ class Listener(receive.Receiver):
         xmpp = session.xmpp
         self.sm = xmpp.plugin["xep_0198"]
         self.unwritten: dict[int, int] = {}   # id(Message) -> its stream management count
-        self.sm.send_ack = self._send_ack
+        self.ack_due = False
+        self.sm.send_ack = self._request
         session.final_ack = self._send_ack
         xmpp.add_event_handler("message", self._message)
         if presence:
@@ -530,8 +562,17 @@ class Listener(receive.Receiver):
         if self._wanted(pres["from"]):
             self._put(presence_of(pres))
 
+    def _request(self) -> None:
+        """The server's ack request (<r/>): answered at once when everything has been
+        written, else once the batch is (one answer per batch, not per message)."""
+        if self.unwritten:
+            self.ack_due = True
+        else:
+            self._send_ack()
+
     def _send_ack(self) -> None:
         """slixmpp's XEP-0198 send_ack, counting only what has been written."""
+        self.ack_due = False
         xmpp = self.session.xmpp
         if xmpp is None or not xmpp.transport or not self.sm.enabled_in:
             return
@@ -547,6 +588,8 @@ class Listener(receive.Receiver):
     def ack(self, batch: list[Message]) -> None:
         for msg in batch:
             self.unwritten.pop(id(msg), None)
+        if self.ack_due:
+            self._send_ack()
 
     def poll(self, wait: float | None) -> list[Message] | None:
         items = self.session.bridge.take(self.queue, wait)
