@@ -510,12 +510,12 @@ def ping(cfg, peer, count, interval, timeout):
     iotctl xmpp ping bob@example.com/phone -c 5
     """
     from iotctl.message import Message
-    from iotctl.protocols.xmpp.client import Session, ping as do_ping
+    from iotctl.protocols.xmpp.client import PING, Session, ping as do_ping
 
     writer = settings().writer(piped_default="text")
     rtts: list[float] = []
     sent = 0
-    with Session(cfg) as session:
+    with Session(cfg, plugins=[PING]) as session:
         target = peer or session.xmpp.boundjid.domain
         try:
             for seq in range(1, count + 1):
