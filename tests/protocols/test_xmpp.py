@@ -399,6 +399,20 @@ def test_nothing_listening_exits_3(iotctl):
     assert "connection refused" in r.stderr
 
 
+def test_silent_server_exits_5_after_connect_timeout(iotctl):
+    import socket
+
+    with socket.socket() as silent:  # accepts (the kernel does), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        r = iotctl("xmpp", "ping", *login("alice"), "--server", f"127.0.0.1:{port}", "--connect-timeout", "0.5")
+    assert r.exit_code == 5
+    assert "no answer within 0.5 s" in r.stderr
+    assert time.monotonic() - started < 3
+
+
 def test_untrusted_certificate_exits_7_insecure_warns(iotctl, peer):
     peer("prosody")
     args = ["--jid", "alice@localhost", "-P", "alice-pw", "--server", SERVER]

@@ -107,6 +107,7 @@ class Session:
         self.queue: asyncio.Queue | None = None
         self.lost: IotctlError | None = None
         self.connected = False
+        self.online = False
         self.final_ack = None  # a Listener's: the count of stanzas written, sent before closing
         route_logs(("slixmpp",), cfg.debug, label="xmpp")
 
@@ -216,6 +217,7 @@ class Session:
             self.queue.put_nowait(_END)
 
         def on_session(*_):
+            self.online = True
             if not done.done():
                 done.set_result(True)
 
@@ -284,8 +286,11 @@ class Session:
 
     async def _logout(self) -> None:
         xmpp = self.xmpp
-        if xmpp.transport is None:
+        if xmpp.transport is None or not self.online:
+            # never logged in (refused, TLS, no answer): nothing to close politely
             xmpp.cancel_connection_attempt()
+            if xmpp.transport is not None:
+                xmpp.abort()
             return
         if self.final_ack is not None:
             self.final_ack()
