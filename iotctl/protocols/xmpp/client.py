@@ -94,14 +94,11 @@ class Session:
             iq = s.call(s.xmpp.plugin[VERSION].get_version(JID("example.com")), "version", 10)
     """
 
-    def __init__(self, cfg: XmppConfig, presence: bool = False, priority: int | None = None,
-                 auto_approve: bool = False, plugins: Iterable[str] = ()):
+    def __init__(self, cfg: XmppConfig, auto_approve: bool = False, plugins: Iterable[str] = ()):
         self.cfg = cfg
         self.plugins = BASE_PLUGINS + tuple(plugins)
         self.bridge = Bridge()
         self.xmpp = None
-        self.presence = presence
-        self.priority = priority
         self.auto_approve = auto_approve
         self.sm = False
         self.queue: asyncio.Queue | None = None
@@ -269,8 +266,6 @@ class Session:
                                 hint="is an XMPP server running there? (--connect-timeout sets the wait)") from None
         finally:
             xmpp.cancel_connection_attempt()
-        if self.presence:
-            self.send_presence(priority=self.priority)
 
     def send_presence(self, show: str | None = None, status: str | None = None, priority: int | None = None,
                       to: str | None = None, ptype: str | None = None) -> None:
@@ -309,8 +304,9 @@ class Session:
         except (IqError, IqTimeout, asyncio.TimeoutError, TimeoutError) as exc:
             raise iq_error(exc, what, timeout) from None
 
-    async def _guarded(self, coro):
-        return await coro
+    async def _guarded(self, awaitable):
+        # iq.send() gives a Future; the bridge runs coroutines
+        return await awaitable
 
     def iq(self, build, what: str, timeout: float):
         """Send the iq `build(iq)` fills and return its result."""
@@ -353,14 +349,13 @@ class Messenger(send.Sender):
     the server has taken everything before the command exits."""
 
     def __init__(self, session: Session, to: str | None, mtype: str, subject: str | None = None,
-                 thread: str | None = None, muc: str | None = None):
+                 thread: str | None = None):
         super().__init__()
         self.session = session
         self.xmpp = session.xmpp
-        self.to, self.mtype, self.subject, self.thread, self.muc = to, mtype, subject, thread, muc
+        self.to, self.mtype, self.subject, self.thread = to, mtype, subject, thread
         self.window = SEND_WINDOW if session.sm else None
         self.acks: asyncio.Queue = session.bridge.queue()
-        self.errors: dict = {}
         self.prefix = uuid.uuid4().hex[:8] + "-"
         self.n = 0
         self.outq = self.xmpp.waiting_queue
@@ -388,11 +383,13 @@ class Messenger(send.Sender):
         to = self.to or out.address
         if not to:
             raise UsageError("no recipient", "give JID (or --muc ROOM)")
+        meta = out.meta  # --replay: a captured message keeps its subject and thread
         msg = self.xmpp.make_message(mto=to, mbody=out.payload.decode("utf-8", "replace"), mtype=self.mtype,
-                                     msubject=self.subject)
+                                     msubject=self.subject or meta.get("subject"))
         msg["id"] = key
-        if self.thread:
-            msg["thread"] = self.thread
+        thread = self.thread or meta.get("thread")
+        if thread:
+            msg["thread"] = thread
         msg.send()
         return key if self.window else None
 
