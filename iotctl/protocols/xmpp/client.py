@@ -200,7 +200,10 @@ class Session:
             fail(error)
 
         def on_stream_error(stanza) -> None:
-            err = PeerError(self.what, f"stream error: {condition(stanza)}")
+            # a stream error carries its condition itself (no <error/> child)
+            cond, text = stanza["condition"] or "undefined-condition", stanza["text"]
+            what = self.what if not self.online else f"connection to {ep.host}:{ep.port}"
+            err = PeerError(what, f"stream error: {cond}{': ' + text if text else ''}")
             fail(err)
             self.lost = err
 
@@ -330,6 +333,16 @@ class Session:
     def check(self) -> None:
         if self.lost is not None:
             raise self.lost
+
+    def take(self, wait: float | None) -> list[Message] | None:
+        """For a Receiver's poll: what the handlers queued within `wait` seconds; once
+        the connection is gone and the queue empty, the reason it ended (raised)."""
+        items = self.bridge.take(self.queue, wait)
+        out = [m for m in items if m is not _END]
+        if not out and items:
+            self.check()
+            return None
+        return out
 
 
 class _End:
@@ -618,13 +631,7 @@ class Listener(receive.Receiver):
             self._send_ack()
 
     def poll(self, wait: float | None) -> list[Message] | None:
-        items = self.session.bridge.take(self.queue, wait)
-        if items and items[-1] is _END:
-            items = [m for m in items if m is not _END]
-            if not items:
-                self.session.check()
-                return None
-        return [m for m in items if m is not _END]
+        return self.session.take(wait)
 
 
 def join_muc(session: Session, room: str, nick: str, timeout: float) -> None:
@@ -684,12 +691,7 @@ class PresenceWatch(receive.Receiver):
                 self.queue.put_nowait(presence_of(pres, self.summary))
 
     def poll(self, wait: float | None):
-        items = self.session.bridge.take(self.queue, wait)
-        out = [m for m in items if m is not _END]
-        if not out and len(items) != len(out):
-            self.session.check()
-            return None
-        return out
+        return self.session.take(wait)
 
 
 class Idle(receive.Receiver):
@@ -700,11 +702,7 @@ class Idle(receive.Receiver):
         self.session = session
 
     def poll(self, wait: float | None):
-        items = self.session.bridge.take(self.session.queue, wait)
-        if any(i is _END for i in items):
-            self.session.check()
-            return None
-        return []
+        return [] if self.session.take(wait) is not None else None
 
 
 # --------------------------------------------------------------------------- roster, blocking, diagnostics
