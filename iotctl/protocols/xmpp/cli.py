@@ -56,7 +56,7 @@ _XMPP_OPTIONS = bundle("cfg", [
     click.option("--direct-tls", is_flag=True, default=False,
                  help="TLS from the first byte (XEP-0368, port 5223) instead of STARTTLS."),
     click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-                 show_default=True, help="Seconds to wait for the login to complete."),
+                 show_default=True, metavar="SECONDS", help="Seconds to wait for the login to complete."),
 ], _xmpp_config, consumes=("endpoint",))
 
 
