@@ -424,11 +424,16 @@ def test_untrusted_certificate_exits_7_insecure_warns(iotctl, peer):
     assert "warning: --insecure" in r.stderr
 
 
-def test_direct_tls(iotctl, peer):
+def test_direct_tls_and_server_from_the_jid(iotctl, peer):
     peer("prosody")
+    ca = ["--cafile", str(CERTS / "ca.crt")]
     r = iotctl("xmpp", "ping", "--jid", "alice@localhost", "-P", "alice-pw", "--server", "127.0.0.1",
-               "--direct-tls", "--cafile", str(CERTS / "ca.crt"))
+               "--direct-tls", *ca)
     assert r.exit_code == 0, r.stderr
+    # no --server: the JID's domain (no SRV records for localhost: port 5222, or 5223 direct)
+    for extra in ([], ["--direct-tls"]):
+        r = iotctl("xmpp", "ping", "--jid", "alice@localhost", "-P", "alice-pw", *ca, *extra)
+        assert r.exit_code == 0, (extra, r.stderr)
 
 
 # --------------------------------------------------------------------------- interop with go-sendxmpp
