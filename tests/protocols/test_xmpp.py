@@ -318,7 +318,8 @@ def test_blocked_jid_messages_do_not_arrive_until_unblocked(xmpp, background):
     r = xmpp("bob", "blocklist")
     assert r.stdout.splitlines() == ["carol@localhost"]
     t = token()
-    xmpp("carol", "send", "bob@localhost", f"blocked {t}")
+    r = xmpp("carol", "send", "bob@localhost", f"blocked {t}")
+    assert r.exit_code == 6 and "service-unavailable" in r.stderr  # XEP-0191: the server bounces it
     assert xmpp("bob", "unblock", "carol@localhost").exit_code == 0
     assert xmpp("bob", "blocklist").stdout == ""
     r = xmpp("carol", "send", "bob@localhost", f"after {t}")
