@@ -39,7 +39,6 @@ allow_registration = false
 -- a client killed without closing its stream must not keep a hibernating session
 -- for minutes: messages for it go offline instead
 smacks_hibernation_time = 5
-smacks_max_unacked_stanzas = 0
 ssl = {
     certificate = "$CERTS/server.crt";
     key = "$CERTS/server.key";
@@ -83,6 +82,13 @@ up_prosody() {
     chmod 0644 "$XMPP_CONF"
     if xmpp_running && ((changed || CERTS_CHANGED)); then
         stop_pidfile "$XMPP_DIR/prosody.pid" "prosody" prosody
+    fi
+    # Debian's own instance (started by the package where policy-rc.d allows it) listens
+    # on every interface with Debian's config: it is not ours to keep
+    if pid_alive /run/prosody/prosody.pid prosody; then
+        log "prosody: stopping Debian's prosody service (it binds every interface)"
+        stop_pidfile /run/prosody/prosody.pid prosody "prosody (Debian's)"
+        command -v systemctl >/dev/null 2>&1 && systemctl disable --now prosody >/dev/null 2>&1 || true
     fi
     if ! xmpp_running; then
         if xmpp_bound; then
