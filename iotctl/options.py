@@ -247,13 +247,14 @@ def connection_options(schemes: dict, default_scheme: str, tls: bool = True, ws:
     url_dest = url_option.lstrip("-").replace("-", "_")
     tls_schemes = [s for s, v in schemes.items() if v.tls]
     port_help = (f"Port [default: {default_port}"
-                 + (f", {schemes[tls_schemes[0]].port} with TLS" if tls and tls_schemes else "") + "].")
+                 + (f", {schemes[tls_schemes[0]].port} with TLS"
+                    if tls and tls_schemes and tls_schemes[0] != default_scheme else "") + "].")
     if identity == "jid":
         options = [
             click.option("--jid", metavar="JID", help="Your address (user@domain[/resource])."),
             click.option("-P", "--password", help=_PASSWORD_HELP),
             click.option("--server", metavar="HOST[:PORT]",
-                         help=f"Connect to this server instead of the JID's domain; {port_help}"),
+                         help=f"Connect to this server instead of the JID's domain. {port_help}"),
         ]
     else:
         options = [
@@ -274,10 +275,12 @@ def connection_options(schemes: dict, default_scheme: str, tls: bool = True, ws:
                 click.option("-P", "--password", help=_PASSWORD_HELP),
             ]
     if tls:
+        if identity != "jid":  # XMPP always negotiates TLS (STARTTLS or direct)
+            options.append(click.option("--tls", is_flag=True, default=False, help="Use TLS."))
         options += [
-            click.option("--tls", is_flag=True, default=False, help="Use TLS."),
             click.option("--cafile", type=click.Path(dir_okay=False),
-                         help="CA certificate(s) to verify the server with (implies --tls)."),
+                         help="CA certificate(s) to verify the server with"
+                              + (" (implies --tls)." if identity != "jid" else ".")),
             click.option("--cert", type=click.Path(dir_okay=False), help="Client certificate (PEM)."),
             click.option("--key", type=click.Path(dir_okay=False), help="Client private key (PEM)."),
             click.option("--insecure", is_flag=True, default=False,

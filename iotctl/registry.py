@@ -41,8 +41,9 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              "STOMP 1.0-1.2 (RabbitMQ, ActiveMQ): send with receipts, subscribe with acks.",
              header=("subscription", "message-id")),
     Protocol("xmpp", "iotctl.protocols.xmpp.cli:group",
-             "XMPP: send, listen, presence, roster, ping, disco (not built yet).",
-             header=("type",)),
+             "XMPP: messages, presence, subscriptions, roster, blocking, ping, disco, version.",
+             header=("type", "subject", "thread", "delay", "presence", "show"),
+             renderers={"application/vnd.iotctl.table+json": "iotctl.protocols.xmpp.tables:render"}),
 )}
 
 

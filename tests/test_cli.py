@@ -1,8 +1,10 @@
 """The root command: help, version, global options in both places, errors, import boundary."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -78,7 +80,8 @@ def _modules_after(args):
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["mqtt", "--help"], ["mqtt", "publish", "--help"],
                                   ["stomp", "--help"], ["stomp", "send", "--help"], ["stomp", "subscribe", "--help"],
                                   ["mqttsn", "--help"], ["mqttsn", "publish", "--help"],
-                                  ["mqttsn", "gateway", "--help"]])
+                                  ["mqttsn", "gateway", "--help"],
+                                  ["xmpp", "--help"], ["xmpp", "send", "--help"]])
 def test_help_imports_no_protocol_library(args):
     code, mods = _modules_after(args)
     assert code == 0
@@ -109,6 +112,16 @@ def test_mqttsn_publish_imports_no_protocol_library():
     code, mods = _modules_after(["mqttsn", "publish", "-q", "-1", "-T", "1", "-p", str(free_port()), "-m", "x"])
     assert code == 0
     assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
+
+
+def test_xmpp_command_imports_only_slixmpp(peer):
+    peer("prosody")
+    ca = str(Path(os.environ.get("IOTCTL_PEERS_DIR", "/var/tmp/iotctl-peers")) / "certs" / "ca.crt")
+    code, mods = _modules_after(["xmpp", "unblock", "nobody@localhost", "--jid", "alice@localhost", "-P", "alice-pw",
+                                 "--server", "127.0.0.1:5222", "--cafile", ca])
+    assert code == 0
+    assert "slixmpp" in mods
+    assert not mods & {"paho", "aiocoap", "pika", "stomp", "cbor2", "rich"}
 
 
 def test_unreadable_profile_is_usage_error_traceback_only_with_debug(iotctl, tmp_path):
