@@ -62,14 +62,43 @@ class Sender:
         return PeerError("send", f"the peer refused {len(refused)} message(s): {'; '.join(reasons[:3])}")
 
 
-def outgoing(payload: PayloadSpec, sending: SendSpec | None = None, stdin=None) -> Iterator[Outgoing]:
-    """Every message the payload options describe, lazily; -l and --replay stream."""
+def outgoing(payload: PayloadSpec, sending: SendSpec | None = None, stdin=None,
+             addresses: tuple[str, ...] | list[str] | None = None, validate=None) -> Iterator[Outgoing]:
+    """Every message the payload options describe, lazily; -l and --replay stream.
+    With `addresses` each message goes to every one of them (see `addressed`)."""
+    if payload.lines and payload.replay is None and addresses is not None and len(addresses) == 1:
+        # the hot path of `pub -l -t T`: the messages are made at C level, no generator between
+        from itertools import repeat
+
+        return map(Outgoing, payload.payloads(stdin), repeat(addresses[0]))
     if payload.streaming:
-        return payload.iter(stdin)
-    data = payload.read_one(stdin)
-    repeat = sending.repeat if sending is not None else 1
-    interval = sending.interval if sending is not None else 0.0
-    return _repeated(data, repeat, interval)
+        items = payload.iter(stdin)
+    else:
+        data = payload.read_one(stdin)
+        repeat = sending.repeat if sending is not None else 1
+        interval = sending.interval if sending is not None else 0.0
+        items = _repeated(data, repeat, interval)
+    return items if addresses is None else addressed(items, addresses, validate)
+
+
+def addressed(items: Iterable[Outgoing], addresses, validate=None) -> Iterator[Outgoing]:
+    """Each message once for every address (-t topics, -r routing keys); with none
+    (--replay), at its captured address, checked by `validate(address)` when given."""
+    if len(addresses) == 1:
+        address = addresses[0]
+        for out in items:
+            out.address = address
+            yield out
+    elif addresses:
+        for out in items:
+            for address in addresses:
+                yield Outgoing(out.payload, address, out.meta, out.content_type)
+    elif validate is not None:
+        for out in items:
+            validate(out.address or "")
+            yield out
+    else:
+        yield from items
 
 
 def _repeated(data: bytes, repeat: int, interval: float) -> Iterator[Outgoing]:

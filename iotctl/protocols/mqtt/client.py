@@ -553,19 +553,26 @@ class Publisher(send.Sender):
         # with on_publish set, paho builds a reason code and properties object for
         # every QoS 0 message too: only listen for acknowledgements when there are any
         self.client.on_publish = session._on_publish if qos else None
-        self._publish = self.client.publish
         self.busy = self.client.want_write
+        self.send = self._sender()
 
-    def send(self, out):
-        try:
-            info = self._publish(out.address, out.payload, self.qos, self.retain, self.props)
-        except ValueError as exc:
-            raise UsageError(f"cannot publish to {out.address!r}", str(exc)) from None
-        if info.rc > 0:  # MQTT_ERR_AGAIN (-1) only means "queued"
-            if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN or not self.session.connected:
-                raise self.session._lost("publish")
-            raise IotctlError("publish", paho.error_string(info.rc))
-        return info.mid if self.qos else None
+    def _sender(self):
+        """send(out) as a closure over what stays fixed for the run: the hot loop of
+        `pub -l` looks nothing up per message."""
+        publish, qos, retain, props, session = self.client.publish, self.qos, self.retain, self.props, self.session
+
+        def send(out):
+            try:
+                info = publish(out.address, out.payload, qos, retain, props)
+            except ValueError as exc:
+                raise UsageError(f"cannot publish to {out.address!r}", str(exc)) from None
+            if info.rc > 0:  # MQTT_ERR_AGAIN (-1) only means "queued"
+                if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN or not session.connected:
+                    raise session._lost("publish")
+                raise IotctlError("publish", paho.error_string(info.rc))
+            return info.mid if qos else None
+
+        return send
 
     def pump(self, wait: float) -> None:
         if not self.session._pump(wait) and not self.acked:

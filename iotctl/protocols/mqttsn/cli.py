@@ -134,11 +134,8 @@ def publish(cfg, topic, predefined, qos, retain, max_inflight, sleep, sending, t
     if sending.repeat > 1 and payload.streaming:
         raise UsageError("--repeat", "cannot be combined with -l or --replay")
     cfg.window = max_inflight
-    items = send.outgoing(payload, sending)
-    if topic is not None:
-        items = _addressed(items, topic)
-    elif predefined is None:
-        items = _checked(items)
+    items = send.outgoing(payload, sending, addresses=(topic,) if topic is not None else (),
+                          validate=validate_topic if predefined is None else None)
     client = SnClient(cfg)
     try:
         if qos >= 0:
@@ -151,18 +148,6 @@ def publish(cfg, topic, predefined, qos, retain, max_inflight, sleep, sending, t
     finally:
         client.close()
     status(f"published {result.sent} message(s)", tty_only=True)
-
-
-def _addressed(items, topic):
-    for out in items:
-        out.address = topic
-        yield out
-
-
-def _checked(items):
-    for out in items:
-        validate_topic(out.address or "")
-        yield out
 
 
 # --------------------------------------------------------------------------- subscribe
