@@ -39,6 +39,7 @@ PEERS = {
     "mosquitto-wss": ("127.0.0.1", 9443, "tcp"),
     "coap-server": ("127.0.0.1", 5783, "udp"),
     "coaps-server": ("127.0.0.1", 5785, "udp"),  # its DTLS port is 5786 (PSK iotctl / iotctl-psk)
+    "rabbitmq": ("127.0.0.1", 5672, "tcp"),
 }
 SERVICE_OF = {"coap-server": "coap", "coaps-server": "coaps"}
 

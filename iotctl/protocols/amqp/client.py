@@ -62,7 +62,7 @@ def _root_os_error(exc: BaseException) -> BaseException | None:
                 todo.append(arg)
             elif isinstance(arg, (list, tuple)):
                 todo.extend(a for a in arg if isinstance(a, BaseException))
-        for attr in ("exceptions", "__cause__", "__context__"):
+        for attr in ("exception", "exceptions", "__cause__", "__context__"):
             inner = getattr(e, attr, None)
             if isinstance(inner, BaseException):
                 todo.append(inner)
@@ -566,9 +566,17 @@ class Publisher(send.Sender):
         return PeerError("publish", " and ".join(parts), hint)
 
     def finish(self) -> None:
-        """After the driver: with --no-confirm, report the returns that came back."""
+        """After the driver: with --no-confirm, report the returns that came back (a
+        Basic.Qos round trip: the broker sends a return before answering what the
+        channel asked next)."""
         if not self.confirm and self.mandatory:
-            self.session.step(0.05)
+            done = []
+            session = self.session
+            try:
+                session.impl.basic_qos(prefetch_count=0, callback=done.append)
+            except px.AMQPError as exc:
+                raise amqp_error("publish", exc, session.cfg) from None
+            session.until(lambda: bool(done), session.cfg.connect_timeout, "publish")
             if self.returned:
                 raise PeerError("publish", f"{self.returned} message(s) were returned as unroutable (--mandatory)")
 
