@@ -31,7 +31,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              renderers={"application/link-format": "iotctl.protocols.coap.linkformat:render"}),
     Protocol("amqp", "iotctl.protocols.amqp.cli:group",
              "AMQP 0-9-1 (RabbitMQ): publish with confirms, consume, get, tap, declare, bind, request.",
-             header=("exchange", "redelivered")),
+             header=("exchange", "routing_key", "redelivered")),
     Protocol("stomp", "iotctl.protocols.stomp.cli:group", "STOMP: send, subscribe (not built yet).",
              header=("destination",)),
     Protocol("xmpp", "iotctl.protocols.xmpp.cli:group",

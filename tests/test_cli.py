@@ -75,7 +75,8 @@ def _modules_after(args):
     return result["code"], set(result["mods"])
 
 
-@pytest.mark.parametrize("args", [["--help"], ["--version"], ["mqtt", "--help"], ["mqtt", "publish", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["--version"], ["mqtt", "--help"], ["mqtt", "publish", "--help"],
+                                  ["amqp", "--help"], ["amqp", "publish", "--help"]])
 def test_help_imports_no_protocol_library(args):
     code, mods = _modules_after(args)
     assert code == 0
@@ -88,6 +89,14 @@ def test_mqtt_publish_imports_only_paho(peer):
     assert code == 0
     assert "paho" in mods
     assert not mods & {"aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich"}
+
+
+def test_amqp_publish_imports_only_pika(peer):
+    peer("rabbitmq")
+    code, mods = _modules_after(["amqp", "publish", "-r", "iotctl-test.imports", "-m", "x"])
+    assert code == 0
+    assert "pika" in mods
+    assert not mods & {"paho", "aiocoap", "slixmpp", "stomp", "cbor2", "rich"}
 
 
 def test_unreadable_profile_is_usage_error_traceback_only_with_debug(iotctl, tmp_path):

@@ -291,13 +291,15 @@ def test_no_confirm_fire_and_forget(iotctl, names):
     wait_until(lambda: depth(iotctl, q) == 500, 10, "500 messages on the queue")
 
 
-class AckSwallower:
-    """A TCP proxy to RabbitMQ that drops every Basic.Ack the broker sends (so publisher
-    confirms never arrive) and relays everything else."""
+class Proxy:
+    """A TCP proxy to RabbitMQ: with `tls` (an SSLContext) it terminates TLS (an amqps
+    listener); with `swallow_acks` it drops every Basic.Ack the broker sends, so
+    publisher confirms never arrive."""
 
-    def __init__(self):
+    def __init__(self, tls=None, swallow_acks: bool = False):
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
+        self.tls, self.swallow_acks = tls, swallow_acks
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -306,9 +308,18 @@ class AckSwallower:
                 client, _ = self.listener.accept()
             except OSError:
                 return
-            broker = socket.create_connection(("127.0.0.1", 5672))
-            threading.Thread(target=self._relay, args=(client, broker, False), daemon=True).start()
-            threading.Thread(target=self._relay, args=(broker, client, True), daemon=True).start()
+            threading.Thread(target=self._start, args=(client,), daemon=True).start()
+
+    def _start(self, client):
+        if self.tls is not None:
+            try:
+                client = self.tls.wrap_socket(client, server_side=True)
+            except OSError:
+                client.close()
+                return
+        broker = socket.create_connection(("127.0.0.1", 5672))
+        threading.Thread(target=self._relay, args=(client, broker, False), daemon=True).start()
+        self._relay(broker, client, self.swallow_acks)
 
     @staticmethod
     def _relay(src, dst, filter_acks):
@@ -323,7 +334,7 @@ class AckSwallower:
                     continue
                 buf += data
                 out = b""
-                while len(buf) >= 7 and not buf.startswith(b"AMQP"):
+                while len(buf) >= 7:
                     size = int.from_bytes(buf[3:7], "big")
                     if len(buf) < size + 8:
                         break
@@ -348,7 +359,7 @@ class AckSwallower:
 
 def test_nothing_confirmed_in_time_is_exit_5(iotctl, names, tmp_path):
     q = queue(iotctl, names())
-    proxy = AckSwallower()
+    proxy = Proxy(swallow_acks=True)
     try:
         failed = tmp_path / "failed.jsonl"
         r = iotctl("amqp", "publish", "-p", proxy.port, "-r", q, "-l", "-W", "1", "--failed", str(failed),
@@ -589,3 +600,28 @@ def test_usage_errors_are_exit_2(iotctl):
     assert r.exit_code == 2
     r = iotctl("amqp", "publish", "-r", "q", "--header", "n:int=x", "-m", "x")
     assert r.exit_code == 2
+
+
+def test_tls_verifies_the_broker(iotctl, names, certs):
+    import ssl
+
+    q = queue(iotctl, names())
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(certs["server_crt"], certs["server_crt"].replace(".crt", ".key"))
+    proxy = Proxy(tls=ctx)
+    try:
+        r = iotctl("amqp", "publish", "--url", f"amqps://localhost:{proxy.port}", "--cafile", certs["ca_crt"],
+                   "-r", q, "-m", "over tls")
+        assert r.exit_code == 0, r
+        r = iotctl("amqp", "publish", "-p", proxy.port, "--tls", "--cafile", certs["other_ca_crt"],
+                   "-r", q, "-m", "x")
+        assert r.exit_code == 7, r
+        assert "certificate verification failed" in r.stderr
+        r = iotctl("amqp", "publish", "-p", proxy.port, "--tls", "--insecure", "-r", q, "-m", "insecure")
+        assert r.exit_code == 0, r
+    finally:
+        proxy.close()
+    assert iotctl("amqp", "get", q, "-C", "2").stdout == "over tls\ninsecure\n"
+    # TLS to the plain AMQP port
+    r = iotctl("amqp", "publish", "--url", "amqps://127.0.0.1:5672", "--insecure", "-r", q, "-m", "x")
+    assert r.exit_code == 7, r
