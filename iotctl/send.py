@@ -72,6 +72,26 @@ def outgoing(payload: PayloadSpec, sending: SendSpec | None = None, stdin=None) 
     return _repeated(data, repeat, interval)
 
 
+def addressed(items: Iterable[Outgoing], addresses, validate=None) -> Iterator[Outgoing]:
+    """Each message once for every address (-t topics, -r routing keys); with none
+    (--replay), at its captured address, checked by `validate(address)` when given."""
+    if len(addresses) == 1:
+        address = addresses[0]
+        for out in items:
+            out.address = address
+            yield out
+    elif addresses:
+        for out in items:
+            for address in addresses:
+                yield Outgoing(out.payload, address, out.meta, out.content_type)
+    elif validate is not None:
+        for out in items:
+            validate(out.address or "")
+            yield out
+    else:
+        yield from items
+
+
 def _repeated(data: bytes, repeat: int, interval: float) -> Iterator[Outgoing]:
     for i in range(repeat):
         if i and interval:

@@ -182,7 +182,7 @@ def publish(cfg, exchange, routing_keys, mandatory, confirm, window, props, send
     if payload.encode in ("json", "cbor") and fields["content_type"] is None:
         fields["content_type"] = f"application/{payload.encode}"
     headers = props.headers
-    items = _addressed(send.outgoing(payload, sending), routing_keys)
+    items = send.addressed(send.outgoing(payload, sending), routing_keys)
     with _session(cfg, "publish") as session:
         publisher = Publisher(session, exchange, build_properties(fields, headers), headers,
                               fields, mandatory=mandatory, confirm=confirm, window=window)
@@ -190,23 +190,6 @@ def publish(cfg, exchange, routing_keys, mandatory, confirm, window, props, send
                           failed=sending.failed, verb="publishing")
         publisher.finish()
     status(f"published {result.sent} message(s)" + (", all confirmed" if confirm else ""), tty_only=True)
-
-
-def _addressed(items, keys):
-    """Each message once for every -r key; with none (--replay), its captured address."""
-    if len(keys) == 1:
-        key = keys[0]
-        for out in items:
-            out.address = key
-            yield out
-    elif keys:
-        from iotctl.payload import Outgoing
-
-        for out in items:
-            for key in keys:
-                yield Outgoing(out.payload, key, out.meta, out.content_type)
-    else:
-        yield from items
 
 
 # --------------------------------------------------------------------------- consume

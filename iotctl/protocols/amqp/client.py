@@ -161,27 +161,38 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+_PROPS_CACHE: dict = {}
+
+
 def properties_dict(props) -> dict:
-    """Every property that is set, except the headers (JSON-serialisable)."""
-    out = {}
-    for name in PROPERTY_NAMES:
-        value = getattr(props, name)
-        if value is not None:
-            out[name] = value if type(value) in (str, int) else _plain(value)
-    return out
+    """Every property that is set, except the headers. (The consume hot path: values
+    are str or int as pika decodes them; a short string that is not UTF-8 stays bytes,
+    which the JSON writer turns into text or 0x-hex. Messages with the same properties
+    share one dict, which nothing modifies.)"""
+    values = vars(props)
+    if values["headers"] is None:
+        key = tuple(values.values())
+        found = _PROPS_CACHE.get(key)
+        if found is None:
+            if len(_PROPS_CACHE) > 256:
+                _PROPS_CACHE.clear()
+            found = _PROPS_CACHE[key] = {k: v for k, v in values.items() if v is not None}
+        return found
+    return {k: v for k, v in values.items() if v is not None and k != "headers"}
 
 
 def to_message(method, props, body: bytes, extra: dict | None = None) -> Message:
     """A delivery (Basic.Deliver or Basic.GetOk) as an envelope; the address is the
     routing key, the exchange and the rest of the delivery are in meta."""
     headers = props.headers
-    meta = {"exchange": method.exchange, "routing_key": method.routing_key,
-            "redelivered": method.redelivered, "delivery_tag": method.delivery_tag,
+    key = method.routing_key
+    meta = {"exchange": method.exchange, "routing_key": key, "redelivered": method.redelivered,
+            "delivery_tag": method.delivery_tag,
             "properties": properties_dict(props),
             "headers": _plain(headers) if headers else {}}
     if extra:
         meta.update(extra)
-    return Message("amqp", method.routing_key, body, props.content_type, meta)
+    return Message("amqp", key, body, props.content_type, meta)
 
 
 def build_properties(fields: dict, headers: dict | None):
@@ -607,6 +618,8 @@ class Consumer(receive.Receiver):
         session = self.session
         if prefetch is not None and self.mode != "auto":
             session.qos(prefetch)
+            if prefetch:  # acknowledge well before the broker stops at the prefetch window
+                self.ACK_EVERY = max(1, min(self.ACK_EVERY, prefetch // 4))
         arguments = {"x-priority": priority} if priority is not None else None
         for queue in queues:
             self.consumers.append(session.consume(queue, self._on_message, auto_ack=self.mode == "auto",
@@ -614,16 +627,32 @@ class Consumer(receive.Receiver):
                                                   timeout=session.cfg.connect_timeout))
 
     def _on_message(self, channel, method, props, body) -> None:
-        msg = to_message(method, props, body)
+        # the consume hot path: to_message() inlined
+        headers = props.headers
+        key = method.routing_key
+        msg = Message("amqp", key, body, props.content_type, {
+            "exchange": method.exchange, "routing_key": key, "redelivered": method.redelivered,
+            "delivery_tag": method.delivery_tag, "properties": properties_dict(props),
+            "headers": _plain(headers) if headers else {}})
         if self.accept is None or self.accept(msg):
             self._batch.append(msg)
 
     def poll(self, wait):
+        step = self.session.step
         if not self._batch:
-            self.session.step(1.0 if wait is None else min(wait, 1.0))
+            step(1.0 if wait is None else min(wait, 1.0))
             if not self._batch:
+                self._send_ack()  # a pause: acknowledge what was written so far
                 self._check()
                 return []
+        # take what else is already readable: fewer, larger batches (writes, flushes)
+        for _ in range(8):
+            before = len(self._batch)
+            if before >= 256:
+                break
+            step(0)
+            if len(self._batch) == before:
+                break
         batch = self._batch
         self._batch = []
         return batch
@@ -634,15 +663,33 @@ class Consumer(receive.Receiver):
             raise session.failure(self.what) or ConnectError(self.what, "the channel closed")
 
     def ack(self, batch) -> None:
+        """Written and flushed: acknowledge (one Basic.Ack, multiple=True, for every
+        ACK_EVERY messages, at a pause, and at the end)."""
         if self.mode == "after-write" and batch:
+            self._ack_tag = batch[-1].meta["delivery_tag"]
+            self._unacked += len(batch)
+            if self._unacked >= self.ACK_EVERY:
+                self._send_ack()
+
+    ACK_EVERY = 250
+    _ack_tag = 0
+    _unacked = 0
+
+    def _send_ack(self) -> None:
+        if self._unacked:
+            self._unacked = 0
             try:
-                self.session.impl.basic_ack(batch[-1].meta["delivery_tag"], multiple=True)
+                self.session.impl.basic_ack(self._ack_tag, multiple=True)
             except px.AMQPError:
                 pass  # the connection is gone: the broker requeues, the next poll reports it
 
     def finish(self) -> None:
-        """At the end: with --requeue reject (requeue) everything shown and not acknowledged."""
-        if self.requeue and self.session.channel_closed is None and self.session.conn_closed is None:
+        """At the end: acknowledge what is written; with --requeue reject (requeue)
+        everything shown."""
+        if self.session.channel_closed is not None or self.session.conn_closed is not None:
+            return
+        self._send_ack()
+        if self.requeue:
             try:
                 self.session.impl.basic_nack(0, multiple=True, requeue=True)
             except px.AMQPError:

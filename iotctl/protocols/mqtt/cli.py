@@ -154,30 +154,11 @@ def publish(cfg, topics, qos, retain, sending, timeout, props, payload):
         _require_v5(cfg, "MQTT 5 properties (--content-type, --user-property, ...)")
     if sending.repeat > 1 and payload.streaming:
         raise UsageError("--repeat", "cannot be combined with -l or --replay")
-    items = _addressed(send.outgoing(payload, sending), topics)
+    items = send.addressed(send.outgoing(payload, sending), topics, validate_topic)
     with Session(cfg) as session:
         result = send.run(Publisher(session, qos, retain, props.to_paho()), items, "publish", timeout,
                           progress=payload.streaming, failed=sending.failed, verb="publishing")
     status(f"published {result.sent} message(s)", tty_only=True)
-
-
-def _addressed(items, topics):
-    """Each message once for every -t topic; with none (--replay), its captured topic."""
-    if len(topics) == 1:
-        topic = topics[0]
-        for out in items:
-            out.address = topic
-            yield out
-    elif topics:
-        from iotctl.payload import Outgoing
-
-        for out in items:
-            for t in topics:
-                yield Outgoing(out.payload, t, out.meta, out.content_type)
-    else:
-        for out in items:
-            validate_topic(out.address or "")
-            yield out
 
 
 # --------------------------------------------------------------------------- subscribe
