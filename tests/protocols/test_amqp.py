@@ -65,8 +65,9 @@ def iotctl_cmd(*args: str) -> list[str]:
 
 
 def start(*args: str, **kw) -> subprocess.Popen:
+    # unbuffered pipes: communicate() after a readline() must not miss read-ahead data
     return subprocess.Popen(iotctl_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=clean_env(), **kw)
+                            env=clean_env(), bufsize=0, **kw)
 
 
 def wait_status(proc: subprocess.Popen, needle: str) -> str:
@@ -625,3 +626,18 @@ def test_tls_verifies_the_broker(iotctl, names, certs):
     # TLS to the plain AMQP port
     r = iotctl("amqp", "publish", "--url", "amqps://127.0.0.1:5672", "--insecure", "-r", q, "-m", "x")
     assert r.exit_code == 7, r
+
+
+def test_ctrl_c_while_consuming_loses_and_duplicates_nothing(iotctl, names):
+    q = queue(iotctl, names())
+    total = 20_000
+    assert iotctl("amqp", "publish", "-r", q, "-l", input="".join(f"{i}\n" for i in range(total))).exit_code == 0
+    proc = start("amqp", "consume", q, "--prefetch", "500")
+    first = proc.stdout.readline()
+    assert first == b"0\n"
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 0, err
+    written = [int(x) for x in (first + out).split()]
+    assert written == list(range(len(written)))  # in order, no gap, no repeat
+    assert len(written) + depth(iotctl, q) == total, (len(written), err)

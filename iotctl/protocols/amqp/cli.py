@@ -252,9 +252,9 @@ def consume(cfg, queues, prefetch, ack, requeue, exclusive, consumer_priority, d
                 session.bind("queue", q, exchange, key)
             names.append(q)
         consumer = Consumer(session, ack=ack, requeue=requeue)
-        consumer.start(names, exclusive=exclusive, priority=consumer_priority, prefetch=prefetch)
-        status(f"consuming from {', '.join(names)} on {session.where}")
         try:
+            consumer.start(names, exclusive=exclusive, priority=consumer_priority, prefetch=prefetch)
+            status(f"consuming from {', '.join(names)} on {session.where}")
             receiving.run(consumer, receive, "consume")
         finally:
             consumer.finish()
@@ -334,6 +334,7 @@ def tap(cfg, exchanges, firehose, receive):
     with _session(cfg, "tap") as session:
         t = Tap(session)
         probe = None
+        consumer = None
         try:
             if taps:
                 t.setup(taps)
@@ -347,10 +348,13 @@ def tap(cfg, exchanges, firehose, receive):
             consumer.start([t.queue], exclusive=True)
             if probe is not None:
                 probe.send()
-            shown = ", ".join([e if k == "#" else f"{e}:{k}" for e, k in taps] + (["the firehose"] if firehose else []))
+            shown = ", ".join([e if k == "#" else f"{e}:{k}" for e, k in taps]
+                              + (["the firehose"] if firehose else []))
             status(f"tapping {shown} on {session.where}")
             receiving.run(consumer, receive, "tap")
         finally:
+            if consumer is not None:
+                consumer.finish()
             t.close()
 
 

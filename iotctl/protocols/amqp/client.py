@@ -614,7 +614,11 @@ class Consumer(receive.Receiver):
         self.consumers: list[str] = []
         self.what = "consume"
 
+    _interrupted = False
+    _old_sigint = None
+
     def start(self, queues, exclusive=False, priority=None, prefetch: int | None = None) -> None:
+        self._defer_sigint()
         session = self.session
         if prefetch is not None and self.mode != "auto":
             session.qos(prefetch)
@@ -637,10 +641,38 @@ class Consumer(receive.Receiver):
         if self.accept is None or self.accept(msg):
             self._batch.append(msg)
 
+    def _defer_sigint(self) -> None:
+        """Ctrl-C must not land inside pika's frame handling (that tears the connection
+        down before the acknowledgements of what was written go out, and the broker
+        delivers those messages again): note it, and stop at the next poll."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        old = signal.getsignal(signal.SIGINT)
+        if old is signal.SIG_IGN:
+            return
+
+        def note(signum, frame):
+            self._interrupted = True
+
+        self._old_sigint = old
+        signal.signal(signal.SIGINT, note)
+
+    def _restore_sigint(self) -> None:
+        if self._old_sigint is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self._old_sigint)
+            self._old_sigint = None
+
     def poll(self, wait):
+        if self._interrupted:
+            raise KeyboardInterrupt
         step = self.session.step
         if not self._batch:
-            step(1.0 if wait is None else min(wait, 1.0))
+            step(0.25 if wait is None else min(wait, 0.25))
             if not self._batch:
                 self._send_ack()  # a pause: acknowledge what was written so far
                 self._check()
@@ -686,6 +718,7 @@ class Consumer(receive.Receiver):
     def finish(self) -> None:
         """At the end: acknowledge what is written; with --requeue reject (requeue)
         everything shown."""
+        self._restore_sigint()
         if self.session.channel_closed is not None or self.session.conn_closed is not None:
             return
         self._send_ack()
