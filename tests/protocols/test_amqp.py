@@ -641,3 +641,15 @@ def test_ctrl_c_while_consuming_loses_and_duplicates_nothing(iotctl, names):
     written = [int(x) for x in (first + out).split()]
     assert written == list(range(len(written)))  # in order, no gap, no repeat
     assert len(written) + depth(iotctl, q) == total, (len(written), err)
+
+
+def test_exclusive_consumer_keeps_others_out_and_priority_is_accepted(iotctl, names):
+    q = queue(iotctl, names())
+    holder = start("amqp", "consume", q, "--exclusive", "--priority", "5", "-C", "1", "-W", "20")
+    wait_status(holder, "consuming from")
+    r = iotctl("amqp", "consume", q, "-C", "1", "-W", "5")
+    assert r.exit_code == 4, r
+    assert "ACCESS_REFUSED" in r.stderr and "exclusive" in r.stderr
+    assert iotctl("amqp", "publish", "-r", q, "-m", "mine").exit_code == 0
+    out, err = holder.communicate(timeout=20)
+    assert holder.returncode == 0 and out == b"mine\n", err

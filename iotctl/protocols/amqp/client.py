@@ -438,6 +438,10 @@ class Publisher(send.Sender):
         self.window = window if confirm else None
         self._publish = session.impl.basic_publish
         self._buffered = session.conn._impl._get_write_buffer_size
+        # pika queues every frame as its own buffer and sends each with its own
+        # send() (three per message); pump() joins them first: one send per burst
+        transport = getattr(session.conn._impl, "_transport", None)
+        self._tx = getattr(transport, "_tx_buffers", None)
         self._limit = buffer
         self._tag = 0
         self._low = 1  # every tag below this is settled
@@ -497,6 +501,11 @@ class Publisher(send.Sender):
 
     def pump(self, wait: float) -> None:
         session = self.session
+        tx = self._tx
+        if tx is not None and len(tx) > 1:
+            joined = b"".join(tx)
+            tx.clear()
+            tx.append(joined)
         if not (self.acked or self.refused):
             session.step(wait)
         if session.channel_closed is not None or session.conn_closed is not None:
