@@ -653,3 +653,18 @@ def test_exclusive_consumer_keeps_others_out_and_priority_is_accepted(iotctl, na
     assert iotctl("amqp", "publish", "-r", q, "-m", "mine").exit_code == 0
     out, err = holder.communicate(timeout=20)
     assert holder.returncode == 0 and out == b"mine\n", err
+
+
+def test_connection_closed_by_the_broker_is_exit_3(iotctl, names):
+    q = queue(iotctl, names())
+    proc = start("amqp", "consume", q)
+    wait_status(proc, "consuming from")
+    conns = rabbitmqctl("list_connections", "pid", "client_properties")
+    pids = [line.split("\t")[0] for line in conns.splitlines() if "iotctl amqp consume" in line]
+    assert pids, conns
+    for pid in pids:  # (another run's consumer would only be closed earlier: harmless)
+        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by the test"],
+                       capture_output=True, timeout=60)
+    out, err = proc.communicate(timeout=20)
+    assert proc.returncode == 3, err
+    assert b"the broker closed the connection: CONNECTION_FORCED - closed by the test" in err
