@@ -61,6 +61,7 @@ rmq_accounts() {
 
 up_rabbitmq() {
     ensure_packages rabbitmq-server amqp-tools
+    ensure_certs   # the AMQP TLS tests terminate TLS in front of the broker with the test CA's certificate
     mkdir -p "$RMQ_DIR"
     if ! rmq_answers; then
         is_root || die "RabbitMQ is not answering on $HOST:$RMQ_PORT and starting it needs root"

@@ -603,12 +603,26 @@ def test_usage_errors_are_exit_2(iotctl):
     assert r.exit_code == 2
 
 
-def test_tls_verifies_the_broker(iotctl, names, certs):
+@pytest.fixture
+def tls_certs(rmq):
+    from tests.conftest import CERTS
+
+    paths = {name.replace(".", "_").replace("-", "_"): CERTS / name
+             for name in ("ca.crt", "other-ca.crt", "server.crt", "server.key")}
+    for path in paths.values():
+        if not path.exists():
+            pytest.fail(f"test certificate {path} is missing; run: scripts/services up rabbitmq", pytrace=False)
+    return {k: str(v) for k, v in paths.items()}
+
+
+def test_tls_verifies_the_broker(iotctl, names, tls_certs):
     import ssl
+
+    certs = tls_certs
 
     q = queue(iotctl, names())
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(certs["server_crt"], certs["server_crt"].replace(".crt", ".key"))
+    ctx.load_cert_chain(certs["server_crt"], certs["server_key"])
     proxy = Proxy(tls=ctx)
     try:
         r = iotctl("amqp", "publish", "--url", f"amqps://localhost:{proxy.port}", "--cafile", certs["ca_crt"],

@@ -23,7 +23,7 @@ from iotctl import receive, send
 from iotctl.errors import (AuthError, ConnectError, IotctlError, PeerError, TimeoutError_, UsageError,
                            from_os_error)
 from iotctl.message import Message
-from iotctl.settings import status, warn
+from iotctl.settings import warn
 
 PROPERTY_NAMES = ("content_type", "content_encoding", "delivery_mode", "priority", "correlation_id",
                   "reply_to", "expiration", "message_id", "timestamp", "type", "user_id", "app_id",
@@ -908,7 +908,3 @@ def publish_one(session: Session, exchange: str, routing_key: str, body: bytes, 
         raise amqp_error("publish", exc, session.cfg) from None
     except (ValueError, TypeError) as exc:
         raise UsageError("cannot publish", str(exc)) from None
-
-
-def announce(text: str) -> None:
-    status(text)
