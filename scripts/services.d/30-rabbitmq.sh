@@ -47,7 +47,20 @@ rmq_user() {
     fi
 }
 
+# Fast path (each rabbitmqctl call starts an Erlang VM, about a second): two listings
+# show whether the vhost, the users and their permissions are already in place.
+rmq_accounts_ok() {
+    local root test
+    test=$(rmq_ctl list_permissions -p "$RMQ_VHOST" 2>/dev/null) || return 1
+    root=$(rmq_ctl list_permissions -p / 2>/dev/null) || return 1
+    grep -qxF "$(printf '%s\t.*\t.*\t.*' "$RMQ_USER")" <<<"$test" &&
+        grep -qxF "$(printf 'guest\t.*\t.*\t.*')" <<<"$test" &&
+        grep -qxF "$(printf '%s\t.*\t.*\t.*' "$RMQ_USER")" <<<"$root" &&
+        grep -qxF "$(printf '%s\t^$\t^$\t.*' "$RMQ_READER")" <<<"$root"
+}
+
 rmq_accounts() {
+    rmq_accounts_ok && return 0
     if ! rmq_ctl list_vhosts | grep -qx -- "$RMQ_VHOST"; then
         rmq_ctl add_vhost "$RMQ_VHOST" >/dev/null
     fi
