@@ -627,7 +627,6 @@ class Consumer(receive.Receiver):
     _old_sigint = None
 
     def start(self, queues, exclusive=False, priority=None, prefetch: int | None = None) -> None:
-        self._defer_sigint()
         session = self.session
         if prefetch is not None and self.mode != "auto":
             session.qos(prefetch)
@@ -638,6 +637,7 @@ class Consumer(receive.Receiver):
             self.consumers.append(session.consume(queue, self._on_message, auto_ack=self.mode == "auto",
                                                   exclusive=exclusive, arguments=arguments,
                                                   timeout=session.cfg.connect_timeout))
+        self._defer_sigint()
 
     def _on_message(self, channel, method, props, body) -> None:
         # the consume hot path: to_message() inlined
