@@ -7,7 +7,7 @@ import sys
 import click
 
 from iotctl import __version__
-from iotctl.errors import ExitCode, IotctlError
+from iotctl.errors import ExitCode, IotctlError, OutputClosed
 from iotctl.groups import LazyGroup
 from iotctl.registry import PROTOCOLS
 
@@ -47,6 +47,8 @@ def run(argv: list[str] | None = None) -> int:
     try:
         result = cli.main(args=argv, prog_name="iotctl", standalone_mode=False)
         return result if isinstance(result, int) else ExitCode.OK
+    except OutputClosed:
+        return ExitCode.OK
     except IotctlError as exc:
         _trace(debug)
         _error(exc.what, exc.why, exc.hint)

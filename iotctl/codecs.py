@@ -58,15 +58,36 @@ def _text(data: bytes, how: str) -> str:
         raise UsageError(f"--encode {how}", "payload is not UTF-8 text") from None
 
 
+MAX_DEPTH = 500  # nesting deeper than this is refused (Python's parsers would recurse out)
+
+
 def parse_json(data: bytes) -> Any:
     import json
 
     text = _text(data, "json")
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError("payload is not valid JSON",
                          f"{exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except RecursionError:
+        raise UsageError("payload is not valid JSON", "nested too deeply") from None
+    if _depth(value) > MAX_DEPTH:
+        raise UsageError("payload is not valid JSON", f"nested deeper than {MAX_DEPTH} levels")
+    return value
+
+
+def _depth(value: Any) -> int:
+    """How deeply a parsed JSON value nests (iteratively: no recursion limit)."""
+    deepest = 0
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, (list, dict)):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (list, dict)))
+    return deepest
 
 
 def cbor_encode(value: Any) -> bytes:

@@ -88,13 +88,15 @@ def build_endpoint(ctx: click.Context, kw: dict, schemes: dict[str, Scheme],
     url = kw.pop("url", None)
     jid = kw.pop("jid", None)
     server = kw.pop("server", None)
+    present = {name for name in ("host", "port", "username", "password") if name in kw}
     values = {name: kw.pop(name, None) for name in ("host", "port", "username", "password")}
     tls_values = {name: kw.pop(name, None) for name in ("tls", "cafile", "cert", "key", "insecure", "alpn")}
     want_ws = bool(kw.pop("ws", False))
     ws_path = kw.pop("ws_path", None)
 
     def given(name: str) -> bool:
-        return ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
+        # only the connection options themselves (a command may have a --port of its own)
+        return name in present and ctx.get_parameter_source(name) is ParameterSource.COMMANDLINE
 
     scheme = default_scheme
     path = None
@@ -115,6 +117,8 @@ def build_endpoint(ctx: click.Context, kw: dict, schemes: dict[str, Scheme],
             server_given = False
         if not values["host"]:
             raise UsageError("no server", "give --jid user@domain (or --server HOST[:PORT])")
+    if values["password"] == "-":
+        values["password"] = prompt_password(values["username"])
     info = schemes[scheme]
     use_tls = info.tls or bool(tls_values["tls"]) or bool(tls_values["cafile"]) or bool(tls_values["cert"])
     want_ws = want_ws or info.ws
@@ -153,3 +157,20 @@ def split_host_port(text: str, what: str) -> tuple[str, int | None]:
     if not host:
         raise UsageError(f"bad {what} {text!r}", "no host")
     return host, port
+
+
+def prompt_password(user: str | None) -> str:
+    """`-P -`: ask for the password on the terminal, without echo (never from a pipe,
+    which would swallow a payload meant for -s or -l)."""
+    import getpass
+    import os
+
+    try:  # getpass itself would fall back to reading stdin, with a warning
+        os.close(os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY))
+    except OSError:
+        raise UsageError("-P -", "asks for the password on a terminal, and there is none",
+                         hint="set IOTCTL_<PROTO>_PASSWORD, or a profile's password_env or password_cmd") from None
+    try:
+        return getpass.getpass(f"password{' for ' + user if user else ''}: ")
+    except EOFError:
+        raise UsageError("-P -", "no password given") from None

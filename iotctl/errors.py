@@ -75,6 +75,17 @@ class Interrupted(IotctlError):
     code = ExitCode.INTERRUPTED
 
 
+class OutputClosed(IotctlError):
+    """Whoever read our stdout has gone (`| head -1`): stop quietly, successfully, as
+    mosquitto_sub does. Not an OSError, so click's own broken-pipe path (exit 1) never
+    sees it."""
+
+    code = ExitCode.OK
+
+    def __init__(self):
+        super().__init__("output closed")
+
+
 def from_os_error(what: str, exc: BaseException) -> IotctlError:
     """Classify a socket-level failure (refused, DNS, TLS) into the right error."""
     import ssl

@@ -16,7 +16,6 @@ import importlib
 import click
 
 from iotctl.options import global_params
-from iotctl.profiles import ProfileSection
 from iotctl.settings import current
 
 GLOBAL_EPILOG = ("Global options (--profile, -o/--output, -F/--format, --color/--no-color, "
@@ -25,6 +24,22 @@ GLOBAL_EPILOG = ("Global options (--profile, -o/--output, -F/--format, --color/-
 
 def _with_globals(params: list[click.Parameter] | None) -> list[click.Parameter]:
     return list(params or []) + global_params(root=False)
+
+
+def options_of(group: click.Command) -> dict[str, click.Option]:
+    """Every option of a group's commands by name (the keys a profile table may hold),
+    the global options left out."""
+    found: dict[str, click.Option] = {}
+
+    def walk(cmd):
+        for p in cmd.params:
+            if isinstance(p, click.Option) and not getattr(p, "iotctl_global", False) and p.name:
+                found.setdefault(p.name, p)
+        for sub in getattr(cmd, "commands", {}).values():
+            walk(sub)
+
+    walk(group)
+    return found
 
 
 def suggest(word: str, choices) -> str | None:
@@ -142,7 +157,9 @@ class ProtocolGroup(SuggestingGroup, QuickParser, click.Group):
                 formatter.write_dl(rows)
 
     def invoke(self, ctx: click.Context):
-        section = ProfileSection(self.protocol, lambda: current().profile)
+        from iotctl.profiles import ProfileSection  # pathlib and friends: only when a command runs
+
+        section = ProfileSection(self.protocol, lambda: current().profile, lambda: options_of(self))
         ctx.default_map = {name: section for name in self.commands}
         return super().invoke(ctx)
 

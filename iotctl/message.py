@@ -1,4 +1,4 @@
-"""The message envelope shared by every protocol (DESIGN.md, "The message envelope")."""
+"""The message envelope shared by every protocol (README, "The message envelope")."""
 
 from __future__ import annotations
 

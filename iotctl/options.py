@@ -227,42 +227,60 @@ def kv_option(*decls: str, help: str, typed: bool = False, metavar: str = "KEY=V
 
 @shared_factory
 def connection_options(schemes: dict, default_scheme: str, tls: bool = True, ws: bool = False,
-                       identity: str = "user", default_host: str = "localhost") -> Callable:
+                       identity: str = "user", default_host: str = "localhost", credentials: bool = True,
+                       url_option: str = "--url", host_port: bool = True) -> Callable:
     """Connection options shared by every command of a protocol; the command receives
     one `endpoint: Endpoint` argument instead of the separate values.
 
     identity "user": --url, -h/--host, -p/--port, -u/--username, -P/--password
     (URL- and host/port-addressed protocols: MQTT, AMQP, STOMP, MQTT-SN);
+    `credentials=False` leaves out -u/-P (a protocol without logins); `url_option`
+    spells the URL option otherwise (e.g. "--broker" for a gateway's upstream) and
+    `host_port=False` leaves out -h/-p (the URL alone says where, `default_host` when
+    absent), so that a command may use those flags for something else;
     identity "jid": --jid, -P/--password, --server HOST[:PORT] (XMPP: the host comes
     from the JID's domain unless --server names one)."""
     from iotctl.endpoint import build_endpoint
 
     default_port = schemes[default_scheme].port
+    # its own name (and so profile key and IOTCTL_<PROTO>_<NAME>) when spelt otherwise
+    url_dest = url_option.lstrip("-").replace("-", "_")
     tls_schemes = [s for s, v in schemes.items() if v.tls]
     port_help = (f"Port [default: {default_port}"
-                 + (f", {schemes[tls_schemes[0]].port} with TLS" if tls and tls_schemes else "") + "].")
+                 + (f", {schemes[tls_schemes[0]].port} with TLS"
+                    if tls and tls_schemes and tls_schemes[0] != default_scheme else "") + "].")
     if identity == "jid":
         options = [
             click.option("--jid", metavar="JID", help="Your address (user@domain[/resource])."),
             click.option("-P", "--password", help=_PASSWORD_HELP),
             click.option("--server", metavar="HOST[:PORT]",
-                         help=f"Connect to this server instead of the JID's domain; {port_help}"),
+                         help=f"Connect to this server instead of the JID's domain. {port_help}"),
         ]
     else:
         options = [
-            click.option("--url", metavar="URL",
+            click.option(url_option, url_dest, metavar="URL",
                          help=f"Connect to URL ({', '.join(s + '://' for s in schemes)}"
-                              "user:pass@host:port); separate options given on the command line win."),
-            click.option("-h", "--host", default=default_host, show_default=True, help="Host to connect to."),
-            click.option("-p", "--port", type=click.IntRange(1, 65535), default=None, help=port_help),
-            click.option("-u", "--username", help="User name."),
-            click.option("-P", "--password", help=_PASSWORD_HELP),
+                              + ("user:pass@" if credentials else "") + "host:port)"
+                              + ("; separate options given on the command line win." if host_port else
+                                 f" [default: {default_scheme}://{default_host}:{default_port}].")),
         ]
+        if host_port:
+            options += [
+                click.option("-h", "--host", default=default_host, show_default=True, help="Host to connect to."),
+                click.option("-p", "--port", type=click.IntRange(1, 65535), default=None, help=port_help),
+            ]
+        if credentials:
+            options += [
+                click.option("-u", "--username", help="User name."),
+                click.option("-P", "--password", help=_PASSWORD_HELP),
+            ]
     if tls:
+        if identity != "jid":  # XMPP always negotiates TLS (STARTTLS or direct)
+            options.append(click.option("--tls", is_flag=True, default=False, help="Use TLS."))
         options += [
-            click.option("--tls", is_flag=True, default=False, help="Use TLS."),
             click.option("--cafile", type=click.Path(dir_okay=False),
-                         help="CA certificate(s) to verify the server with (implies --tls)."),
+                         help="CA certificate(s) to verify the server with"
+                              + (" (implies --tls)." if identity != "jid" else ".")),
             click.option("--cert", type=click.Path(dir_okay=False), help="Client certificate (PEM)."),
             click.option("--key", type=click.Path(dir_okay=False), help="Client private key (PEM)."),
             click.option("--insecure", is_flag=True, default=False,
@@ -276,13 +294,17 @@ def connection_options(schemes: dict, default_scheme: str, tls: bool = True, ws:
         ]
 
     def build(**values):
+        values["url"] = values.pop(url_dest)
+        if not host_port:
+            values["host"] = default_host  # the URL's host replaces it
         return build_endpoint(click.get_current_context(), values, schemes, default_scheme)
 
     return bundle("endpoint", options, build)
 
 
-_PASSWORD_HELP = ("Password. Seen by every user in 'ps': prefer IOTCTL_<PROTO>_PASSWORD or a "
-                  "profile's password_env/password_cmd.")
+_PASSWORD_HELP = ("Password; '-P -' asks for it on the terminal. A password on the command line "
+                  "(-P or --url) is seen by every user in 'ps': prefer '-P -', IOTCTL_<PROTO>_PASSWORD "
+                  "or a profile's password_env/password_cmd.")
 
 
 # --------------------------------------------------------------------------- payload

@@ -1,4 +1,4 @@
-"""Shared payload input for every sending command (DESIGN.md, "Payload input").
+"""Shared payload input for every sending command (README, "Payload input").
 
 A `PayloadSource` is an iterator of `Outgoing` items. `-l/--lines` and `--replay`
 stream: nothing reads the whole input ahead of what has been sent.
@@ -110,8 +110,16 @@ def _lines(stream: IO[bytes], encode: str | None) -> Iterator[bytes]:
 
     lines = map(bytes.rstrip, stream, repeat(b"\n"))
     if encode:
-        return (codecs.encode(line, encode) for line in lines)
+        return _encoded_lines(lines, encode)
     return lines
+
+
+def _encoded_lines(lines: Iterator[bytes], encode: str) -> Iterator[bytes]:
+    for number, line in enumerate(lines, 1):
+        try:
+            yield codecs.encode(line, encode)
+        except UsageError as exc:
+            raise UsageError(f"stdin line {number}: {exc.what}", exc.why) from None
 
 
 def replay(path: str, speed: float | None = None) -> Iterator[Outgoing]:

@@ -1,4 +1,4 @@
-"""Profiles: one TOML file per profile, one table per protocol (DESIGN.md, "Profiles").
+"""Profiles: one TOML file per profile, one table per protocol (README, "Profiles").
 
     $IOTCTL_CONFIG_DIR/profiles/<name>.toml  (else $XDG_CONFIG_HOME/iotctl/..., else ~/.config/iotctl/...)
 
@@ -103,15 +103,19 @@ def load(name: str, missing_ok: bool = False) -> dict[str, Any]:
 
 
 def _warn_if_readable(path: Path) -> None:
+    from iotctl.settings import warn
+
     try:
         mode = path.stat().st_mode
+        folder_mode = path.parent.stat().st_mode
     except OSError:
         return
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        from iotctl.settings import warn
-
         warn(f"profile {path} can be read by others (mode {stat.S_IMODE(mode):o}); "
              f"run 'chmod 600 {path}'")
+    if folder_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        warn(f"the folder {path.parent} can be written by others (mode {stat.S_IMODE(folder_mode):o}): "
+             f"they could replace a profile; run 'chmod 700 {path.parent}'")
 
 
 def save(name: str, data: dict[str, Any]) -> Path:
@@ -171,17 +175,42 @@ def resolve_secret(table: dict[str, Any], key: str) -> str | None:
         return os.environ[env]
     cmd = table.get(f"{key}_cmd")
     if cmd:
-        import subprocess
-
-        try:
-            done = subprocess.run(cmd, shell=True, capture_output=True, text=True, timeout=30)
-        except subprocess.TimeoutExpired:
-            raise IotctlError(f"{key}_cmd {cmd!r}", "did not finish within 30 s") from None
-        if done.returncode != 0:
-            why = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
-            raise IotctlError(f"{key}_cmd {cmd!r} failed", why)
-        return done.stdout.rstrip("\n")
+        return _run_secret_command(key, cmd)
     return None
+
+
+def protocol_table(profile: dict[str, Any], protocol: str, path: Path) -> dict[str, Any]:
+    """The profile's [protocol] table (a copy); warns about tables no protocol has."""
+    from iotctl import registry
+
+    for key, value in profile.items():
+        if isinstance(value, dict) and key not in registry.names():
+            _warn_unknown(f"profile {path}: unknown table [{key}]", key, registry.names(), "[{}]")
+    table = profile.get(protocol)
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise UsageError(f"profile {path}", f"'{protocol}' must be a table ([{protocol}]), "
+                         f"not {type(table).__name__}")
+    return dict(table)
+
+
+def check_keys(table: dict[str, Any], known: Mapping[str, Any], protocol: str, path: Path) -> None:
+    """Warn about each key no option of the protocol has (a misspelt `pasword` would
+    otherwise connect without a password), naming the nearest valid one."""
+    for key in table:
+        base = key[:-4] if key.endswith(INDIRECT) else key
+        if base not in known:
+            _warn_unknown(f"profile {path}: [{protocol}] has no setting '{key}'", key, list(known), "'{}'")
+
+
+def _warn_unknown(text: str, key: str, choices, form: str) -> None:
+    import difflib
+
+    from iotctl.settings import warn
+
+    close = difflib.get_close_matches(key, list(choices), n=1, cutoff=0.6)
+    warn(text + (f"; did you mean {form.format(close[0])}?" if close else " (ignored)"))
 
 
 class ProfileSection(Mapping):
@@ -191,20 +220,24 @@ class ProfileSection(Mapping):
     the command (processed eagerly) is already known when defaults are resolved.
     """
 
-    def __init__(self, protocol: str, selected: Callable[[], str | None]):
+    def __init__(self, protocol: str, selected: Callable[[], str | None],
+                 known: Callable[[], Mapping[str, Any]] | None = None):
         self.protocol = protocol
         self.selected = selected  # the --profile given (read when first needed)
+        self.known = known  # the option names a table may hold (for warnings)
         self._data: dict[str, Any] | None = None
 
     def _table(self) -> dict[str, Any]:
         if self._data is None:
-            from iotctl.settings import current as settings
-
-            name = active_name(settings().profile)
+            selected = self.selected()
+            name = active_name(selected)
             table = {}
             if name:
-                profile = load(name, missing_ok=not settings().profile and not is_path(name))
-                table = dict(profile.get(self.protocol) or {})
+                path = path_for(name)
+                profile = load(name, missing_ok=not selected and not is_path(name))
+                table = protocol_table(profile, self.protocol, path)
+                if self.known is not None and table:
+                    check_keys(table, self.known(), self.protocol, path)
             for key in list(table):
                 for suffix in INDIRECT:
                     if key.endswith(suffix):
@@ -221,6 +254,31 @@ class ProfileSection(Mapping):
 
     def __len__(self) -> int:
         return len(self._table())
+
+
+SECRET_CMD_TIMEOUT = 30.0
+
+
+def _run_secret_command(key: str, cmd: str) -> str:
+    """The output of a `password_cmd`; one that hangs is killed with everything it started."""
+    import signal
+    import subprocess
+
+    proc = subprocess.Popen(cmd, shell=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=SECRET_CMD_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except OSError:
+            pass
+        proc.communicate()
+        raise IotctlError(f"{key}_cmd {cmd!r}", f"did not finish within {SECRET_CMD_TIMEOUT:g} s") from None
+    if proc.returncode != 0:
+        why = (err.strip().splitlines() or [f"exit status {proc.returncode}"])[-1]
+        raise IotctlError(f"{key}_cmd {cmd!r} failed", why)
+    return out.rstrip("\n")
 
 
 class _Lazy:

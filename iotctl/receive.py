@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from iotctl.errors import TimeoutError_, UsageError
+from iotctl.errors import OutputClosed, TimeoutError_, UsageError
 from iotctl.message import Message
 
 
@@ -51,9 +51,9 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
     how many messages were written. Raises TimeoutError_ (exit 5) when -W passes
     before --count (or, without --count, before anything) arrived."""
     if writer is None:
-        from iotctl.settings import current
+        from iotctl.output import run_writer
 
-        writer = current().writer()
+        writer = run_writer()
     saver = _saver(spec.save)
     count = spec.count
     n = 0
@@ -109,6 +109,12 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
                 return n
     except KeyboardInterrupt:
         return n
+    except BrokenPipeError:  # a write filled the buffer after stdout's reader went away
+        from iotctl.output.writers import _quiet_broken_pipe
+
+        _quiet_broken_pipe()
+        pending.clear()  # not acknowledged: nobody read them
+        raise OutputClosed() from None
     finally:
         try:
             flush()

@@ -10,14 +10,16 @@ from __future__ import annotations
 class Protocol:
     """name: the group's name and the profile table's; group: "module:attribute" of its
     click group; help: the line `iotctl --help` shows; header: the meta keys the pretty
-    header shows, in order; renderers: content type -> "module:function" that turns a
-    payload into a rich renderable (see output/renderers.py)."""
+    header shows, in order (a true boolean shows as its name); details: meta keys pretty
+    output shows only with -d; renderers: content type -> "module:function" that turns
+    a payload into a rich renderable (see output/renderers.py)."""
 
-    __slots__ = ("name", "group", "help", "header", "renderers")
+    __slots__ = ("name", "group", "help", "header", "details", "renderers")
 
     def __init__(self, name: str, group: str, help: str, header: tuple[str, ...] = (),
-                 renderers: dict[str, str] | None = None):
+                 details: tuple[str, ...] = (), renderers: dict[str, str] | None = None):
         self.name, self.group, self.help, self.header = name, group, help, header
+        self.details = details
         self.renderers = renderers or {}
 
 
@@ -27,16 +29,21 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              header=("qos", "retain")),
     Protocol("coap", "iotctl.protocols.coap.cli:group",
              "CoAP: get/put/post/delete/fetch/patch, observe, discover, serve a simulated device.",
-             header=("code",),
+             header=("code", "observe", "location"), details=("type", "mid", "token", "options"),
              renderers={"application/link-format": "iotctl.protocols.coap.linkformat:render"}),
+    Protocol("mqttsn", "iotctl.protocols.mqttsn.cli:group",
+             "MQTT-SN over UDP: publish, subscribe, a gateway to any MQTT broker, a packet dump.",
+             header=("qos", "retain", "topic_id", "topic_id_type")),
     Protocol("amqp", "iotctl.protocols.amqp.cli:group",
              "AMQP 0-9-1 (RabbitMQ): publish with confirms, consume, get, tap, declare, bind, request.",
-             header=("exchange", "routing_key", "redelivered")),
-    Protocol("stomp", "iotctl.protocols.stomp.cli:group", "STOMP: send, subscribe (not built yet).",
-             header=("destination",)),
+             header=("exchange", "routing_key", "redelivered"), details=("delivery_tag",)),
+    Protocol("stomp", "iotctl.protocols.stomp.cli:group",
+             "STOMP 1.0-1.2 (RabbitMQ, ActiveMQ): send with receipts, subscribe with acks.",
+             header=("subscription", "message-id")),
     Protocol("xmpp", "iotctl.protocols.xmpp.cli:group",
-             "XMPP: send, listen, presence, roster, ping, disco (not built yet).",
-             header=("type",)),
+             "XMPP: messages, presence, subscriptions, roster, blocking, ping, disco, version.",
+             header=("type", "subject", "thread", "delay", "presence", "show"),
+             renderers={"application/vnd.iotctl.table+json": "iotctl.protocols.xmpp.tables:render"}),
 )}
 
 
@@ -51,6 +58,11 @@ def get(name: str) -> Protocol | None:
 def header_keys(name: str) -> tuple[str, ...]:
     p = PROTOCOLS.get(name)
     return p.header if p is not None else ()
+
+
+def detail_keys(name: str) -> tuple[str, ...]:
+    p = PROTOCOLS.get(name)
+    return p.details if p is not None else ()
 
 
 def content_renderers() -> dict[str, str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 from typing import Hashable, Iterable, Iterator
 
-from iotctl.errors import IotctlError, PeerError, TimeoutError_
+from iotctl.errors import IotctlError, PeerError, TimeoutError_, UsageError
 from iotctl.payload import Outgoing, PayloadSpec
 
 
@@ -143,7 +143,7 @@ def run(sender: Sender, items: Iterable[Outgoing], what: str = "send", timeout: 
             refused_keys.clear()
             last_progress[0] = time.monotonic()
 
-    def drain(target: int) -> None:
+    def drain(target: int, limit: float = timeout) -> None:
         while True:
             settle()
             if len(inflight) <= target and not busy():
@@ -151,9 +151,9 @@ def run(sender: Sender, items: Iterable[Outgoing], what: str = "send", timeout: 
             if refused and target:
                 return
             idle = time.monotonic() - last_progress[0]
-            if idle > timeout:
-                raise TimeoutError_(what, f"{len(inflight)} message(s) not acknowledged within {timeout:g} s")
-            sender.pump(min(1.0, timeout - idle))
+            if idle > limit:
+                raise TimeoutError_(what, f"{len(inflight)} message(s) not acknowledged within {limit:g} s")
+            sender.pump(min(1.0, limit - idle))
 
     sent = 0
     out = None
@@ -177,6 +177,14 @@ def run(sender: Sender, items: Iterable[Outgoing], what: str = "send", timeout: 
         drain(0)
     except (IotctlError, KeyboardInterrupt) as exc:
         counts[0] = sent
+        if isinstance(exc, (UsageError, KeyboardInterrupt)) and inflight:
+            # the input failed or the user stopped, the connection is fine: collect the
+            # acknowledgements of what was sent (briefly) so the report is exact
+            try:
+                last_progress[0] = time.monotonic()
+                drain(0, min(timeout, 2.0))
+            except (IotctlError, KeyboardInterrupt):
+                pass
         settle()
         acknowledged = counts[1] if window else sent - len(inflight)
         unsent = [out] if out is not None else []

@@ -1,7 +1,7 @@
 """The run's settings (the global options) and its status and warning lines.
 
-The bottom of the shared layer: it imports nothing of iotctl but `output` lazily,
-so every other module (options, profiles, the drivers, protocol code) may use it.
+The bottom of the shared layer: it imports nothing of iotctl, so every other module
+(options, profiles, output, the drivers, protocol code) may use it.
 """
 
 from __future__ import annotations
@@ -19,11 +19,6 @@ class Settings:
         self.color: bool | None = None
         self.debug: bool = False
         self.quiet: bool = False
-
-    def writer(self, piped_default: str = "raw"):
-        from iotctl.output import make_writer
-
-        return make_writer(self.output, self.format, piped_default)
 
 
 _fallback = Settings()

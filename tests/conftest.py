@@ -23,6 +23,7 @@ import pytest
 from click.testing import CliRunner
 
 from iotctl.cli import run
+from tests.helpers import clean_env, tcp_answers
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS_DIR = Path(os.environ.get("IOTCTL_PEERS_DIR", "/var/tmp/iotctl-peers"))
@@ -40,8 +41,11 @@ PEERS = {
     "coap-server": ("127.0.0.1", 5783, "udp"),
     "coaps-server": ("127.0.0.1", 5785, "udp"),  # its DTLS port is 5786 (PSK iotctl / iotctl-psk)
     "rabbitmq": ("127.0.0.1", 5672, "tcp"),
+    "rabbitmq-stomp": ("127.0.0.1", 61613, "tcp"),
+    "activemq": ("127.0.0.1", 61614, "tcp"),  # STOMP; STOMP over TLS on 61615
+    "prosody": ("127.0.0.1", 5222, "tcp"),  # XMPP c2s (STARTTLS); direct TLS on 5223; domain localhost
 }
-SERVICE_OF = {"coap-server": "coap", "coaps-server": "coaps"}
+SERVICE_OF = {"coap-server": "coap", "coaps-server": "coaps", "rabbitmq-stomp": "rabbitmq-stomp"}
 
 
 @dataclass
@@ -95,11 +99,8 @@ def iotctl_proc():
 
     def invoke(*args: str, input: bytes | None = None, env: dict | None = None, timeout: float = 60,
                **kw) -> subprocess.CompletedProcess:
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("IOTCTL_") or k == "IOTCTL_CONFIG_DIR"}
-        full_env.update({"NO_COLOR": "1", "COLUMNS": "80"})
-        full_env.update(env or {})
         return subprocess.run([sys.executable, "-m", "iotctl", *map(str, args)], input=input,
-                              capture_output=True, env=full_env, timeout=timeout, **kw)
+                              capture_output=True, env=clean_env(**(env or {})), timeout=timeout, **kw)
 
     return invoke
 
@@ -107,11 +108,7 @@ def iotctl_proc():
 def _answers(host: str, port: int, transport: str) -> bool:
     if transport == "udp":
         return _coap_ping(host, port)
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
+    return tcp_answers(host, port)
 
 
 def _coap_ping(host: str, port: int) -> bool:

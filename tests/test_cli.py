@@ -1,8 +1,10 @@
 """The root command: help, version, global options in both places, errors, import boundary."""
 
 import json
+import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -12,7 +14,7 @@ from iotctl import __version__
 def test_help_lists_every_group(iotctl):
     r = iotctl("--help")
     assert r.exit_code == 0
-    for group in ("mqtt", "coap", "amqp", "stomp", "xmpp", "profile", "completion"):
+    for group in ("mqtt", "mqttsn", "coap", "amqp", "stomp", "xmpp", "profile", "completion"):
         assert f"\n  {group} " in r.stdout
     assert "Exit status" in r.stdout
 
@@ -76,6 +78,10 @@ def _modules_after(args):
 
 
 @pytest.mark.parametrize("args", [["--help"], ["--version"], ["mqtt", "--help"], ["mqtt", "publish", "--help"],
+                                  ["stomp", "--help"], ["stomp", "send", "--help"], ["stomp", "subscribe", "--help"],
+                                  ["mqttsn", "--help"], ["mqttsn", "publish", "--help"],
+                                  ["mqttsn", "gateway", "--help"],
+                                  ["xmpp", "--help"], ["xmpp", "send", "--help"],
                                   ["amqp", "--help"], ["amqp", "publish", "--help"]])
 def test_help_imports_no_protocol_library(args):
     code, mods = _modules_after(args)
@@ -97,6 +103,34 @@ def test_amqp_publish_imports_only_pika(peer):
     assert code == 0
     assert "pika" in mods
     assert not mods & {"paho", "aiocoap", "slixmpp", "stomp", "cbor2", "rich"}
+
+
+def test_stomp_send_imports_only_stomp(peer):
+    peer("activemq")
+    code, mods = _modules_after(["stomp", "send", "-p", "61614", "-u", "iotctl", "-P", "iotctl-secret",
+                                 "/queue/iotctl-test-imports", "-m", "x", "--no-receipt"])
+    assert code == 0
+    assert "stomp" in mods
+    assert not mods & {"paho", "aiocoap", "pika", "slixmpp", "cbor2", "rich"}
+
+
+def test_mqttsn_publish_imports_no_protocol_library():
+    """The MQTT-SN client is pure Python (its codec): only the gateway loads paho."""
+    from tests.helpers import free_port
+
+    code, mods = _modules_after(["mqttsn", "publish", "-q", "-1", "-T", "1", "-p", str(free_port()), "-m", "x"])
+    assert code == 0
+    assert not mods & set(HEAVY), sorted(mods & set(HEAVY))
+
+
+def test_xmpp_command_imports_only_slixmpp(peer):
+    peer("prosody")
+    ca = str(Path(os.environ.get("IOTCTL_PEERS_DIR", "/var/tmp/iotctl-peers")) / "certs" / "ca.crt")
+    code, mods = _modules_after(["xmpp", "unblock", "nobody@localhost", "--jid", "alice@localhost", "-P", "alice-pw",
+                                 "--server", "127.0.0.1:5222", "--cafile", ca])
+    assert code == 0
+    assert "slixmpp" in mods
+    assert not mods & {"paho", "aiocoap", "pika", "stomp", "cbor2", "rich"}
 
 
 def test_unreadable_profile_is_usage_error_traceback_only_with_debug(iotctl, tmp_path):
@@ -127,3 +161,52 @@ def test_unexpected_exception_is_one_line_exit_1_traceback_only_with_debug(iotct
     r = iotctl("--profile", "x", "mqtt", "pub", "-t", "x", "-m", "y", "-d")
     assert r.exit_code == 1
     assert "Traceback" in r.stderr and "RuntimeError: simulated bug" in r.stderr
+
+
+@pytest.mark.parametrize("typed,expected", [(["mqt"], "'mqtt'"), (["coap", "gte"], "'get'"),
+                                            (["profle"], "'profile'"), (["mqtt", "retaind"], "'retained'")])
+def test_misspelt_group_or_command_gets_did_you_mean(iotctl, typed, expected):
+    r = iotctl(*typed)
+    assert r.exit_code == 2
+    assert r.stderr.splitlines()[0] == f"iotctl: error: No such command '{typed[-1]}'. Did you mean {expected}?"
+
+
+def test_every_group_help_shows_examples(iotctl):
+    from iotctl.registry import names
+
+    for group in [*names(), "profile"]:
+        r = iotctl(group, "--help")
+        assert r.exit_code == 0
+        examples = [line for line in r.stdout.splitlines() if line.strip().startswith(f"iotctl {group} ")]
+        assert 2 <= len(examples) <= 6 or group in ("amqp", "stomp", "xmpp"), (group, r.stdout)
+
+
+def test_command_lists_are_not_cut_mid_sentence(iotctl):
+    for group in ("profile", "mqtt", "coap"):
+        r = iotctl(group, "--help")
+        listing = r.stdout.split("Commands:\n", 1)[1]
+        for line in listing.splitlines():
+            assert not line.rstrip().endswith(("e.g.", ",")), line
+
+
+def test_completion_names_the_supported_shells(iotctl):
+    r = iotctl("completion", "tcsh")
+    assert r.exit_code == 2
+    assert "'tcsh' is not one of 'bash', 'zsh', 'fish'" in r.stderr and "{bash|zsh|fish}" not in r.stderr
+
+
+def test_retained_list_filter_is_optional_in_usage(iotctl):
+    r = iotctl("mqtt", "retained", "list", "--help")
+    assert "[FILTER]" in r.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("template,why", [
+    ("{nope}", "unknown field {nope}"), ("{payload.__class__}", "attribute access"), ("{0}", "positional"),
+    ("{payload:>999999999}", "widths and precisions above 10000"), ("{payload:{size}}", "nested fields"),
+])
+def test_bad_template_is_usage_error_before_connecting(iotctl, template, why):
+    # port 1 refuses: a template checked only later would give exit 3 instead
+    for args in (["-F", template, "mqtt", "sub", "-t", "x", "-p", "1"], ["mqtt", "sub", "-t", "x", "-p", "1", "-F", template]):
+        r = iotctl(*args)
+        assert r.exit_code == 2, r
+        assert why in r.stderr and len(r.stderr.splitlines()) == 1

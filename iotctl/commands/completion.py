@@ -19,9 +19,9 @@ def completion_source(shell: str) -> str:
 
 
 @click.command(cls=Command)
-@click.argument("shell", type=click.Choice(SHELLS))
+@click.argument("shell", metavar="SHELL", type=click.Choice(SHELLS))
 def command(shell: str) -> None:
-    """Print the shell completion script for SHELL.
+    """Print the shell completion script for SHELL (bash, zsh or fish).
 
     \b
     bash: eval "$(iotctl completion bash)"    (or save it in ~/.local/share/bash-completion/completions/iotctl)

@@ -22,43 +22,46 @@ def _parse_assignment(text: str) -> tuple[str, str, object]:
         raise UsageError(f"bad setting {text!r}", "write PROTOCOL.KEY=VALUE, e.g. mqtt.port=8883")
     left, raw = text.split("=", 1)
     proto, key = left.split(".", 1)
-    _check_key(proto, key)
+    option = _check_key(proto, key)
     try:
         value = tomllib.loads(f"v = {raw}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw
+    if option is not None:
+        _check_value(proto, key, option, value)
     return proto, key, value
 
 
-def _check_key(proto: str, key: str) -> None:
+def _check_key(proto: str, key: str):
+    """The option a profile key sets (None for KEY_env/KEY_cmd); unknown keys are errors."""
     proto = proto.strip()
     if proto not in registry.names():
         raise UsageError(f"unknown protocol {proto!r}", f"choose from {', '.join(registry.names())}")
-    known = option_names(proto)
+    known = protocol_options(proto)
     base = key[:-4] if key.endswith(profiles.INDIRECT) else key
     if known and key not in known and base not in known:
         raise UsageError(f"unknown setting {proto}.{key}",
                          f"{proto} commands have no option --{key.replace('_', '-')}")
+    return known.get(key)
 
 
-def option_names(proto: str) -> set[str]:
-    """Every option name of a protocol's commands (importing only its cli module)."""
+def _check_value(proto: str, key: str, option: click.Option, value) -> None:
+    """A value the option would refuse is refused now, not when the profile is used."""
+    values = value if option.multiple and isinstance(value, list) else [value]
+    for item in values:
+        try:
+            option.type.convert(item, option, None)
+        except click.BadParameter as exc:
+            raise UsageError(f"bad value for {proto}.{key}", exc.format_message()) from None
+
+
+def protocol_options(proto: str) -> dict[str, click.Option]:
+    """Every option of a protocol's commands (importing only its cli module)."""
     from iotctl.cli import cli
+    from iotctl.groups import options_of
 
-    ctx = click.Context(cli)
-    group = cli.get_command(ctx, proto)
-    names: set[str] = set()
-
-    def walk(cmd):
-        for p in cmd.params:
-            if isinstance(p, click.Option) and not getattr(p, "iotctl_global", False) and p.name:
-                names.add(p.name)
-        for sub in getattr(cmd, "commands", {}).values():
-            walk(sub)
-
-    if group is not None:
-        walk(group)
-    return names
+    group = cli.get_command(click.Context(cli), proto)
+    return options_of(group) if group is not None else {}
 
 
 @click.group(cls=Group)
@@ -66,8 +69,13 @@ def group():
     """Manage connection profiles.
 
     A profile is a TOML file with one table per protocol; its keys are long option
-    names with '-' written '_'. Example: iotctl profile add lab mqtt.host=broker.lab
-    mqtt.port=8883 mqtt.tls=true mqtt.username=dev mqtt.password_env=LAB_PASSWORD
+    names with '-' written '_'. Command line and IOTCTL_<PROTO>_<OPTION> win over it.
+
+    \b
+    iotctl profile add lab mqtt.host=broker.lab mqtt.port=8883 mqtt.tls=true \\
+        mqtt.username=dev mqtt.password_env=LAB_PASSWORD
+    iotctl profile use lab
+    iotctl profile show lab
     """
 
 
@@ -101,7 +109,11 @@ def show(name, show_secrets):
 @click.argument("settings_", metavar="PROTOCOL.KEY=VALUE...", nargs=-1)
 @click.option("--force", is_flag=True, help="Replace a profile of that name.")
 def add(name, settings_, force):
-    """Create a profile, e.g. 'iotctl profile add lab mqtt.host=broker.lab mqtt.port=1884'."""
+    """Create a profile from PROTOCOL.KEY=VALUE settings.
+
+    \b
+    iotctl profile add lab mqtt.host=broker.lab mqtt.port=1884
+    """
     path = profiles.path_for(profiles.valid_name(name))
     if path.exists() and not force:
         raise UsageError(f"profile {name!r} exists", f"{path}; use 'profile set' or --force")

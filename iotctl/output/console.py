@@ -5,7 +5,6 @@ rich is imported only when a console is first asked for.
 
 from __future__ import annotations
 
-import os
 import sys
 
 _consoles: dict[str, object] = {}
@@ -19,25 +18,14 @@ def set_color(color: bool | None) -> None:
     _consoles.clear()
 
 
-def color_enabled(stream=None) -> bool:
-    if _color is not None:
-        return _color
-    if os.environ.get("NO_COLOR"):
-        return False
-    if os.environ.get("FORCE_COLOR"):
-        return True
-    stream = stream or sys.stdout
-    return bool(getattr(stream, "isatty", lambda: False)())
-
-
 def _make(name: str):
+    """rich decides colour itself (a terminal, NO_COLOR, FORCE_COLOR); --color/--no-color
+    override it."""
     from rich.console import Console
 
     stream = sys.stdout if name == "stdout" else sys.stderr
-    color = color_enabled(stream)
-    return Console(file=stream, force_terminal=color if _color is not None or color else None,
-                   no_color=not color, highlight=False, soft_wrap=name == "stdout",
-                   stderr=name == "stderr")
+    return Console(file=stream, force_terminal=_color, no_color=True if _color is False else None,
+                   highlight=False, soft_wrap=name == "stdout", stderr=name == "stderr")
 
 
 def stdout():

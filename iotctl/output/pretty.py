@@ -5,44 +5,82 @@ each protocol's registry entry names), then the payload rendered by its content 
 from __future__ import annotations
 
 from iotctl.message import Message
-from iotctl.output import Writer
+from iotctl.output.writers import Writer
 from iotctl.output import console
-from iotctl.registry import header_keys
+from iotctl.registry import detail_keys, header_keys
 
 
 
 class PrettyWriter(Writer):
+    """A header line cut to the terminal's width (never wrapped), the protocol's other
+    metadata one line each (its low-value details only with -d), then the payload; a
+    blank line between messages, so they stay apart without colour."""
+
     def __init__(self, out):
         super().__init__(out)
+        from iotctl.settings import current
+
         self.console = console.stdout()
+        self.debug = current().debug
+        self.first = True
 
     def write(self, msg: Message) -> None:
         from rich.text import Text
 
-        header = Text()
-        header.append(msg.iso_ts[11:23], style="dim")
+        keys = header_keys(msg.protocol)
+        hidden = () if self.debug else detail_keys(msg.protocol)
+        tail = Text()
+        for key in keys:
+            value = msg.meta.get(key)
+            if value is True:
+                tail.append(f" {key}", style="yellow")
+            elif value is not None and value is not False and value != "":  # qos=0 is shown
+                tail.append(f" {key}=", style="dim")
+                tail.append(str(value), style="yellow")
+        if msg.content_type:
+            tail.append(" ct=", style="dim")
+            tail.append(msg.content_type, style="yellow")
+        tail.append(f" ({len(msg.payload)} B)", style="dim")
+        width = max(20, self.console.width)
+        clock = _clock(msg.ts)
+        head = f"{clock} {msg.protocol} "
+        # the address gives way first (its middle), then the end of the line
+        address = _shorten(msg.address, max(16, width - len(head) - len(tail)))
+        header = Text(no_wrap=True, overflow="ellipsis")
+        header.append(clock, style="dim")
         header.append(" ")
         header.append(msg.protocol, style="magenta")
         header.append(" ")
-        header.append(msg.address, style="bold cyan")
-        keys = header_keys(msg.protocol)
-        for key in keys:
-            value = msg.meta.get(key)
-            if value is not None and value is not False and value != "":  # qos=0 is shown
-                header.append(f" {key}=", style="dim")
-                header.append(str(value), style="yellow")
-        if msg.content_type:
-            header.append(" ct=", style="dim")
-            header.append(msg.content_type, style="yellow")
-        header.append(f" ({len(msg.payload)} B)", style="dim")
-        self.console.print(header)
-        extra = {k: v for k, v in msg.meta.items() if k not in keys and v not in (None, {}, [], "")}
-        for key, value in extra.items():
-            self.console.print(Text.assemble(("  " + key + ": ", "dim"), _short(value)))
+        header.append(address, style="bold cyan")
+        header.append_text(tail)
+        header.truncate(width, overflow="ellipsis")
+        if not self.first:
+            self.console.print()
+        self.first = False
+        self.console.print(header, no_wrap=True, overflow="ellipsis", crop=True)
+        for key, value in msg.meta.items():
+            if key in keys or key in hidden or value in (None, {}, [], ""):
+                continue
+            line = Text.assemble(("  " + key + ": ", "dim"), _short(value))
+            self.console.print(line)
         self.console.print(render_payload(msg.payload, msg.content_type))
 
     def flush(self) -> None:
         self.console.file.flush()
+
+
+def _clock(ts: float) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%H:%M:%S.%f")[:12]
+
+
+def _shorten(text: str, room: int) -> str:
+    """`text` cut in the middle to `room` characters when it is longer."""
+    if len(text) <= room:
+        return text
+    keep = room - 1
+    return text[: keep - keep // 2] + "…" + text[len(text) - keep // 2:]
 
 
 def _short(value) -> str:

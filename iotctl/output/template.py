@@ -78,7 +78,26 @@ def unescape(template: str) -> str:
     return "".join(out)
 
 
+MAX_WIDTH = 10000  # a wider field is a mistake, not a layout (and could fill memory)
+
+
+def _check_spec(field: str, spec: str) -> None:
+    """Refuse nested fields and absurd widths or precisions in a format spec."""
+    import re
+
+    if "{" in spec or "}" in spec:
+        raise UsageError("--format", f"nested fields are not allowed in {{{field}:{spec}}}")
+    for number in re.findall(r"\d+", spec):
+        if int(number) > MAX_WIDTH:
+            raise UsageError("--format", f"{{{field}:{spec}}}: widths and precisions above {MAX_WIDTH} "
+                             "are not allowed")
+
+
 class Template:
+    """A --format template, checked completely when it is made: unknown fields,
+    attribute access, positional fields, bad conversions and absurd widths are
+    usage errors before anything connects."""
+
     def __init__(self, template: str):
         self.template = unescape(template)
         self.formatter = SafeFormatter()
@@ -86,9 +105,23 @@ class Template:
             parsed = list(self.formatter.parse(self.template))
         except ValueError as exc:
             raise UsageError("--format", str(exc)) from None
-        for _, name, _, _ in parsed:
-            if name is not None:
-                _split(name)
+        for _, name, spec, conversion in parsed:
+            if name is None:
+                continue
+            first, rest = _split(name)
+            if first not in FIELDS:
+                raise UsageError("--format", f"unknown field {{{first}}}; fields are {', '.join(FIELDS)}")
+            if any(is_attr for is_attr, _ in rest):
+                raise UsageError("--format", f"attribute access is not allowed in {{{name}}}")
+            if conversion not in (None, "s", "r"):
+                raise UsageError("--format", f"unknown conversion !{conversion} in {{{name}}}")
+            _check_spec(name, spec or "")
+        try:  # a spec that does not fit its value type (e.g. {size:q}) fails here, not later
+            self.render({f: "" for f in FIELDS} | {"size": 0, "meta": {}})
+        except UsageError:
+            raise
+        except (ValueError, TypeError, KeyError, IndexError) as exc:
+            raise UsageError("--format", str(exc)) from None
 
     def render(self, fields: dict[str, Any]) -> str:
         return self.formatter.vformat(self.template, (), fields)

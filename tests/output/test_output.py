@@ -112,7 +112,7 @@ def test_pretty_shows_header_and_pretty_json(capsys):
 def test_pretty_binary_is_hexdump(capsys):
     out = pretty(BIN, capsys)
     assert "00000000  fa fb fc fd fe ff 00" in out
-    assert "qos=0 retain=True" in out  # QoS 0 is still shown
+    assert "qos=0 retain (" in out  # QoS 0 is still shown; a true flag shows as its name
 
 
 def test_pretty_cbor_as_json(capsys):
@@ -137,3 +137,37 @@ def test_envelope_round_trip(payload, address, protocol, ct):
     back = Message.from_envelope(json.loads(json.dumps(msg.to_envelope())))
     assert (back.payload, back.address, back.protocol, back.content_type, back.meta, back.ts) == \
         (payload, address, protocol, ct, {"qos": 0}, 1234.5)
+
+
+def test_pretty_header_fits_80_columns_and_details_need_debug(capsys, monkeypatch):
+    from iotctl import settings
+
+    monkeypatch.setenv("COLUMNS", "80")
+    msg = Message("coap", "coap://[2001:db8::1]:5683/sensors/a-rather-long/resource/path/temperature",
+                  b"21.4", "text/plain; charset=utf-8",
+                  {"code": "2.05 Content", "type": "ACK", "mid": 4711, "token": "a1b2",
+                   "options": {"Content-Format": 0}}, ts=0.0)
+    out = pretty(msg, capsys)
+    lines = out.splitlines()
+    assert len(lines[0]) <= 80 and lines[0].startswith("00:00:00.000 coap coap://["), lines
+    assert "…" in lines[0] and "code=2.05 Content" in lines[0], lines
+    assert lines[1:] == ["21.4"]  # mid, token, type and options only with -d
+    monkeypatch.setattr(settings._fallback, "debug", True)
+    out = pretty(msg, capsys)
+    assert "mid: 4711" in out and "token: a1b2" in out
+
+
+def test_pretty_messages_are_separated_without_colour(capsys):
+    from iotctl.output import console
+
+    console.set_color(False)
+    try:
+        writer = make_writer("pretty")
+        writer.write(Message("mqtt", "a", b"one", None, {"qos": 0, "retain": False}, ts=0.0))
+        writer.write(Message("mqtt", "b", b"two", None, {"qos": 1, "retain": True}, ts=0.0))
+        writer.flush()
+    finally:
+        console.set_color(None)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == "one" and lines[2] == "" and lines[4] == "two"
+    assert lines[0].endswith("a qos=0 (3 B)") and lines[3].endswith("b qos=1 retain (3 B)")

@@ -23,6 +23,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import clean_env
+
 LIBCOAP_CLIENT = "coap-client-notls"
 
 
@@ -52,9 +54,7 @@ def _ping(port: int) -> bool:
 
 
 def _env() -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("IOTCTL_")}
-    env.update({"NO_COLOR": "1", "COLUMNS": "80"})
-    return env
+    return clean_env()
 
 
 class Device:
@@ -611,7 +611,17 @@ def test_psk_needs_coaps_and_both_halves(iotctl):
 COAPS = "coaps://127.0.0.1:5786"
 
 
-def test_dtls_psk_against_libcoap(iotctl, peer):
+@pytest.fixture
+def dtls_extra():
+    """The DTLS tests need the `dtls` extra (DTLSSocket, built from source); say so plainly."""
+    import importlib.util
+
+    if importlib.util.find_spec("DTLSSocket") is None:
+        pytest.fail("the 'dtls' extra is not installed (DTLSSocket is missing): "
+                    "pip install -e '.[dtls]' (scripts/test installs it)", pytrace=False)
+
+
+def test_dtls_psk_against_libcoap(iotctl, peer, dtls_extra):
     """DTLS with a pre-shared key, against libcoap's coap-server-openssl (scripts/services up coaps)."""
     peer("coaps-server")
     r = iotctl("coap", "get", f"{COAPS}/time", "--psk-identity", "iotctl", "--psk", "iotctl-psk", "-W", "5")
@@ -625,7 +635,7 @@ def test_dtls_psk_against_libcoap(iotctl, peer):
     assert r.exit_code == 0, r
 
 
-def test_dtls_wrong_psk_fails_in_bounded_time(iotctl, peer):
+def test_dtls_wrong_psk_fails_in_bounded_time(iotctl, peer, dtls_extra):
     peer("coaps-server")
     started = time.monotonic()
     r = iotctl("coap", "get", f"{COAPS}/time", "--psk-identity", "iotctl", "--psk", "wrong", "-W", "2")

@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from tests.helpers import clean_env, wait_until
+
 PRIVATE = ("-h", "127.0.0.1", "-p", "11883")
 
 
@@ -24,14 +26,15 @@ class Subscriber:
     """`iotctl mqtt sub ...` as a subprocess, returned once it is subscribed."""
 
     def __init__(self, args, env=None):
-        full_env = {k: v for k, v in os.environ.items() if not k.startswith("IOTCTL_") or k == "IOTCTL_CONFIG_DIR"}
-        full_env.update({"NO_COLOR": "1", **(env or {})})
         self.proc = subprocess.Popen([sys.executable, "-m", "iotctl", "mqtt", "sub", *args],
-                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=full_env)
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(**(env or {})))
         self.err_lines: list[bytes] = []
+        self.out = bytearray()
         self.ready = threading.Event()
         self._reader = threading.Thread(target=self._drain, daemon=True)
         self._reader.start()
+        self._out_reader = threading.Thread(target=self._read_out, daemon=True)
+        self._out_reader.start()
         if not self.ready.wait(15):
             self.proc.kill()
             raise AssertionError(f"subscriber never subscribed: {b''.join(self.err_lines)!r}")
@@ -43,11 +46,18 @@ class Subscriber:
                 self.ready.set()
         self.ready.set()
 
+    def _read_out(self):
+        while chunk := self.proc.stdout.read1(65536):
+            self.out += chunk
+
+    def wait_output(self, expected: bytes, timeout=10):
+        wait_until(lambda: expected in self.out, timeout, f"{expected!r} printed by the subscriber")
+
     def finish(self, timeout=30):
-        out = self.proc.stdout.read()
         self.proc.wait(timeout)
+        self._out_reader.join(5)
         self._reader.join(5)
-        return self.proc.returncode, out, b"".join(self.err_lines).decode()
+        return self.proc.returncode, bytes(self.out), b"".join(self.err_lines).decode()
 
     def interrupt(self):
         self.proc.send_signal(signal.SIGINT)
@@ -185,14 +195,19 @@ def mosquitto_clients():
 
 
 def test_iotctl_to_mosquitto_sub(iotctl, broker, topic, mosquitto_clients):
-    proc = subprocess.Popen(["mosquitto_sub", "-p", "11883", "-t", topic, "-C", "2", "-W", "10", "-v", "-q", "1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(0.5)
+    proc = subprocess.Popen(["stdbuf", "-oL", "mosquitto_sub", "-d", "-p", "11883", "-t", topic, "-C", "2", "-W", "10", "-v",
+                             "-q", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    lines = []
+    for line in proc.stdout:  # -d: the debug lines say when the subscription is in place
+        lines.append(line)
+        if b"received SUBACK" in line:
+            break
     pub(iotctl, topic, "-m", "hello", "-q", "1")
     pub(iotctl, topic, "-m", "ünïcode", "-q", "2")
     out, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
-    assert out.decode().splitlines() == [f"{topic} hello", f"{topic} ünïcode"]
+    printed = [line for line in out.decode().splitlines() if not line.startswith(("Client ", "Subscribed ("))]
+    assert printed == [f"{topic} hello", f"{topic} ünïcode"]
 
 
 def test_mosquitto_pub_to_iotctl(broker, topic, mosquitto_clients):
@@ -291,7 +306,7 @@ def test_will_message_on_abnormal_disconnect(broker, topic):
 def test_ctrl_c_ends_subscribe_successfully(iotctl, broker, topic):
     sub = Subscriber([*PRIVATE, "-t", topic])
     pub(iotctl, topic, "-m", "one")
-    time.sleep(0.5)
+    sub.wait_output(b"one\n")
     code, out, err = sub.interrupt()
     assert code == 0, err
     assert out == b"one\n" and "Traceback" not in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 import click
 
 from iotctl.groups import ProtocolGroup
+from iotctl.output import JsonWriter, run_writer
 from iotctl.settings import current as settings, status
 from iotctl.errors import UsageError
 from iotctl.options import bundle, payload_options, receive_options, shared_factory
@@ -31,7 +32,7 @@ def group():
     -O option, --non, -C count, -W timeout.
 
     \b
-    iotctl coap serve &
+    iotctl coap serve --background
     iotctl coap get coap://127.0.0.1/sensors/temperature -A json
     iotctl coap observe coap://127.0.0.1/time -C 3
     iotctl coap discover coap://127.0.0.1 --rt 'temperature*'
@@ -165,6 +166,8 @@ def _write(messages, writer) -> int:
     n = 0
     for msg in messages:
         n += 1
+        if msg.meta.get("location"):
+            status(f"{msg.meta.get('code')}: {msg.meta['location']}")
         if not msg.payload and isinstance(writer, (RawWriter, HexWriter)):
             status(f"{msg.address}: {msg.meta.get('code')}", tty_only=True)
             continue
@@ -205,7 +208,9 @@ def _method_command(method: str):
     doc = (f"{METHOD_HELP[method]}\n\n"
            "Prints the payload (raw when piped; rendered by content format on a terminal; "
            "-o json for the envelope with the code and options in meta). A 4.xx/5.xx "
-           "response exits 6 with the code and diagnostic payload on stderr."
+           "response exits 6 with the code and diagnostic payload on stderr (with -o json or "
+           "jsonl its envelope is printed on stdout too). A created resource's Location-Path "
+           "is shown on stderr and in meta.location."
            + (" With -l, each line of stdin is sent as its own request." if has_payload else "")
            + "\n\n\b\n" + EXAMPLES[method])
 
@@ -221,12 +226,13 @@ def _method_command(method: str):
                 data = payload.read_one()
         from iotctl.protocols.coap import client
 
-        writer = settings().writer(piped_default="raw")
+        writer = run_writer(piped_default="raw")
         if payload is not None and payload.streaming:
             specs = (_spec(method, uri, req, security, out.payload) for out in payload.iter())
         else:
             specs = iter([_spec(method, uri, req, security, data)])
-        _write(client.request_all(specs), writer)
+        # with -o json/jsonl a 4.xx/5.xx response is printed too (the exit status still says 6)
+        _write(client.request_all(specs, yield_errors=isinstance(writer, JsonWriter)), writer)
 
     f = body
     if has_payload:
@@ -369,7 +375,7 @@ def _write_links(responses, rt, if_) -> None:
 
     s = settings()
     mode = resolve_mode(s.output, s.format, "raw")
-    writer = s.writer(piped_default="raw")
+    writer = run_writer(piped_default="raw")
     for resp in responses:
         try:
             links = parse_links(resp.payload.decode("utf-8"))
@@ -406,7 +412,9 @@ def _write_links(responses, rt, if_) -> None:
               help="How often the simulated sensors change (and observers are notified).")
 @click.option("--large-size", type=click.IntRange(1, 16 * 1024 * 1024), default=4096, show_default=True,
               metavar="BYTES", help="Size of /large, the resource that needs block-wise transfer.")
-def serve(bind, port, tcp, dir, interval, large_size):
+@click.option("--background", is_flag=True, default=False,
+              help="Return once the device listens, leaving it running (its pid is printed).")
+def serve(bind, port, tcp, dir, interval, large_size, background):
     """Run a simulated CoAP device until Ctrl-C.
 
     \b
@@ -420,13 +428,21 @@ def serve(bind, port, tcp, dir, interval, large_size):
     /files/...             the files of --dir, read-only
     /.well-known/core      all of the above with rt, if, ct, obs, title
 
-    One line per request is logged on stderr (--quiet turns it off).
+    One line per request is logged on stderr (--quiet turns it off). --background
+    returns as soon as the device listens, so the next command can use it at once.
 
     \b
-    iotctl coap serve &
+    iotctl coap serve --background
     iotctl coap get coap://127.0.0.1/sensors/temperature
     iotctl coap observe coap://127.0.0.1/time -C 3
     """
+    if background:
+        from iotctl import background as bg
+
+        pid = bg.start("coap serve")
+        click.echo(pid)
+        status(f"the simulated device runs in the background (pid {pid}); stop it with: kill {pid}")
+        return
     from iotctl.protocols.coap import server
 
     s = settings()

@@ -195,6 +195,9 @@ def to_message(resp, address: str, observe: bool = False) -> Message:
     if resp.mid is not None:
         meta["mid"] = resp.mid
     meta["token"] = resp.token.hex() if resp.token else ""
+    if resp.opt.location_path or resp.opt.location_query:
+        meta["location"] = "/" + "/".join(resp.opt.location_path) + (
+            "?" + "&".join(resp.opt.location_query) if resp.opt.location_query else "")
     ct = resp.opt.content_format
     ct_num = int(ct) if ct is not None else None
     return Message("coap", address, bytes(resp.payload), formats.content_format_name(ct_num), meta)
@@ -235,8 +238,6 @@ def map_error(exc: BaseException, what: str, timeout: float | None = None) -> Io
         return from_os_error(what, cause)  # refused (ICMP port unreachable), TLS, ...
     if isinstance(exc, coap_error.NetworkError):
         return ConnectError(what, str(exc.__cause__ or exc))
-    if isinstance(exc, coap_error.Error):
-        return IotctlError(what, f"{type(exc).__name__}: {exc}")
     return IotctlError(what, f"{type(exc).__name__}: {exc}")
 
 
@@ -251,10 +252,11 @@ def _requester(ctx, spec: RequestSpec):
 # --------------------------------------------------------------------------- plain requests
 
 
-def request_all(specs: Iterator[RequestSpec]) -> Iterator[Message]:
+def request_all(specs: Iterator[RequestSpec], yield_errors: bool = False) -> Iterator[Message]:
     """Send each request in turn (one context for all) and yield each response.
 
-    Raises PeerError on the first 4.xx/5.xx, TimeoutError_ when one gets no answer."""
+    Raises PeerError on the first 4.xx/5.xx (after yielding it, with `yield_errors`),
+    TimeoutError_ when one gets no answer."""
     bridge = Bridge()
     ctx = None
     try:
@@ -262,7 +264,9 @@ def request_all(specs: Iterator[RequestSpec]) -> Iterator[Message]:
             if ctx is None:
                 ctx = bridge.run(_context(spec.proxy or spec.uri, spec.security))
             resp = bridge.run(_one(ctx, spec))
-            yield to_message(resp, spec.uri)
+            if yield_errors or resp.code.is_successful():
+                yield to_message(resp, spec.uri)
+            check_response(resp, spec.what)
     finally:
         bridge.close(*([ctx.shutdown] if ctx is not None else []))
 
@@ -274,7 +278,6 @@ async def _one(ctx, spec: RequestSpec):
             resp = await _requester(ctx, spec).request(msg).response
     except Exception as exc:
         raise map_error(exc, spec.what, spec.timeout) from None
-    check_response(resp, spec.what)
     return resp
 
 

@@ -30,6 +30,7 @@ import aiocoap
 from aiocoap import error, resource
 from aiocoap.numbers.codes import Code
 
+from iotctl import background
 from iotctl.errors import IotctlError
 from iotctl.protocols.coap.linkformat import filter_links, format_links
 
@@ -533,6 +534,7 @@ async def _run(cfg: ServeConfig) -> None:
                          f"(GET /.well-known/core lists the resources); Ctrl-C stops\n")
         sys.stderr.flush()
     ticker = asyncio.create_task(device.tick())
+    background.ready()
     try:
         await stop.wait()
     finally:

@@ -10,6 +10,7 @@ import time
 import click
 
 from iotctl.groups import ProtocolGroup
+from iotctl.output import run_writer
 from iotctl.settings import current as settings, status
 from iotctl.endpoint import Scheme
 from iotctl.errors import UsageError
@@ -32,7 +33,13 @@ def group():
 
     Flags follow mosquitto_pub/mosquitto_sub: -h host, -p port, -t topic, -m message,
     -q QoS, -r retain, -C count, -W timeout, -u/-P user/password, -i client id,
-    -V protocol version.
+    -V protocol version; in subscribe, -v prints 'topic payload' (-d is the trace).
+
+    \b
+    iotctl mqtt pub -t sensors/t1 -m 21.5 -q 1
+    iotctl mqtt sub -t 'sensors/#' -v
+    iotctl mqtt sub -t 'test/out' -C 3 -W 10 -o jsonl
+    iotctl mqtt retained list 'devices/#'
     """
 
 
@@ -206,6 +213,8 @@ def subscribe(cfg, topics, qoss, no_retained, retained_only, filter_out, no_loca
         _require_v5(cfg, "--no-local/--retain-as-published/--retain-handling")
     if no_retained and retained_only:
         raise UsageError("-R and --retained-only", "contradict each other")
+    if receive.timeout is not None:  # -W bounds the whole run, the connection included
+        cfg.connect_timeout = min(cfg.connect_timeout, receive.timeout)
     subs = [Subscription(t, (qoss[i] if i < len(qoss) else (qoss[-1] if qoss else 0)), no_local,
                          retain_as_published, retain_handling) for i, t in enumerate(topics)]
     manual_ack = any(sub.qos for sub in subs)
@@ -329,7 +338,7 @@ def retained_list(cfg, topic_filter, timeout):
     from iotctl.protocols.mqtt.client import Session
 
     validate_filter(topic_filter)
-    writer = settings().writer(piped_default="text")
+    writer = run_writer(piped_default="text")
     with Session(cfg) as session:
         writer.write_all(_collect_retained(session, topic_filter, timeout))
 

@@ -246,6 +246,23 @@ class Session:
         self.close()
 
     def connect(self) -> None:
+        cfg = self.cfg
+        what = self.begin_connect()
+        deadline = time.monotonic() + cfg.connect_timeout
+        while self.connack is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError_(what, f"no CONNACK within {cfg.connect_timeout:g} s")
+            # a refusing CONNACK also ends the connection: look at it before the loss
+            if not self._pump(deadline - time.monotonic()) and self.connack is None:
+                raise self._lost(what)
+        error = self.connack_error()
+        if error is not None:
+            raise error
+
+    def begin_connect(self) -> str:
+        """Open the connection and send CONNECT without waiting for the CONNACK (for a
+        caller driving many sessions from one loop: `fileno`/`step`, then
+        `connack_error()` once `connack` is set). Returns the 'cannot connect' text."""
         cfg, ep = self.cfg, self.cfg.endpoint
         what = f"cannot connect to {ep.display}"
         props = None
@@ -271,22 +288,25 @@ class Session:
             if type(exc).__name__ == "WebsocketConnectionError":
                 raise ConnectError(what, f"websocket handshake failed: {exc}") from None
             raise from_os_error(what, exc) from None
-        deadline = time.monotonic() + cfg.connect_timeout
-        while self.connack is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError_(what, f"no CONNACK within {cfg.connect_timeout:g} s")
-            # a refusing CONNACK also ends the connection: look at it before the loss
-            if not self._pump(deadline - time.monotonic()) and self.connack is None:
-                raise self._lost(what)
+        return what
+
+    def connack_error(self) -> IotctlError | None:
+        """After the CONNACK: the error when the broker refused, else None."""
+        what = f"cannot connect to {self.cfg.endpoint.display}"
         if not self.cfg.debug:
             # paho logs every packet; past the handshake only --debug wants that
             self.client.disable_logger()
         reason = self.connack[0]
         if reason.is_failure:
             if reason.value in AUTH_REASONS:
-                raise AuthError(what, f"broker refused the login: {reason}",
-                                hint="check -u/--username and -P/--password (or the profile's password)")
-            raise PeerError(what, f"broker refused the connection: {reason}")
+                return AuthError(what, f"broker refused the login: {reason}",
+                                 hint="check -u/--username and -P/--password (or the profile's password)")
+            return PeerError(what, f"broker refused the connection: {reason}")
+        return None
+
+    def lost(self, what: str) -> IotctlError:
+        """The error for a connection that is gone (why, as far as it is known)."""
+        return self._lost(what)
 
     def _lost(self, what: str) -> IotctlError:
         reason = self.disconnect_reason
@@ -319,6 +339,95 @@ class Session:
             pass
         self._log.removeHandler(self._errors)
 
+    def abort(self) -> None:
+        """Drop the connection without DISCONNECT, as a lost client would (the broker
+        then publishes the will)."""
+        try:
+            sock = self.client.socket()
+            if sock is not None:
+                sock.close()
+        except Exception:
+            pass
+        self.connected = False
+        self._log.removeHandler(self._errors)
+
+    # ------------------------------------------------------------------ driven from a caller's loop
+    # (a gateway with one session per client: select over every fileno(), then step())
+
+    def fileno(self) -> int | None:
+        sock = self.client.socket()
+        return sock.fileno() if sock is not None else None
+
+    def want_write(self) -> bool:
+        return self.client.want_write()
+
+    def step(self, readable: bool, writable: bool) -> bool:
+        """Read, write and do housekeeping once the caller's select says so; False when
+        the connection is gone."""
+        client = self.client
+        sock = client.socket()
+        if sock is None:
+            return False
+        if readable or (hasattr(sock, "pending") and sock.pending()):
+            if not self._read_burst():
+                return False
+        if writable or client.want_write():
+            if client.loop_write() not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+                return False
+        if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return False
+        return client.socket() is not None
+
+    def publish(self, topic: str, payload: bytes, qos: int = 0, retain: bool = False) -> int | None:
+        """Queue one PUBLISH; returns its message id for QoS 1/2 (it shows up in
+        `take_acked()` once the broker acknowledged it), None for QoS 0."""
+        if qos and self.client.on_publish is None:
+            self.client.on_publish = self._on_publish
+        try:
+            info = self.client.publish(topic, payload, qos, retain)
+        except ValueError as exc:
+            raise UsageError(f"cannot publish to {topic!r}", str(exc)) from None
+        if info.rc > 0:
+            raise self._lost("publish")
+        return info.mid if qos else None
+
+    def take_acked(self) -> set[int]:
+        """Message ids the broker acknowledged since the last call (see publish)."""
+        acked = set(self._acked)
+        self._acked.clear()
+        return acked
+
+    def take(self) -> list[Message]:
+        """The messages received since the last call."""
+        return self._take()
+
+    def subscribe_request(self, subs: list[Subscription]) -> int:
+        """Send SUBSCRIBE without waiting; `suback(mid)` has the granted QoS (or a
+        reason code >= 0x80) per filter once it came."""
+        if self.v5:
+            topics = [(s.topic_filter, SubscribeOptions(qos=s.qos, noLocal=s.no_local,
+                                                        retainAsPublished=s.retain_as_published,
+                                                        retainHandling=s.retain_handling))
+                      for s in subs]
+        else:
+            topics = [(s.topic_filter, s.qos) for s in subs]
+        try:
+            rc, mid = self.client.subscribe(topics)
+        except ValueError as exc:
+            raise UsageError("cannot subscribe", str(exc)) from None
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise self._lost("subscribe")
+        return mid
+
+    def suback(self, mid: int) -> list[int] | None:
+        codes = self._suback.pop(mid, None)
+        if codes is None:
+            return None
+        return [code.value if hasattr(code, "value") else int(code) for code in codes]
+
+    def unsubscribe(self, topic_filter: str) -> None:
+        self.client.unsubscribe(topic_filter)
+
     # ------------------------------------------------------------------ the loop
 
     def _pump(self, timeout: float) -> bool:
@@ -340,15 +449,7 @@ class Session:
             except (ValueError, OSError):
                 return False
             readable, writable = bool(r), bool(w)
-        if readable:
-            if not self._read_burst():
-                return False
-        if writable or client.want_write():
-            if client.loop_write() not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
-                return False
-        if client.loop_misc() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            return False
-        return client.socket() is not None
+        return self.step(readable, writable)
 
     def _read_burst(self, limit: int = 2000) -> bool:
         """Read packets until the socket has no more (paho's loop_read reads only one
@@ -379,19 +480,7 @@ class Session:
     # ------------------------------------------------------------------ subscribing
 
     def subscribe(self, subs: list[Subscription], timeout: float) -> None:
-        if self.v5:
-            topics = [(s.topic_filter, SubscribeOptions(qos=s.qos, noLocal=s.no_local,
-                                                        retainAsPublished=s.retain_as_published,
-                                                        retainHandling=s.retain_handling))
-                      for s in subs]
-        else:
-            topics = [(s.topic_filter, s.qos) for s in subs]
-        try:
-            rc, mid = self.client.subscribe(topics)
-        except ValueError as exc:
-            raise UsageError("cannot subscribe", str(exc)) from None
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise self._lost("subscribe")
+        mid = self.subscribe_request(subs)
         deadline = time.monotonic() + timeout
         while mid not in self._suback:
             if time.monotonic() > deadline:

@@ -1,10 +1,596 @@
-"""The `xmpp` group: not built yet; it exists so the command tree is complete."""
+"""The `xmpp` group: send, listen, presence, subscription, roster, block, unblock,
+blocklist, ping, disco, version.
+
+Only option parsing lives here; slixmpp is imported by client.py, inside the commands.
+"""
+
+from __future__ import annotations
 
 import click
 
+from iotctl.endpoint import Scheme
+from iotctl.errors import TimeoutError_, UsageError
 from iotctl.groups import ProtocolGroup
+from iotctl.options import (bundle, connection_options, payload_options, receive_options, send_options,
+                            timeout_option)
+from iotctl.settings import current as settings, status
+
+# STARTTLS on 5222 always (tls=True: --cafile/--cert/--insecure apply); --direct-tls: 5223
+SCHEMES = {"xmpp": Scheme(tls=True, ws=False, port=5222)}
+DIRECT_TLS_PORT = 5223
 
 
 @click.group(cls=ProtocolGroup, protocol="xmpp")
 def group():
-    """XMPP commands (not built yet)."""
+    """XMPP: messages, presence, subscriptions, the contact list, blocking, diagnostics.
+
+    Log in with --jid and -P (or IOTCTL_XMPP_JID / IOTCTL_XMPP_PASSWORD, or a
+    profile's [xmpp] table); the server is the JID's domain (SRV records) unless
+    --server HOST[:PORT] names one. STARTTLS is required; --direct-tls uses port 5223.
+
+    \b
+    iotctl xmpp send bob@example.com 'door opened'
+    iotctl xmpp listen --from sensor@example.com -o jsonl
+    iotctl xmpp roster list
+    iotctl xmpp ping -c 3
+    """
+
+
+# --------------------------------------------------------------------------- shared options
+
+
+def _xmpp_config(endpoint, resource, direct_tls, connect_timeout):
+    from iotctl.protocols.xmpp.client import XmppConfig
+
+    from iotctl.endpoint import split_host_port
+
+    server = click.get_current_context().params.get("server")
+    if direct_tls and (not server or split_host_port(server, "--server")[1] is None):
+        endpoint.port = DIRECT_TLS_PORT
+    return XmppConfig(endpoint, resource=resource, direct_tls=direct_tls, connect_timeout=connect_timeout,
+                      debug=settings().debug)
+
+
+_XMPP_OPTIONS = bundle("cfg", [
+    click.option("--resource", metavar="NAME", help="Resource to bind [default: chosen by the server]."),
+    click.option("--direct-tls", is_flag=True, default=False,
+                 help="TLS from the first byte (XEP-0368, port 5223) instead of STARTTLS."),
+    click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
+                 show_default=True, metavar="SECONDS", help="Seconds to wait for the login to complete."),
+], _xmpp_config, consumes=("endpoint",))
+
+
+def xmpp_options(f):
+    """Connection options of every XMPP command; the command receives `cfg`."""
+    return connection_options(SCHEMES, "xmpp", identity="jid")(_XMPP_OPTIONS(f))
+
+
+# --------------------------------------------------------------------------- send
+
+
+@group.command()
+@xmpp_options
+@click.argument("peer", metavar="[JID]", required=False)
+@click.option("--type", "mtype", type=click.Choice(("chat", "normal", "headline")), default="chat",
+              show_default=True, help="Message type.")
+@click.option("--subject", help="Subject of the message.")
+@click.option("--thread", help="Thread id of the conversation.")
+@click.option("--muc", metavar="ROOM", help="Send to this group chat (room@conference.example.com): "
+                                            "join it, send, leave.")
+@click.option("--nick", metavar="NICK", help="Nickname in the group chat [default: the JID's user part].")
+@send_options()
+@timeout_option(10.0, "Give up (exit 5) when the server acknowledges nothing for this many seconds.")
+@payload_options()
+def send(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload):
+    """Send a message (or every line of stdin) to JID.
+
+    Exits once the server has taken every message: acknowledged by stream management
+    (XEP-0198) when the server offers it, else after a final round trip. With --muc
+    the messages go to the group chat ROOM (JID is then not given).
+
+    \b
+    iotctl xmpp send bob@example.com 'door opened'
+    iotctl xmpp send bob@example.com --subject alarm --type normal -f report.txt
+    tail -f events.log | iotctl xmpp send ops@example.com -l
+    iotctl xmpp send --muc ops@conference.example.com --nick sensor1 'temperature 21.5'
+    """
+    from iotctl import send as sending_driver
+    from iotctl.protocols.xmpp.client import MUC, Messenger, Session, join_muc, leave_muc, parse_jid
+
+    if muc and peer is not None:
+        if payload.message is None:
+            payload.message, peer = peer, None
+        else:
+            raise UsageError("--muc and JID", "give one: the room is the recipient")
+    payload.validate()
+    if not peer and not muc and payload.replay is None:
+        raise UsageError("no recipient", "give JID (or --muc ROOM)")
+    if peer:
+        parse_jid(peer)
+    if muc:
+        parse_jid(muc, "--muc room")
+        mtype = "groupchat"
+    if sending.repeat > 1 and payload.streaming:
+        raise UsageError("--repeat", "cannot be combined with -l or --replay")
+    items = sending_driver.outgoing(payload, sending)
+    if payload.replay is not None and not peer and not muc:
+        items = _replayed(items)
+    with Session(cfg, plugins=[MUC] if muc else []) as session:
+        if muc:
+            nick = nick or session.xmpp.boundjid.user
+            join_muc(session, muc, nick, timeout)
+        messenger = Messenger(session, muc or peer, mtype, subject, thread)
+        result = sending_driver.run(messenger, items, "send", timeout, progress=payload.streaming,
+                                    failed=sending.failed, verb="sending")
+        messenger.finish(timeout)
+        if muc:
+            leave_muc(session, muc, nick)
+    status(f"sent {result.sent} message(s)", tty_only=True)
+
+
+def _replayed(items):
+    """--replay without JID: each captured message goes to its captured recipient."""
+    for out in items:
+        out.address = out.meta.get("to") or out.address
+        yield out
+
+
+# --------------------------------------------------------------------------- listen
+
+
+@group.command()
+@xmpp_options
+@click.option("--from", "senders", multiple=True, metavar="JID",
+              help="Only messages from this JID (a bare JID matches every resource; repeatable).")
+@click.option("--muc", "rooms", multiple=True, metavar="ROOM", help="Also join this group chat (repeatable).")
+@click.option("--nick", metavar="NICK", help="Nickname in group chats [default: the JID's user part].")
+@click.option("--presence", "with_presence", is_flag=True, default=False, help="Print presence changes too.")
+@click.option("--auto-approve", is_flag=True, default=False,
+              help="Approve every subscription request (for devices).")
+@click.option("--priority", type=click.IntRange(-128, 127), default=0, show_default=True,
+              help="Presence priority (negative: offline messages stay stored).")
+@receive_options(idle="ok")
+def listen(cfg, senders, rooms, nick, with_presence, auto_approve, priority, receive):
+    """Print incoming messages (sends presence so the server routes messages here).
+
+    The address of each is the sender's full JID; meta holds type, thread, subject,
+    to, id and the delay stamp of messages stored while you were offline. Ctrl-C
+    ends it (exit 0); -C N stops after N messages, -W S gives up after S seconds.
+
+    \b
+    iotctl xmpp listen
+    iotctl xmpp listen --from sensor@example.com -C 1 -W 30 -o json
+    iotctl xmpp listen --muc ops@conference.example.com --presence -o jsonl
+    """
+    from iotctl import receive as receiving
+    from iotctl.protocols.xmpp.client import MUC, Listener, Session, join_muc, parse_jid
+
+    for s in senders:
+        parse_jid(s, "--from JID")
+    for r in rooms:
+        parse_jid(r, "--muc room")
+    with Session(cfg, auto_approve=auto_approve, plugins=[MUC] if rooms else []) as session:
+        listener = Listener(session, senders, with_presence)
+        for room in rooms:
+            join_muc(session, room, nick or session.xmpp.boundjid.user, cfg.connect_timeout)
+        session.send_presence(priority=priority)
+        status(f"listening as {session.xmpp.boundjid.full}")
+        receiving.run(listener, receive, "listen")
+
+
+# --------------------------------------------------------------------------- presence
+
+
+@group.group()
+def presence():
+    """Set, get or watch presence."""
+
+
+@presence.command("set")
+@xmpp_options
+@click.option("--show", type=click.Choice(("chat", "away", "xa", "dnd")), help="Availability detail.")
+@click.option("--status", "status_text", metavar="TEXT", help="Status message.")
+@click.option("--priority", type=click.IntRange(-128, 127), default=0, show_default=True, help="Priority.")
+@click.option("--for", "duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stay online this long, then go offline [default: until Ctrl-C].")
+def presence_set(cfg, show, status_text, priority, duration):
+    """Go online with this presence; stay until Ctrl-C or --for SECONDS.
+
+    \b
+    iotctl xmpp presence set --show dnd --status 'firmware update' --for 600
+    """
+    from iotctl import receive as receiving
+    from iotctl.protocols.xmpp.client import Idle, Session
+
+    with Session(cfg) as session:
+        session.send_presence(show=show, status=status_text, priority=priority)
+        status(f"online as {session.xmpp.boundjid.full}" + (f" ({show})" if show else "")
+               + (f" for {duration:g} s" if duration else "; Ctrl-C ends it"))
+        receiving.run(Idle(session), receiving.ReceiveSpec(duration=duration), "presence set")
+
+
+@presence.command("get")
+@xmpp_options
+@click.argument("peer", metavar="JID")
+@timeout_option(10.0)
+def presence_get(cfg, peer, timeout):
+    """Print the current presence of each of JID's resources, or "unavailable".
+
+    You see a contact's presence only when subscribed to it (see `subscription`).
+
+    \b
+    iotctl xmpp presence get bob@example.com
+    """
+    from iotctl.protocols.xmpp.client import Session, collect_presence, parse_jid
+    from iotctl.protocols.xmpp.tables import write_rows
+
+    bare = parse_jid(peer).bare
+    with Session(cfg) as session:
+        got = collect_presence(session, timeout, who=bare)
+    rows = {}
+    for m in got:
+        if m.meta.get("presence") in ("available", "unavailable"):
+            rows[m.address] = {"jid": m.address, "presence": m.meta["presence"], "show": m.meta.get("show", ""),
+                               "status": m.payload.decode("utf-8", "replace"),
+                               "priority": m.meta.get("priority", "")}
+    rows = [r for r in rows.values() if r["presence"] == "available"] or [
+        {"jid": bare, "presence": "unavailable", "show": "", "status": "", "priority": ""}]
+    write_rows(bare, ["jid", "presence", "show", "status", "priority"], rows, piped_default="text")
+
+
+@presence.command("watch")
+@xmpp_options
+@receive_options(idle="ok")
+def presence_watch(cfg, receive):
+    """Watch the presence of your contacts: a live table on a terminal, a line per
+    change when piped (JID PRESENCE [SHOW] [STATUS]).
+
+    \b
+    iotctl xmpp presence watch
+    iotctl xmpp presence watch -o jsonl | jq .
+    """
+    from iotctl import receive as receiving
+    from iotctl.output import resolve_mode
+    from iotctl.protocols.xmpp.client import PresenceWatch, Session
+
+    s = settings()
+    mode = resolve_mode(s.output, s.format, "text")
+    with Session(cfg) as session:
+        watch = PresenceWatch(session, summary=mode in ("text", "raw"))
+        writer = None
+        if mode == "pretty":
+            from iotctl.protocols.xmpp.tables import LiveTable
+
+            writer = LiveTable()
+        else:
+            writer = s.writer(piped_default="text")
+        try:
+            receiving.run(watch, receive, "presence watch", writer=writer, noun="presence")
+        finally:
+            if hasattr(writer, "close"):
+                writer.close()
+
+
+# --------------------------------------------------------------------------- subscriptions
+
+
+@group.group()
+def subscription():
+    """Request, approve, deny or cancel presence subscriptions; list pending ones."""
+
+
+def _subscription_command(name: str, ptype: str, doc: str):
+    def command(cfg, peer, timeout):
+        from iotctl.protocols.xmpp.client import Session, parse_jid
+
+        bare = parse_jid(peer).bare
+        with Session(cfg) as session:
+            session.send_presence(to=bare, ptype=ptype)
+            session.round_trip(timeout)
+        status(f"{name}: {ptype} sent to {bare}", tty_only=True)
+
+    command.__doc__ = doc
+    command.__name__ = f"subscription_{name}"
+    decorated = timeout_option(10.0)(click.argument("peer", metavar="JID")(xmpp_options(command)))
+    return subscription.command(name)(decorated)
+
+
+_subscription_command("request", "subscribe", """Ask JID to share its presence with you.
+
+    \b
+    iotctl xmpp subscription request bob@example.com
+    """)
+_subscription_command("approve", "subscribed", """Let JID see your presence (approve its request).""")
+_subscription_command("deny", "unsubscribed", """Refuse JID's request (or revoke its subscription).""")
+_subscription_command("cancel", "unsubscribe", """Stop receiving JID's presence (withdraw your subscription
+    or your pending request).""")
+
+
+@subscription.command("list")
+@xmpp_options
+@timeout_option(10.0)
+def subscription_list(cfg, timeout):
+    """List pending subscription requests: "in" (waiting for your approval) and
+    "out" (your requests not yet answered)."""
+    from iotctl.protocols.xmpp.client import Session, collect_presence, roster
+    from iotctl.protocols.xmpp.tables import write_rows
+
+    with Session(cfg) as session:
+        items = roster(session, timeout)
+        got = collect_presence(session, timeout)
+        me = session.xmpp.boundjid.bare
+    rows = []
+    seen = set()
+    for m in got:
+        bare = m.address.split("/", 1)[0]
+        if m.meta.get("presence") == "subscribe" and bare not in seen:
+            seen.add(bare)
+            rows.append({"jid": bare, "direction": "in", "status": m.payload.decode("utf-8", "replace")})
+    for item in items:
+        if item["ask"] == "subscribe":
+            rows.append({"jid": item["jid"], "direction": "out", "status": ""})
+    write_rows(me, ["jid", "direction", "status"], rows)
+
+
+# --------------------------------------------------------------------------- roster
+
+
+@group.group("roster")
+def roster_group():
+    """List, add, remove, export and import contacts."""
+
+
+ROSTER_COLUMNS = ["jid", "name", "subscription", "ask", "groups"]
+
+
+@roster_group.command("list")
+@xmpp_options
+@timeout_option(10.0)
+def roster_list(cfg, timeout):
+    """Print the contact list: JID, name, subscription state (none, to, from, both),
+    a pending request (ask) and groups. A table on a terminal; a tab-separated line
+    per contact when piped; one JSON object per contact with -o jsonl."""
+    from iotctl.protocols.xmpp.client import Session, roster
+    from iotctl.protocols.xmpp.tables import write_rows
+
+    with Session(cfg) as session:
+        items = roster(session, timeout)
+        me = session.xmpp.boundjid.bare
+    write_rows(me, ROSTER_COLUMNS, items)
+
+
+@roster_group.command("add")
+@xmpp_options
+@click.argument("peer", metavar="JID")
+@click.option("--name", help="Display name.")
+@click.option("--group", "groups", multiple=True, metavar="GROUP", help="Group (repeatable).")
+@timeout_option(10.0)
+def roster_add(cfg, peer, name, groups, timeout):
+    """Add JID to the contact list (or change its name and groups).
+
+    Adding does not subscribe: `subscription request JID` asks for its presence.
+
+    \b
+    iotctl xmpp roster add sensor1@example.com --name 'Sensor 1' --group sensors
+    """
+    from iotctl.protocols.xmpp.client import Session, parse_jid, roster_set
+
+    bare = parse_jid(peer).bare
+    with Session(cfg) as session:
+        roster_set(session, bare, timeout, name=name, groups=groups)
+    status(f"added {bare}", tty_only=True)
+
+
+@roster_group.command("remove")
+@xmpp_options
+@click.argument("peer", metavar="JID")
+@timeout_option(10.0)
+def roster_remove(cfg, peer, timeout):
+    """Remove JID from the contact list (this also cancels both subscriptions)."""
+    from iotctl.protocols.xmpp.client import Session, parse_jid, roster_set
+
+    bare = parse_jid(peer).bare
+    with Session(cfg) as session:
+        roster_set(session, bare, timeout, remove=True)
+    status(f"removed {bare}", tty_only=True)
+
+
+@roster_group.command("export")
+@xmpp_options
+@timeout_option(10.0)
+def roster_export(cfg, timeout):
+    """Print the contact list as one JSON document (for `roster import`)."""
+    import json
+
+    from iotctl.protocols.xmpp.client import Session, roster
+
+    with Session(cfg) as session:
+        items = roster(session, timeout)
+        me = session.xmpp.boundjid.bare
+    doc = {"jid": me, "roster": [{"jid": i["jid"], "name": i["name"], "groups": i["groups"]} for i in items]}
+    click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
+
+
+@roster_group.command("import")
+@xmpp_options
+@click.argument("file", type=click.Path(dir_okay=False, allow_dash=True))
+@timeout_option(10.0)
+def roster_import(cfg, file, timeout):
+    """Add every contact of FILE (`roster export` output; - for stdin) with its name
+    and groups. Subscriptions are not requested."""
+    import json
+
+    from iotctl.payload import read_file
+    from iotctl.protocols.xmpp.client import Session, parse_jid, roster_set
+
+    try:
+        doc = json.loads(read_file(file))
+        entries = doc["roster"] if isinstance(doc, dict) else doc
+        entries = [(str(e["jid"]), e.get("name") or None, [str(g) for g in e.get("groups") or []])
+                   for e in entries]
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise UsageError(f"cannot import {file}", f"not a roster export ({exc})") from None
+    for peer, _, _ in entries:
+        parse_jid(peer)
+    with Session(cfg) as session:
+        for peer, name, groups in entries:
+            roster_set(session, peer, timeout, name=name, groups=groups)
+    status(f"imported {len(entries)} contact(s)", tty_only=True)
+
+
+# --------------------------------------------------------------------------- blocking
+
+
+@group.command()
+@xmpp_options
+@click.argument("jids", nargs=-1, required=True, metavar="JID...")
+@timeout_option(10.0)
+def block(cfg, jids, timeout):
+    """Block all communication with each JID (XEP-0191).
+
+    \b
+    iotctl xmpp block spammer@example.com
+    """
+    from iotctl.protocols.xmpp.client import BLOCKING, Session, block as do_block
+
+    with Session(cfg, plugins=[BLOCKING]) as session:
+        do_block(session, list(jids), timeout)
+    status(f"blocked {', '.join(jids)}", tty_only=True)
+
+
+@group.command()
+@xmpp_options
+@click.argument("jids", nargs=-1, metavar="JID...")
+@click.option("--all", "everyone", is_flag=True, default=False, help="Unblock everyone.")
+@timeout_option(10.0)
+def unblock(cfg, jids, everyone, timeout):
+    """Unblock each JID (or --all)."""
+    from iotctl.protocols.xmpp.client import BLOCKING, Session, unblock as do_unblock
+
+    if bool(jids) == everyone:
+        raise UsageError("unblock", "give JID... or --all")
+    with Session(cfg, plugins=[BLOCKING]) as session:
+        do_unblock(session, list(jids) or None, timeout)
+    status(f"unblocked {', '.join(jids) if jids else 'everyone'}", tty_only=True)
+
+
+@group.command()
+@xmpp_options
+@timeout_option(10.0)
+def blocklist(cfg, timeout):
+    """Print the blocked JIDs, one a line."""
+    from iotctl.protocols.xmpp.client import BLOCKING, Session, blocklist as get_blocklist
+    from iotctl.protocols.xmpp.tables import write_rows
+
+    with Session(cfg, plugins=[BLOCKING]) as session:
+        jids = get_blocklist(session, timeout)
+        me = session.xmpp.boundjid.bare
+    write_rows(me, ["jid"], [{"jid": j} for j in jids])
+
+
+# --------------------------------------------------------------------------- diagnostics
+
+
+@group.command()
+@xmpp_options
+@click.argument("peer", metavar="[JID]", required=False)
+@click.option("-c", "--count", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Number of pings.")
+@click.option("-i", "--interval", type=click.FloatRange(min=0), default=1.0, show_default=True,
+              help="Seconds between pings.")
+@timeout_option(10.0, "Seconds to wait for each answer.")
+def ping(cfg, peer, count, interval, timeout):
+    """XEP-0199 ping of JID (default: your server): a line per answer with the
+    round-trip time, then a summary as ping(8) prints it.
+
+    Exit 5 when no answer came, 6 when JID answered with an error.
+
+    \b
+    iotctl xmpp ping
+    iotctl xmpp ping bob@example.com/phone -c 5
+    """
+    from iotctl.message import Message
+    from iotctl.protocols.xmpp.client import PING, Session, ping as do_ping
+
+    writer = settings().writer(piped_default="text")
+    rtts: list[float] = []
+    sent = 0
+    with Session(cfg, plugins=[PING]) as session:
+        target = peer or session.xmpp.boundjid.domain
+        try:
+            for seq in range(1, count + 1):
+                if seq > 1 and interval:
+                    session.run_for(interval)
+                sent += 1
+                try:
+                    rtt = do_ping(session, peer, timeout)
+                except TimeoutError_:
+                    if count == 1:
+                        raise
+                    status(f"no answer from {target} (seq={seq})")
+                    continue
+                rtts.append(rtt)
+                ms = rtt * 1000
+                writer.write(Message("xmpp", target, f"seq={seq} time={ms:.3f} ms".encode(), None,
+                                     {"seq": seq, "rtt_ms": round(ms, 3)}))
+                writer.flush()
+        except KeyboardInterrupt:
+            pass
+    if count > 1 or len(rtts) != sent:
+        loss = 100.0 * (sent - len(rtts)) / sent if sent else 0.0
+        line = f"--- {target} ping statistics --- {sent} sent, {len(rtts)} received, {loss:.0f}% loss"
+        if rtts:
+            ms = [r * 1000 for r in rtts]
+            avg = sum(ms) / len(ms)
+            mdev = (sum((m - avg) ** 2 for m in ms) / len(ms)) ** 0.5
+            line += f", rtt min/avg/max/mdev = {min(ms):.3f}/{avg:.3f}/{max(ms):.3f}/{mdev:.3f} ms"
+        status(line)
+    if not rtts:
+        raise TimeoutError_(f"ping {target}", f"no answer to {sent} ping(s)")
+
+
+@group.command()
+@xmpp_options
+@click.argument("peer", metavar="[JID]", required=False)
+@click.option("--items", "items", is_flag=True, default=False, help="List items instead of identities and features.")
+@click.option("--node", metavar="NODE", help="Query this node.")
+@timeout_option(10.0)
+def disco(cfg, peer, items, node, timeout):
+    """XEP-0030 service discovery of JID (default: your server): identities and
+    features, or with --items the items (components, rooms, ...).
+
+    \b
+    iotctl xmpp disco
+    iotctl xmpp disco --items
+    iotctl xmpp disco conference.example.com --items
+    """
+    from iotctl.protocols.xmpp.client import DISCO, Session, disco as do_disco, parse_jid
+    from iotctl.protocols.xmpp.tables import write_rows
+
+    if peer:
+        parse_jid(peer)
+    with Session(cfg, plugins=[DISCO]) as session:
+        target, found = do_disco(session, peer, node, items, timeout)
+    meta = {"node": node} if node else {}
+    if items:
+        write_rows(target, ["jid", "node", "name"], found, meta)
+        return
+    rows = [{"kind": "identity", "value": f"{i['category']}/{i['type']}", "name": i["name"]}
+            for i in found["identities"]]
+    rows += [{"kind": "feature", "value": f, "name": ""} for f in found["features"]]
+    write_rows(target, ["kind", "value", "name"], rows, meta)
+
+
+@group.command()
+@xmpp_options
+@click.argument("peer", metavar="[JID]", required=False)
+@timeout_option(10.0)
+def version(cfg, peer, timeout):
+    """XEP-0092 software version of JID (default: your server): name, version, OS."""
+    from iotctl.protocols.xmpp.client import VERSION, Session, version as do_version
+    from iotctl.protocols.xmpp.tables import write_rows
+
+    with Session(cfg, plugins=[VERSION]) as session:
+        target = peer or session.xmpp.boundjid.domain
+        found = do_version(session, target, timeout)
+    write_rows(target, ["name", "version", "os"], [found], piped_default="text")

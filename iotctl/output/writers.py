@@ -1,0 +1,98 @@
+"""The writers: each turns Messages into bytes on a binary stream, buffered, flushed
+when the caller says a batch of messages is complete."""
+
+from __future__ import annotations
+
+import sys
+from typing import IO
+
+from iotctl.errors import OutputClosed
+from iotctl.message import Message
+
+
+class Writer:
+    def __init__(self, out: IO[bytes]):
+        self.out = out
+
+    def write(self, msg: Message) -> None:
+        raise NotImplementedError
+
+    def write_all(self, msgs) -> None:
+        for msg in msgs:
+            self.write(msg)
+        self.flush()
+
+    def flush(self) -> None:
+        try:
+            self.out.flush()
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+            raise OutputClosed() from None
+
+    def close(self) -> None:
+        self.flush()
+
+
+class RawWriter(Writer):
+    """The payload bytes and a newline: exactly what mosquitto_sub prints."""
+
+    def write(self, msg: Message) -> None:
+        self.out.write(msg.payload + b"\n")
+
+
+class HexWriter(Writer):
+    def write(self, msg: Message) -> None:
+        self.out.write(msg.payload.hex().encode("ascii") + b"\n")
+
+
+class TextWriter(Writer):
+    """`ADDRESS PAYLOAD` a line, like mosquitto_sub -v: the payload's bytes as they are
+    (binary included, as mosquitto_sub prints them; use -o hex or json for binary)."""
+
+    def write(self, msg: Message) -> None:
+        self.out.write(msg.address.encode("utf-8", "surrogateescape") + b" " + msg.payload + b"\n")
+
+
+class JsonWriter(Writer):
+    def __init__(self, out: IO[bytes], lines: bool):
+        super().__init__(out)
+        self.indent = None if lines else 2
+
+    def write(self, msg: Message) -> None:
+        import json
+
+        from iotctl.message import jsonable
+
+        env = msg.to_envelope()
+        try:
+            text = json.dumps(env, ensure_ascii=False, indent=self.indent)
+        except TypeError:
+            env["meta"] = jsonable(env["meta"])
+            text = json.dumps(env, ensure_ascii=False, indent=self.indent)
+        self.out.write(text.encode("utf-8", "surrogateescape") + b"\n")
+
+
+class TemplateWriter(Writer):
+    def __init__(self, out: IO[bytes], template: str):
+        super().__init__(out)
+        from iotctl.output.template import Template
+
+        self.template = Template(template)
+
+    def write(self, msg: Message) -> None:
+        env = msg.to_envelope()
+        env["size"] = len(msg.payload)
+        env["hex"] = msg.payload.hex()
+        env["topic"] = msg.address
+        self.out.write(self.template.render(env).encode("utf-8", "surrogateescape") + b"\n")
+
+
+def _quiet_broken_pipe() -> None:
+    """After EPIPE, point stdout at devnull so the interpreter's final flush stays silent."""
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass

@@ -1,0 +1,136 @@
+"""Secrets stay secret, and a profile that is wrong says so (issue: faults, floods and
+hostile peers — secrets and profiles)."""
+
+from __future__ import annotations
+
+import os
+import pty
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import clean_env, wait_until
+
+
+def test_bad_url_error_masks_the_password(iotctl):
+    r = iotctl("mqtt", "pub", "--url", "mqtt://user:SECRET@host:notaport/", "-t", "x", "-m", "y")
+    assert r.exit_code == 2
+    assert "SECRET" not in r.stderr and "mqtt://user:****@host:notaport/" in r.stderr
+
+
+def test_password_prompt_on_a_terminal(peer, topic):
+    """`-P -` reads the password from the terminal without echo (the auth listener)."""
+    peer("mosquitto-auth")
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: iotctl on the pseudo-terminal
+        os.execvpe(sys.executable, [sys.executable, "-m", "iotctl", "mqtt", "pub", "-h", "127.0.0.1", "-p",
+                                    "1884", "-u", "iotctl", "-P", "-", "-t", topic, "-m", "x", "-q", "1"],
+                   clean_env())
+    seen = b""
+    deadline = time.monotonic() + 20
+    while b"password for iotctl:" not in seen and time.monotonic() < deadline:
+        if select.select([fd], [], [], 1)[0]:
+            seen += os.read(fd, 1024)
+    assert b"password for iotctl:" in seen, seen
+    os.write(fd, b"iotctl-secret\n")
+    rest = b""
+    while True:
+        try:
+            chunk = os.read(fd, 1024) if select.select([fd], [], [], 20)[0] else b""
+        except OSError:
+            break
+        if not chunk:
+            break
+        rest += chunk
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, rest
+    assert b"iotctl-secret" not in rest  # not echoed
+
+
+def test_password_prompt_refuses_without_a_terminal(iotctl_proc):
+    r = iotctl_proc("mqtt", "pub", "-t", "x", "-m", "y", "-P", "-", start_new_session=True)
+    assert r.returncode == 2
+    assert b"asks for the password on a terminal" in r.stderr
+
+
+def test_help_says_how_to_keep_a_password_out_of_ps(iotctl):
+    r = iotctl("mqtt", "pub", "--help")
+    assert "'ps'" in r.stdout and "password_env" in r.stdout and "-P -" in r.stdout
+
+
+def test_password_cmd_that_hangs_is_killed_with_its_children(iotctl, tmp_path, monkeypatch):
+    from iotctl import profiles
+
+    monkeypatch.setattr(profiles, "SECRET_CMD_TIMEOUT", 1.0)
+    pids = tmp_path / "pids"
+    cmd = f"sleep 300 & echo $! > {pids}; sleep 300"
+    assert iotctl("profile", "add", "hang", "mqtt.password_cmd=" + repr(cmd).replace("'", '"')).exit_code == 0
+    started = time.monotonic()
+    r = iotctl("--profile", "hang", "mqtt", "pub", "-t", "x", "-m", "y", "-u", "me")
+    assert r.exit_code == 1 and "did not finish within 1 s" in r.stderr
+    assert time.monotonic() - started < 10
+    child = int(pids.read_text())
+    wait_until(lambda: not Path(f"/proc/{child}").exists() or
+               Path(f"/proc/{child}/stat").read_text().split()[2] == "Z", 5, "the command's child to end")
+
+
+def _write_profile(config_dir: Path, name: str, text: str, mode: int = 0o600) -> Path:
+    folder = config_dir / "profiles"
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    path = folder / f"{name}.toml"
+    path.write_text(text)
+    path.chmod(mode)
+    return path
+
+
+def test_misspelt_profile_key_warns_with_the_nearest(iotctl, config_dir, peer):
+    peer("mosquitto-private")
+    _write_profile(config_dir, "typo", '[mqtt]\nhost = "127.0.0.1"\nport = 11883\npasword = "x"\n')
+    r = iotctl("--profile", "typo", "mqtt", "pub", "-t", "iotctl-test/typo", "-m", "y")
+    assert r.exit_code == 0
+    assert "[mqtt] has no setting 'pasword'; did you mean 'password'?" in r.stderr
+
+
+def test_unknown_profile_table_warns(iotctl, config_dir, peer):
+    peer("mosquitto-private")
+    _write_profile(config_dir, "t", '[mqtt]\nhost = "127.0.0.1"\nport = 11883\n[mqqt]\nport = 1\n')
+    r = iotctl("--profile", "t", "mqtt", "pub", "-t", "iotctl-test/t", "-m", "y")
+    assert r.exit_code == 0 and "unknown table [mqqt]; did you mean [mqtt]?" in r.stderr
+
+
+def test_protocol_entry_that_is_not_a_table_is_usage_error(iotctl, config_dir):
+    _write_profile(config_dir, "five", "mqtt = 5\n")
+    r = iotctl("--profile", "five", "mqtt", "pub", "-t", "x", "-m", "y")
+    assert r.exit_code == 2
+    assert "'mqtt' must be a table ([mqtt]), not int" in r.stderr and "unexpected" not in r.stderr
+
+
+def test_profile_values_are_checked_when_written(iotctl):
+    r = iotctl("profile", "add", "x", "mqtt.port=abc")
+    assert r.exit_code == 2 and "bad value for mqtt.port" in r.stderr
+    r = iotctl("profile", "add", "x", "mqtt.qos=7")
+    assert r.exit_code == 2 and "bad value for mqtt.qos" in r.stderr
+    assert iotctl("profile", "add", "x", "mqtt.port=1884", "mqtt.tls=true").exit_code == 0
+
+
+def test_profile_folder_writable_by_others_warns(iotctl, config_dir, peer):
+    peer("mosquitto-private")
+    path = _write_profile(config_dir, "open", '[mqtt]\nhost = "127.0.0.1"\nport = 11883\n')
+    path.parent.chmod(0o777)
+    r = iotctl("--profile", "open", "mqtt", "pub", "-t", "iotctl-test/open", "-m", "y")
+    assert r.exit_code == 0 and "can be written by others" in r.stderr
+
+
+@pytest.mark.parametrize("depth", [600, 100_000])
+def test_deeply_nested_json_is_a_usage_error(iotctl, tmp_path, depth):
+    deep = tmp_path / "deep.json"
+    deep.write_text("[" * depth + "]" * depth)
+    for how in ("json", "cbor"):
+        r = iotctl("mqtt", "pub", "-t", "x", "-f", str(deep), "--encode", how)
+        assert r.exit_code == 2, r
+        assert r.stderr.startswith("iotctl: error: payload is not valid JSON: nested") and len(r.stderr.splitlines()) == 1
