@@ -16,6 +16,30 @@ import asyncio
 from typing import Any, Awaitable, Callable
 
 
+class Bridged:
+    """Mixin for a context manager whose opening is a coroutine on `self.bridge`:
+    `__enter__` runs `self._open()`, and closes what was started when it fails."""
+
+    bridge: "Bridge"
+
+    async def _open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.bridge.run(self._open())
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 class Bridge:
     def __init__(self) -> None:
         self.runner = asyncio.Runner()

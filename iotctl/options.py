@@ -294,8 +294,8 @@ def connection_options(schemes: dict, default_scheme: str, tls: bool = True, ws:
         ]
 
     def build(**values):
-        values["url"] = values.pop(url_dest)
-        if not host_port:
+        values["url"] = values.pop(url_dest, None)  # JID-addressed protocols have no URL
+        if not host_port and identity != "jid":
             values["host"] = default_host  # the URL's host replaces it
         return build_endpoint(click.get_current_context(), values, schemes, default_scheme)
 

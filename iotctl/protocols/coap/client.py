@@ -29,7 +29,7 @@ from aiocoap.numbers.codes import Code
 from iotctl.errors import (ConnectError, IotctlError, PeerError, TimeoutError_, UsageError,
                            from_os_error)
 from iotctl import receive
-from iotctl.bridge import Bridge
+from iotctl.bridge import Bridge, Bridged
 from iotctl.message import Message
 from iotctl.trace import route_logs
 from iotctl.protocols.coap import formats
@@ -284,7 +284,7 @@ async def _one(ctx, spec: RequestSpec):
 # --------------------------------------------------------------------------- observe
 
 
-class Observation(receive.Receiver):
+class Observation(Bridged, receive.Receiver):
     """An observation, as a Receiver for the receive driver:
 
         with Observation(spec) as obs:
@@ -302,16 +302,8 @@ class Observation(receive.Receiver):
         self.ended: IotctlError | None = None
         self.observing = False
 
-    def __enter__(self) -> "Observation":
-        try:
-            self.first = self.bridge.run(self._start())
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+    async def _open(self) -> None:
+        self.first = await self._start()
 
     async def _start(self) -> Message:
         spec = self.spec

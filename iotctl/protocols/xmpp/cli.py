@@ -11,6 +11,7 @@ import click
 from iotctl.endpoint import Scheme
 from iotctl.errors import TimeoutError_, UsageError
 from iotctl.groups import ProtocolGroup
+from iotctl.output import run_writer
 from iotctl.options import (bundle, connection_options, payload_options, receive_options, send_options,
                             timeout_option)
 from iotctl.settings import current as settings, status
@@ -263,7 +264,7 @@ def presence_watch(cfg, receive):
 
             writer = LiveTable()
         else:
-            writer = s.writer(piped_default="text")
+            writer = run_writer(piped_default="text")
         try:
             receiving.run(watch, receive, "presence watch", writer=writer, noun="presence")
         finally:
@@ -512,7 +513,7 @@ def ping(cfg, peer, count, interval, timeout):
     from iotctl.message import Message
     from iotctl.protocols.xmpp.client import PING, Session, ping as do_ping
 
-    writer = settings().writer(piped_default="text")
+    writer = run_writer(piped_default="text")
     rtts: list[float] = []
     sent = 0
     with Session(cfg, plugins=[PING]) as session:

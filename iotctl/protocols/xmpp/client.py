@@ -27,7 +27,7 @@ from slixmpp.exceptions import IqError, IqTimeout
 from slixmpp.jid import InvalidJID, JID
 
 from iotctl import receive, send
-from iotctl.bridge import Bridge
+from iotctl.bridge import Bridge, Bridged
 from iotctl.errors import (AuthError, ConnectError, IotctlError, PeerError, TimeoutError_, TLSError,
                            UsageError, from_os_error)
 from iotctl.message import Message
@@ -86,7 +86,7 @@ def iq_error(exc: BaseException, what: str, timeout: float | None = None) -> Iot
     return IotctlError(what, f"{type(exc).__name__}: {exc}")
 
 
-class Session:
+class Session(Bridged):
     """One logged-in connection on its own bridge; `plugins` are the slixmpp plugins
     the command uses besides stream management:
 
@@ -110,23 +110,12 @@ class Session:
 
     # ------------------------------------------------------------------ life cycle
 
-    def __enter__(self) -> "Session":
-        try:
-            self.bridge.run(self._login())
-        except BaseException:
-            self.close()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
     @property
     def what(self) -> str:
         ep = self.cfg.endpoint
         return f"login as {self.cfg.jid} on {ep.host}:{ep.port}"
 
-    async def _login(self) -> None:
+    async def _open(self) -> None:  # the login
         cfg, ep = self.cfg, self.cfg.endpoint
         if not ep.username:
             raise UsageError("no JID", "give --jid user@domain (or IOTCTL_XMPP_JID, or a profile's jid)")

@@ -17,12 +17,12 @@ def write_rows(address: str, columns: list[str], rows: list[dict], meta: dict | 
                piped_default: str = "raw") -> None:
     import json
 
-    from iotctl.output import resolve_mode
+    from iotctl.output import resolve_mode, run_writer
     from iotctl.settings import current
 
     s = current()
     mode = resolve_mode(s.output, s.format, piped_default)
-    writer = s.writer(piped_default=piped_default)
+    writer = run_writer(piped_default=piped_default)
     if mode == "pretty":
         body = {"columns": columns, "rows": [[_cell(r.get(c)) for c in columns] for r in rows]}
         writer.write(Message("xmpp", address, json.dumps(body, ensure_ascii=False).encode("utf-8"), TABLE,
