@@ -659,3 +659,28 @@ def test_dump_prints_every_packet_decoded(iotctl_proc, mode):
         assert dump.stdout.splitlines()[0] == "PUBLISH hi"
     else:
         assert dump.stdout.splitlines()[0] == "hi"
+
+
+def test_gateway_background_is_ready_when_it_returns(peer, iotctl_proc, topic, tmp_path):
+    """--background returns once the gateway listens: the next command can use it at once."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    peer("mosquitto")
+    port = free_port()
+    with open(tmp_path / "gateway.log", "wb") as log:  # a file: the gateway keeps its stderr
+        started = subprocess.run([sys.executable, "-m", "iotctl", "mqttsn", "gateway", "--background", "--port",
+                                  str(port), "--broker", "mqtt://127.0.0.1:1883", "--quiet"],
+                                 stdout=subprocess.PIPE, stderr=log, env=clean_env(), timeout=60)
+    assert started.returncode == 0, (tmp_path / "gateway.log").read_text()
+    pid = int(started.stdout)
+    try:
+        sub = MosqSub([topic], 1)
+        r = iotctl_proc("mqttsn", "pub", "-p", str(port), "-t", topic, "-m", "at once", "-q", "1")
+        assert r.returncode == 0, r.stderr
+        sub.proc.wait(15)
+        assert sub.messages() == [f"{topic} at once"]
+    finally:
+        os.kill(pid, signal.SIGTERM)

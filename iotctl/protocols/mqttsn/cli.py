@@ -236,8 +236,11 @@ def _broker(f):
               help="Print every MQTT-SN packet, both directions, decoded (on stderr).")
 @click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds to wait for the broker to accept a connection.")
+@click.option("--background", is_flag=True, default=False,
+              help="Return once the gateway listens, leaving it running (its pid is printed).")
 @bundle(None, _RETRY)
-def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, retry_interval, retries):
+def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, retry_interval, retries,
+            background):
     """A transparent MQTT-SN gateway: one MQTT connection to the broker per client.
 
     It serves register, predefined and short topics, QoS -1 to 2 with retries,
@@ -250,6 +253,14 @@ def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, r
     iotctl mqttsn gateway --broker mqtts://broker:8883 -u dev -P secret --port 10000
     iotctl mqttsn gateway --predefined topics.txt -v
     """
+    if background:
+        from iotctl import background as bg
+
+        pid = bg.start("mqttsn gateway")
+        click.echo(pid)
+        status(f"the gateway runs in the background (pid {pid}); stop it with: kill {pid}")
+        return
+    from iotctl import background as bg
     from iotctl.protocols.mqttsn.gateway import Gateway, GatewayConfig, read_predefined
 
     table = read_predefined(predefined) if predefined else {}
@@ -260,6 +271,7 @@ def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, r
     gw = Gateway(cfg)
     gw.start()
     status(f"gateway listening on udp {bind}:{port}, forwarding to {endpoint.display}")
+    bg.ready()
     gw.serve()
     status("gateway stopped")
 
