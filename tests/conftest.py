@@ -40,6 +40,7 @@ PEERS = {
     "mosquitto-wss": ("127.0.0.1", 9443, "tcp"),
     "coap-server": ("127.0.0.1", 5783, "udp"),
     "coaps-server": ("127.0.0.1", 5785, "udp"),  # its DTLS port is 5786 (PSK iotctl / iotctl-psk)
+    "rabbitmq": ("127.0.0.1", 5672, "tcp"),
     "rabbitmq-stomp": ("127.0.0.1", 61613, "tcp"),
     "activemq": ("127.0.0.1", 61614, "tcp"),  # STOMP; STOMP over TLS on 61615
     "prosody": ("127.0.0.1", 5222, "tcp"),  # XMPP c2s (STARTTLS); direct TLS on 5223; domain localhost

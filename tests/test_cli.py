@@ -81,7 +81,8 @@ def _modules_after(args):
                                   ["stomp", "--help"], ["stomp", "send", "--help"], ["stomp", "subscribe", "--help"],
                                   ["mqttsn", "--help"], ["mqttsn", "publish", "--help"],
                                   ["mqttsn", "gateway", "--help"],
-                                  ["xmpp", "--help"], ["xmpp", "send", "--help"]])
+                                  ["xmpp", "--help"], ["xmpp", "send", "--help"],
+                                  ["amqp", "--help"], ["amqp", "publish", "--help"]])
 def test_help_imports_no_protocol_library(args):
     code, mods = _modules_after(args)
     assert code == 0
@@ -94,6 +95,14 @@ def test_mqtt_publish_imports_only_paho(peer):
     assert code == 0
     assert "paho" in mods
     assert not mods & {"aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich"}
+
+
+def test_amqp_publish_imports_only_pika(peer):
+    peer("rabbitmq")
+    code, mods = _modules_after(["amqp", "publish", "-r", "iotctl-test.imports", "-m", "x"])
+    assert code == 0
+    assert "pika" in mods
+    assert not mods & {"paho", "aiocoap", "slixmpp", "stomp", "cbor2", "rich"}
 
 
 def test_stomp_send_imports_only_stomp(peer):
