@@ -423,30 +423,27 @@ def test_heartbeats(iotctl, broker, queue):
 
 def test_interop_with_amqp_exchange(iotctl, peer):
     """STOMP send to /exchange/amq.topic/KEY arrives at an AMQP queue bound to amq.topic
-    with KEY, headers intact. (Checked with pika directly until the AMQP group lands.)"""
-    import pika
+    with KEY, headers intact: both sides are iotctl (stomp send, amqp consume)."""
+    import json
 
     peer("rabbitmq-stomp")
     key = f"iotctl.interop.{uuid.uuid4().hex[:8]}"
-    params = pika.ConnectionParameters("127.0.0.1", 5672, "iotctl-stomp",
-                                       pika.PlainCredentials("iotctl-stomp", "iotctl-stomp-secret"))
-    with pika.BlockingConnection(params) as conn:
-        ch = conn.channel()
-        q = ch.queue_declare("", exclusive=True).method.queue
-        ch.queue_bind(q, "amq.topic", key)
-        r = iotctl("stomp", "send", *RABBIT, f"/exchange/amq.topic/{key}", "-m", '{"v": 1}', "--header", "x-site=lab",
-                   "--content-type", "application/json")
+    amqp = ("-u", "iotctl-stomp", "-P", "iotctl-stomp-secret", "--vhost", "iotctl-stomp")
+    queue = f"iotctl-interop-{uuid.uuid4().hex[:8]}"
+    assert iotctl("amqp", "declare", "queue", queue, *amqp).exit_code == 0
+    try:
+        assert iotctl("amqp", "bind", "queue", queue, "-e", "amq.topic", "-r", key, *amqp).exit_code == 0
+        r = iotctl("stomp", "send", *RABBIT, f"/exchange/amq.topic/{key}", "-m", '{"v": 1}', "--header",
+                   "x-site=lab", "--content-type", "application/json")
         assert r.exit_code == 0, r
-        method, props, body = None, None, None
-        for _ in range(50):
-            method, props, body = ch.basic_get(q, auto_ack=True)
-            if method is not None:
-                break
-            conn.sleep(0.1)
-    assert body == b'{"v": 1}'
-    assert method.routing_key == key and method.exchange == "amq.topic"
-    assert props.content_type == "application/json"
-    assert props.headers["x-site"] == "lab"
+        got = iotctl("amqp", "consume", queue, "-C", "1", "-W", "10", "-o", "json", *amqp)
+        assert got.exit_code == 0, got
+        env = json.loads(got.stdout)
+    finally:
+        iotctl("amqp", "delete", "queue", queue, *amqp)
+    assert env["payload"] == '{"v": 1}' and env["content_type"] == "application/json"
+    assert env["address"] == key and env["meta"]["exchange"] == "amq.topic"
+    assert env["meta"]["headers"]["x-site"] == "lab"
 
 
 def test_50000_lines_with_receipts_arrive_exactly_once(iotctl_proc, peer, queue, tmp_path):
