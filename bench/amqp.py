@@ -35,21 +35,9 @@ import time
 import uuid
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-MINIMAL = BENCH / "minimal"
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BENCH, IOTCTL, MINIMAL, PY, ROOT, child_env  # noqa: E402  (bench/common.py)
 URL = "amqp://guest:guest@127.0.0.1:5672/%2f"
-_venv_py = ROOT / ".venv" / "bin" / "python"
-PY = str(_venv_py) if _venv_py.exists() else sys.executable
-_venv_iotctl = ROOT / ".venv" / "bin" / "iotctl"
-IOTCTL = [str(_venv_iotctl)] if _venv_iotctl.exists() else [PY, "-m", "iotctl"]
-
-
-def child_env(config_dir: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE") and not k.startswith("IOTCTL_")}
-    env["IOTCTL_CONFIG_DIR"] = config_dir
-    return env
 
 
 ENV: dict = {}

@@ -29,12 +29,8 @@ import time
 import uuid
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-MINIMAL = ROOT / "bench" / "minimal"
-_venv_py = ROOT / ".venv" / "bin" / "python"
-PY = str(_venv_py) if _venv_py.exists() else sys.executable
-_venv_iotctl = ROOT / ".venv" / "bin" / "iotctl"
-IOTCTL = [str(_venv_iotctl)] if _venv_iotctl.exists() else [PY, "-m", "iotctl"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import IOTCTL, MINIMAL, PY, ROOT  # noqa: E402  (bench/common.py)
 
 SECTION_START = "<!-- stomp: written by bench/stomp.py --write -->"
 SECTION_END = "<!-- /stomp -->"

@@ -29,23 +29,14 @@ import threading
 import time
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-ROOT = BENCH.parent
-MINIMAL = BENCH / "minimal"
-_venv = ROOT / ".venv" / "bin" / "python"
-PY = str(_venv) if _venv.exists() else sys.executable
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import BENCH, MINIMAL, PY, ROOT, child_env  # noqa: E402  (bench/common.py)
+
 HOST, PORT = "127.0.0.1", 5222
 PEERS = Path(os.environ.get("IOTCTL_PEERS_DIR", "/var/tmp/iotctl-peers"))
 CA = str(PEERS / "certs" / "ca.crt")
 GO = shutil.which("go-sendxmpp")
 ALICE, BOB = ("alice@localhost", "alice-pw"), ("bob@localhost", "bob-pw")
-
-
-def child_env(config_dir: str) -> dict:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PYTHONUNBUFFERED", "PYTHONDONTWRITEBYTECODE") and not k.startswith("IOTCTL_")}
-    env["IOTCTL_CONFIG_DIR"] = config_dir
-    return env
 
 
 ENV: dict = {}
