@@ -1,16 +1,44 @@
-"""Where protocol libraries' log records go: a trace on stderr with --verbose, nowhere
-otherwise. Every protocol client routes its library's loggers through here."""
+"""Where protocol libraries' log records go: a trace on stderr with -d/--debug, nowhere
+otherwise. Every protocol client routes its library's loggers through here, and the
+trace never shows a secret: the session's own password, STOMP passcodes, SASL PLAIN
+credentials and URL passwords are replaced by ****."""
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+
+# secrets a library may write in its protocol trace, whatever the session
+_PATTERNS = (
+    (re.compile(r"(passcode:)[^\\\n'\"]*"), r"\1****"),                      # STOMP CONNECT
+    (re.compile(r"(mechanism=[\"']PLAIN[\"'][^>]*>)[^<]*"), r"\1****"),        # SASL PLAIN
+    (re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]*:)[^/\s'\"]+@"), r"\1****@"),  # URLs
+)
+
+
+class Redact(logging.Filter):
+    """Replaces secrets in a record's message (formatted once, here)."""
+
+    def __init__(self, secrets: tuple[str, ...] = ()):
+        super().__init__()
+        self.secrets = tuple(s for s in secrets if s)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        for secret in self.secrets:
+            text = text.replace(secret, "****")
+        for pattern, replacement in _PATTERNS:
+            text = pattern.sub(replacement, text)
+        record.msg, record.args = text, None
+        return True
 
 
 def route_logs(names: tuple[str, ...] | list[str], verbose: bool, label: str | None = None,
-               quiet_level: int = logging.CRITICAL) -> list[logging.Logger]:
+               quiet_level: int = logging.CRITICAL, secrets: tuple[str | None, ...] = ()) -> list[logging.Logger]:
     """Point the loggers `names` at stderr (DEBUG, lines prefixed `iotctl: LABEL: `) when
-    `verbose`, else silence them below `quiet_level`. Returns the loggers."""
+    `verbose`, else silence them below `quiet_level`. `secrets` (the session's
+    password, ...) never appear in the trace. Returns the loggers."""
     loggers = []
     for name in names:
         log = logging.getLogger(name)
@@ -19,6 +47,7 @@ def route_logs(names: tuple[str, ...] | list[str], verbose: bool, label: str | N
         if verbose:
             handler = logging.StreamHandler(sys.stderr)
             handler.setFormatter(logging.Formatter(f"iotctl: {label or '%(name)s'}: %(message)s"))
+            handler.addFilter(Redact(tuple(s for s in secrets if s)))
             log.addHandler(handler)
             log.setLevel(logging.DEBUG)
         else:

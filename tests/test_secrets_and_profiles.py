@@ -134,3 +134,34 @@ def test_deeply_nested_json_is_a_usage_error(iotctl, tmp_path, depth):
         r = iotctl("mqtt", "pub", "-t", "x", "-f", str(deep), "--encode", how)
         assert r.exit_code == 2, r
         assert r.stderr.startswith("iotctl: error: payload is not valid JSON: nested") and len(r.stderr.splitlines()) == 1
+
+
+def test_debug_trace_never_shows_the_password(iotctl, peer, topic):
+    """-d shows the protocol's frames; the password in them is masked (STOMP's CONNECT
+    carries it as the passcode header)."""
+    peer("activemq")
+    r = iotctl("-d", "stomp", "send", "/queue/iotctl-test-trace", "-m", "x", "-p", "61614", "-u", "iotctl",
+               "-P", "iotctl-secret")
+    assert r.exit_code == 0, r
+    assert "CONNECT" in r.stderr and "passcode:****" in r.stderr
+    assert "iotctl-secret" not in r.stderr
+    peer("mosquitto-auth")
+    r = iotctl("-d", "mqtt", "pub", "-h", "127.0.0.1", "-p", "1884", "-u", "iotctl", "-P", "iotctl-secret",
+               "-t", topic, "-m", "x")
+    assert r.exit_code == 0 and "Sending CONNECT" in r.stderr and "iotctl-secret" not in r.stderr
+
+
+def test_trace_redaction_patterns():
+    import logging
+
+    from iotctl.trace import Redact
+
+    def shown(text, *secrets):
+        record = logging.LogRecord("x", logging.DEBUG, __file__, 1, text, None, None)
+        Redact(secrets).filter(record)
+        return record.getMessage()
+
+    assert shown("b'passcode:hunter2\\n'") == "b'passcode:****\\n'"
+    assert shown('<auth mechanism="PLAIN">AGFsaWNlAHB3</auth>') == '<auth mechanism="PLAIN">****</auth>'
+    assert shown("connect amqp://guest:gu@st@host/") == "connect amqp://guest:****@host/"
+    assert shown("user=me pass=s3cret!", "s3cret!") == "user=me pass=****"

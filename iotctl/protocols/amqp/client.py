@@ -234,7 +234,7 @@ class Session:
         self.conn_closed: BaseException | None = None
         from iotctl.trace import route_logs
 
-        route_logs(("pika",), cfg.debug, label="amqp")
+        route_logs(("pika",), cfg.debug, label="amqp", secrets=(cfg.endpoint.password,))
 
     @property
     def where(self) -> str:

@@ -147,7 +147,8 @@ class Session:
         self._suback: dict[int, list] = {}
         # paho logs every packet: a trace with --debug; errors are always captured
         # so a failed TLS read can be reported for what it is
-        self._log = route_logs(("iotctl.mqtt",), cfg.debug, "mqtt", quiet_level=logging.ERROR)[0]
+        self._log = route_logs(("iotctl.mqtt",), cfg.debug, "mqtt", quiet_level=logging.ERROR,
+                               secrets=(cfg.endpoint.password,))[0]
         self._errors = _ErrorCapture()
         self._log.addHandler(self._errors)
         self.client = self._make_client()

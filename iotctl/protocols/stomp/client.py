@@ -154,7 +154,7 @@ class Session:
     def __init__(self, cfg: StompConfig):
         from iotctl.trace import route_logs
 
-        route_logs(("stomp.py", "stomp"), cfg.debug, "stomp")
+        route_logs(("stomp.py", "stomp"), cfg.debug, "stomp", secrets=(cfg.endpoint.password,))
         self.cfg = cfg
         self.version = cfg.version
         self.transport = _Transport(cfg)

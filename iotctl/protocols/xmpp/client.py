@@ -106,7 +106,7 @@ class Session(Bridged):
         self.connected = False
         self.online = False
         self.final_ack = None  # a Listener's: the count of stanzas written, sent before closing
-        route_logs(("slixmpp",), cfg.debug, label="xmpp")
+        route_logs(("slixmpp",), cfg.debug, label="xmpp", secrets=(cfg.endpoint.password,))
 
     # ------------------------------------------------------------------ life cycle
 
