@@ -97,14 +97,17 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
             last = time.monotonic()
             if count is not None and len(batch) >= count - n:
                 batch = batch[: count - n]
-            for msg in batch:
-                write(msg)
-            n += len(batch)
-            if saver is not None:
+            # a Ctrl-C waits until the batch is written and acknowledged: a message
+            # printed but not acknowledged would come back to a persistent session
+            with _ctrl_c_deferred():
                 for msg in batch:
-                    saver.write(msg)
-            pending.extend(batch)
-            flush()
+                    write(msg)
+                n += len(batch)
+                if saver is not None:
+                    for msg in batch:
+                        saver.write(msg)
+                pending.extend(batch)
+                flush()
             if count is not None and n >= count:
                 return n
     except KeyboardInterrupt:
@@ -115,6 +118,9 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
         _quiet_broken_pipe()
         pending.clear()  # not acknowledged: nobody read them
         raise OutputClosed() from None
+    except OutputClosed:  # the flush found the reader gone
+        pending.clear()
+        raise
     finally:
         try:
             flush()
@@ -127,6 +133,36 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
         if count is None and n == 0:
             raise TimeoutError_(what, f"no {noun} within {spec.timeout:g} s")
     return n
+
+
+class _ctrl_c_deferred:
+    """Hold SIGINT for the block and raise KeyboardInterrupt after it (main thread only)."""
+
+    __slots__ = ("previous", "caught")
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.previous, self.caught = None, False
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous is signal.default_int_handler:
+                self.previous = previous
+                signal.signal(signal.SIGINT, self._catch)
+        return self
+
+    def _catch(self, signum, frame):
+        self.caught = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            import signal
+
+            signal.signal(signal.SIGINT, self.previous)
+            if self.caught and exc[0] is None:
+                raise KeyboardInterrupt
+        return False
 
 
 def _saver(path: str | None):

@@ -93,6 +93,10 @@ def request_options(content_format: bool = True, timeout: float | None = DEFAULT
                      help="Block size for block-wise transfer (RFC 7959) [default: 1024]."),
         click.option("--proxy", metavar="URI", callback=_proxy,
                      help="Send the request through this CoAP forward proxy (e.g. coap://proxy:5683)."),
+        click.option("--max-size", metavar="SIZE", default="16MiB", show_default=True,
+                     callback=lambda c, p, v: formats.parse_size(str(v)),
+                     help="Largest response to assemble from blocks (bytes, or 64k, 16M, ...): a "
+                          "server sending more exits 6."),
     ]
     if with_timeout:
         options.append(click.option(
@@ -100,9 +104,9 @@ def request_options(content_format: bool = True, timeout: float | None = DEFAULT
             show_default=timeout is not None,
             help="Seconds to wait for the response (exit 5 when none comes)."))
 
-    def build(accept, non, option, block_size, proxy, content_format=None, timeout=None):
+    def build(accept, non, option, block_size, proxy, max_size, content_format=None, timeout=None):
         req = {"content_format": content_format, "accept": accept, "non": non, "options": option,
-               "block_szx": block_size, "proxy": proxy}
+               "block_szx": block_size, "proxy": proxy, "max_size": max_size}
         if with_timeout:
             req["timeout"] = timeout
         return req

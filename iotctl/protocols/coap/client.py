@@ -11,12 +11,20 @@ aiocoap 0.4.17 quirks handled here:
 - cancelling an observation only forgets it locally (the server learns it from an RST
   to the next notification); a GET with Observe: 1 on the same token deregisters it;
 - a request to a multicast address returns only the first response; multicast
-  discovery sends its own NON request and collects every answer until the timeout.
+  discovery sends its own NON request and collects every answer until the timeout;
+- its UDP transport reads datagrams into a 4,096-byte buffer and silently truncates
+  anything bigger; a string option (Uri-Path, ...) that is not UTF-8 raises out of the
+  transport's read callback (an asyncio traceback per datagram); a block-wise response
+  with more=1 is followed forever; a response that arrives after its request was given
+  up raises InvalidStateError in a loop callback. `fix_aiocoap()` (applied by every
+  entry point here and by `coap serve`) mends each of them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -41,6 +49,9 @@ TRANSPORTS = {"coap": "udp6", "coaps": "tinydtls", "coap+tcp": "tcpclient", "coa
               "coap+ws": "ws", "coaps+ws": "ws"}
 
 DEREGISTER_WAIT = 2.0
+DEFAULT_MAX_SIZE = 16 * 1024 * 1024
+# the largest UDP payload: 65,507 bytes over IPv4, 65,527 over IPv6 (no jumbograms)
+MAX_DATAGRAM = 65535
 
 
 @dataclass
@@ -65,6 +76,7 @@ class RequestSpec:
     timeout: float = 10.0
     security: Security = field(default_factory=Security)
     label: str | None = None
+    max_size: int | None = DEFAULT_MAX_SIZE   # a block-wise response bigger than this fails
 
     @property
     def what(self) -> str:
@@ -77,6 +89,177 @@ class RequestSpec:
 def setup_logging(debug: bool) -> None:
     """aiocoap logs to the 'coap' loggers: a trace on stderr with -d, silence otherwise."""
     route_logs(("coap", "coap-server"), debug)
+
+
+# --------------------------------------------------------------------------- aiocoap fixes
+
+
+class ResponseTooLarge(Exception):
+    """A block-wise response grew past --max-size (raised inside aiocoap's assembly)."""
+
+    def __init__(self, limit: int, size: int):
+        super().__init__(f"the response is larger than {limit} bytes")
+        self.limit, self.size = limit, size
+
+
+class BadStringOption(PeerError):
+    """A response whose string option is not UTF-8 (dispatched to its request)."""
+
+
+class _Transfer:
+    """The block-wise response being assembled: --max-size and the bytes so far."""
+
+    def __init__(self, limit: int | None):
+        self.limit, self.received = limit, 0
+
+
+# the transfer of the request started in this context (aiocoap's block-wise runner
+# tasks inherit it from the task that created them)
+_transfer: contextvars.ContextVar[_Transfer | None] = contextvars.ContextVar("iotctl_coap_transfer",
+                                                                            default=None)
+# `coap serve` logs a request it cannot decode through this (one line per datagram)
+bad_request_hook = None
+_fixed = False
+
+
+def fix_aiocoap() -> None:
+    """Mend aiocoap 0.4.17's UDP transport and block-wise assembly (once per process)."""
+    global _fixed
+    if _fixed:
+        return
+    _fixed = True
+    from aiocoap.transports import udp6
+    from aiocoap.util.asyncio.recvmsg import RecvmsgSelectorDatagramTransport
+
+    # 1. a receive buffer that fits every UDP datagram (was 4,096: silent truncation)
+    RecvmsgSelectorDatagramTransport.max_size = MAX_DATAGRAM
+
+    # 2. a string option that is not UTF-8: answer 4.02 (request) or fail the request
+    # it answers (response) instead of a traceback out of the read callback
+    received = udp6.MessageInterfaceUDP6.datagram_msg_received
+
+    def datagram_msg_received(self, data, ancdata, flags, address):
+        try:
+            return received(self, data, ancdata, flags, address)
+        except UnicodeDecodeError as exc:
+            try:
+                aiocoap.Message.decode(data)
+            except UnicodeDecodeError:
+                _undecodable(self, data, ancdata, address, exc)
+                return
+            raise  # not a decoding failure: let aiocoap's own handling see it
+
+    udp6.MessageInterfaceUDP6.datagram_msg_received = datagram_msg_received
+
+    # 3. --max-size for block-wise responses (aiocoap follows more=1 forever)
+    append = aiocoap.Message._append_response_block
+
+    def _append_response_block(self, next_block):
+        transfer = _transfer.get()
+        block2 = next_block.opt.block2
+        if transfer is not None and block2 is not None:
+            size = block2.start + len(next_block.payload)
+            if transfer.limit is not None and size > transfer.limit:
+                raise ResponseTooLarge(transfer.limit, size)
+            transfer.received = size
+        return append(self, next_block)
+
+    aiocoap.Message._append_response_block = _append_response_block
+    next_request = aiocoap.Message._generate_next_block2_request
+
+    def _generate_next_block2_request(self, response):
+        transfer = _transfer.get()
+        if transfer is not None:
+            transfer.received = len(response.payload)
+        return next_request(self, response)
+
+    aiocoap.Message._generate_next_block2_request = _generate_next_block2_request
+
+
+def _string_option(data: bytes) -> str:
+    """The name of the first string option in `data` that is not UTF-8."""
+    from aiocoap.numbers.optionnumbers import OptionNumber
+    from aiocoap.optiontypes import StringOption
+
+    tkl = data[0] & 0x0F
+    pos, number = 4 + tkl, 0
+    while pos < len(data) and data[pos] != 0xFF:
+        delta, length = data[pos] >> 4, data[pos] & 0x0F
+        pos += 1
+        ext = []
+        for nibble in (delta, length):
+            if nibble == 13:
+                ext.append(data[pos] + 13)
+                pos += 1
+            elif nibble == 14:
+                ext.append(int.from_bytes(data[pos:pos + 2], "big") + 269)
+                pos += 2
+            else:
+                ext.append(nibble)
+        number += ext[0]
+        value = data[pos:pos + ext[1]]
+        pos += ext[1]
+        try:
+            option = OptionNumber(number)
+            if option.format is StringOption:
+                value.decode("utf-8")
+        except UnicodeDecodeError:
+            return f"{formats.option_name(number)} ({number})"
+        except Exception:
+            break
+    return "a string option"
+
+
+def _undecodable(iface, data: bytes, ancdata, address, exc: UnicodeDecodeError) -> None:
+    """A datagram whose string option is not UTF-8: a request is answered 4.02 Bad
+    Option (and logged through bad_request_hook); a response fails its request."""
+    import secrets
+    import socket
+
+    from aiocoap.transports import udp6
+
+    if len(data) < 4:
+        return
+    mtype, tkl, code = (data[0] >> 4) & 3, data[0] & 0x0F, data[1]
+    token = data[4:4 + tkl]
+    name = _string_option(data)
+    why = f"option {name} is not valid UTF-8"
+    if code >= 64:
+        why = "the response's " + why
+    ancillary = [(level, kind, value) for level, kind, value in ancdata
+                 if level == socket.IPPROTO_IPV6 and kind == socket.IPV6_PKTINFO]
+    pktinfo = ancillary[0][2] if ancillary else None
+    remote = udp6.UDP6EndpointAddress(address, iface, pktinfo=pktinfo)
+
+    def send(packet: bytes) -> None:
+        try:
+            iface.transport.sendmsg(packet, ancillary, 0, address)
+        except Exception:
+            pass
+
+    if 1 <= code <= 31 and mtype in (0, 1):  # a request, CON or NON
+        reply_type = 2 if mtype == 0 else 1  # ACK (piggybacked) or NON
+        mid = data[2:4] if mtype == 0 else secrets.token_bytes(2)
+        payload = why.encode()
+        # 4.02 Bad Option, Content-Format text/plain (option 12, empty), then the payload
+        send(bytes([0x40 | reply_type << 4 | tkl, 0x82]) + mid + token + b"\xc0\xff" + payload)
+        if bad_request_hook is not None:
+            bad_request_hook(remote, mtype, code, why)
+    elif code >= 64:  # a response
+        if mtype == 0:  # a CON response we cannot take: reset it (RFC 7252 4.2)
+            send(bytes([0x70, 0x00]) + data[2:4])
+        iface._ctx.dispatch_error(BadStringOption("the response", why), remote)
+
+
+def _loop_exceptions(loop) -> None:
+    """Exceptions aiocoap raises in loop callbacks (e.g. InvalidStateError for a
+    response to a request given up on): a line of the -d trace, never a traceback."""
+
+    def handler(loop, context):
+        exc = context.get("exception")
+        logging.getLogger("coap").debug("%s: %r", context.get("message"), exc)
+
+    loop.set_exception_handler(handler)
 
 
 # --------------------------------------------------------------------------- context
@@ -215,14 +398,27 @@ def check_response(resp, what: str) -> None:
         raise PeerError(what, _code_text(resp.code) + (f": {diag}" if diag else ""))
 
 
-def map_error(exc: BaseException, what: str, timeout: float | None = None) -> IotctlError:
+def map_error(exc: BaseException, what: str, timeout: float | None = None,
+              transfer: _Transfer | None = None) -> IotctlError:
     """aiocoap's and the OS's failures as iotctl errors (exit 3, 5, 7 or 1)."""
     import ssl
 
     if isinstance(exc, IotctlError):
         return exc
+    if isinstance(exc.__cause__, IotctlError):  # e.g. BadStringOption through dispatch_error
+        cause = exc.__cause__
+        return type(cause)(what, cause.why, cause.hint)
+    if isinstance(exc, ResponseTooLarge):
+        return PeerError(what, f"the server sent more than --max-size {exc.limit} bytes (block-wise, "
+                         "more blocks announced); the transfer was stopped",
+                         hint="raise --max-size if the resource really is that large")
     if isinstance(exc, (asyncio.TimeoutError, TimeoutError, coap_error.TimeoutError)):
         why = f"no response within {timeout:g} s" if timeout else "no response (retransmissions exhausted)"
+        if transfer is not None and transfer.received:
+            return TimeoutError_(what, f"the block-wise response was not complete within {timeout:g} s "
+                                 f"({transfer.received} bytes received)" if timeout else
+                                 f"the server stopped answering during a block-wise response "
+                                 f"({transfer.received} bytes received)", hint="-W sets the timeout")
         if "coaps://" in what:  # tinydtls drops a failed handshake silently: no alert reaches us
             return TimeoutError_(what, why, hint="a DTLS handshake that fails looks like this: "
                                  "check --psk-identity and --psk (and -W)")
@@ -257,7 +453,7 @@ def request_all(specs: Iterator[RequestSpec], yield_errors: bool = False) -> Ite
 
     Raises PeerError on the first 4.xx/5.xx (after yielding it, with `yield_errors`),
     TimeoutError_ when one gets no answer."""
-    bridge = Bridge()
+    bridge = _bridge()
     ctx = None
     try:
         for spec in specs:
@@ -271,13 +467,22 @@ def request_all(specs: Iterator[RequestSpec], yield_errors: bool = False) -> Ite
         bridge.close(*([ctx.shutdown] if ctx is not None else []))
 
 
+def _bridge() -> Bridge:
+    fix_aiocoap()
+    bridge = Bridge()
+    _loop_exceptions(bridge.loop)
+    return bridge
+
+
 async def _one(ctx, spec: RequestSpec):
     msg = build_request(spec)
+    transfer = _Transfer(spec.max_size)
+    _transfer.set(transfer)
     try:
         async with asyncio.timeout(spec.timeout):
             resp = await _requester(ctx, spec).request(msg).response
     except Exception as exc:
-        raise map_error(exc, spec.what, spec.timeout) from None
+        raise map_error(exc, spec.what, spec.timeout, transfer) from None
     return resp
 
 
@@ -293,7 +498,7 @@ class Observation(Bridged, receive.Receiver):
 
     def __init__(self, spec: RequestSpec):
         self.spec = spec
-        self.bridge = Bridge()
+        self.bridge = _bridge()
         self.ctx = None
         self.request = None
         self.msg = None
@@ -307,6 +512,7 @@ class Observation(Bridged, receive.Receiver):
 
     async def _start(self) -> Message:
         spec = self.spec
+        _transfer.set(_Transfer(spec.max_size))
         self.ctx = await _context(spec.proxy or spec.uri, spec.security)
         self.queue = asyncio.Queue()
         self.msg = build_request(spec, observe=True)

@@ -248,6 +248,21 @@ def options_meta(options: list[tuple[int, bytes]], skip: tuple[int, ...] = ()) -
 
 # --------------------------------------------------------------------------- block sizes
 
+SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024 ** 2, "mb": 1000 ** 2,
+              "mib": 1024 ** 2, "g": 1024 ** 3, "gb": 1000 ** 3, "gib": 1024 ** 3}
+
+
+def parse_size(text: str, option: str = "--max-size") -> int:
+    """A byte count: 65536, 64k, 64KiB, 16M, 16MiB, 1G (k/M/G are binary; kB/MB/GB decimal)."""
+    import re
+
+    m = re.fullmatch(r"\s*(\d+)\s*([A-Za-z]*)\s*", text)
+    unit = m.group(2).lower() if m else None
+    if m is None or unit not in SIZE_UNITS or int(m.group(1)) == 0:
+        raise UsageError(f"{option} {text}", "expected a positive size in bytes, e.g. 65536, 64k, 16M, 16MiB")
+    return int(m.group(1)) * SIZE_UNITS[unit]
+
+
 BLOCK_SIZES = (16, 32, 64, 128, 256, 512, 1024)
 
 

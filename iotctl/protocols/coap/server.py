@@ -13,6 +13,12 @@ Imported only by the serve command. Resources:
     /.well-known/core      all of them in link-format with rt, if, ct, obs, title (filterable)
 
 Every request is logged as one line on stderr.
+
+Bounded against floods and hostile clients: a block-wise upload is refused with 4.13
+(and Size1) as soon as it passes MAX_BODY, at most MAX_ASSEMBLIES uploads and
+MAX_CACHED block-wise responses are held per resource (the oldest are dropped), and a
+client may hold at most MAX_OBSERVATIONS_PER_CLIENT observations (MAX_OBSERVATIONS in
+all); past that a GET with Observe is answered once, without an observation.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from dataclasses import dataclass
 
 import aiocoap
 from aiocoap import error, resource
+from aiocoap.blockwise import Block1Spool, Block2Cache, _extract_block_key
 from aiocoap.numbers.codes import Code
 
 from iotctl import background
@@ -38,6 +45,11 @@ TEXT, LINK, OCTETS, JSON, CBOR, SENML_JSON, SENML_CBOR = 0, 40, 42, 50, 60, 110,
 MAX_STORE_ITEMS = 100
 MAX_STORE_SIZE = 64 * 1024
 MAX_FILE_SIZE = 16 * 1024 * 1024
+MAX_BODY = MAX_STORE_SIZE          # the largest request body any resource takes
+MAX_ASSEMBLIES = 32                # block-wise uploads in progress, per resource
+MAX_CACHED = 32                    # block-wise responses kept for their next blocks, per resource
+MAX_OBSERVATIONS_PER_CLIENT = 16
+MAX_OBSERVATIONS = 1024
 DEVICE = "urn:dev:iotctl:sim:"
 
 
@@ -62,6 +74,64 @@ def _response(payload: bytes = b"", ct: int | None = None, code=None, **opts) ->
 
 def _error(code, text: str) -> aiocoap.Message:
     return _response(text.encode(), TEXT, code=code)
+
+
+class TooLarge(error.ConstructionRenderableError):
+    """4.13 Request Entity Too Large with Size1, the largest body taken (RFC 7959 2.9.3)."""
+
+    code = Code.REQUEST_ENTITY_TOO_LARGE
+
+    def __init__(self, limit: int):
+        super().__init__(f"at most {limit} bytes")
+        self.limit = limit
+
+    def to_message(self):
+        msg = super().to_message()
+        msg.opt.size1 = self.limit
+        return msg
+
+
+def _trim(timeoutdict, keep: int) -> None:
+    """Drop the oldest entries of an aiocoap TimeoutDict beyond `keep`."""
+    items = timeoutdict._items
+    while len(items) > keep:
+        del items[next(iter(items))]
+
+
+class BoundedSpool(Block1Spool):
+    """aiocoap's Block1 reassembly, refusing a body past `limit` at the block that
+    passes it (aiocoap buffers without end and leaves the check to the resource)."""
+
+    def __init__(self, limit: int = MAX_BODY):
+        super().__init__()
+        self.limit = limit
+
+    def feed_and_take(self, req):
+        block1 = req.opt.block1
+        if block1 is None:
+            return req
+        announced = req.opt.size1 if block1.block_number == 0 else None
+        if block1.start + len(req.payload) > self.limit or (announced or 0) > self.limit:
+            self._assemblies._items.pop(_extract_block_key(req), None)
+            raise TooLarge(self.limit)
+        try:
+            return super().feed_and_take(req)  # raises Continue until the last block
+        finally:
+            _trim(self._assemblies, MAX_ASSEMBLIES)
+
+
+class BoundedCache(Block2Cache):
+    """aiocoap's cache of block-wise responses, holding at most `keep` of them."""
+
+    def __init__(self, keep: int = MAX_CACHED):
+        super().__init__()
+        self.keep = keep
+
+    async def extract_or_insert(self, req, response_builder):
+        try:
+            return await super().extract_or_insert(req, response_builder)
+        finally:
+            _trim(self._completes, self.keep)
 
 
 class Described:
@@ -402,13 +472,48 @@ class WellKnownCore(resource.Resource):
 
 
 class LoggingSite(resource.Site):
-    """The site: routes by path and logs one line per request on stderr."""
+    """The site: routes by path, logs one line per request on stderr, and bounds the
+    observations each client holds."""
 
     def __init__(self, quiet: bool):
         super().__init__()
         self.quiet = quiet
+        self.observers: dict[str, int] = {}   # client endpoint -> observations held
+        self.observations = 0
+
+    def add_resource(self, path, res):
+        """Every resource gets bounded block-wise state."""
+        res._block1 = BoundedSpool()
+        res._block2 = BoundedCache()
+        super().add_resource(path, res)
 
     async def render_to_pipe(self, pipe):
+        """A GET with Observe counts against its client's observations while it lasts
+        (the render task ends, or is cancelled, when the observation does); past the
+        bounds the request is served once without Observe (RFC 7641 allows it)."""
+        request = pipe.request
+        if request.opt.observe != 0:
+            return await self._render(pipe)
+        try:
+            client = request.remote.hostinfo
+        except Exception:
+            client = "?"
+        if self.observations >= MAX_OBSERVATIONS or self.observers.get(client, 0) >= MAX_OBSERVATIONS_PER_CLIENT:
+            request.opt.observe = None
+            return await self._render(pipe)
+        self.observations += 1
+        self.observers[client] = self.observers.get(client, 0) + 1
+        try:
+            return await self._render(pipe)
+        finally:
+            self.observations -= 1
+            left = self.observers[client] - 1
+            if left:
+                self.observers[client] = left
+            else:
+                del self.observers[client]
+
+    async def _render(self, pipe):
         if not self.quiet:
             request = pipe.request
             started = time.monotonic()
@@ -508,7 +613,51 @@ class Device:
                     sensor.step()
 
 
+def _log_bad_request(quiet: bool):
+    """One log line for a request aiocoap cannot decode (answered 4.02 by client.py)."""
+
+    def hook(remote, mtype: int, code: int, why: str) -> None:
+        if quiet:
+            return
+        try:
+            host = remote.hostinfo
+        except Exception:
+            host = "?"
+        line = (f"{time.strftime('%H:%M:%S')} {host} {('CON', 'NON')[mtype]} {Code(code)} ? "
+                f"-> 4.02 Bad Option ({why})")
+        try:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+    return hook
+
+
+def _loop_exceptions(debug: bool):
+    """An exception in one of aiocoap's callbacks is one line on stderr (the traceback
+    with -d), never a traceback per datagram."""
+
+    def handler(loop, context):
+        exc = context.get("exception")
+        if debug:
+            loop.default_exception_handler(context)
+            return
+        try:
+            sys.stderr.write(f"iotctl: warning: {context.get('message')}: {exc!r}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+    return handler
+
+
 async def _run(cfg: ServeConfig) -> None:
+    from iotctl.protocols.coap import client
+
+    client.fix_aiocoap()
+    client.bad_request_hook = _log_bad_request(cfg.quiet)
+    asyncio.get_running_loop().set_exception_handler(_loop_exceptions(cfg.debug))
     device = Device(cfg)
     transports = ["udp6"] + (["tcpserver"] if cfg.tcp else [])
     try:

@@ -116,6 +116,47 @@ def properties_dict(props) -> dict:
     return out
 
 
+class _Client(paho.Client):
+    """paho, with QoS 2 receipt that a tool persisting nothing can honour.
+
+    paho answers a QoS 2 PUBLISH with PUBREC at once and hands the message out only
+    at PUBREL; with manual acks it then never answers a PUBREL for a message it does
+    not know. After the PUBREC the broker never sends that PUBLISH again, so a message
+    read but not yet shown when the process ends (-C, Ctrl-C) was lost, and the next
+    session's PUBRELs for such messages, never completed, filled the broker's
+    in-flight window: nothing more was delivered. In manual-ack mode here a QoS 2
+    message is handed out at PUBLISH, PUBREC is its acknowledgement (sent once it is
+    written, by Session.ack), and every PUBREL is completed: a message not shown is
+    sent again by the broker, one shown is never shown twice."""
+
+    def _handle_publish(self):
+        if not self._manual_ack:
+            return super()._handle_publish()
+        held: list[int] = []
+        self._send_pubrec = lambda mid: held.append(mid) or MQTTErrorCode.MQTT_ERR_SUCCESS
+        try:
+            rc = super()._handle_publish()
+        finally:
+            del self._send_pubrec
+        for mid in held:
+            with self._in_message_mutex:
+                message = self._in_messages.pop(mid, None)
+            if message is not None:
+                self._handle_on_message(message)
+        return rc
+
+    def _handle_pubrel(self):
+        rc = super()._handle_pubrel()
+        if not self._manual_ack or rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            return rc
+        return self._send_pubcomp(int.from_bytes(self._in_packet["packet"][:2], "big"))
+
+    def ack(self, mid: int, qos: int):
+        if self._manual_ack and qos == 2:
+            return self._send_pubrec(mid)
+        return super().ack(mid, qos)
+
+
 class _ErrorCapture(logging.Handler):
     """Remembers the last error paho logged (e.g. why a TLS read failed)."""
 
@@ -161,7 +202,7 @@ class Session:
         if not self.v5:
             kwargs["clean_session"] = cfg.clean_start
         try:
-            client = paho.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+            client = _Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                  protocol=VERSIONS[cfg.version],
                                  transport="websockets" if ep.ws else "tcp",
                                  reconnect_on_failure=False, **kwargs)
@@ -322,14 +363,20 @@ class Session:
             return PeerError(what, f"broker closed the connection: {reason}")
         return ConnectError(what, "connection lost" + (f" ({last})" if last else ""))
 
-    def close(self) -> None:
+    def close(self, wait: float = 2.0) -> None:
+        """End the session the way MQTT intends: no more PUBLISHes are read, the
+        acknowledgements already queued go out, then DISCONNECT, a half-close, and
+        the socket is read to its end before it is closed.
+
+        paho closes the socket as soon as DISCONNECT is written. With PUBLISHes still
+        unread in the socket that close is a reset, and a reset makes the broker's
+        kernel drop what it had not read yet: the last PUBACKs, so a persistent
+        session gets back messages already printed and acknowledged. Whatever is
+        read here is never acknowledged, so the broker keeps it for the next session."""
         client = self.client
         if self.connected:
             try:
-                client.disconnect()
-                deadline = time.monotonic() + 2
-                while client.want_write() and time.monotonic() < deadline:
-                    self._pump(0.1)
+                self._disconnect(wait)
             except Exception:  # closing is best effort
                 pass
         try:
@@ -429,6 +476,37 @@ class Session:
     def unsubscribe(self, topic_filter: str) -> None:
         self.client.unsubscribe(topic_filter)
 
+    def _disconnect(self, wait: float) -> None:
+        import socket
+
+        client = self.client
+        sock = client.socket()
+        deadline = time.monotonic() + wait
+        client._sock_close = lambda: None  # keep the socket open past DISCONNECT (see close)
+        try:
+            client.disconnect()
+            while client.want_write() and time.monotonic() < deadline:
+                select.select([], [sock], [], max(0.0, deadline - time.monotonic()))
+                client.loop_write()
+        finally:
+            del client._sock_close
+        raw = getattr(sock, "_socket", sock)  # paho's websocket wrapper holds the TCP socket
+        try:
+            raw.shutdown(socket.SHUT_WR)
+            while True:
+                left = deadline - time.monotonic()
+                if left <= 0 or not select.select([raw], [], [], left)[0]:
+                    break
+                try:
+                    if not raw.recv(65536):
+                        break  # the broker closed its side: nothing unread is left
+                except (BlockingIOError, InterruptedError):
+                    continue
+        except OSError:
+            pass
+        finally:
+            client._sock_close()
+
     # ------------------------------------------------------------------ the loop
 
     def _pump(self, timeout: float) -> bool:
@@ -511,6 +589,8 @@ class Session:
             if deadline is not None and now >= deadline:
                 return
             wait = 1.0 if deadline is None else min(1.0, deadline - now)
+            if self._batch:
+                wait = 0.0
             if not self._pump(wait):
                 if self._batch:
                     yield self._take()
@@ -596,6 +676,8 @@ class Receiver(receive.Receiver):
         session = self.session
         if self.ended:
             return None
+        if session._batch:  # read already (e.g. while waiting for the SUBACK): no waiting
+            wait = 0.0
         if not session._pump(1.0 if wait is None else wait):
             if session._batch:
                 return session._take()
