@@ -291,6 +291,34 @@ def test_serve_bounds_the_observations_of_one_client(serve, client):
         other.close()
 
 
+# --------------------------------------------------------------------------- 5. bounded duplicate detection
+
+
+def test_serve_duplicate_post_is_answered_once_duplicate_get_afresh(serve, client, iotctl):
+    """serve remembers no state for a GET (a duplicate is answered again) but still
+    detects a duplicate POST (RFC 7252 4.5): the LED toggles once for two copies."""
+    before = iotctl("coap", "get", f"{serve.uri}/actuators/led").stdout.strip()
+    token = os.urandom(4)
+    mid = client.next_mid()
+    packet = encode(CON, 0x02, mid, token, [(11, b"actuators"), (11, b"led")])
+    answers = []
+    for _ in range(2):
+        client.sock.sendto(packet, client.addr)
+        answers.append(decode(client.sock.recvfrom(70000)[0]))
+    assert answers[0] == answers[1] and answers[0]["code"] == CHANGED
+    after = iotctl("coap", "get", f"{serve.uri}/actuators/led").stdout.strip()
+    assert {before, after} == {"on", "off"}  # toggled once, not twice
+    assert answers[0]["payload"].decode() == after
+    mid = client.next_mid()
+    packet = encode(CON, 0x01, mid, token, [(11, b"time")])
+    for _ in range(2):
+        client.sock.sendto(packet, client.addr)
+        resp = decode(client.sock.recvfrom(70000)[0])
+        assert (resp["code"], resp["mid"], resp["type"]) == (CONTENT, mid, ACK)
+    wait_until(lambda: len([line for line in client.lines(serve.log()) if "GET /time" in line]) == 2,
+               what="both GETs rendered and logged")
+
+
 # --------------------------------------------------------------------------- 7. options that are not UTF-8
 
 

@@ -11,8 +11,13 @@ import time
 
 import pytest
 
-from tests.helpers import clean_env, wait_until
-from tests.protocols.test_mqtt import PRIVATE, broker  # noqa: F401  (fixture)
+from tests.helpers import clean_env
+from tests.protocols.test_mqtt import PRIVATE
+
+
+@pytest.fixture
+def broker(peer):
+    peer("mosquitto-private")
 
 
 def _session(qos: int = 1) -> tuple[str, tuple[str, ...]]:

@@ -50,6 +50,7 @@ MAX_ASSEMBLIES = 32                # block-wise uploads in progress, per resourc
 MAX_CACHED = 32                    # block-wise responses kept for their next blocks, per resource
 MAX_OBSERVATIONS_PER_CLIENT = 16
 MAX_OBSERVATIONS = 1024
+MAX_REMEMBERED = 2048              # message IDs remembered for duplicate detection
 DEVICE = "urn:dev:iotctl:sim:"
 
 
@@ -634,6 +635,39 @@ def _log_bad_request(quiet: bool):
     return hook
 
 
+def _bounded_deduplication() -> None:
+    """aiocoap remembers every confirmable request, with its response and a timer, for
+    EXCHANGE_LIFETIME (247 s): a GET flood grew the server by ~2.8 KB per request.
+    Here a GET or FETCH without Observe is not remembered at all (a duplicate is
+    simply answered again, as RFC 7252 4.5 allows for safe requests), and at most
+    MAX_REMEMBERED other requests are (the oldest are forgotten first)."""
+    import collections
+
+    from aiocoap.messagemanager import MessageManager
+
+    if getattr(MessageManager, "_iotctl_bounded", False):
+        return
+    original = MessageManager._deduplicate_message
+
+    def _deduplicate_message(self, message):
+        if message.code in (Code.GET, Code.FETCH) and message.opt.observe is None:
+            return False
+        key = (message.remote, message.mid)
+        if key in self._recent_messages:
+            return original(self, message)
+        order = self.__dict__.setdefault("_iotctl_order", collections.deque())
+        now = self.loop.time()
+        lifetime = message.transport_tuning.EXCHANGE_LIFETIME
+        while order and (len(order) >= MAX_REMEMBERED or order[0][0] <= now):
+            self._recent_messages.pop(order.popleft()[1], None)
+        order.append((now + lifetime, key))
+        self._recent_messages[key] = None
+        return False
+
+    MessageManager._deduplicate_message = _deduplicate_message
+    MessageManager._iotctl_bounded = True
+
+
 def _loop_exceptions(debug: bool):
     """An exception in one of aiocoap's callbacks is one line on stderr (the traceback
     with -d), never a traceback per datagram."""
@@ -656,6 +690,7 @@ async def _run(cfg: ServeConfig) -> None:
     from iotctl.protocols.coap import client
 
     client.fix_aiocoap()
+    _bounded_deduplication()
     client.bad_request_hook = _log_bad_request(cfg.quiet)
     asyncio.get_running_loop().set_exception_handler(_loop_exceptions(cfg.debug))
     device = Device(cfg)
