@@ -14,7 +14,7 @@ from iotctl.errors import UsageError
 
 ENCODINGS = ("json", "cbor", "hex", "base64")
 
-_HEX_SEPARATORS = re.compile(r"[\s:]+")
+_HEX_SEPARATORS = r"[\s:]+"  # re caches the compiled pattern on first use
 
 
 def encode(data: bytes, how: str | None) -> bytes:
@@ -36,7 +36,7 @@ def encode(data: bytes, how: str | None) -> bytes:
         return cbor_encode(value)
     text = _text(data, how)
     if how == "hex":
-        digits = _HEX_SEPARATORS.sub("", text)
+        digits = re.sub(_HEX_SEPARATORS, "", text)
         if digits[:2].lower() == "0x":
             digits = digits[2:]
         try:

@@ -154,7 +154,8 @@ def run(sender: Sender, items: Iterable[Outgoing], what: str = "send", timeout: 
 
     def drain(target: int, limit: float = timeout) -> None:
         while True:
-            settle()
+            if acked or refused_keys:
+                settle()
             if len(inflight) <= target and not busy():
                 return
             if refused and target:

@@ -9,11 +9,12 @@ import logging
 import re
 import sys
 
-# secrets a library may write in its protocol trace, whatever the session
-_PATTERNS = (
-    (re.compile(r"(passcode:)[^\\\n'\"]*"), r"\1****"),                      # STOMP CONNECT
-    (re.compile(r"(mechanism=[\"']PLAIN[\"'][^>]*>)[^<]*"), r"\1****"),        # SASL PLAIN
-    (re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]*:)[^/\s'\"]+@"), r"\1****@"),  # URLs
+# secrets a library may write in its protocol trace, whatever the session (compiled
+# when a trace is first shown: start-up pays nothing for them)
+_SOURCES = (
+    (r"(passcode:)[^\\\n'\"]*", r"\1****"),                      # STOMP CONNECT
+    (r"(mechanism=[\"']PLAIN[\"'][^>]*>)[^<]*", r"\1****"),        # SASL PLAIN
+    (r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]*:)[^/\s'\"]+@", r"\1****@"),  # URLs
 )
 
 
@@ -23,12 +24,13 @@ class Redact(logging.Filter):
     def __init__(self, secrets: tuple[str, ...] = ()):
         super().__init__()
         self.secrets = tuple(s for s in secrets if s)
+        self.patterns = [(re.compile(pattern), replacement) for pattern, replacement in _SOURCES]
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         for secret in self.secrets:
             text = text.replace(secret, "****")
-        for pattern, replacement in _PATTERNS:
+        for pattern, replacement in self.patterns:
             text = pattern.sub(replacement, text)
         record.msg, record.args = text, None
         return True

@@ -186,6 +186,7 @@ class Session:
         self._acked: set[int] = set()
         self._refused: dict[int, tuple[int, str]] = {}
         self._suback: dict[int, list] = {}
+        self._subscribed = False  # a session that never subscribed has nothing unread to protect
         # paho logs every packet: a trace with --debug; errors are always captured
         # so a failed TLS read can be reported for what it is
         self._log = route_logs(("iotctl.mqtt",), cfg.debug, "mqtt", quiet_level=logging.ERROR,
@@ -459,6 +460,7 @@ class Session:
                       for s in subs]
         else:
             topics = [(s.topic_filter, s.qos) for s in subs]
+        self._subscribed = True
         try:
             rc, mid = self.client.subscribe(topics)
         except ValueError as exc:
@@ -493,6 +495,8 @@ class Session:
         raw = getattr(sock, "_socket", sock)  # paho's websocket wrapper holds the TCP socket
         try:
             raw.shutdown(socket.SHUT_WR)
+            if not self._subscribed and not select.select([raw], [], [], 0)[0]:
+                return  # a publisher with nothing unread: closing now cannot reset anything
             while True:
                 left = deadline - time.monotonic()
                 if left <= 0 or not select.select([raw], [], [], left)[0]:
