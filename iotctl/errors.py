@@ -55,6 +55,10 @@ class ConnectError(IotctlError):
     code = ExitCode.CONNECT
 
 
+class ConnectionLost(ConnectError):
+    """A connection that was up is gone (exit 3, unless a receiver reconnects)."""
+
+
 class AuthError(IotctlError):
     code = ExitCode.AUTH
 

@@ -12,23 +12,35 @@ _now = time.time
 
 
 class Message:
-    """One message received or sent, whatever the protocol.
+    """One message received or sent, whatever the protocol: what a receiver yields,
+    what a sender takes, what -o json prints and --replay reads back.
 
-    `ts` is kept as a POSIX float and only formatted when a renderer needs it:
-    subscribers create one of these per message on the hot path.
+    `protocol` is where the message came from ("" for one composed on the command
+    line: it is native to whichever protocol sends it). `ts` is kept as a POSIX float
+    and only formatted when a renderer needs it: subscribers create one of these per
+    message on the hot path. `token` is the receiving protocol's acknowledgement
+    handle (a packet id, a delivery tag, an ack id); it never leaves the process.
     """
 
-    __slots__ = ("protocol", "address", "payload", "content_type", "meta", "ts")
+    __slots__ = ("protocol", "address", "payload", "content_type", "meta", "ts", "token")
 
     def __init__(self, protocol: str, address: str, payload: bytes,
                  content_type: str | None = None, meta: dict | None = None,
-                 ts: float | None = None):
+                 ts: float | None = None, token=None):
         self.protocol = protocol
         self.address = address
         self.payload = payload
         self.content_type = content_type
         self.meta = meta if meta is not None else {}
         self.ts = _now() if ts is None else ts
+        self.token = token
+
+    def copy(self, **changes) -> "Message":
+        """A copy with some fields changed (the token is not copied)."""
+        fields = {"protocol": self.protocol, "address": self.address, "payload": self.payload,
+                  "content_type": self.content_type, "meta": self.meta, "ts": self.ts}
+        fields.update(changes)
+        return Message(**fields)
 
     def __repr__(self) -> str:
         return f"Message({self.protocol!r}, {self.address!r}, {self.payload!r}, meta={self.meta!r})"
@@ -78,8 +90,66 @@ class Message:
         meta = env.get("meta") or {}
         if not isinstance(meta, dict):
             raise ValueError("'meta' must be an object")
-        return cls(str(env.get("protocol", "")), str(env.get("address", "")), data,
-                   env.get("content_type"), meta, when)
+        protocol = env.get("protocol") or ""
+        content_type = env.get("content_type")
+        if content_type is not None and not isinstance(content_type, str):
+            raise ValueError("'content_type' must be a string")
+        return cls(str(protocol), str(env.get("address") or ""), data, content_type, meta, when)
+
+
+class Portable:
+    """What crosses from one protocol to another (README, "What crosses"): the content
+    type, user properties / headers as text pairs, the correlation id and the reply-to
+    address. Everything else of a foreign message's `meta` stays behind."""
+
+    __slots__ = ("content_type", "headers", "correlation_id", "reply_to")
+
+    def __init__(self, content_type: str | None = None, headers: list[tuple[str, str]] | None = None,
+                 correlation_id: bytes | None = None, reply_to: str | None = None):
+        self.content_type = content_type
+        self.headers = headers or []
+        self.correlation_id = correlation_id
+        self.reply_to = reply_to
+
+    def __repr__(self) -> str:
+        return (f"Portable(content_type={self.content_type!r}, headers={self.headers!r}, "
+                f"correlation_id={self.correlation_id!r}, reply_to={self.reply_to!r})")
+
+
+def foreign(msg: Message, protocol: str) -> Portable | None:
+    """How a sender of `protocol` adopts `msg`: None when the message is native (from
+    the same protocol, or composed on the command line): its `meta` is the sender's own.
+    Else the portable fields, read by the source protocol's own reader (the registry's
+    `portable` entry), so no shared module knows any protocol's meta."""
+    if not msg.protocol or msg.protocol == protocol:
+        return None
+    from iotctl.registry import portable_reader
+
+    reader = portable_reader(msg.protocol)
+    if reader is None:
+        return Portable(msg.content_type)
+    found = reader(msg)
+    if found.content_type is None:
+        found.content_type = msg.content_type
+    return found
+
+
+def text_pairs(value) -> list[tuple[str, str]]:
+    """Headers or user properties (a dict, or a list of pairs) as (text, text) pairs;
+    values that are not text are written as JSON."""
+    import json
+
+    items = value.items() if isinstance(value, dict) else value if isinstance(value, (list, tuple)) else ()
+    out = []
+    for item in items:
+        try:
+            key, val = item
+        except (TypeError, ValueError):
+            continue
+        if not isinstance(val, str):
+            val = json.dumps(jsonable(val), ensure_ascii=False)
+        out.append((str(key), val))
+    return out
 
 
 def jsonable(value: Any) -> Any:

@@ -67,9 +67,24 @@ def bundle(target: str | None, options: list[Callable], build: Callable[..., Any
             return f(*args, **kwargs)
 
         wrapper.__dict__["__click_params__"] = list(getattr(f, "__click_params__", [])) + built
+        # the chain of builds, outermost first, so `built_arguments` can apply them without
+        # running the command (a URL endpoint opens a protocol through the same builds)
+        wrapper.__dict__["__iotctl_bundles__"] = ([(target, names, build)]
+                                                  + list(getattr(f, "__iotctl_bundles__", [])))
         return wrapper
 
     return decorator
+
+
+def built_arguments(callback: Callable, params: dict) -> dict:
+    """The arguments a command's body receives for the parsed option values `params`
+    (its bundles' builds applied, outermost first): what a URL endpoint hands to a
+    protocol's factory. Must run inside the command's click context."""
+    values = dict(params)
+    for target, names, build in getattr(callback, "__iotctl_bundles__", []):
+        taken = {name: values.pop(name) for name in names if name in values}
+        values[target] = build(**taken) if build is not None else Values(taken)
+    return values
 
 
 def shared_factory(factory: Callable) -> Callable:
@@ -375,10 +390,13 @@ def send_options() -> Callable:
 
 
 @shared_factory
-def receive_options(default_timeout: float | None = None, idle: str | None = None) -> Callable:
+def receive_options(default_timeout: float | None = None, idle: str | None = None,
+                    reconnect: bool = False) -> Callable:
     """-C/--count, -W/--timeout, --save, and with `idle` --idle-timeout ("ok": stop
     successfully once nothing arrived for that long, as a drained queue; "error":
-    give up with exit 5); the command receives `receive: ReceiveSpec`."""
+    give up with exit 5); with `reconnect`, --no-reconnect (by default a lost
+    connection is connected again with backoff); the command receives
+    `receive: ReceiveSpec`."""
     options = [
         click.option("-C", "--count", type=click.IntRange(min=1), default=None,
                      help="Stop after COUNT messages."),
@@ -395,10 +413,15 @@ def receive_options(default_timeout: float | None = None, idle: str | None = Non
             "--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
             help=("Stop (exit 0) once nothing has arrived for this long." if idle == "ok" else
                   "Give up (exit 5) when nothing arrives for this long.")))
+    if reconnect:
+        options.append(click.option(
+            "--reconnect/--no-reconnect", default=True, show_default=True,
+            help="After a lost connection, connect again with backoff (a status line each time); "
+                 "--no-reconnect exits 3 instead."))
 
-    def build(count, timeout, save, idle_timeout=None):
+    def build(count, timeout, save, idle_timeout=None, reconnect=False):
         from iotctl.receive import ReceiveSpec
 
-        return ReceiveSpec(count, timeout, save, idle_timeout, idle_ok=idle == "ok")
+        return ReceiveSpec(count, timeout, save, idle_timeout, idle_ok=idle == "ok", reconnect=reconnect)
 
     return bundle("receive", options, build)

@@ -1,7 +1,10 @@
 """Shared payload input for every sending command (README, "Payload input").
 
-A `PayloadSource` is an iterator of `Outgoing` items. `-l/--lines` and `--replay`
-stream: nothing reads the whole input ahead of what has been sent.
+Every message to send is a `Message` (the one envelope): composed here its protocol is
+"" (the sender's own), replayed it keeps where it came from. `-l/--lines` and
+`--replay` stream: nothing reads far ahead of what has been sent. A stream that has
+nothing to give for a moment (a pipe from `tail -f`) yields `IDLE` batches, so the
+send driver services its connection while it waits.
 """
 
 from __future__ import annotations
@@ -12,17 +15,9 @@ from typing import IO, Iterator
 
 from iotctl import codecs
 from iotctl.errors import UsageError
+from iotctl.message import Message
 
-
-class Outgoing:
-    """One payload to send; `address`, `meta` and `content_type` come from --replay."""
-
-    __slots__ = ("payload", "address", "meta", "content_type")
-
-    def __init__(self, payload: bytes, address: str | None = None, meta: dict | None = None,
-                 content_type: str | None = None):
-        self.payload, self.address, self.content_type = payload, address, content_type
-        self.meta = meta if meta is not None else {}
+IDLE_AFTER = 0.25  # seconds without input before a stream says it is idle
 
 
 class PayloadSpec:
@@ -83,14 +78,19 @@ class PayloadSpec:
     def payloads(self, stdin: IO[bytes] | None = None) -> Iterator[bytes]:
         """Every payload to send, lazily, as bytes (not for --replay, which has addresses)."""
         if self.lines:
-            return _lines(stdin or sys.stdin.buffer, self.encode)
+            return (p for batch in self.batches(stdin) for p in batch)
         return iter([self.read_one(stdin)])
 
-    def iter(self, stdin: IO[bytes] | None = None) -> Iterator[Outgoing]:
+    def batches(self, stdin: IO[bytes] | None = None) -> Iterator[list[bytes]]:
+        """-l: the payloads of stdin's lines, a list per read (an empty list when the
+        input had nothing for a moment)."""
+        return _line_batches(stdin or sys.stdin.buffer, self.encode)
+
+    def iter(self, stdin: IO[bytes] | None = None) -> Iterator[Message]:
         """Every message to send, lazily, with the captured address and meta for --replay."""
         if self.replay is not None:
             return replay(self.replay, self.speed)
-        return (Outgoing(p) for p in self.payloads(stdin))
+        return (Message("", "", p) for p in self.payloads(stdin))
 
 
 def read_file(path: str) -> bytes:
@@ -103,34 +103,109 @@ def read_file(path: str) -> bytes:
         raise UsageError(f"cannot read file {path}", exc.strerror or str(exc)) from None
 
 
-def _lines(stream: IO[bytes], encode: str | None) -> Iterator[bytes]:
+def _line_batches(stream: IO[bytes], encode: str | None) -> Iterator[list[bytes]]:
     """Each line without its LF, as mosquitto_pub -l does (a CR before it is data and
-    stays). Iteration splits after each LF, so rstrip removes exactly that one."""
-    from itertools import repeat
-
-    lines = map(bytes.rstrip, stream, repeat(b"\n"))
+    stays; an empty line is an empty message; a last line without LF counts)."""
+    chunks = _chunks(stream)
     if encode:
-        return _encoded_lines(lines, encode)
-    return lines
+        return _encoded(chunks, encode)
+    return _split(chunks)
 
 
-def _encoded_lines(lines: Iterator[bytes], encode: str) -> Iterator[bytes]:
-    for number, line in enumerate(lines, 1):
+def _split(chunks: Iterator[bytes | None]) -> Iterator[list[bytes]]:
+    rest = b""
+    for chunk in chunks:
+        if chunk is None:
+            yield []
+            continue
+        lines = chunk.split(b"\n")
+        if rest:
+            lines[0] = rest + lines[0]
+        rest = lines.pop()
+        if lines:
+            yield lines
+    if rest:
+        yield [rest]
+
+
+def _encoded(chunks: Iterator[bytes | None], encode: str) -> Iterator[list[bytes]]:
+    number = 0
+    for batch in _split(chunks):
+        out = []
+        for line in batch:
+            number += 1
+            try:
+                out.append(codecs.encode(line, encode))
+            except UsageError as exc:
+                if out:
+                    yield out
+                raise UsageError(f"stdin line {number}: {exc.what}", exc.why) from None
+        yield out
+
+
+def _chunks(stream: IO[bytes], size: int = 1 << 16) -> Iterator[bytes | None]:
+    """The stream's bytes as they come; None when a pipe or terminal gave nothing for
+    IDLE_AFTER seconds. A regular file (or an in-memory stream) is read directly; a
+    pipe is read by a thread a few chunks ahead, so waiting for input never blocks the
+    connection's upkeep."""
+    import os
+    import stat
+
+    try:
+        fd = stream.fileno()
+        regular = stat.S_ISREG(os.fstat(fd).st_mode)
+    except (AttributeError, OSError, ValueError):
+        fd, regular = None, True
+    if regular:
+        read = getattr(stream, "read1", stream.read)
+        while True:
+            chunk = read(size)
+            if not chunk:
+                return
+            yield chunk
+    else:
+        yield from _piped(fd, size)
+
+
+def _piped(fd: int, size: int) -> Iterator[bytes | None]:
+    import os
+    import queue
+    import threading
+
+    ahead: queue.Queue = queue.Queue(maxsize=16)
+
+    def reader():
         try:
-            yield codecs.encode(line, encode)
-        except UsageError as exc:
-            raise UsageError(f"stdin line {number}: {exc.what}", exc.why) from None
+            while True:
+                chunk = os.read(fd, size)
+                ahead.put(chunk)
+                if not chunk:
+                    return
+        except OSError as exc:
+            ahead.put(exc)
+
+    threading.Thread(target=reader, name="iotctl-stdin", daemon=True).start()
+    get = ahead.get
+    while True:
+        try:
+            chunk = get(timeout=IDLE_AFTER)
+        except queue.Empty:
+            yield None
+            continue
+        if isinstance(chunk, OSError):
+            raise UsageError("cannot read stdin", chunk.strerror or str(chunk))
+        if not chunk:
+            return
+        yield chunk
 
 
-def replay(path: str, speed: float | None = None) -> Iterator[Outgoing]:
+def replay(path: str, speed: float | None = None) -> Iterator[Message]:
     """Messages from a JSONL envelope capture (`-o jsonl` output of any protocol).
 
     With `speed` (1 = real time, 2 = twice as fast, 0 = no delay) the gaps between the
     captured timestamps are kept.
     """
     import json
-
-    from iotctl.message import Message
 
     try:
         fh = sys.stdin.buffer if path == "-" else open(path, "rb")
@@ -153,4 +228,4 @@ def replay(path: str, speed: float | None = None) -> Iterator[Outgoing]:
                 if delay > 0:
                     time.sleep(delay)
             previous = msg.ts
-            yield Outgoing(msg.payload, msg.address, msg.meta, msg.content_type)
+            yield msg

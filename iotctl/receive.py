@@ -1,49 +1,126 @@
 """The receive driver: every receiving command (mqtt subscribe, coap observe, amqp
-consume/tap, stomp subscribe, xmpp listen, mqttsn subscribe) runs on `run()`.
+consume/tap, stomp subscribe, xmpp listen, mqttsn subscribe) runs on `run()`, and the
+cross-protocol commands (bridge, watch, bench) use the same `Receiver`s.
 
 A protocol supplies a `Receiver`; the driver owns everything else: -C/--count,
--W/--timeout, --idle-timeout, a duration, --save, acknowledging only what has been
-written (and flushed), and Ctrl-C (which ends a receive successfully).
+-W/--timeout, --idle-timeout, a duration, --save, acknowledging exactly what has been
+written (and flushed), reconnecting after a lost connection, a reader of stdout that
+went away, and Ctrl-C (which ends a receive successfully).
 """
 
 from __future__ import annotations
 
 import time
+from collections import deque
 
-from iotctl.errors import OutputClosed, TimeoutError_, UsageError
+from iotctl import interrupts
+from iotctl.errors import ConnectError, ConnectionLost, OutputClosed, TimeoutError_, UsageError
 from iotctl.message import Message
+
+WAIT_SLICE = 1.0  # the longest a poll waits: a closed stdout is noticed within this
 
 
 class ReceiveSpec:
     """-C/--count, -W/--timeout, --save and --idle-timeout of a receiving command;
     `idle_ok`: an idle timeout ends the run successfully (a drained queue) instead of
     exit 5; `duration`: stop successfully after that many seconds (coap observe
-    --duration, xmpp presence set --for)."""
+    --duration, xmpp presence set --for); `reconnect`: after a lost connection, connect
+    again with backoff (when the Receiver can) instead of exit 3."""
 
-    __slots__ = ("count", "timeout", "save", "idle_timeout", "idle_ok", "duration")
+    __slots__ = ("count", "timeout", "save", "idle_timeout", "idle_ok", "duration", "reconnect")
 
     def __init__(self, count: int | None = None, timeout: float | None = None, save: str | None = None,
-                 idle_timeout: float | None = None, idle_ok: bool = False, duration: float | None = None):
+                 idle_timeout: float | None = None, idle_ok: bool = False, duration: float | None = None,
+                 reconnect: bool = False):
         self.count, self.timeout, self.save = count, timeout, save
         self.idle_timeout, self.idle_ok, self.duration = idle_timeout, idle_ok, duration
+        self.reconnect = reconnect
 
 
 class Receiver:
-    """What a protocol implements for `run()`.
+    """What a protocol implements: a source of messages.
+
+    A context manager: entering connects (and subscribes, declares, observes...),
+    leaving closes; `open()`/`close()` do the work.
 
     poll(wait): wait at most `wait` seconds (None: as long as it takes) and return the
         messages that arrived, as one batch (possibly empty); None when the source
         has ended (the driver then stops successfully). Raise an IotctlError when the
-        connection fails. KeyboardInterrupt may escape it: the driver handles it.
-    ack(batch): called with messages once they are written and flushed; a protocol
-        acknowledges them to its peer here (nothing unshown is ever acknowledged).
+        connection fails (ConnectionLost when it was up and is gone). KeyboardInterrupt
+        may escape it: the driver handles it.
+    ack(messages): acknowledge exactly these messages (each carries its `token`) to the
+        peer; nothing unshown or unconfirmed is ever acknowledged. A protocol whose
+        acknowledgement is cumulative acknowledges only the longest delivered prefix
+        whose every message was acknowledged (`Cumulative`). Tokens of a connection
+        that has since been replaced are ignored.
+    nack(messages): give these back for redelivery where the protocol can (AMQP reject
+        with requeue, STOMP NACK); the default leaves them unacknowledged, which a
+        persistent session or a queue delivers again.
+    reconnect(): after ConnectionLost, connect again and restore the subscription
+        (raise an IotctlError when it cannot yet). `can_reconnect` says whether it is
+        implemented.
+    delivery: "at-least-once" when a message not acknowledged comes again (a
+        persistent session, a queue), else "at-most-once".
     """
+
+    delivery = "at-most-once"
+    can_reconnect = False
+    where = ""  # what a status line calls the source
+
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
     def poll(self, wait: float | None) -> list[Message] | None:
         raise NotImplementedError
 
-    def ack(self, batch: list[Message]) -> None:
+    def ack(self, messages: list[Message]) -> None:
         pass
+
+    def nack(self, messages: list[Message]) -> None:
+        pass
+
+    def reconnect(self) -> None:
+        raise NotImplementedError
+
+
+class Cumulative:
+    """Acknowledgements for a protocol whose ack covers every earlier delivery (AMQP
+    `multiple`, STOMP `client` mode): `delivered(token)` in delivery order, then
+    `confirm(tokens)` returns the last token of the longest prefix now wholly
+    acknowledged (to send one cumulative ack for), or None."""
+
+    __slots__ = ("order", "done")
+
+    def __init__(self) -> None:
+        self.order: deque = deque()
+        self.done: set = set()
+
+    def delivered(self, token) -> None:
+        self.order.append(token)
+
+    def confirm(self, tokens) -> object | None:
+        order, done = self.order, self.done
+        done.update(tokens)
+        last = None
+        while order and order[0] in done:
+            last = order.popleft()
+            done.discard(last)
+        return last
+
+    def forget(self) -> None:
+        """After a reconnect: the old deliveries' tokens mean nothing any more."""
+        self.order.clear()
+        self.done.clear()
 
 
 def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str = "message") -> int:
@@ -55,6 +132,7 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
 
         writer = run_writer()
     saver = _saver(spec.save)
+    watch_stdout = _watches_stdout(writer)
     count = spec.count
     n = 0
     pending: list[Message] = []  # written, not yet flushed and acknowledged
@@ -79,7 +157,7 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
         while True:
             now = time.monotonic()
             ends = [t for t in (deadline, until, last + idle if idle else None) if t is not None]
-            wait = None
+            wait = WAIT_SLICE
             if ends:
                 wait = min(ends) - now
                 if wait <= 0:
@@ -89,17 +167,26 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
                         if not spec.idle_ok:
                             raise TimeoutError_(what, f"no {noun} for {idle:g} s")
                     break
-            batch = receiver.poll(wait)
+                wait = min(wait, WAIT_SLICE)
+            try:
+                batch = receiver.poll(wait)
+            except ConnectionLost as lost:
+                if not (spec.reconnect and receiver.can_reconnect):
+                    raise
+                _reconnect(receiver, lost, deadline)
+                continue
             if batch is None:
                 break
             if not batch:
+                if watch_stdout and _stdout_gone():
+                    raise OutputClosed()
                 continue
             last = time.monotonic()
             if count is not None and len(batch) >= count - n:
                 batch = batch[: count - n]
             # a Ctrl-C waits until the batch is written and acknowledged: a message
             # printed but not acknowledged would come back to a persistent session
-            with _ctrl_c_deferred():
+            with interrupts.deferred():
                 for msg in batch:
                     write(msg)
                 n += len(batch)
@@ -135,33 +222,56 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
     return n
 
 
-class _ctrl_c_deferred:
-    """Hold SIGINT for the block and raise KeyboardInterrupt after it (main thread only)."""
+BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)
 
-    __slots__ = ("previous", "caught")
 
-    def __enter__(self):
-        import signal
-        import threading
+def _reconnect(receiver: Receiver, lost: ConnectionLost, deadline: float | None) -> None:
+    """Connect again with backoff, a status line for the loss and for the recovery;
+    within -W when one was given (then the loss is the error)."""
+    from iotctl.errors import IotctlError
+    from iotctl.settings import status
 
-        self.previous, self.caught = None, False
-        if threading.current_thread() is threading.main_thread():
-            previous = signal.getsignal(signal.SIGINT)
-            if previous is signal.default_int_handler:
-                self.previous = previous
-                signal.signal(signal.SIGINT, self._catch)
-        return self
+    why = lost.why or lost.what
+    where = receiver.where or lost.what
+    attempt = 0
+    while True:
+        delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            raise lost
+        status(f"connection lost ({why}); reconnecting in {delay:g} s" + (f" (attempt {attempt + 1})" if attempt else ""))
+        time.sleep(delay)
+        attempt += 1
+        try:
+            receiver.reconnect()
+        except IotctlError as exc:
+            if exc.code not in (ConnectError.code, TimeoutError_.code):
+                raise  # refused login, TLS: trying again changes nothing
+            why = exc.why or exc.what
+            continue
+        status(f"reconnected to {where}")
+        return
 
-    def _catch(self, signum, frame):
-        self.caught = True
 
-    def __exit__(self, *exc):
-        if self.previous is not None:
-            import signal
+def _watches_stdout(writer) -> bool:
+    import sys
 
-            signal.signal(signal.SIGINT, self.previous)
-            if self.caught and exc[0] is None:
-                raise KeyboardInterrupt
+    out = getattr(writer, "out", None)
+    try:
+        return out is not None and out.fileno() == sys.stdout.fileno() == 1
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _stdout_gone() -> bool:
+    """True when stdout is a pipe whose reader has gone (`sub | head -1` after a burst
+    and then silence): noticed while waiting, not at the next message."""
+    import select
+
+    try:
+        p = select.poll()
+        p.register(1, select.POLLOUT)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in p.poll(0))
+    except (OSError, ValueError):
         return False
 
 

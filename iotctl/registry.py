@@ -12,21 +12,41 @@ class Protocol:
     click group; help: the line `iotctl --help` shows; header: the meta keys the pretty
     header shows, in order (a true boolean shows as its name); details: meta keys pretty
     output shows only with -d; renderers: content type -> "module:function" that turns
-    a payload into a rich renderable (see output/renderers.py)."""
+    a payload into a rich renderable (see output/renderers.py).
 
-    __slots__ = ("name", "group", "help", "header", "details", "renderers")
+    URL endpoints (README, "Endpoints by URL"): schemes: the URL schemes that open this
+    protocol; endpoints: the module with `SCHEMES`, `source(target)` (a Receiver) and
+    `sink(target)` (a Sender), built from a URL plus the profile table, without click;
+    source_command / sink_command: the commands whose options the URL's parameters are
+    (the same names as profile keys and the same checks); options_in: "query", or
+    "fragment" when the URL's query belongs to the peer (CoAP, HTTP); portable:
+    "module:function" reading a message's content type, headers, correlation id and
+    reply-to (message.Portable) from this protocol's meta; separator: what splits an
+    address into a tree (watch)."""
+
+    __slots__ = ("name", "group", "help", "header", "details", "renderers", "schemes", "endpoints",
+                 "source_command", "sink_command", "options_in", "portable", "separator")
 
     def __init__(self, name: str, group: str, help: str, header: tuple[str, ...] = (),
-                 details: tuple[str, ...] = (), renderers: dict[str, str] | None = None):
+                 details: tuple[str, ...] = (), renderers: dict[str, str] | None = None,
+                 schemes: tuple[str, ...] = (), endpoints: str | None = None,
+                 source_command: str | None = None, sink_command: str | None = None,
+                 options_in: str = "query", portable: str | None = None, separator: str = "/"):
         self.name, self.group, self.help, self.header = name, group, help, header
         self.details = details
         self.renderers = renderers or {}
+        self.schemes, self.endpoints = schemes, endpoints
+        self.source_command, self.sink_command = source_command, sink_command
+        self.options_in, self.portable, self.separator = options_in, portable, separator
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("mqtt", "iotctl.protocols.mqtt.cli:group",
              "MQTT: publish, subscribe, request/response, retained messages.",
-             header=("qos", "retain")),
+             header=("qos", "retain"),
+             schemes=("mqtt", "mqtts", "ws", "wss"), endpoints="iotctl.protocols.mqtt.endpoints",
+             source_command="subscribe", sink_command="publish",
+             portable="iotctl.protocols.mqtt.envelope:portable"),
     Protocol("coap", "iotctl.protocols.coap.cli:group",
              "CoAP: get/put/post/delete/fetch/patch, observe, discover, serve a simulated device.",
              header=("code", "observe", "location"), details=("type", "mid", "token", "options"),
@@ -63,6 +83,30 @@ def header_keys(name: str) -> tuple[str, ...]:
 def detail_keys(name: str) -> tuple[str, ...]:
     p = PROTOCOLS.get(name)
     return p.details if p is not None else ()
+
+
+def by_scheme(scheme: str) -> Protocol | None:
+    """The protocol a URL scheme opens."""
+    scheme = scheme.lower()
+    for p in PROTOCOLS.values():
+        if scheme in p.schemes:
+            return p
+    return None
+
+
+def all_schemes() -> list[str]:
+    return [s for p in PROTOCOLS.values() for s in p.schemes]
+
+
+def portable_reader(name: str):
+    """The function reading a `name` message's portable fields, or None."""
+    p = PROTOCOLS.get(name)
+    if p is None or p.portable is None:
+        return None
+    import importlib
+
+    module, attr = p.portable.split(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def content_renderers() -> dict[str, str]:

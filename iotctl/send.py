@@ -1,5 +1,6 @@
-"""The send driver: every sending command (mqtt publish, coap put/post with -l, amqp
-publish, stomp send, xmpp send, mqttsn publish) runs on `run()`.
+"""The send driver: every sending command (mqtt publish, coap put/post, amqp publish,
+stomp send, xmpp send, mqttsn publish) runs on `run()`; the bridge drives a `Window`
+itself.
 
 The driver owns the payload sources (MESSAGE, -f, -s, -l, --replay with its timing,
 --repeat/--interval), a window of unacknowledged messages, progress on a terminal,
@@ -16,7 +17,10 @@ import time
 from typing import Hashable, Iterable, Iterator
 
 from iotctl.errors import IotctlError, PeerError, TimeoutError_, UsageError
-from iotctl.payload import Outgoing, PayloadSpec
+from iotctl.message import Message
+from iotctl.payload import PayloadSpec
+
+IDLE = Message("", "", b"")  # in a message stream: the input has nothing for a moment
 
 
 class SendSpec:
@@ -29,26 +33,50 @@ class SendSpec:
 
 
 class Sender:
-    """What a protocol implements for `run()`.
+    """What a protocol implements: a sink of messages.
 
+    A context manager: entering connects, leaving closes (`open()`/`close()`).
+
+    protocol: the protocol's name (a message composed on the command line that ends
+        in --failed is written as this protocol's).
     window: how many messages may wait for their acknowledgement at once; None when
         the protocol acknowledges nothing (QoS 0, --no-confirm: sent is done).
-    send(out): transmit one message (may buffer); return a hashable key when an
-        acknowledgement will come for it, else None.
+    send(msg): transmit one message (may buffer); return a hashable key when an
+        acknowledgement will come for it, else None. A message from another protocol
+        is adopted in one place (`message.foreign`): its content type, headers,
+        correlation id and reply-to where this protocol has them; nothing else of its
+        meta is sent.
     busy(): True when the connection has buffered output to write out first.
     pump(wait): do network I/O for at most `wait` seconds; put the keys of
         acknowledged messages into `self.acked` (a set) and of refused ones into
         `self.refused` (key -> reason). Raise an IotctlError when the connection fails.
-    refusal(refused): the error for messages the peer refused (default: exit 6).
+    finish(): everything was sent and settled; do what the protocol needs to learn the
+        last outcomes (a round trip that brings late refusals, which go into
+        `self.refused` like any other).
+    refusal(reasons): the error for messages the peer refused (default: exit 6).
     """
 
+    protocol = ""
     window: int | None = None
 
     def __init__(self) -> None:
         self.acked: set = set()
         self.refused: dict = {}
 
-    def send(self, out: Outgoing) -> Hashable | None:
+    def __enter__(self):
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def send(self, msg: Message) -> Hashable | None:
         raise NotImplementedError
 
     def busy(self) -> bool:
@@ -57,21 +85,28 @@ class Sender:
     def pump(self, wait: float) -> None:
         raise NotImplementedError
 
+    def finish(self) -> None:
+        pass
+
     def refusal(self, refused: dict) -> IotctlError:
         reasons = sorted(set(map(str, refused.values())))
         return PeerError("send", f"the peer refused {len(refused)} message(s): {'; '.join(reasons[:3])}")
 
 
-def outgoing(payload: PayloadSpec, sending: SendSpec | None = None, stdin=None,
-             addresses: tuple[str, ...] | list[str] | None = None, validate=None) -> Iterator[Outgoing]:
-    """Every message the payload options describe, lazily; -l and --replay stream.
-    With `addresses` each message goes to every one of them (see `addressed`)."""
-    if payload.lines and payload.replay is None and addresses is not None and len(addresses) == 1:
-        # the hot path of `pub -l -t T`: the messages are made at C level, no generator between
-        from itertools import repeat
+# --------------------------------------------------------------------------- the messages to send
 
-        return map(Outgoing, payload.payloads(stdin), repeat(addresses[0]))
-    if payload.streaming:
+
+def outgoing(payload: PayloadSpec, sending: SendSpec | None = None, stdin=None,
+             addresses: tuple[str, ...] | list[str] | None = None, validate=None) -> Iterator[Message]:
+    """Every message the payload options describe, lazily; -l and --replay stream (with
+    IDLE where the input paused). With `addresses` each message goes to every one of
+    them (see `addressed`)."""
+    if payload.lines and payload.replay is None:
+        batches = payload.batches(stdin)
+        if addresses is not None and len(addresses) == 1:
+            return _lines_to(batches, addresses[0])  # the hot path of `pub -l -t T`
+        items = _lines_to(batches, "")
+    elif payload.replay is not None:
         items = payload.iter(stdin)
     else:
         data = payload.read_one(stdin)
@@ -81,31 +116,157 @@ def outgoing(payload: PayloadSpec, sending: SendSpec | None = None, stdin=None,
     return items if addresses is None else addressed(items, addresses, validate)
 
 
-def addressed(items: Iterable[Outgoing], addresses, validate=None) -> Iterator[Outgoing]:
+def _lines_to(batches: Iterator[list[bytes]], address: str) -> Iterator[Message]:
+    from itertools import repeat
+
+    blank, to = repeat(""), repeat(address)
+    for batch in batches:
+        if batch:
+            yield from map(Message, blank, to, batch)
+        else:
+            yield IDLE
+
+
+def addressed(items: Iterable[Message], addresses, validate=None) -> Iterator[Message]:
     """Each message once for every address (-t topics, -r routing keys); with none
     (--replay), at its captured address, checked by `validate(address)` when given."""
     if len(addresses) == 1:
         address = addresses[0]
-        for out in items:
-            out.address = address
-            yield out
+        for msg in items:
+            if msg is not IDLE:
+                msg.address = address
+            yield msg
     elif addresses:
-        for out in items:
+        for msg in items:
+            if msg is IDLE:
+                yield msg
+                continue
             for address in addresses:
-                yield Outgoing(out.payload, address, out.meta, out.content_type)
+                yield msg.copy(address=address)
     elif validate is not None:
-        for out in items:
-            validate(out.address or "")
-            yield out
+        for msg in items:
+            if msg is not IDLE:
+                validate(msg.address or "")
+            yield msg
     else:
         yield from items
 
 
-def _repeated(data: bytes, repeat: int, interval: float) -> Iterator[Outgoing]:
+def _repeated(data: bytes, repeat: int, interval: float) -> Iterator[Message]:
     for i in range(repeat):
         if i and interval:
             time.sleep(interval)
-        yield Outgoing(data)
+        yield Message("", "", data)
+
+
+# --------------------------------------------------------------------------- the window
+
+
+class Window:
+    """The messages in flight on a Sender, and what became of them.
+
+    `offer(msg)` sends one, first making room (at most `sender.window` unacknowledged);
+    `pump(wait)` services the connection; `drain()` waits until nothing is in flight;
+    `finish()` drains and lets the sender learn its last outcomes. What settles is
+    reported as messages: `on_ack(messages)` and `on_refuse([(message, reason)])` when
+    set (the bridge acknowledges or gives back its source messages there), and always
+    in the counters and `refused`.
+
+    `timeout`: exit 5 when something waits for its acknowledgement and none has come
+    for that long; the clock runs only while something waits (a pause in the input is
+    not a missing acknowledgement)."""
+
+    def __init__(self, sender: Sender, timeout: float = 10.0, what: str = "send", on_ack=None,
+                 on_refuse=None):
+        self.sender, self.timeout, self.what = sender, timeout, what
+        self.limit = sender.window if sender.window else 1 << 62
+        self.inflight: dict = {}
+        self.sent = 0
+        self.acknowledged = 0
+        self.refused: list[tuple[Message, str]] = []
+        self.on_ack, self.on_refuse = on_ack, on_refuse
+        self.since = time.monotonic()  # last progress, or when the oldest in flight began to wait
+
+    def offer(self, msg: Message) -> None:
+        inflight = self.inflight
+        if len(inflight) >= self.limit or self.sender.busy():
+            self.drain(self.limit - 1)
+        key = self.sender.send(msg)
+        self.sent += 1
+        if key is not None:
+            if not inflight:
+                self.since = time.monotonic()
+            inflight[key] = msg
+
+    def settle(self) -> bool:
+        """Move what the sender reported into the counters; True when anything settled."""
+        sender = self.sender
+        acked, refused_keys = sender.acked, sender.refused
+        if not acked and not refused_keys:
+            return False
+        inflight = self.inflight
+        if acked:
+            done = []
+            pop = inflight.pop
+            for key in acked:
+                msg = pop(key, None)
+                if msg is not None:
+                    done.append(msg)
+            acked.clear()
+            self.acknowledged += len(done)
+            if done and self.on_ack is not None:
+                self.on_ack(done)
+        if refused_keys:
+            bad = []
+            for key, reason in refused_keys.items():
+                msg = inflight.pop(key, None)
+                if msg is not None:
+                    bad.append((msg, reason))
+            refused_keys.clear()
+            self.refused.extend(bad)
+            if bad and self.on_refuse is not None:
+                self.on_refuse(bad)
+        self.since = time.monotonic()
+        return True
+
+    def pump(self, wait: float) -> None:
+        """Service the connection for at most `wait` seconds (also while the input is
+        idle) and settle what came; exit 5 when an acknowledgement is overdue."""
+        self.sender.pump(wait)
+        if not self.settle() and self.inflight:
+            self._check_overdue(self.timeout)
+
+    def _check_overdue(self, limit: float) -> None:
+        if time.monotonic() - self.since > limit:
+            raise TimeoutError_(self.what, f"{len(self.inflight)} message(s) not acknowledged within {limit:g} s")
+
+    def drain(self, target: int = 0, limit: float | None = None, stop_on_refusal: bool = False) -> None:
+        """Pump until at most `target` messages are in flight and nothing is buffered."""
+        limit = self.timeout if limit is None else limit
+        sender = self.sender
+        while True:
+            self.settle()
+            if len(self.inflight) <= target and not sender.busy():
+                return
+            if stop_on_refusal and self.refused and target:
+                return
+            if self.inflight:
+                self._check_overdue(limit)
+                wait = min(1.0, max(0.0, limit - (time.monotonic() - self.since)))
+            else:
+                wait = min(1.0, limit)
+            sender.pump(wait)
+
+    def finish(self) -> None:
+        self.drain(0)
+        self.sender.finish()
+        self.drain(0)
+
+    def unsettled(self) -> list[Message]:
+        return list(self.inflight.values())
+
+
+# --------------------------------------------------------------------------- the command's loop
 
 
 class Result:
@@ -115,90 +276,68 @@ class Result:
         self.sent, self.acknowledged, self.refused = sent, acknowledged, refused
 
 
-def run(sender: Sender, items: Iterable[Outgoing], what: str = "send", timeout: float = 10.0,
+def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: float = 10.0,
         progress: bool = False, failed: str | None = None, verb: str = "sent") -> Result:
     """Send every item; return once all are acknowledged (or refused: then raise the
     sender's refusal error). `timeout`: give up (exit 5) when no acknowledgement
-    arrives for that long. On an early stop (an error, the timeout, Ctrl-C) the error
-    says how many were sent, acknowledged and not sent, and `failed` receives every
-    message not acknowledged."""
+    arrives for that long while one is awaited. On an early stop (an error, the
+    timeout, Ctrl-C) the error says how many were sent, acknowledged and not sent, and
+    `failed` receives every message not acknowledged."""
     from iotctl.output.console import progress as make_progress
 
-    window = sender.window
-    limit = window if window else 1 << 62
-    inflight: dict = {}
-    acked = sender.acked
-    refused_keys = sender.refused
-    refused: list[Outgoing] = []
-    reasons: dict = {}
-    send, busy = sender.send, sender.busy
-    counts = [0, 0]  # sent, acknowledged (the hot loop updates locals; these on drain)
-    last_progress = [time.monotonic()]
-    items = iter(items)
-
-    def settle() -> None:
-        if acked:
-            for key in acked:
-                if inflight.pop(key, None) is not None:
-                    counts[1] += 1
-            acked.clear()
-            last_progress[0] = time.monotonic()
-        if refused_keys:
-            for key, reason in refused_keys.items():
-                out = inflight.pop(key, None)
-                if out is not None:
-                    refused.append(out)
-                    reasons[key] = reason
-            refused_keys.clear()
-            last_progress[0] = time.monotonic()
-
-    def drain(target: int, limit: float = timeout) -> None:
-        while True:
-            if acked or refused_keys:
-                settle()
-            if len(inflight) <= target and not busy():
-                return
-            if refused and target:
-                return
-            idle = time.monotonic() - last_progress[0]
-            if idle > limit:
-                raise TimeoutError_(what, f"{len(inflight)} message(s) not acknowledged within {limit:g} s")
-            sender.pump(min(1.0, limit - idle))
-
+    window = Window(sender, timeout, what)
+    limit = window.limit
+    inflight = window.inflight
+    send, busy, acked = sender.send, sender.busy, sender.acked
+    monotonic = time.monotonic
     sent = 0
     out = None
+    items = iter(items)
     bar = make_progress(None, verb) if progress else None
     try:
         if bar is not None:
             bar.__enter__()
         for out in items:
+            if out is IDLE:  # the input paused: keep the connection alive meanwhile
+                window.sent = sent
+                window.pump(0.05 if inflight else 0.0)
+                out = None
+                if window.refused:
+                    break
+                continue
             if len(inflight) >= limit or busy():
-                drain(limit - 1)
-                if refused:
+                window.sent = sent
+                window.drain(limit - 1, stop_on_refusal=True)
+                if window.refused:
                     break
             key = send(out)
             sent += 1
             if key is not None:
+                if not inflight:
+                    window.since = monotonic()
                 inflight[key] = out
             out = None
             if bar is not None and not sent % 1000:
                 bar.advance(1000)
-        counts[0] = sent
-        drain(0)
+        window.sent = sent
+        if not window.refused:
+            window.finish()
     except (IotctlError, KeyboardInterrupt) as exc:
-        counts[0] = sent
+        window.sent = sent
         if isinstance(exc, (UsageError, KeyboardInterrupt)) and inflight:
             # the input failed or the user stopped, the connection is fine: collect the
             # acknowledgements of what was sent (briefly) so the report is exact
             try:
-                last_progress[0] = time.monotonic()
-                drain(0, min(timeout, 2.0))
+                window.since = monotonic()
+                window.drain(0, min(timeout, 2.0))
             except (IotctlError, KeyboardInterrupt):
                 pass
-        settle()
-        acknowledged = counts[1] if window else sent - len(inflight)
-        unsent = [out] if out is not None else []
-        note = _stopped(sent, acknowledged, inflight, refused, unsent, items, failed)
+        window.settle()
+        if isinstance(exc, UsageError) and sent == 0 and not window.refused:
+            raise  # nothing was sent: no send report
+        acknowledged = window.acknowledged if sender.window else sent - len(inflight)
+        unsent = [out] if out is not None and out is not IDLE else []
+        note = _stopped(sender, sent, acknowledged, window, unsent, items, failed)
         if isinstance(exc, KeyboardInterrupt):
             from iotctl.errors import Interrupted
 
@@ -209,34 +348,36 @@ def run(sender: Sender, items: Iterable[Outgoing], what: str = "send", timeout: 
         if bar is not None:
             bar.advance(sent % 1000)
             bar.__exit__(None, None, None)
-    acknowledged = counts[1] if window else sent
-    if refused:
-        not_sent = list(items)
+    del acked
+    acknowledged = window.acknowledged if sender.window else sent
+    if window.refused:
+        reasons = {i: reason for i, (_, reason) in enumerate(window.refused)}
         error = sender.refusal(reasons)
-        note = _stopped(sent, acknowledged, inflight, refused, not_sent, iter(()), failed)
+        note = _stopped(sender, sent, acknowledged, window, [], items, failed)
         error.why = f"{error.why}; {note}" if error.why else note
         raise error
     return Result(sent, acknowledged, 0)
 
 
-def _stopped(sent: int, acknowledged: int, inflight: dict, refused: list, unsent: list,
-             rest: Iterator[Outgoing], failed: str | None) -> str:
+def _stopped(sender: Sender, sent: int, acknowledged: int, window: Window, unsent: list,
+             rest: Iterator[Message], failed: str | None) -> str:
     """What an early stop says; writes --failed FILE with every message not acknowledged."""
     parts = [f"sent {sent}", f"acknowledged {acknowledged}"]
-    if refused:
-        parts.append(f"refused {len(refused)}")
+    if window.refused:
+        parts.append(f"refused {len(window.refused)}")
     if failed is None:
         return ", ".join(parts) + " (--failed FILE keeps what was not acknowledged)"
-    n = _write_failed(failed, [*refused, *inflight.values(), *unsent], rest)
+    first = [m for m, _ in window.refused] + window.unsettled() + unsent
+    n = write_failed(failed, first, rest, sender.protocol)
     parts.append(f"{n} not acknowledged written to {failed}")
     return ", ".join(parts)
 
 
-def _write_failed(path: str, first: list[Outgoing], rest: Iterator[Outgoing]) -> int:
+def write_failed(path: str, first: list[Message], rest: Iterable[Message], protocol: str = "") -> int:
+    """Write messages as envelope lines that --replay sends again; a message composed
+    on the command line is written as `protocol`'s, so it replays on its own."""
     import itertools
 
-    from iotctl.errors import UsageError
-    from iotctl.message import Message
     from iotctl.output import JsonWriter
 
     try:
@@ -246,8 +387,12 @@ def _write_failed(path: str, first: list[Outgoing], rest: Iterator[Outgoing]) ->
     n = 0
     with fh:
         writer = JsonWriter(fh, lines=True)
-        for out in itertools.chain(first, rest):
-            writer.write(Message("", out.address or "", out.payload, out.content_type, out.meta))
+        for msg in itertools.chain(first, rest):
+            if msg is IDLE:
+                continue
+            if not msg.protocol and protocol:
+                msg = msg.copy(protocol=protocol)
+            writer.write(msg)
             n += 1
         writer.flush()
     return n

@@ -12,18 +12,13 @@ import click
 from iotctl.groups import ProtocolGroup
 from iotctl.output import run_writer
 from iotctl.settings import current as settings, status
-from iotctl.endpoint import Scheme
 from iotctl.errors import UsageError
 from iotctl.options import (bundle, connection_options, kv_option, payload_options, receive_options,
                             send_options, timeout_option)
-from iotctl.protocols.mqtt.topics import matches, validate_filter, validate_topic
+from iotctl.protocols.mqtt import endpoints
+from iotctl.protocols.mqtt.endpoints import SCHEMES, require_v5 as _require_v5
+from iotctl.protocols.mqtt.topics import validate_filter, validate_topic
 
-SCHEMES = {
-    "mqtt": Scheme(tls=False, ws=False, port=1883),
-    "mqtts": Scheme(tls=True, ws=False, port=8883),
-    "ws": Scheme(tls=False, ws=True, port=8080),
-    "wss": Scheme(tls=True, ws=True, port=8081),
-}
 MQTT_VERSIONS = ("3.1", "3.1.1", "5")
 
 
@@ -115,11 +110,6 @@ publish_property_options = bundle("props", [
 ], _publish_props)
 
 
-def _require_v5(cfg, what: str) -> None:
-    if cfg.version != "5":
-        raise UsageError(what, f"needs MQTT 5 (-V 5); this connection is MQTT {cfg.version}")
-
-
 # --------------------------------------------------------------------------- publish
 
 
@@ -148,23 +138,17 @@ def publish(cfg, topics, qos, retain, sending, timeout, props, payload):
     seq 1 100000 | iotctl mqtt pub -t load/test -l -q 1 --failed rest.jsonl
     """
     from iotctl import send
-    from iotctl.protocols.mqtt.client import Publisher, Session
 
     payload.validate()
-    for t in topics:
-        validate_topic(t)
     if not topics and payload.replay is None:
         raise UsageError("no topic", "give -t TOPIC")
-    if payload.encode in ("json", "cbor") and props.content_type is None and cfg.version == "5":
-        props.content_type = f"application/{payload.encode}"
-    if not props.empty():
-        _require_v5(cfg, "MQTT 5 properties (--content-type, --user-property, ...)")
     if sending.repeat > 1 and payload.streaming:
         raise UsageError("--repeat", "cannot be combined with -l or --replay")
+    publisher = endpoints.sink(cfg, topics, qos, retain, props, payload)
     items = send.outgoing(payload, sending, addresses=topics, validate=validate_topic)
-    with Session(cfg) as session:
-        result = send.run(Publisher(session, qos, retain, props.to_paho()), items, "publish", timeout,
-                          progress=payload.streaming, failed=sending.failed, verb="publishing")
+    with publisher:
+        result = send.run(publisher, items, "publish", timeout, progress=payload.streaming,
+                          failed=sending.failed, verb="publishing")
     status(f"published {result.sent} message(s)", tty_only=True)
 
 
@@ -189,7 +173,7 @@ def publish(cfg, topics, qos, retain, sending, timeout, props, payload):
               help="MQTT 5: 0 send retained, 1 only for new subscriptions, 2 never.")
 @click.option("-v", "topic_and_payload", is_flag=True, default=False,
               help="Print 'topic payload' lines, as mosquitto_sub -v (the same as -o text).")
-@receive_options(idle="ok")
+@receive_options(idle="ok", reconnect=True)
 def subscribe(cfg, topics, qoss, no_retained, retained_only, filter_out, no_local, retain_as_published,
               retain_handling, topic_and_payload, receive):
     """Print messages arriving on one or more topic filters.
@@ -203,49 +187,14 @@ def subscribe(cfg, topics, qoss, no_retained, retained_only, filter_out, no_loca
     iotctl mqtt sub -t cmd/dev1 -q 1 -i dev1 --no-clean-start
     """
     from iotctl import receive as receiving
-    from iotctl.protocols.mqtt.client import Session, Subscription
 
     if topic_and_payload and settings().output == "auto" and settings().format is None:
         settings().output = "text"
-    for t in topics + filter_out:
-        validate_filter(t)
-    if (no_local or retain_as_published or retain_handling) and cfg.version != "5":
-        _require_v5(cfg, "--no-local/--retain-as-published/--retain-handling")
-    if no_retained and retained_only:
-        raise UsageError("-R and --retained-only", "contradict each other")
-    if receive.timeout is not None:  # -W bounds the whole run, the connection included
-        cfg.connect_timeout = min(cfg.connect_timeout, receive.timeout)
-    subs = [Subscription(t, (qoss[i] if i < len(qoss) else (qoss[-1] if qoss else 0)), no_local,
-                         retain_as_published, retain_handling) for i, t in enumerate(topics)]
-    manual_ack = any(sub.qos for sub in subs)
-    with Session(cfg, manual_ack=manual_ack) as session:
-        probe = session.probe_topic()
-        if retained_only:
-            subs.append(Subscription(probe, 0))
-        session.subscribe(subs, cfg.connect_timeout)
+    subscriber = endpoints.source(cfg, topics, qoss, no_retained, retained_only, filter_out, no_local,
+                                  retain_as_published, retain_handling, receive)
+    with subscriber:
         status(f"subscribed to {', '.join(topics)} on {cfg.endpoint.display}")
-        accept = _accept(filter_out, no_retained, retained_only, probe)
-        until = None
-        if retained_only:
-            session.publish_probe()
-            until = (lambda m: m.address == probe)
-        receiving.run(session.receiver(accept, until), receive, "subscribe")
-
-
-def _accept(filter_out, no_retained: bool, retained_only: bool, probe: str):
-    if not (filter_out or no_retained or retained_only):
-        return None
-
-    def accept(msg) -> bool:
-        if msg.address == probe:
-            return retained_only
-        if no_retained and msg.meta["retain"]:
-            return False
-        if retained_only and not msg.meta["retain"]:
-            return False
-        return not any(matches(f, msg.address) for f in filter_out)
-
-    return accept
+        receiving.run(subscriber, receive, "subscribe")
 
 
 # --------------------------------------------------------------------------- request

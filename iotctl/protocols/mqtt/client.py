@@ -23,10 +23,12 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from iotctl import receive, send
+from iotctl.deadline import wait_until
 from iotctl.endpoint import Endpoint
-from iotctl.errors import (AuthError, ConnectError, IotctlError, PeerError, TLSError,
+from iotctl.errors import (AuthError, ConnectError, ConnectionLost, IotctlError, PeerError, TLSError,
                            TimeoutError_, UsageError, from_os_error)
-from iotctl.message import Message, bytes_text
+from iotctl.message import Message, bytes_text, foreign
+from iotctl.topics import matches, validate_topic
 from iotctl.trace import route_logs
 
 VERSIONS = {"3.1": paho.MQTTv31, "3.1.1": paho.MQTTv311, "5": paho.MQTTv5}
@@ -174,7 +176,6 @@ class Session:
     def __init__(self, cfg: MqttConfig, manual_ack: bool = False):
         self.cfg = cfg
         self.manual_ack = manual_ack
-        self._unacked: dict[int, tuple[int, int]] = {}
         self.v5 = cfg.version == "5"
         self.client_id = cfg.client_id or f"iotctl-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self.connected = False
@@ -269,15 +270,17 @@ class Session:
         if self._accept is None or self._accept(msg):
             self._batch.append(msg)
             if self.manual_ack and m.qos:
-                self._unacked[id(msg)] = (m.mid, m.qos)
+                msg.token = (self, m.mid, m.qos)
         elif self.manual_ack and m.qos:
             client.ack(m.mid, m.qos)
 
     def ack(self, msg: Message) -> None:
-        """Acknowledge a received message once it has been handled (manual_ack mode)."""
-        entry = self._unacked.pop(id(msg), None)
-        if entry is not None:
-            self.client.ack(*entry)
+        """Acknowledge a received message once it has been handled (manual_ack mode);
+        a message of an earlier connection (before a reconnect) is not this session's."""
+        token = msg.token
+        if token is not None and token[0] is self:
+            msg.token = None
+            self.client.ack(token[1], token[2])
 
     # ------------------------------------------------------------------ connection
 
@@ -291,13 +294,14 @@ class Session:
     def connect(self) -> None:
         cfg = self.cfg
         what = self.begin_connect()
-        deadline = time.monotonic() + cfg.connect_timeout
-        while self.connack is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError_(what, f"no CONNACK within {cfg.connect_timeout:g} s")
+
+        def step(wait: float) -> None:
             # a refusing CONNACK also ends the connection: look at it before the loss
-            if not self._pump(deadline - time.monotonic()) and self.connack is None:
+            if not self._pump(wait) and self.connack is None:
                 raise self._lost(what)
+
+        wait_until(lambda: self.connack is not None, step, cfg.connect_timeout,
+                   lambda: TimeoutError_(what, f"no CONNACK within {cfg.connect_timeout:g} s"), slice_=30.0)
         error = self.connack_error()
         if error is not None:
             raise error
@@ -362,7 +366,8 @@ class Session:
             if reason.value in AUTH_REASONS:
                 return AuthError(what, f"broker closed the connection: {reason}")
             return PeerError(what, f"broker closed the connection: {reason}")
-        return ConnectError(what, "connection lost" + (f" ({last})" if last else ""))
+        cls = ConnectionLost if self.connack is not None else ConnectError
+        return cls(what, "connection lost" + (f" ({last})" if last else ""))
 
     def close(self, wait: float = 2.0) -> None:
         """End the session the way MQTT intends: no more PUBLISHes are read, the
@@ -554,22 +559,20 @@ class Session:
                        props=None, timeout: float = 10.0) -> int:
         """Publish (topic, payload) pairs through the send driver (for the commands'
         own small publishes: a request, clearing retained messages)."""
-        from iotctl import send
-        from iotctl.payload import Outgoing
-
-        return send.run(Publisher(self, qos, retain, props), (Outgoing(p, t) for t, p in messages),
-                        "publish", timeout).sent
+        publisher = Publisher(self.cfg, qos, retain, None, session=self, paho_props=props)
+        return send.run(publisher, (Message("", t, p) for t, p in messages), "publish", timeout).sent
 
     # ------------------------------------------------------------------ subscribing
 
     def subscribe(self, subs: list[Subscription], timeout: float) -> None:
         mid = self.subscribe_request(subs)
-        deadline = time.monotonic() + timeout
-        while mid not in self._suback:
-            if time.monotonic() > deadline:
-                raise TimeoutError_("subscribe", f"no SUBACK within {timeout:g} s")
-            if not self._pump(deadline - time.monotonic()):
+
+        def step(wait: float) -> None:
+            if not self._pump(wait):
                 raise self._lost("subscribe")
+
+        wait_until(lambda: mid in self._suback, step, timeout,
+                   lambda: TimeoutError_("subscribe", f"no SUBACK within {timeout:g} s"), slice_=30.0)
         for sub, code in zip(subs, self._suback.pop(mid)):
             value = code.value if hasattr(code, "value") else int(code)
             if value >= 0x80:
@@ -579,7 +582,7 @@ class Session:
                 raise PeerError(f"cannot subscribe to {sub.topic_filter!r}", f"broker refused: {why}")
 
     def receiver(self, accept=None, until=None) -> "Receiver":
-        """This session's messages for the receive driver."""
+        """This (open) session's messages for the receive driver."""
         self._accept = accept
         return Receiver(self, until)
 
@@ -626,12 +629,51 @@ class Publisher(send.Sender):
     """The send driver's MQTT side: PUBLISH with a window of unacknowledged QoS 1/2
     messages (at most the broker's receive maximum, capped at 100: paho's in-flight
     bookkeeping is O(in-flight) per acknowledgement). This is the hot loop of
-    `pub -l`: keep it lean."""
+    `pub -l`: keep it lean.
 
-    def __init__(self, session: Session, qos: int = 0, retain: bool = False, props=None):
+    Entered, it connects a Session of its own (`cfg`); with `session` it publishes on
+    that open one. `props`: the command's PublishProps; a message that brings meta of
+    its own (a replay, a bridge) gets its properties adopted in `_properties`."""
+
+    protocol = "mqtt"
+
+    def __init__(self, cfg: MqttConfig, qos: int = 0, retain: bool = False, props: PublishProps | None = None,
+                 topics: tuple[str, ...] = (), session: Session | None = None, paho_props=None):
+        super().__init__()
+        self.cfg = cfg
+        self.qos, self.retain = qos, retain
+        self.cli_props = props
+        self.paho_props = paho_props if paho_props is not None else (props.to_paho() if props is not None else None)
+        self.address = topics[0] if len(topics) == 1 else None
         self.session = session
+        self.owned = session is None
+        self.window = None
+        if session is not None:
+            self._ready()
+
+    @property
+    def where(self) -> str:
+        return self.cfg.endpoint.display
+
+    def open(self) -> None:
+        if self.session is None:
+            self.session = Session(self.cfg)
+            try:
+                self.session.connect()
+            except BaseException:
+                self.session.close()
+                self.session = None
+                raise
+        self._ready()
+
+    def close(self) -> None:
+        if self.owned and self.session is not None:
+            self.session.close()
+            self.session = None
+
+    def _ready(self) -> None:
+        session, qos = self.session, self.qos
         self.client = session.client
-        self.qos, self.retain, self.props = qos, retain, props
         self.window = max(1, min(session.receive_maximum, 100)) if qos else None
         self.acked = session._acked
         self.refused = session._refused
@@ -642,15 +684,18 @@ class Publisher(send.Sender):
         self.send = self._sender()
 
     def _sender(self):
-        """send(out) as a closure over what stays fixed for the run: the hot loop of
+        """send(msg) as a closure over what stays fixed for the run: the hot loop of
         `pub -l` looks nothing up per message."""
-        publish, qos, retain, props, session = self.client.publish, self.qos, self.retain, self.props, self.session
+        publish, qos, retain, props, session = self.client.publish, self.qos, self.retain, self.paho_props, self.session
+        properties = self._properties
+        v5 = session.v5
 
-        def send(out):
+        def send(msg):
+            p = properties(msg) if (v5 and (msg.meta or msg.content_type or msg.protocol)) else props
             try:
-                info = publish(out.address, out.payload, qos, retain, props)
+                info = publish(msg.address, msg.payload, qos, retain, p)
             except ValueError as exc:
-                raise UsageError(f"cannot publish to {out.address!r}", str(exc)) from None
+                raise UsageError(f"cannot publish to {msg.address!r}", str(exc)) from None
             if info.rc > 0:  # MQTT_ERR_AGAIN (-1) only means "queued"
                 if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN or not session.connected:
                     raise session._lost("publish")
@@ -658,6 +703,48 @@ class Publisher(send.Sender):
             return info.mid if qos else None
 
         return send
+
+    def _properties(self, msg: Message):
+        """The PUBLISH properties of a message that brings its own (replayed or bridged):
+        an MQTT message's properties as captured; from another protocol, what crosses
+        (content type, user properties from its headers, correlation data, response
+        topic); the command line's own properties win, user properties add up."""
+        found = foreign(msg, "mqtt")
+        fields: dict = {}
+        if found is None:
+            captured = msg.meta.get("properties") if isinstance(msg.meta, dict) else None
+            if isinstance(captured, dict):
+                from iotctl.message import text_pairs
+                from iotctl.protocols.mqtt.envelope import meta_bytes
+
+                for key in ("content_type", "response_topic"):
+                    if isinstance(captured.get(key), str):
+                        fields[key] = captured[key]
+                if isinstance(captured.get("correlation_data"), str):
+                    fields["correlation_data"] = meta_bytes(captured["correlation_data"])
+                for key in ("message_expiry_interval", "payload_format_indicator"):
+                    if isinstance(captured.get(key), int) and not isinstance(captured.get(key), bool):
+                        fields[{"message_expiry_interval": "message_expiry"}.get(key, key)] = captured[key]
+                fields["user_properties"] = text_pairs(captured.get("user_properties") or ())
+            if msg.content_type and "content_type" not in fields:
+                fields["content_type"] = msg.content_type
+        else:
+            fields = {"content_type": found.content_type, "user_properties": found.headers,
+                      "correlation_data": found.correlation_id}
+            if found.reply_to:
+                try:
+                    fields["response_topic"] = validate_topic(found.reply_to)
+                except UsageError:
+                    pass
+        cli = self.cli_props
+        if cli is not None:
+            for key in ("content_type", "response_topic", "correlation_data", "message_expiry",
+                        "payload_format_indicator"):
+                if getattr(cli, key) is not None:
+                    fields[key] = getattr(cli, key)
+            if cli.user_properties:
+                fields["user_properties"] = list(fields.get("user_properties") or []) + list(cli.user_properties)
+        return PublishProps(**{k: v for k, v in fields.items() if v is not None}).to_paho()
 
     def pump(self, wait: float) -> None:
         if not self.session._pump(wait) and not self.acked:
@@ -670,10 +757,10 @@ class Publisher(send.Sender):
 
 
 class Receiver(receive.Receiver):
-    """The receive driver's MQTT side; `until(msg)` ends the stream at that message
-    (which is not returned)."""
+    """The receive driver's MQTT side over an open session; `until(msg)` ends the
+    stream at that message (which is not returned)."""
 
-    def __init__(self, session: Session, until=None):
+    def __init__(self, session: Session | None, until=None):
         self.session, self.until, self.ended = session, until, False
 
     def poll(self, wait):
@@ -701,3 +788,73 @@ class Receiver(receive.Receiver):
             ack = self.session.ack
             for msg in batch:
                 ack(msg)
+
+
+class Subscriber(Receiver):
+    """A subscription as a source: entered, it connects its own session and
+    subscribes (and for --retained-only publishes the probe that marks the end of the
+    retained messages); after a lost connection it connects again and subscribes
+    again (a persistent session then delivers what was published meanwhile)."""
+
+    can_reconnect = True
+
+    def __init__(self, cfg: MqttConfig, subs: list[Subscription], filter_out: tuple[str, ...] = (),
+                 no_retained: bool = False, retained_only: bool = False):
+        super().__init__(None)
+        self.cfg, self.subs = cfg, subs
+        self.filter_out, self.no_retained, self.retained_only = filter_out, no_retained, retained_only
+        self.manual_ack = any(sub.qos for sub in subs)
+        self.delivery = "at-least-once" if (self.manual_ack and not cfg.clean_start) else "at-most-once"
+
+    @property
+    def where(self) -> str:
+        return self.cfg.endpoint.display
+
+    @property
+    def filters(self) -> list[str]:
+        return [s.topic_filter for s in self.subs]
+
+    def open(self) -> None:
+        session = Session(self.cfg, manual_ack=self.manual_ack)
+        try:
+            session.connect()
+            probe = session.probe_topic()
+            subs = list(self.subs)
+            if self.retained_only:
+                subs.append(Subscription(probe, 0))
+            session._accept = self._accept(probe)
+            session.subscribe(subs, self.cfg.connect_timeout)
+            if self.retained_only:
+                session.publish_probe()
+                self.until = (lambda m: m.address == probe)
+        except BaseException:
+            session.close()
+            raise
+        self.session = session
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+
+    def reconnect(self) -> None:
+        old = self.session
+        if old is not None:
+            old.abort()
+        self.session = None
+        self.open()
+
+    def _accept(self, probe: str):
+        filter_out, no_retained, retained_only = self.filter_out, self.no_retained, self.retained_only
+        if not (filter_out or no_retained or retained_only):
+            return None
+
+        def accept(msg) -> bool:
+            if msg.address == probe:
+                return retained_only
+            if no_retained and msg.meta["retain"]:
+                return False
+            if retained_only and not msg.meta["retain"]:
+                return False
+            return not any(matches(f, msg.address) for f in filter_out)
+
+        return accept

@@ -1,0 +1,29 @@
+"""What an MQTT message carries across to other protocols (message.Portable), read
+from the envelope's meta without paho: the MQTT 5 content type, user properties,
+correlation data and response topic."""
+
+from __future__ import annotations
+
+from iotctl.message import Message, Portable, text_pairs
+
+
+def portable(msg: Message) -> Portable:
+    props = msg.meta.get("properties") if isinstance(msg.meta, dict) else None
+    if not isinstance(props, dict):
+        return Portable(msg.content_type)
+    corr = props.get("correlation_data")
+    reply = props.get("response_topic")
+    return Portable(props.get("content_type") if isinstance(props.get("content_type"), str) else msg.content_type,
+                    text_pairs(props.get("user_properties") or ()),
+                    meta_bytes(corr) if isinstance(corr, str) else None,
+                    reply if isinstance(reply, str) else None)
+
+
+def meta_bytes(text: str) -> bytes:
+    """Bytes shown in meta (message.bytes_text) back as bytes: `0x` and hex, or text."""
+    if text.startswith("0x"):
+        try:
+            return bytes.fromhex(text[2:])
+        except ValueError:
+            pass
+    return text.encode("utf-8")
