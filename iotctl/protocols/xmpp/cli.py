@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import click
 
-from iotctl.endpoint import Scheme
 from iotctl.errors import TimeoutError_, UsageError
 from iotctl.groups import ProtocolGroup
 from iotctl.output import run_writer
@@ -16,9 +15,8 @@ from iotctl.options import (bundle, connection_options, payload_options, receive
                             timeout_option)
 from iotctl.settings import current as settings, status
 
-# STARTTLS on 5222 always (tls=True: --cafile/--cert/--insecure apply); --direct-tls: 5223
-SCHEMES = {"xmpp": Scheme(tls=True, ws=False, port=5222)}
-DIRECT_TLS_PORT = 5223
+from iotctl.protocols.xmpp import endpoints
+from iotctl.protocols.xmpp.endpoints import DIRECT_TLS_PORT, SCHEMES
 
 
 @click.group(cls=ProtocolGroup, protocol="xmpp")
@@ -41,10 +39,11 @@ def group():
 
 
 def _xmpp_config(endpoint, resource, direct_tls, connect_timeout):
-    from iotctl.protocols.xmpp.client import XmppConfig
-
     from iotctl.endpoint import split_host_port
+    from iotctl.protocols.xmpp.client import XmppConfig
+    from iotctl.protocols.xmpp.text import check_options
 
+    check_options(jid=endpoint.username, resource=resource)
     server = click.get_current_context().params.get("server")
     if direct_tls and (not server or split_host_port(server, "--server")[1] is None):
         endpoint.port = DIRECT_TLS_PORT
@@ -86,8 +85,11 @@ def send(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload
     """Send a message (or every line of stdin) to JID.
 
     Exits once the server has taken every message: acknowledged by stream management
-    (XEP-0198) when the server offers it, else after a final round trip. With --muc
-    the messages go to the group chat ROOM (JID is then not given).
+    (XEP-0198) when the server offers it, else confirmed by a round trip. With --muc
+    the messages go to the group chat ROOM (JID is then not given). A body is text:
+    a payload that is not UTF-8 or holds control characters is refused (exit 2)
+    before anything is sent. Stopped early, it says how many were sent and
+    acknowledged; --failed FILE keeps the rest with their recipient, for --replay.
 
     \b
     iotctl xmpp send bob@example.com 'door opened'
@@ -95,45 +97,24 @@ def send(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload
     tail -f events.log | iotctl xmpp send ops@example.com -l
     iotctl xmpp send --muc ops@conference.example.com --nick sensor1 'temperature 21.5'
     """
-    from iotctl import send as sending_driver
-    from iotctl.protocols.xmpp.client import MUC, Messenger, Session, join_muc, leave_muc, parse_jid
+    from itertools import chain
 
-    if muc and peer is not None:
-        if payload.message is None:
-            payload.message, peer = peer, None
-        else:
-            raise UsageError("--muc and JID", "give one: the room is the recipient")
+    from iotctl import send as sending_driver
+    from iotctl.protocols.xmpp.text import body_text
+
+    if muc and peer is not None and payload.message is None:
+        payload.message, peer = peer, None  # `send --muc ROOM TEXT`: the positional is the message
     payload.validate()
-    if not peer and not muc and payload.replay is None:
-        raise UsageError("no recipient", "give JID (or --muc ROOM)")
-    if peer:
-        parse_jid(peer)
-    if muc:
-        parse_jid(muc, "--muc room")
-        mtype = "groupchat"
-    if sending.repeat > 1 and payload.streaming:
-        raise UsageError("--repeat", "cannot be combined with -l or --replay")
+    messenger = endpoints.sink(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload)
     items = sending_driver.outgoing(payload, sending)
-    if payload.replay is not None and not peer and not muc:
-        items = _replayed(items)
-    with Session(cfg, plugins=[MUC] if muc else []) as session:
-        if muc:
-            nick = nick or session.xmpp.boundjid.user
-            join_muc(session, muc, nick, timeout)
-        messenger = Messenger(session, muc or peer, mtype, subject, thread)
+    if not payload.streaming:  # one message: refused before logging in when XMPP cannot carry it
+        first = next(items)
+        body_text(first.payload)
+        items = chain([first], items)
+    with messenger:
         result = sending_driver.run(messenger, items, "send", timeout, progress=payload.streaming,
                                     failed=sending.failed, verb="sending")
-        messenger.finish(timeout)
-        if muc:
-            leave_muc(session, muc, nick)
     status(f"sent {result.sent} message(s)", tty_only=True)
-
-
-def _replayed(items):
-    """--replay without JID: each captured message goes to its captured recipient."""
-    for out in items:
-        out.address = out.meta.get("to") or out.address
-        yield out
 
 
 # --------------------------------------------------------------------------- listen
@@ -150,13 +131,16 @@ def _replayed(items):
               help="Approve every subscription request (for devices).")
 @click.option("--priority", type=click.IntRange(-128, 127), default=0, show_default=True,
               help="Presence priority (negative: offline messages stay stored).")
-@receive_options(idle="ok")
+@receive_options(idle="ok", reconnect=True)
 def listen(cfg, senders, rooms, nick, with_presence, auto_approve, priority, receive):
     """Print incoming messages (sends presence so the server routes messages here).
 
     The address of each is the sender's full JID; meta holds type, thread, subject,
-    to, id and the delay stamp of messages stored while you were offline. Ctrl-C
-    ends it (exit 0); -C N stops after N messages, -W S gives up after S seconds.
+    to, id, XEP-0131 headers and the delay stamp of messages stored while you were
+    offline. Only what has been written is acknowledged to the server: what arrived
+    but was not printed (-C reached, Ctrl-C, a cut) stays stored for the next
+    listen. After a lost connection it logs in again (--no-reconnect: exit 3).
+    Ctrl-C ends it (exit 0); -C N stops after N messages, -W S gives up after S seconds.
 
     \b
     iotctl xmpp listen
@@ -164,18 +148,10 @@ def listen(cfg, senders, rooms, nick, with_presence, auto_approve, priority, rec
     iotctl xmpp listen --muc ops@conference.example.com --presence -o jsonl
     """
     from iotctl import receive as receiving
-    from iotctl.protocols.xmpp.client import MUC, Listener, Session, join_muc, parse_jid
 
-    for s in senders:
-        parse_jid(s, "--from JID")
-    for r in rooms:
-        parse_jid(r, "--muc room")
-    with Session(cfg, auto_approve=auto_approve, plugins=[MUC] if rooms else []) as session:
-        listener = Listener(session, senders, with_presence)
-        for room in rooms:
-            join_muc(session, room, nick or session.xmpp.boundjid.user, cfg.connect_timeout)
-        session.send_presence(priority=priority)
-        status(f"listening as {session.xmpp.boundjid.full}")
+    listener = endpoints.source(cfg, senders, rooms, nick, with_presence, auto_approve, priority, receive)
+    with listener:
+        status(f"listening as {listener.bound}")
         receiving.run(listener, receive, "listen")
 
 
@@ -205,7 +181,7 @@ def presence_set(cfg, show, status_text, priority, duration):
 
     with Session(cfg) as session:
         session.send_presence(show=show, status=status_text, priority=priority)
-        status(f"online as {session.xmpp.boundjid.full}" + (f" ({show})" if show else "")
+        status(f"online as {session.bound}" + (f" ({show})" if show else "")
                + (f" for {duration:g} s" if duration else "; Ctrl-C ends it"))
         receiving.run(Idle(session), receiving.ReceiveSpec(duration=duration), "presence set")
 
@@ -319,7 +295,7 @@ def subscription_list(cfg, timeout):
     with Session(cfg) as session:
         items = roster(session, timeout)
         got = collect_presence(session, timeout)
-        me = session.xmpp.boundjid.bare
+        me = session.bound.split("/", 1)[0]
     rows = []
     seen = set()
     for m in got:
@@ -356,7 +332,7 @@ def roster_list(cfg, timeout):
 
     with Session(cfg) as session:
         items = roster(session, timeout)
-        me = session.xmpp.boundjid.bare
+        me = session.bound.split("/", 1)[0]
     write_rows(me, ROSTER_COLUMNS, items)
 
 
@@ -407,7 +383,7 @@ def roster_export(cfg, timeout):
 
     with Session(cfg) as session:
         items = roster(session, timeout)
-        me = session.xmpp.boundjid.bare
+        me = session.bound.split("/", 1)[0]
     doc = {"jid": me, "roster": [{"jid": i["jid"], "name": i["name"], "groups": i["groups"]} for i in items]}
     click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
 
@@ -485,7 +461,7 @@ def blocklist(cfg, timeout):
 
     with Session(cfg, plugins=[BLOCKING]) as session:
         jids = get_blocklist(session, timeout)
-        me = session.xmpp.boundjid.bare
+        me = session.bound.split("/", 1)[0]
     write_rows(me, ["jid"], [{"jid": j} for j in jids])
 
 
@@ -517,11 +493,11 @@ def ping(cfg, peer, count, interval, timeout):
     rtts: list[float] = []
     sent = 0
     with Session(cfg, plugins=[PING]) as session:
-        target = peer or session.xmpp.boundjid.domain
+        target = peer or session.domain
         try:
             for seq in range(1, count + 1):
                 if seq > 1 and interval:
-                    session.run_for(interval)
+                    session.wait(interval)
                 sent += 1
                 try:
                     rtt = do_ping(session, peer, timeout)
@@ -592,6 +568,6 @@ def version(cfg, peer, timeout):
     from iotctl.protocols.xmpp.tables import write_rows
 
     with Session(cfg, plugins=[VERSION]) as session:
-        target = peer or session.xmpp.boundjid.domain
+        target = peer or session.domain
         found = do_version(session, target, timeout)
     write_rows(target, ["name", "version", "os"], [found], piped_default="text")
