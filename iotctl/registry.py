@@ -63,7 +63,6 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("xmpp", "iotctl.protocols.xmpp.cli:group",
              "XMPP: messages, presence, subscriptions, roster, blocking, ping, disco, version.",
              header=("type", "subject", "thread", "delay", "presence", "show"),
-             renderers={"application/vnd.iotctl.table+json": "iotctl.protocols.xmpp.tables:render"},
              schemes=("xmpp",), endpoints="iotctl.protocols.xmpp.endpoints",
              source_command="listen", sink_command="send",
              portable="iotctl.protocols.xmpp.envelope:portable"),

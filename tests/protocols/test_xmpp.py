@@ -227,11 +227,13 @@ def test_muc_send_and_listen(xmpp, background):
 
 def test_presence_is_seen_only_after_subscription_approval(xmpp, background):
     status_text = f"busy {token()}"
-    background("carol", "presence", "set", "--show", "dnd", "--status", status_text, "--for", "30",
-               ready="online as")
-    r = xmpp("alice", "presence", "get", "carol@localhost", "-o", "text")
+    carol_online = background("carol", "presence", "set", "--show", "dnd", "--status", status_text, "--for", "30",
+                              ready="online as")
+    r = xmpp("alice", "presence", "get", "carol@localhost")
     assert r.exit_code == 0, r.stderr
-    assert r.stdout.split("\t")[1] == "unavailable"
+    # not subscribed: the server tells nothing, which is not "offline"
+    assert r.stdout == "carol@localhost\tunknown\t\t\t\n"
+    assert "not subscribed to carol@localhost's presence" in r.stderr
     # the handshake, seen from both sides
     watcher = background("carol", "listen", "--presence", "--from", "alice@localhost", "-o", "jsonl",
                          "-C", "1", "-W", "15", "--resource", "watch", "--priority", "-1")
@@ -257,6 +259,11 @@ def test_presence_is_seen_only_after_subscription_approval(xmpp, background):
     assert re.fullmatch(rf"carol@localhost/\S+ available dnd {status_text}\n", r.stdout)
     r = xmpp("alice", "presence", "watch", "-C", "1", "-W", "10", "-o", "pretty")
     assert re.search(rf"carol@localhost/\S+\s+available\s+dnd\s+{status_text}", r.stdout), r.stdout
+    # subscribed and offline: "unavailable", and nothing on stderr
+    carol_online.stop()
+    r = wait_until(lambda: (lambda r: r if "unavailable" in r.stdout else None)(
+        xmpp("alice", "presence", "get", "carol@localhost")), 10, "carol offline")
+    assert r.stdout == "carol@localhost\tunavailable\t\t\t\n" and r.stderr == ""
     # cancel: alice stops receiving carol's presence
     assert xmpp("alice", "subscription", "cancel", "carol@localhost").exit_code == 0
     assert _subscription("alice", "carol", xmpp) == ("none", "")
@@ -266,7 +273,7 @@ def test_presence_is_seen_only_after_subscription_approval(xmpp, background):
     assert xmpp("carol", "subscription", "deny", "alice@localhost").exit_code == 0
     assert _subscription("alice", "carol", xmpp) == ("none", "")
     r = xmpp("alice", "presence", "get", "carol@localhost", "-o", "text")
-    assert r.stdout.split("\t")[1] == "unavailable"
+    assert r.stdout.split("\t")[1] == "unknown"
 
 
 def _subscription(user: str, contact: str, xmpp) -> tuple[str, str]:

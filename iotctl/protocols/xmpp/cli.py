@@ -106,7 +106,9 @@ def send(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload
         payload.message, peer = peer, None  # `send --muc ROOM TEXT`: the positional is the message
     payload.validate()
     messenger = endpoints.sink(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload)
-    items = sending_driver.outgoing(payload, sending)
+    to = messenger.muc or messenger.to
+    # addressed: what --failed keeps says where it was going, so --replay FILE needs nothing else
+    items = sending_driver.outgoing(payload, sending, addresses=(to,) if to else None)
     if not payload.streaming:  # one message: refused before logging in when XMPP cannot carry it
         first = next(items)
         body_text(first.payload)
@@ -191,28 +193,45 @@ def presence_set(cfg, show, status_text, priority, duration):
 @click.argument("peer", metavar="JID")
 @timeout_option(10.0)
 def presence_get(cfg, peer, timeout):
-    """Print the current presence of each of JID's resources, or "unavailable".
-
-    You see a contact's presence only when subscribed to it (see `subscription`).
+    """Print the current presence of each of JID's resources: "available" (with show,
+    status and priority), "unavailable" (a contact you are subscribed to, offline), or
+    "unknown" when you are not subscribed to JID's presence (the server tells you
+    nothing then; stderr says so). Piped: JID, presence, show, status, priority
+    separated by tabs.
 
     \b
     iotctl xmpp presence get bob@example.com
     """
-    from iotctl.protocols.xmpp.client import Session, collect_presence, parse_jid
+    from iotctl.protocols.xmpp.client import Session, collect_presence, roster
     from iotctl.protocols.xmpp.tables import write_rows
+    from iotctl.settings import warn
 
-    bare = parse_jid(peer).bare
+    bare = endpoints.user_jid(peer, cfg).split("/", 1)[0]
     with Session(cfg) as session:
+        me = session.bound
+        own = me.split("/", 1)[0]
+        item = None
+        if bare.lower() != own.lower():
+            item = next((i for i in roster(session, timeout) if i["jid"].lower() == bare.lower()),
+                        {"subscription": "none", "ask": ""})
         got = collect_presence(session, timeout, who=bare)
     rows = {}
     for m in got:
-        if m.meta.get("presence") in ("available", "unavailable"):
+        if m.meta.get("presence") in ("available", "unavailable") and m.address != me:
             rows[m.address] = {"jid": m.address, "presence": m.meta["presence"], "show": m.meta.get("show", ""),
                                "status": m.payload.decode("utf-8", "replace"),
                                "priority": m.meta.get("priority", "")}
-    rows = [r for r in rows.values() if r["presence"] == "available"] or [
-        {"jid": bare, "presence": "unavailable", "show": "", "status": "", "priority": ""}]
-    write_rows(bare, ["jid", "presence", "show", "status", "priority"], rows, piped_default="text")
+    rows = [r for r in rows.values() if r["presence"] == "available"]
+    if not rows:
+        subscribed = item is None or item["subscription"] in ("to", "both")
+        rows = [{"jid": bare, "presence": "unavailable" if subscribed else "unknown", "show": "", "status": "",
+                 "priority": ""}]
+        if not subscribed:
+            pending = item["ask"] == "subscribe"
+            warn(f"you are not subscribed to {bare}'s presence, so the server does not say whether it is online"
+                 + ("; your request is not answered yet" if pending else
+                    f" (ask with: iotctl xmpp subscription request {bare})"))
+    write_rows(bare, ["jid", "presence", "show", "status", "priority"], rows)
 
 
 @presence.command("watch")
@@ -478,7 +497,8 @@ def blocklist(cfg, timeout):
 @timeout_option(10.0, "Seconds to wait for each answer.")
 def ping(cfg, peer, count, interval, timeout):
     """XEP-0199 ping of JID (default: your server): a line per answer with the
-    round-trip time, then a summary as ping(8) prints it.
+    round-trip time (piped: 'JID seq=N time=T ms'), then a summary on stderr as
+    ping(8) prints it.
 
     Exit 5 when no answer came, 6 when JID answered with an error.
 
@@ -487,9 +507,24 @@ def ping(cfg, peer, count, interval, timeout):
     iotctl xmpp ping bob@example.com/phone -c 5
     """
     from iotctl.message import Message
+    from iotctl.output import resolve_mode
     from iotctl.protocols.xmpp.client import PING, Session, ping as do_ping
 
-    writer = run_writer(piped_default="text")
+    s = settings()
+    if resolve_mode(s.output, s.format, "text") == "pretty":  # one line a reply, as ping(8)
+        from iotctl.output import console
+
+        out = console.stdout()
+
+        def write(target, seq, ms):
+            out.print(f"reply from {target}: seq={seq} time={ms:.3f} ms", highlight=False, markup=False)
+    else:
+        writer = run_writer(piped_default="text")
+
+        def write(target, seq, ms):
+            writer.write(Message("xmpp", target, f"seq={seq} time={ms:.3f} ms".encode(), None,
+                                 {"seq": seq, "rtt_ms": round(ms, 3)}))
+            writer.flush()
     rtts: list[float] = []
     sent = 0
     with Session(cfg, plugins=[PING]) as session:
@@ -507,10 +542,7 @@ def ping(cfg, peer, count, interval, timeout):
                     status(f"no answer from {target} (seq={seq})")
                     continue
                 rtts.append(rtt)
-                ms = rtt * 1000
-                writer.write(Message("xmpp", target, f"seq={seq} time={ms:.3f} ms".encode(), None,
-                                     {"seq": seq, "rtt_ms": round(ms, 3)}))
-                writer.flush()
+                write(target, seq, rtt * 1000)
         except KeyboardInterrupt:
             pass
     if count > 1 or len(rtts) != sent:
@@ -570,4 +602,4 @@ def version(cfg, peer, timeout):
     with Session(cfg, plugins=[VERSION]) as session:
         target = peer or session.domain
         found = do_version(session, target, timeout)
-    write_rows(target, ["name", "version", "os"], [found], piped_default="text")
+    write_rows(target, ["name", "version", "os"], [found])

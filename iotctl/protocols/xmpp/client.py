@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections import deque
 from typing import Iterable
@@ -55,6 +56,7 @@ MAX_SEQ = 1 << 32          # stream management counts wrap here
 # stream errors after which connecting again makes sense (the server restarts, moves)
 TRANSIENT = {"system-shutdown", "reset", "connection-timeout", "see-other-host", "remote-connection-failed"}
 SHIM = "http://jabber.org/protocol/shim"
+SM_NS = "urn:xmpp:sm:3"    # the stream management slixmpp enables
 PING_NS = "urn:xmpp:ping"
 
 _log = logging.getLogger("slixmpp.iotctl")
@@ -168,7 +170,7 @@ class _Client(slixmpp.ClientXMPP):
                     if self.parser is not parser:  # a handler closed the connection
                         return
         except ET.ParseError as exc:
-            self._violation(f"the server sent XML that is not well-formed ({exc})")
+            self._violation(f"the server sent bad XML: {exc}")
 
     def _violation(self, reason: str) -> None:
         self.parser = None  # nothing more is read from this connection
@@ -204,6 +206,7 @@ class Session:
         self.domain = ""
         self._gone: asyncio.Future | None = None
         self._watchers: list = []  # called (on the loop's thread) once the connection is gone
+        self.before_logout: list = []  # called (on the loop's thread) before a polite logout
         # the trace (and, with it, asyncio's complaints about writes to a closed socket:
         # a cut connection printed "socket.send() raised exception." per stanza)
         route_logs(("slixmpp", "asyncio"), cfg.debug, label="xmpp", secrets=(cfg.endpoint.password,))
@@ -434,6 +437,8 @@ class Session:
             # never logged in (refused, TLS, no answer) or already gone: nothing to close politely
             await self._abort()
             return
+        for hook in self.before_logout:
+            hook()
         try:
             await xmpp.disconnect(wait=1.0)
         except Exception:
@@ -933,13 +938,26 @@ def presence_of(pres, summary: bool = False) -> Message:
     return Message("xmpp", pres["from"].full, text.encode("utf-8"), None, meta)
 
 
+ACK_EVERY = 0.05  # seconds: the loop acknowledges what was written at least this often
+WAKE_COUNT = 64   # the main thread has the loop acknowledge at once after this many written
+WAKE_EVERY = 0.02  # ... or this long after it last did
+
+
 class _Inbound:
     """A session's incoming messages on the loop's thread: each into the inbox with
     its stream-management count as token, and acknowledgements (`<a h=.../>`) that
     stop before the first message not yet written. Messages that arrived but were
     not printed (after -C, at Ctrl-C, a cut) stay the server's: it stores them again
     for the next listen. Stanzas that are not printed by design (no body, --from
-    filtered, presence without --presence) count as handled."""
+    filtered, presence without --presence) count as handled.
+
+    The main thread reports what it wrote by appending counts to `written`, and wakes
+    the loop to acknowledge them only every WAKE_COUNT messages or WAKE_EVERY seconds
+    (a wake-up per written batch halved the rate of `listen` when batches are small);
+    the loop also acknowledges every ACK_EVERY seconds while messages are unwritten,
+    in answer to the server's <r/>, and before the session closes. After a cut, what
+    was written since the last acknowledgement comes again: at most about WAKE_COUNT
+    messages or WAKE_EVERY seconds' worth."""
 
     def __init__(self, session: Session, senders: Iterable[str], presence: bool):
         self.session = session
@@ -950,7 +968,11 @@ class _Inbound:
         self.presence = presence
         self.closed = False
         self.pending = receive.Cumulative()
+        self.written: deque = deque()  # counts written (main thread appends, loop takes)
         self.acked_h = -1
+        self.ticking = False
+        self.unreported = 0  # main thread: written since it last woke the loop
+        self.woken = 0.0
 
     def install(self) -> None:  # loop's thread
         session = self.session
@@ -962,6 +984,7 @@ class _Inbound:
         if self.presence:
             xmpp.add_event_handler("presence", self.presence_changed)
         session.on_gone(self.close)
+        session.before_logout.append(self.answer)
 
     def close(self) -> None:
         self.closed = True
@@ -976,12 +999,17 @@ class _Inbound:
             h = self.sm.handled
             msg.token = (self, h)
             self.pending.delivered(h)
+            if not self.ticking:
+                self.ticking = True
+                asyncio.get_running_loop().call_later(ACK_EVERY, self._tick)
         self.inbox.put(msg)
 
     def message(self, stanza) -> None:
         body = body_of(stanza)
         if body and (not self.filtered or self._wanted(stanza.xml.get("from", ""))):
             self._put(message_of(stanza, body))
+        if len(self.written) >= WAKE_COUNT:  # a long read (stored messages at login) acknowledges as it goes
+            self.answer(True)
 
     def presence_changed(self, pres) -> None:
         if ptype(pres) == "error":
@@ -989,18 +1017,36 @@ class _Inbound:
         if self._wanted(pres.xml.get("from", "")):
             self._put(presence_of(pres))
 
+    def _tick(self) -> None:
+        self.ticking = False
+        if self.closed:
+            return
+        self.answer(unasked=True)
+        if self.pending.order:
+            self.ticking = True
+            asyncio.get_running_loop().call_later(ACK_EVERY, self._tick)
+
     def handled(self) -> int:
         """The count of stanzas handled: everything before the first one not written."""
+        written = self.written
+        if written:
+            counts = []
+            while written:
+                counts.append(written.popleft())
+            self.pending.confirm(counts)
         order = self.pending.order
         if order:
             return (order[0] - 1) % MAX_SEQ
         return self.sm.handled
 
-    def confirm(self, counts: list) -> None:  # loop's thread, after the driver wrote them
-        if self.closed:
-            return
-        if self.pending.confirm(counts) is not None:
-            self.answer(unasked=True)
+    def wrote(self, counts: list) -> None:  # main thread
+        self.written.extend(counts)
+        self.unreported += len(counts)
+        now = time.monotonic()
+        if self.unreported >= WAKE_COUNT or now - self.woken >= WAKE_EVERY:
+            self.unreported = 0
+            self.woken = now
+            self.session.loop.soon(self.answer, True)
 
     def answer(self, unasked: bool = False) -> None:
         """<a h=.../> with the count handled (to the server's <r/>, and whenever more
@@ -1012,16 +1058,7 @@ class _Inbound:
         if unasked and h == self.acked_h:
             return
         self.acked_h = h
-        from slixmpp.plugins.xep_0198 import stanza as sm_stanza
-
-        ack = sm_stanza.Ack(xmpp)
-        ack["h"] = h
-        xmpp.send_raw(str(ack))
-
-
-def _confirm(counts_by_inbound: dict) -> None:
-    for inbound, counts in counts_by_inbound.items():
-        inbound.confirm(counts)
+        xmpp.send_raw(f"<a xmlns='{SM_NS}' h='{h}'/>")
 
 
 class Listener(receive.Receiver):
@@ -1103,13 +1140,20 @@ class Listener(receive.Receiver):
         return items
 
     def ack(self, messages: list[Message]) -> None:
-        by_inbound: dict = {}
+        """What was written: the loop acknowledges it soon (every ACK_EVERY seconds
+        while messages come, and before closing)."""
+        counts: list = []
+        inbound = None
         for msg in messages:
             token = msg.token
             if token is not None:
-                by_inbound.setdefault(token[0], []).append(token[1])
-        if by_inbound and self.session is not None:
-            self.session.loop.soon(_confirm, by_inbound)
+                if token[0] is not inbound:  # tokens of a replaced session are ignored by it
+                    if counts:
+                        inbound.wrote(counts)
+                    inbound, counts = token[0], []
+                counts.append(token[1])
+        if counts:
+            inbound.wrote(counts)
 
 
 def join_muc(session: Session, room: str, nick: str, timeout: float) -> None:
