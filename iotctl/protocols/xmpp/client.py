@@ -292,9 +292,9 @@ class Session:
             fail(error)
             if not self._gone.done():
                 self._gone.set_result(True)
-                self.inbox.put(END)
                 for watcher in self._watchers:
                     watcher()
+                self.inbox.put(END)
 
         failures: list = []
 
@@ -973,6 +973,7 @@ class _Inbound:
         self.ticking = False
         self.unreported = 0  # main thread: written since it last woke the loop
         self.woken = 0.0
+        self.batch: list = []  # read, not yet handed to the main thread
 
     def install(self) -> None:  # loop's thread
         session = self.session
@@ -986,7 +987,8 @@ class _Inbound:
         session.on_gone(self.close)
         session.before_logout.append(self.answer)
 
-    def close(self) -> None:
+    def close(self) -> None:  # the connection is gone: what was read goes out before the end
+        self._hand()
         self.closed = True
 
     def _wanted(self, jid: str) -> bool:
@@ -1002,7 +1004,15 @@ class _Inbound:
             if not self.ticking:
                 self.ticking = True
                 asyncio.get_running_loop().call_later(ACK_EVERY, self._tick)
-        self.inbox.put(msg)
+        batch = self.batch
+        batch.append(msg)
+        if len(batch) == 1:  # handed over once the read that brought it is done: one wake-up a read
+            asyncio.get_running_loop().call_soon(self._hand)
+
+    def _hand(self) -> None:
+        if self.batch:
+            batch, self.batch = self.batch, []
+            self.inbox.put(batch)
 
     def message(self, stanza) -> None:
         body = body_of(stanza)
@@ -1131,13 +1141,15 @@ class Listener(receive.Receiver):
         session = self.session
         if self._ended:
             raise session.lost or ConnectionLost("listen", "connection lost")
-        items = session.inbox.take(wait)
-        if items and items[-1] is END:  # nothing comes after the end
-            self._ended = True
-            items.pop()
-            if not items:
-                raise session.lost or ConnectionLost("listen", "connection lost")
-        return items
+        out: list = []
+        for batch in session.inbox.take(wait):  # lists of messages, then END once the connection is gone
+            if batch is END:
+                self._ended = True
+            else:
+                out.extend(batch)
+        if self._ended and not out:
+            raise session.lost or ConnectionLost("listen", "connection lost")
+        return out
 
     def ack(self, messages: list[Message]) -> None:
         """What was written: the loop acknowledges it soon (every ACK_EVERY seconds
