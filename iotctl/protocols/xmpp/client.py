@@ -970,6 +970,7 @@ class _Inbound:
         self.pending = receive.Cumulative()
         self.written: deque = deque()  # counts written (main thread appends, loop takes)
         self.acked_h = -1
+        self.due = False  # the server asked, the answer waits for the next write
         self.ticking = False
         self.unreported = 0  # main thread: written since it last woke the loop
         self.woken = 0.0
@@ -1059,15 +1060,23 @@ class _Inbound:
             self.session.loop.soon(self.answer, True)
 
     def answer(self, unasked: bool = False) -> None:
-        """<a h=.../> with the count handled (to the server's <r/>, and whenever more
-        has been written)."""
+        """<a h=.../> with the count handled: whenever more has been written, and to
+        the server's <r/>. An <r/> that comes while messages wait to be written and
+        brings nothing new to say is answered once they are (Prosody asks again after
+        every <a/> while it sends: answering at once made a request and an answer per
+        read)."""
         xmpp = self.session.xmpp
         if self.closed or xmpp is None or not xmpp.transport or not self.sm.enabled_in:
             return
         h = self.handled()
-        if unasked and h == self.acked_h:
-            return
+        if h == self.acked_h:
+            if unasked and not self.due:
+                return
+            if not unasked and self.pending.order:
+                self.due = True
+                return
         self.acked_h = h
+        self.due = False
         xmpp.send_raw(f"<a xmlns='{SM_NS}' h='{h}'/>")
 
 
