@@ -563,7 +563,7 @@ def run_listen_raw(user: str) -> str:
     (f"xmpp://alice:pw@localhost?server={SERVER}", "sink", "no recipient"),
     (f"xmpp://alice:pw@localhost/bob@localhost?server={SERVER}&type=bogus", "sink", "type: "),
     (f"xmpp://alice:pw@localhost/bob@localhost?server={SERVER}&qos=1", "sink", "unknown option 'qos'"),
-    (f"xmpp://alice:pw@localhost/bob@localhost?jid=x@y", "source", "belongs in the URL itself"),
+    ("xmpp://alice:pw@localhost/bob@localhost?jid=x@y", "source", "belongs in the URL itself"),
     (f"xmpp://alice:pw@localhost:5223/bob@localhost?server={SERVER}", "source", "give the port in ?server="),
     (f"xmpp://alice:pw@localhost/bob@localhost?server={SERVER}&count=0", "source", "count: "),
     (f"xmpp://alice:pw@localhost/bob@localhost?server={SERVER}&subject=%1B%5B2J", "sink",

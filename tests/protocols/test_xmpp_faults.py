@@ -725,6 +725,23 @@ def test_bodies_and_options_that_are_not_xml_text_are_exit_2_before_connecting(n
     assert _connections(no_server) == 0
 
 
+@pytest.mark.parametrize("args, what", [
+    (["presence", "set", "--status", "away\x07"], "--status"),
+    (["roster", "add", "dave@localhost", "--name", b"D\xffave"], "--name"),
+    (["roster", "add", "dave@localhost", "--group", "a\x1f"], "--group"),
+    (["listen", "--muc", "room@conference.localhost", "--nick", "n\x0b"], "--nick"),
+    (["send", "bob@localhost", "hi", "--resource", "r\x01"], "--resource"),
+])
+def test_other_options_that_are_not_xml_text_are_exit_2_before_connecting(no_server, args, what):
+    done = subprocess.run(iotctl_cmd("xmpp", *args, "--jid", "alice@localhost", "-P", "pw",
+                                     "--server", f"127.0.0.1:{no_server.getsockname()[1]}"),
+                          capture_output=True, timeout=30, env=clean_env())
+    err = done.stderr.decode()
+    assert done.returncode == 2, err
+    assert err.startswith(f"iotctl: error: {what} is not text XMPP can carry: "), err
+    assert _connections(no_server) == 0
+
+
 def test_a_jid_byte_that_is_not_utf8_is_exit_2(no_server):
     done = subprocess.run(iotctl_cmd("xmpp", "send", "bob@localhost", "hi", "--jid", b"al\xffice@localhost", "-P",
                                      "pw", "--server", f"127.0.0.1:{no_server.getsockname()[1]}"),

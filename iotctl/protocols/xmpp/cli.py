@@ -180,6 +180,9 @@ def presence_set(cfg, show, status_text, priority, duration):
     """
     from iotctl import receive as receiving
     from iotctl.protocols.xmpp.client import Idle, Session
+    from iotctl.protocols.xmpp.text import check_options
+
+    check_options(status=status_text)
 
     with Session(cfg) as session:
         session.send_presence(show=show, status=status_text, priority=priority)
@@ -277,9 +280,9 @@ def subscription():
 
 def _subscription_command(name: str, ptype: str, doc: str):
     def command(cfg, peer, timeout):
-        from iotctl.protocols.xmpp.client import Session, parse_jid
+        from iotctl.protocols.xmpp.client import Session
 
-        bare = parse_jid(peer).bare
+        bare = endpoints.user_jid(peer, cfg).split("/", 1)[0]
         with Session(cfg) as session:
             session.send_presence(to=bare, ptype=ptype)
             session.round_trip(timeout)
@@ -369,9 +372,12 @@ def roster_add(cfg, peer, name, groups, timeout):
     \b
     iotctl xmpp roster add sensor1@example.com --name 'Sensor 1' --group sensors
     """
-    from iotctl.protocols.xmpp.client import Session, parse_jid, roster_set
+    from iotctl.protocols.xmpp.client import Session, roster_set
+    from iotctl.protocols.xmpp.text import check_options
 
-    bare = parse_jid(peer).bare
+    check_options(name=name, group=groups)
+
+    bare = endpoints.user_jid(peer, cfg).split("/", 1)[0]
     with Session(cfg) as session:
         roster_set(session, bare, timeout, name=name, groups=groups)
     status(f"added {bare}", tty_only=True)
@@ -383,9 +389,9 @@ def roster_add(cfg, peer, name, groups, timeout):
 @timeout_option(10.0)
 def roster_remove(cfg, peer, timeout):
     """Remove JID from the contact list (this also cancels both subscriptions)."""
-    from iotctl.protocols.xmpp.client import Session, parse_jid, roster_set
+    from iotctl.protocols.xmpp.client import Session, roster_set
 
-    bare = parse_jid(peer).bare
+    bare = endpoints.user_jid(peer, cfg).split("/", 1)[0]
     with Session(cfg) as session:
         roster_set(session, bare, timeout, remove=True)
     status(f"removed {bare}", tty_only=True)
