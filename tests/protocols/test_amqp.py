@@ -669,16 +669,29 @@ def test_exclusive_consumer_keeps_others_out_and_priority_is_accepted(iotctl, na
     assert holder.returncode == 0 and out == b"mine\n", err
 
 
+def close_connection(name: str, reason: str) -> None:
+    """Close, as the broker's operator would, only the connection named `name` (a name
+    the test gave with --connection-name): never another client's."""
+    def mine() -> list[str]:
+        conns = rabbitmqctl("list_connections", "pid", "client_properties")
+        return [line.split("\t")[0] for line in conns.splitlines() if f'"{name}"' in line]
+
+    pids = wait_until(mine, 10, f"the connection {name!r} listed by rabbitmqctl")
+    assert len(pids) == 1, pids
+    rabbitmqctl("close_connection", pids[0], reason)
+
+
 def test_connection_closed_by_the_broker_is_exit_3(iotctl, names):
-    q = queue(iotctl, names())
-    proc = start("amqp", "consume", q)
+    q, other = queue(iotctl, names()), queue(iotctl, names())
+    bystander = start("amqp", "consume", other, "-C", "1", "-W", "30")  # the default name: not ours to close
+    wait_status(bystander, "consuming from")
+    name = f"iotctl-test closed-by-broker {uuid.uuid4().hex}"
+    proc = start("amqp", "consume", q, "--connection-name", name)
     wait_status(proc, "consuming from")
-    conns = rabbitmqctl("list_connections", "pid", "client_properties")
-    pids = [line.split("\t")[0] for line in conns.splitlines() if "iotctl amqp consume" in line]
-    assert pids, conns
-    for pid in pids:  # (another run's consumer would only be closed earlier: harmless)
-        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by the test"],
-                       capture_output=True, timeout=60)
+    close_connection(name, "closed by the test")
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 3, err
     assert b"the broker closed the connection: CONNECTION_FORCED - closed by the test" in err
+    assert iotctl("amqp", "publish", "-r", other, "-m", "still here").exit_code == 0
+    out, err = bystander.communicate(timeout=20)
+    assert bystander.returncode == 0 and out == b"still here\n", err

@@ -41,7 +41,7 @@ def group():
 # --------------------------------------------------------------------------- connection
 
 
-def _amqp_config(endpoint, vhost, heartbeat, connect_timeout):
+def _amqp_config(endpoint, vhost, heartbeat, connect_timeout, connection_name):
     from urllib.parse import unquote
 
     from click.core import ParameterSource
@@ -52,7 +52,7 @@ def _amqp_config(endpoint, vhost, heartbeat, connect_timeout):
     if ctx.get_parameter_source("vhost") is not ParameterSource.COMMANDLINE and endpoint.path is not None:
         # the URL's path names the vhost: /%2f is "/", a lone "/" is the empty vhost
         vhost = unquote(endpoint.path[1:])
-    return AmqpConfig(endpoint, vhost, heartbeat, connect_timeout, settings().debug)
+    return AmqpConfig(endpoint, vhost, heartbeat, connect_timeout, settings().debug, connection_name)
 
 
 _AMQP_OPTIONS = bundle("cfg", [
@@ -62,6 +62,9 @@ _AMQP_OPTIONS = bundle("cfg", [
                  help="Heartbeat interval (0: none) [default: what the broker proposes]."),
     click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
                  show_default=True, metavar="SECONDS", help="Seconds to wait for the connection."),
+    click.option("--connection-name", metavar="NAME",
+                 help="The name the broker shows for this connection (rabbitmqctl list_connections "
+                      "client_properties, the management UI) [default: iotctl amqp COMMAND]."),
 ], _amqp_config, consumes=("endpoint",))
 
 
@@ -74,7 +77,7 @@ def amqp_options(f):
 def _session(cfg, command: str):
     from iotctl.protocols.amqp.client import Session
 
-    return Session(cfg, name=f"iotctl amqp {command}")
+    return Session(cfg, name=cfg.connection_name or f"iotctl amqp {command}")
 
 
 _ARG = kv_option("--arg", "arguments", help="Argument (repeatable), e.g. x-max-length:int=10, "

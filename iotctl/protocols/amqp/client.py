@@ -35,12 +35,12 @@ FIREHOSE = "amq.rabbitmq.trace"
 class AmqpConfig:
     """Where and how to connect: the endpoint, the vhost and the connection tuning."""
 
-    __slots__ = ("endpoint", "vhost", "heartbeat", "connect_timeout", "debug")
+    __slots__ = ("endpoint", "vhost", "heartbeat", "connect_timeout", "debug", "connection_name")
 
     def __init__(self, endpoint, vhost: str = "/", heartbeat: int | None = None,
-                 connect_timeout: float = 10.0, debug: bool = False):
+                 connect_timeout: float = 10.0, debug: bool = False, connection_name: str | None = None):
         self.endpoint, self.vhost, self.heartbeat = endpoint, vhost, heartbeat
-        self.connect_timeout, self.debug = connect_timeout, debug
+        self.connect_timeout, self.debug, self.connection_name = connect_timeout, debug, connection_name
 
 
 # --------------------------------------------------------------------------- errors
