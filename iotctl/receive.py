@@ -153,6 +153,9 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
     last = started
     timed_out = False
     write = writer.write
+    check = interrupts.check
+    guard = interrupts.guarded()
+    guard.__enter__()
     try:
         while True:
             now = time.monotonic()
@@ -175,9 +178,10 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
                     raise
                 _reconnect(receiver, lost, deadline)
                 continue
-            if batch is None:
-                break
             if not batch:
+                check()  # a Ctrl-C held while the receiver's library was busy
+                if batch is None:
+                    break
                 if watch_stdout and _stdout_gone():
                     raise OutputClosed()
                 continue
@@ -212,6 +216,7 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
         try:
             flush()
         finally:
+            guard.__exit__(None, None, None)
             if saver is not None:
                 saver.out.close()
     if timed_out:
