@@ -39,7 +39,7 @@ def names(rmq, iotctl, request):
 
     yield name
     for kind, n in made:
-        iotctl("amqp", "delete", kind, n)
+        iotctl("amqp", "delete", kind, n, "--if-exists")
 
 
 def queue(iotctl, name, *args):
@@ -64,10 +64,28 @@ def iotctl_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "iotctl", *map(str, args)]
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    """Every process a test started is gone when the test ends (a failing test must
+    not leave a consumer on the shared broker)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def start(*args: str, **kw) -> subprocess.Popen:
     # unbuffered pipes: communicate() after a readline() must not miss read-ahead data
-    return subprocess.Popen(iotctl_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=clean_env(), bufsize=0, **kw)
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    proc = subprocess.Popen(iotctl_cmd(*args), env=clean_env(), bufsize=0, **kw)
+    _STARTED.append(proc)
+    return proc
 
 
 def wait_status(proc: subprocess.Popen, needle: str) -> str:
@@ -686,7 +704,7 @@ def test_connection_closed_by_the_broker_is_exit_3(iotctl, names):
     bystander = start("amqp", "consume", other, "-C", "1", "-W", "30")  # the default name: not ours to close
     wait_status(bystander, "consuming from")
     name = f"iotctl-test closed-by-broker {uuid.uuid4().hex}"
-    proc = start("amqp", "consume", q, "--connection-name", name)
+    proc = start("amqp", "consume", q, "--connection-name", name, "--no-reconnect")
     wait_status(proc, "consuming from")
     close_connection(name, "closed by the test")
     out, err = proc.communicate(timeout=20)
