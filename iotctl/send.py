@@ -329,8 +329,10 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
                 if bar is not None and not sent % 1000:
                     bar.advance(1000)
             window.sent = sent
+            check()  # a Ctrl-C held while the input ended
             if not window.refused:
                 window.finish()
+            check()
         except (IotctlError, KeyboardInterrupt) as exc:
             window.sent = sent
             if isinstance(exc, (UsageError, KeyboardInterrupt)) and inflight:
