@@ -97,30 +97,42 @@ class Cumulative:
     """Acknowledgements for a protocol whose ack covers every earlier delivery (AMQP
     `multiple`, STOMP `client` mode): `delivered(token)` in delivery order, then
     `confirm(tokens)` returns the last token of the longest prefix now wholly
-    acknowledged (to send one cumulative ack for), or None."""
+    acknowledged (to send one cumulative ack for), or None. `given_back` are tokens
+    settled otherwise (nacked, rejected): they complete a prefix, but the returned
+    token is never one of them (a broker refuses a cumulative ack naming a delivery
+    it already took back)."""
 
-    __slots__ = ("order", "done")
+    __slots__ = ("order", "done", "back")
 
     def __init__(self) -> None:
         self.order: deque = deque()
         self.done: set = set()
+        self.back: set = set()
 
     def delivered(self, token) -> None:
         self.order.append(token)
 
-    def confirm(self, tokens) -> object | None:
-        order, done = self.order, self.done
+    def confirm(self, tokens, given_back=()) -> object | None:
+        order, done, back = self.order, self.done, self.back
         done.update(tokens)
+        if given_back:
+            done.update(given_back)
+            back.update(given_back)
         last = None
         while order and order[0] in done:
-            last = order.popleft()
-            done.discard(last)
+            token = order.popleft()
+            done.discard(token)
+            if back and token in back:
+                back.discard(token)
+            else:
+                last = token
         return last
 
     def forget(self) -> None:
         """After a reconnect: the old deliveries' tokens mean nothing any more."""
         self.order.clear()
         self.done.clear()
+        self.back.clear()
 
 
 def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str = "message") -> int:
