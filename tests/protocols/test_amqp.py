@@ -298,9 +298,17 @@ def test_mandatory_reports_each_returned_message(iotctl, names, tmp_path):
     assert depth(iotctl, q) == 1
     assert "1 message(s) were returned as unroutable" in r.stderr
     assert [json.loads(line)["address"] for line in failed.read_text().splitlines()] == ["nobody-" + q]
-    # without confirms the return is still reported
-    r = iotctl("amqp", "publish", "-r", "nobody-" + q, "--mandatory", "--no-confirm", "-m", "x")
-    assert r.exit_code == 6 and "routing key 'nobody-" in r.stderr, r
+    # without confirms each return is still reported, and reaches --failed (a round trip
+    # after the messages tells which were returned)
+    failed.unlink()
+    r = iotctl("amqp", "publish", "-r", q, "-r", "nobody-" + q, "--mandatory", "--no-confirm",
+               "-l", "--failed", str(failed), input="a\nb\n")
+    assert r.exit_code == 6, r
+    assert "2 message(s) were returned as unroutable (--mandatory)" in r.stderr
+    assert "sent 4, acknowledged 2, refused 2" in r.stderr
+    assert [(m["address"], m["payload"]) for m in map(json.loads, failed.read_text().splitlines())] == \
+        [("nobody-" + q, "a"), ("nobody-" + q, "b")]
+    assert depth(iotctl, q) == 3
 
 
 def test_no_confirm_fire_and_forget(iotctl, names):
@@ -606,6 +614,58 @@ def test_environment_and_profile_supply_connection_settings(iotctl, names, tmp_p
     assert r.exit_code == 0, r
     r = iotctl("--profile", "rabbit", "amqp", "purge", q)
     assert r.exit_code == 0 and r.stdout == "0\n", r
+
+
+def test_names_over_255_bytes_are_exit_2_with_the_limit(iotctl, rmq):
+    long = "n" * 256
+    for args in (["publish", "-r", long, "-m", "x"], ["publish", "-e", long, "-r", "k", "-m", "x"],
+                 ["publish", "--queue", long, "-m", "x"], ["consume", long], ["get", long],
+                 ["consume", "--declare", "-e", "amq.topic", "-r", long], ["tap", f"amq.topic:{long}"],
+                 ["declare", "queue", long], ["bind", "queue", "q", "-e", long], ["purge", long],
+                 ["publish", "-r", "k", "--correlation-id", long, "-m", "x"],
+                 ["publish", "-r", "k", "--header", f"{long}=1", "-m", "x"]):
+        r = iotctl("amqp", *args)
+        assert r.exit_code == 2, (args, r)
+        assert "is 256 bytes; AMQP allows at most 255" in r.stderr, (args, r)
+    capture = json.dumps({"protocol": "mqtt", "address": "a/" + "b" * 300, "payload": "x"})
+    r = iotctl("amqp", "publish", "--replay", "-", input=capture + "\n")
+    assert r.exit_code == 2 and "routing key 'a/bbb" in r.stderr and "is 302 bytes" in r.stderr, r
+
+
+def test_deleting_what_does_not_exist_is_exit_6_unless_if_exists(iotctl, names):
+    q, ex = names(), names("exchange")
+    for kind, name in (("queue", q), ("exchange", ex)):
+        r = iotctl("amqp", "delete", kind, name)
+        assert r.exit_code == 6, r
+        assert r.stderr.splitlines() == [f"iotctl: error: cannot delete {kind} {name!r}: no such {kind} in vhost '/'",
+                                         "iotctl: hint: --if-exists accepts a missing one"]
+        r = iotctl("amqp", "delete", kind, name, "--if-exists")
+        assert r.exit_code == 0 and f"no {kind} {name!r}: nothing to delete" in r.stderr, r
+    queue(iotctl, q)
+    r = iotctl("amqp", "delete", "queue", q, "--if-exists")
+    assert r.exit_code == 0 and f"deleted queue {q!r}" in r.stderr, r
+    r = iotctl("amqp", "declare", "queue", q, "--passive")
+    assert r.exit_code == 6, r
+
+
+def test_tapping_a_direct_exchange_without_a_key_is_exit_2(iotctl, names):
+    ex = names("exchange")
+    assert iotctl("amqp", "declare", "exchange", ex, "-t", "direct", "--durable").exit_code == 0
+    for args, fix in (([ex], f"{ex}:KEY"), (["amq.direct"], "amq.direct:KEY"),
+                      (["amq.topic", ex], f"{ex}:KEY")):
+        r = iotctl("amqp", "tap", *args, "-W", "5")
+        assert r.exit_code == 2, r
+        assert "is a direct exchange: it routes by the exact routing key, so '#' would match only the key '#'" \
+            in r.stderr, r
+        assert f"hint: give the key to watch ({fix})" in r.stderr
+    r = iotctl("amqp", "consume", "--declare", "-e", ex, "-W", "5")
+    assert r.exit_code == 2 and "(-r KEY)" in r.stderr, r
+    # with a key, or a topic/fanout/headers exchange, it taps (nothing arrives here: exit 5)
+    for args in ([f"{ex}:k"], ["amq.topic"], ["amq.fanout"], ["amq.headers"]):
+        r = iotctl("amqp", "tap", *args, "-W", "0.5")
+        assert r.exit_code == 5 and "no message within 0.5 s" in r.stderr, (args, r)
+    # the probe changed nothing: the exchange is still durable and direct
+    assert iotctl("amqp", "declare", "exchange", ex, "-t", "direct", "--durable").exit_code == 0
 
 
 def test_usage_errors_are_exit_2(iotctl):

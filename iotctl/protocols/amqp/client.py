@@ -208,7 +208,9 @@ class _Bounded(SelectConnection):
         try:
             consumed, value = pika_frame.decode_frame(buf)
         except Exception as exc:  # an unknown method, a bad frame end, undecodable fields
-            raise self._fail(ConnectError(self.what, f"the peer sent something that is not AMQP 0-9-1 ({exc})",
+            why = (f"a method unknown to AMQP 0-9-1 ({exc.args[0]:#010x})" if isinstance(exc, KeyError)
+                   and exc.args and isinstance(exc.args[0], int) else "a malformed frame")
+            raise self._fail(ConnectError(self.what, f"the peer sent something that is not AMQP 0-9-1 ({why})",
                                           hint="is it an AMQP 0-9-1 server (RabbitMQ: port 5672, 5671 with TLS)?"))
         if value is None:  # incomplete: look at what it announces before buffering more
             if len(buf) >= 7 and buf[:4] != b"AMQP":
@@ -444,8 +446,12 @@ class Session:
         impl = conn._impl
         try:
             transport = getattr(impl, "_transport", None) if impl is not None else None
-            if transport is not None and impl is not None and not impl.is_closed:
+            if transport is not None and not impl.is_closed:
+                sock = getattr(transport, "_sock", None)
                 transport.abort()
+                impl.ioloop.process_timeouts()  # pika closes the socket in a callback
+                if sock is not None:
+                    sock.close()  # (and when it did not get to it: the broker must see it go)
         except Exception:
             pass
         try:
@@ -926,8 +932,7 @@ class Consumer(receive.Receiver):
 
     ack: "after-write" acknowledges exactly the messages the driver gives back, with
     one Basic.Ack multiple=True for the longest prefix of deliveries wholly
-    acknowledged (receive.Cumulative), sent every ACK_EVERY, at a pause and at the
-    end; "auto" lets the broker consider every delivery acknowledged; "none" never
+    acknowledged (receive.Cumulative), sent as soon as they are written; "auto" lets the broker consider every delivery acknowledged; "none" never
     acknowledges (what was shown goes back to the queue when the connection closes);
     `requeue` rejects everything shown with requeue at the end. A message's `token`
     is its delivery tag plus the connection's generation: the tokens of a connection
@@ -956,9 +961,6 @@ class Consumer(receive.Receiver):
         self._cumulative = receive.Cumulative()
         self._ack_tag = 0
         self._unacked = 0
-        self.ack_every = self.ACK_EVERY
-
-    ACK_EVERY = 250
 
     @property
     def where(self) -> str:
@@ -971,8 +973,6 @@ class Consumer(receive.Receiver):
             self.queues = self._prepare(session)
             if self.prefetch is not None and self.mode != "auto":
                 session.qos(self.prefetch)
-                if self.prefetch:  # acknowledge well before the broker stops at the prefetch window
-                    self.ack_every = max(1, min(self.ACK_EVERY, self.prefetch // 4))
             arguments = {"x-priority": self.priority} if self.priority is not None else None
             self.session = session
             for queue in self.queues:
@@ -989,7 +989,7 @@ class Consumer(receive.Receiver):
         if self.declare is not None:
             exchange, keys = self.declare
             if not keys:
-                refuse_direct(session, exchange, "consume --declare -e EXCHANGE", "-r KEY")
+                refuse_direct(session, exchange, f"consume --declare -e {exchange}", "-r KEY")
             q = session.declare_queue("", exclusive=True, auto_delete=True).queue
             for key in keys or ("#",):
                 session.bind("queue", q, exchange, key)
@@ -1052,7 +1052,6 @@ class Consumer(receive.Receiver):
         if not self._batch:
             step(0.25 if wait is None else min(wait, 0.25))
             if not self._batch:
-                self._send_ack()  # a pause: acknowledge what was written so far
                 self._check()
                 return []
         # take what else is already readable: fewer, larger batches (writes, flushes)
@@ -1073,20 +1072,20 @@ class Consumer(receive.Receiver):
             raise session.failure(self.what) or ConnectionLost(self.what, "the channel closed")
 
     def ack(self, batch) -> None:
-        """Written and flushed: acknowledge exactly these (one Basic.Ack, multiple=True,
-        for the longest prefix wholly acknowledged, every ack_every messages, at a
-        pause, and at the end)."""
+        """Written and flushed: acknowledge exactly these, at once (one Basic.Ack,
+        multiple=True, for the longest prefix of deliveries wholly acknowledged: an
+        acknowledgement that waits is one a broker restart loses, and the message
+        comes twice)."""
         if self.mode == "after-write" and batch:
             self._settle([msg.token for msg in batch if msg.token is not None])
 
-    def _settle(self, tokens) -> None:
+    def _settle(self, tokens, given_back=()) -> None:
         base = self._base
-        last = self._cumulative.confirm([t for t in tokens if t > base])
+        last = self._cumulative.confirm([t for t in tokens if t > base], given_back)
         if last is not None:
             self._ack_tag = last - base
-            self._unacked += len(tokens)
-            if self._unacked >= self.ack_every:
-                self._send_ack()
+            self._unacked = 1
+            self._send_ack()
 
     def nack(self, batch) -> None:
         """Give these back to the queue (Basic.Nack with requeue), at once."""
@@ -1100,7 +1099,7 @@ class Consumer(receive.Receiver):
         except (px.AMQPError, OSError):
             return  # the connection is gone: the broker requeues them anyway
         if self.mode == "after-write":
-            self._settle(tokens)  # settled: a later cumulative ack may pass them
+            self._settle((), tokens)  # settled: a later cumulative ack may pass them
 
     def _send_ack(self) -> None:
         if self._unacked:
@@ -1187,7 +1186,7 @@ class Getter(receive.Receiver):
         for msg in batch:
             self.session.impl.basic_nack(msg.token, multiple=False, requeue=True)
         if not self.requeue:
-            last = self._cumulative.confirm([m.token for m in batch])
+            last = self._cumulative.confirm((), [m.token for m in batch])
             if last is not None:
                 self.session.impl.basic_ack(last, multiple=True)
 
