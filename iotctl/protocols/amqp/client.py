@@ -1038,12 +1038,12 @@ class Consumer(receive.Receiver):
                 self._batch.append(msg)
             return
         token = self._base + tag
-        if self.accept is not None and not self.accept(msg):
+        if self.mode == "after-write":
             self._cumulative.delivered(token)
-            self._settle([token])  # not shown: nothing to keep it for
-            return
+            if self.accept is not None and not self.accept(msg):
+                self._settle([token])  # not shown: nothing to keep it for
+                return
         msg.token = token
-        self._cumulative.delivered(token)
         self._batch.append(msg)
 
     def poll(self, wait):
