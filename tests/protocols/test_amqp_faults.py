@@ -441,7 +441,7 @@ def test_a_silent_peer_is_exit_5_with_one_line(rmq):
     assert proc.returncode == 5, err
     assert err.decode().splitlines() == [
         f"iotctl: error: cannot connect to amqp://localhost:{server.port} (vhost '/'): no AMQP handshake within 1.5 s",
-        "iotctl: hint: is it an AMQP 0-9-1 server (RabbitMQ: port 5672, 5671 with TLS)?"]
+        "iotctl: hint: is the host reachable, and is it an AMQP 0-9-1 server (RabbitMQ: port 5672, 5671 with TLS)?"]
 
 
 @pytest.mark.parametrize("garbage", [b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n",

@@ -155,7 +155,8 @@ def amqp_error(what: str, exc: BaseException, cfg: AmqpConfig | None = None) -> 
     if _is_stack_timeout(exc):
         timeout = cfg.connect_timeout if cfg is not None else None
         return TimeoutError_(what, "no AMQP handshake" + (f" within {timeout:g} s" if timeout else ""),
-                             hint="is it an AMQP 0-9-1 server (RabbitMQ: port 5672, 5671 with TLS)?")
+                             hint="is the host reachable, and is it an AMQP 0-9-1 server (RabbitMQ: port "
+                                  "5672, 5671 with TLS)?")
     root = _root_os_error(exc)
     if root is not None:
         return from_os_error(what, root)
@@ -601,13 +602,8 @@ class Session:
         other change; the broker compares the type first, so a 406 about the 'type'
         means another type, success or a 406 about anything else means direct."""
         what = f"cannot look up exchange {exchange!r}"
-        probe = self.call(what, self.conn.channel)
-        try:
-            probe.exchange_declare(exchange, passive=True)
-        except px.ChannelClosedByBroker as exc:
-            raise broker_error(what, exc.reply_code, exc.reply_text) from None
-        except (px.AMQPError, OSError) as exc:
-            raise amqp_error(what, exc, self.cfg) from None
+        if not self.exists("exchange", exchange):
+            raise PeerError(what, f"NOT_FOUND - no exchange {exchange!r} in vhost {self.cfg.vhost!r}")
         probe = self.call(what, self.conn.channel)
         try:
             probe.exchange_declare(exchange, "direct", passive=False)
