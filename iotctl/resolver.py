@@ -84,6 +84,8 @@ def resolve(url: str, role: str, **overrides: Any) -> Target:
         raise UsageError(f"bad URL {parts.shown!r}",
                          f"unknown scheme {parts.scheme!r}; one of {', '.join(s + '://' for s in all_schemes())}")
     command_name = protocol.source_command if role == "source" else protocol.sink_command
+    if isinstance(command_name, dict):  # a command per scheme (http:// streams, http+listen:// listens)
+        command_name = command_name.get(parts.scheme)
     if protocol.endpoints is None or command_name is None:
         raise UsageError(f"bad URL {parts.shown!r}", f"{protocol.name} cannot be a {role}")
     module = importlib.import_module(protocol.endpoints)
