@@ -418,9 +418,19 @@ class _Stale(Exception):
     """A kept-alive connection the server had closed: nothing of an answer came."""
 
 
+def phrase(status: int) -> str:
+    """The standard reason phrase of a status (a server may send none)."""
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
 def status_error(what: str, status: int, reason: str, body: bytes = b"") -> IotctlError:
     """The error a 4xx/5xx answer is: a refused login (401, 407) exits 4, the rest 6."""
-    why = f"{status} {reason}".rstrip()
+    why = f"{status} {reason or phrase(status)}".rstrip()
     text = body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
     if text and len(text) < 200 and "<" not in text[:1]:
         why += f": {text}"
@@ -563,7 +573,7 @@ class Requester(send.Sender):
         if len(reasons) == 1 and statuses:
             status, reason, body, what = reasons[0]
             return status_error(what, status, reason, body)
-        texts = sorted({f"{r[0]} {r[1]}" if isinstance(r, tuple) else str(r) for r in reasons})
+        texts = sorted({f"{r[0]} {r[1] or phrase(r[0])}" if isinstance(r, tuple) else str(r) for r in reasons})
         what = "send"
         error = AuthError if statuses and all(s in (401, 407) for s in statuses) else PeerError
         return error(what, f"the server refused {len(reasons)} request(s): {'; '.join(texts[:3])}")

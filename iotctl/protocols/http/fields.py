@@ -208,7 +208,7 @@ class EventStream:
     """A text/event-stream parser (the WHATWG HTML "server-sent events" rules): feed
     bytes as they come, take complete events. Each event is a dict with `data` (the
     data lines joined by LF), `event` (type, default "message"), `id` (the last event
-    id, kept across events), `retry` when given. Comments and events without data are
+    id, kept across events), `retry` (the last reconnection time given, ms). Comments and events without data are
     skipped, as EventSource does. `limit`: the longest line or event (bytes); longer is
     a ValueError (a stream that never sends a line end is bounded)."""
 
@@ -259,7 +259,7 @@ class EventStream:
                 if self.retry is not None:
                     event["retry"] = self.retry
                 out.append(event)
-            self.data, self.size, self.event, self.retry = [], 0, "", None
+            self.data, self.size, self.event = [], 0, ""  # the id and the retry time stay
             return
         if line.startswith(":"):
             return
