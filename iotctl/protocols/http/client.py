@@ -101,6 +101,7 @@ class Connection:
         self.key, self.reader, self.writer = key, reader, writer
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.used = False
+        self.connect_ms = 0.0  # how long connecting (and the TLS handshake) took
 
     async def send(self, event) -> None:
         data = self.h11.send(event)
@@ -151,6 +152,7 @@ class Client:
             conn.close()
         ssl_ctx = self.cfg.ssl_context() if url.tls else None
         what = f"cannot connect to {url.scheme}://{url.authority}"
+        began = time.monotonic()
         try:
             reader, writer = await asyncio.wait_for(
                 asyncio.open_connection(url.host, url.port, ssl=ssl_ctx,
@@ -163,7 +165,9 @@ class Client:
             raise from_os_error(what, exc) from None
         if log.isEnabledFor(logging.DEBUG):
             log.debug("connected to %s:%s%s", url.host, url.port, " (TLS)" if ssl_ctx is not None else "")
-        return Connection(key, reader, writer)
+        conn = Connection(key, reader, writer)
+        conn.connect_ms = round((time.monotonic() - began) * 1000, 1)
+        return conn
 
     def release(self, conn: Connection) -> None:
         if conn.reusable():
@@ -291,9 +295,8 @@ class Client:
             conn = await self.connect(url)
             reused = conn.used
             conn.used = True
-            connected = time.monotonic()
             try:
-                return await self._on(conn, method, url, headers, body, started, connected, on_head, on_chunk)
+                return await self._on(conn, method, url, headers, body, started, reused, on_head, on_chunk)
             except _Stale:
                 conn.close()
                 if attempt or not reused:
@@ -303,7 +306,7 @@ class Client:
                 raise
         raise AssertionError("unreachable")
 
-    async def _on(self, conn, method, url, headers, body, started, connected, on_head, on_chunk):
+    async def _on(self, conn, method, url, headers, body, started, reused, on_head, on_chunk):
         what = f"{method} {url.shown}"
         debug = log.isEnabledFor(logging.DEBUG)
         if debug:
@@ -353,7 +356,7 @@ class Client:
             await self._drain(conn, what, limit=1 << 20)
             self.release(conn)
             return status, reason, location
-        timing = {"connect_ms": round((connected - started) * 1000, 1)}
+        timing = {"connect_ms": 0.0 if reused else conn.connect_ms}
         response = Response(url, method, status, reason, version, resp_headers, b"", timing, [])
         if on_chunk is not None:
             if status >= 300:

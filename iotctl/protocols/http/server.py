@@ -368,7 +368,10 @@ class Listener(receive.Receiver):
     def open(self) -> None:
         from iotctl import aioloop
         from iotctl.errors import from_os_error
+        from iotctl.settings import current
+        from iotctl.trace import route_logs
 
+        route_logs(("iotctl.http", "asyncio"), current().debug, label="http")
         self.loop = aioloop.shared()
         self.inbox = self.loop.handoff()
         self.server = HttpServer(self._handle, self.bind, self.port, max_body=self.max_body,
