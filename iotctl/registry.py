@@ -67,7 +67,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              renderers={"application/vnd.iotctl.table+json": "iotctl.protocols.xmpp.tables:render"}),
     Protocol("http", "iotctl.protocols.http.cli:group",
              "HTTP/REST: get/post/put/patch/delete, event and NDJSON streams, a webhook listener.",
-             header=("method", "status", "reason", "event", "id"), details=("timing", "http_version", "remote"),
+             header=("method", "status", "event", "id"), details=("reason", "timing", "http_version", "remote"),
              schemes=("http", "https", "http+listen"), endpoints="iotctl.protocols.http.endpoints",
              source_command={"http": "get", "https": "get", "http+listen": "listen"}, sink_command="request",
              options_in="fragment", portable="iotctl.protocols.http.envelope:portable"),

@@ -5,9 +5,11 @@ context and a slixmpp session make progress side by side; the main thread only h
 requests over and takes results (the `Requester` sender, the `Streamer` receiver).
 
 Another protocol (the coming `coap proxy`) reaches HTTP only through this module:
-`Client` (async requests with redirects, limits and errors as exit codes) for its
-outgoing side, and `HttpServer`, `ServerRequest`, `ServerResponse` (re-exported from
-server.py) for a listener in the same loop.
+`Client` + `HttpConfig` + `parse_url` (async requests with keep-alive, redirects,
+limits, and failures as IotctlErrors) for its outgoing side, and `HttpServer`,
+`ServerRequest`, `ServerResponse`, `text_response` (re-exported from server.py) for a
+listener in the same loop. `Client.fetch` has no overall deadline of its own: wrap it
+in `asyncio.wait_for` (the Requester does, with -W).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from iotctl.errors import (AuthError, ConnectError, ConnectionLost, IotctlError,
                            UsageError, from_os_error)
 from iotctl.message import Message, foreign
 from iotctl.protocols.http import fields
-from iotctl.protocols.http.fields import Url
-from iotctl.protocols.http.server import HttpServer, ServerRequest, ServerResponse  # noqa: F401  (re-exported)
+from iotctl.protocols.http.fields import Url, parse_url  # noqa: F401  (parse_url re-exported)
+from iotctl.protocols.http.server import (HttpServer, ServerRequest, ServerResponse,  # noqa: F401  (re-exported)
+                                          text_response)
 
 MAX_HEAD = 64 * 1024  # the largest response head (status line and headers) accepted
 READ_SIZE = 64 * 1024
