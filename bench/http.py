@@ -52,13 +52,14 @@ def run(cmd, stdin=None, env=None) -> float:
 
 
 def rotate(contenders: dict, rounds: int, repeat: int, measure) -> dict:
-    """measure(cmd) for every contender, `repeat` times a round, the order rotating."""
+    """measure(cmd) for every contender, `repeat` times a round, interleaved, the order
+    rotating from round to round."""
     names = list(contenders)
     out: dict = {n: [] for n in names}
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
-        for name in order:
-            for _ in range(repeat):
+        for _ in range(repeat):  # interleaved: a burst of load elsewhere hits every contender alike
+            for name in order:
                 out[name].append(measure(contenders[name]))
     return out
 
