@@ -326,3 +326,21 @@ def test_http_get_imports_h11_and_no_other_protocol_library(nginx):
 def test_readme_section_exists():
     text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     assert "\n## HTTP\n" in text and "What differs from httpie" in text
+
+
+def test_stdin_body_and_password_never_in_the_envelope(iotctl, nginx):
+    r = iotctl("http", "post", "http://iotctl:iotctl-secret@127.0.0.1:18080/echo", "-s", "-o", "json",
+               input=b"from stdin\n")
+    assert r.exit_code == 0, r.stderr
+    env = envelope(r)
+    assert env["payload"] == "from stdin\n"
+    assert "iotctl-secret" not in r.stdout and env["address"] == f"{nginx}/echo"
+
+
+def test_profile_headers_and_base_url(iotctl, nginx, tmp_path):
+    profile = tmp_path / "api.toml"
+    profile.write_text(f'[http]\nbase_url = "{nginx}"\nheader = ["X-Team: blue"]\n')
+    profile.chmod(0o600)
+    r = iotctl("--profile", str(profile), "http", "get", "/headers")
+    assert r.exit_code == 0, r.stderr
+    assert "X-Team: blue\r\n" in out(r)

@@ -213,3 +213,19 @@ def test_stream_error_status_exits_6(iotctl, peer):
     peer("nginx")
     r = iotctl("http", "get", f"{BASE}/status/404", "--stream")
     assert r.exit_code == 6 and "404" in r.stderr
+
+
+def test_listen_timeout_without_requests_exits_5_and_port_in_use_exits_3():
+    proc, port = start_listen("-W", "1")
+    code, out, err = finish(proc)
+    assert code == 5 and "no request within 1 s" in err
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    try:
+        done = subprocess.run([sys.executable, "-m", "iotctl", "http", "listen", "-p", str(blocker.getsockname()[1])],
+                              capture_output=True, env=clean_env(), timeout=30)
+        assert done.returncode == 3
+        assert b"already in use" in done.stderr
+    finally:
+        blocker.close()

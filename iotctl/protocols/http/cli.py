@@ -96,19 +96,30 @@ def http_options(f):
                               host_port=False)(_HTTP_OPTIONS(f))
 
 
-_BODY_OPTIONS = [
+# option objects built once and shared by every command (as bundle() does)
+_BODY_OPTIONS = bundle(None, [
     click.option("-j", "--json", "json_", is_flag=True, default=False,
                  help="The body is JSON (checked, sent compact): Content-Type and Accept application/json "
                       "(httpie's -j; curl's --json)."),
     click.option("--content-type", metavar="TYPE",
                  help="Content-Type of the body [default: application/json or application/cbor with "
                       "--json or --encode json|cbor; else none]."),
-]
-
-_OUTPUT_OPTIONS = [
     click.option("-i", "--include", is_flag=True, default=False,
                  help="Print the status line and headers before the body (as curl -i)."),
-]
+])
+
+_STREAM_OPTIONS = bundle(None, [
+    click.option("--stream", is_flag=True, default=False,
+                 help="Read the body as a stream of server-sent events or NDJSON lines, a message each."),
+    click.option("--stream-format", type=click.Choice(["auto", "sse", "ndjson"]), default="auto",
+                 show_default=True, help="With --stream: how to split the body (auto: by Content-Type)."),
+    click.option("-C", "--count", type=click.IntRange(min=1), default=None,
+                 help="With --stream: stop after COUNT messages."),
+    click.option("--save", type=click.Path(dir_okay=False, writable=True), metavar="FILE.jsonl",
+                 help="With --stream: also append every message to FILE as JSON lines."),
+    click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+                 help="With --stream: stop (exit 0) once nothing arrived for this long."),
+])
 
 
 def _writer_for(include: bool):
@@ -235,21 +246,8 @@ def _method_command(method: str):
 
     f = body
     if method == "get":
-        for opt in reversed([
-            click.option("--stream", is_flag=True, default=False,
-                         help="Read the body as a stream of server-sent events or NDJSON lines, a message each."),
-            click.option("--stream-format", type=click.Choice(["auto", "sse", "ndjson"]), default="auto",
-                         show_default=True, help="With --stream: how to split the body (auto: by Content-Type)."),
-            click.option("-C", "--count", type=click.IntRange(min=1), default=None,
-                         help="With --stream: stop after COUNT messages."),
-            click.option("--save", type=click.Path(dir_okay=False, writable=True), metavar="FILE.jsonl",
-                         help="With --stream: also append every message to FILE as JSON lines."),
-            click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
-                         help="With --stream: stop (exit 0) once nothing arrived for this long."),
-        ]):
-            f = opt(f)
-    for opt in reversed(_BODY_OPTIONS + _OUTPUT_OPTIONS):
-        f = opt(f)
+        f = _STREAM_OPTIONS(f)
+    f = _BODY_OPTIONS(f)
     f = send_options()(f)
     f = payload_options()(f)
     f = http_options(f)
@@ -292,9 +290,7 @@ for _method in ("get", "head", "post", "put", "patch", "delete"):
                    "keep their own].")
 @payload_options()
 @send_options()
-@_BODY_OPTIONS[0]
-@_BODY_OPTIONS[1]
-@_OUTPUT_OPTIONS[0]
+@_BODY_OPTIONS
 def request(url, cfg, method, payload, sending, json_, content_type, include):
     """Any method (curl's -X): a request per message, as the method commands.
 
