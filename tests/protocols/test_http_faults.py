@@ -270,3 +270,28 @@ def test_http_message_portable_reader():
     assert found.content_type == "application/json"
     assert found.headers == [("X-A", "1")]
     assert (found.correlation_id, found.reply_to) == (b"c1", "r/1")
+
+
+def test_stream_reconnects_with_last_event_id(iotctl):
+    heads = []
+
+    def flaky(conn, stop):
+        head = read_head(conn)
+        heads.append(head)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n")
+        if len(heads) == 1:
+            body = b"id: 1\ndata: a\n\nid: 2\ndata: b\n\n"
+            conn.sendall(b"%x\r\n%s\r\n" % (len(body), body))
+            return  # closed without the last chunk: the connection broke
+        body = b"id: 3\ndata: c\n\n"
+        conn.sendall(b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+
+    with fake_server(flaky) as port:
+        r = iotctl("http", "get", f"http://127.0.0.1:{port}/ev", "--stream", "-C", "3", "--reconnect", "-W", "20")
+        assert (r.exit_code, r.stdout) == (0, "a\nb\nc\n"), r.stderr
+        assert "reconnected" in r.stderr
+        assert b"Last-Event-ID: 2\r\n" in heads[1] and b"Last-Event-ID" not in heads[0]
+    heads.clear()
+    with fake_server(flaky) as port:
+        r = iotctl("http", "get", f"http://127.0.0.1:{port}/ev", "--stream", "-C", "3")
+        assert r.exit_code == 3 and r.stdout == "a\nb\n"

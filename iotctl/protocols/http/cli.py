@@ -119,6 +119,9 @@ _STREAM_OPTIONS = bundle(None, [
                  help="With --stream: also append every message to FILE as JSON lines."),
     click.option("--idle-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
                  help="With --stream: stop (exit 0) once nothing arrived for this long."),
+    click.option("--reconnect", is_flag=True, default=False,
+                 help="With --stream: after a broken connection, ask again with backoff (with Last-Event-ID for "
+                      "an event stream, as EventSource does) instead of exit 3."),
 ])
 
 
@@ -237,11 +240,11 @@ def _method_command(method: str):
     upper = method.upper()
 
     def body(url, cfg, payload, sending, json_, content_type, include, stream=False, stream_format="auto",
-             count=None, save=None, idle_timeout=None):
+             count=None, save=None, idle_timeout=None, reconnect=False):
         if stream:
-            return _stream(url, cfg, payload, stream_format, count, save, idle_timeout)
-        if count is not None or save is not None or idle_timeout is not None:
-            raise UsageError("-C, --save and --idle-timeout", "need --stream")
+            return _stream(url, cfg, payload, stream_format, count, save, idle_timeout, reconnect)
+        if count is not None or save is not None or idle_timeout is not None or reconnect:
+            raise UsageError("-C, --save, --idle-timeout and --reconnect", "need --stream")
         _run_requests(upper, url, cfg, payload, sending, json_, content_type, include)
 
     f = body
@@ -257,13 +260,13 @@ def _method_command(method: str):
     return cmd
 
 
-def _stream(url, cfg, payload, stream_format, count, save, idle_timeout):
+def _stream(url, cfg, payload, stream_format, count, save, idle_timeout, reconnect=False):
     from iotctl import receive
 
     if payload.sources():
         raise UsageError("--stream", "sends no payload")
     spec = receive.ReceiveSpec(count, cfg.timeout if _given("timeout") else None, save, idle_timeout,
-                               idle_ok=True)
+                               idle_ok=True, reconnect=reconnect)
     cfg.connect_timeout = min(cfg.timeout, DEFAULT_TIMEOUT)
     streamer = endpoints.source(cfg, url, stream_format, max_size=cfg.max_size if _given("max_size") else None)
     with streamer:
