@@ -295,3 +295,24 @@ def test_stream_reconnects_with_last_event_id(iotctl):
     with fake_server(flaky) as port:
         r = iotctl("http", "get", f"http://127.0.0.1:{port}/ev", "--stream", "-C", "3")
         assert r.exit_code == 3 and r.stdout == "a\nb\n"
+
+
+def test_a_kept_alive_connection_closed_by_the_server_is_replaced(iotctl_proc):
+    """The server answers one request per connection and closes it without saying so:
+    the next request goes on a new connection, nothing is lost or sent twice."""
+    seen = []
+
+    def one_then_close(conn, stop):
+        head = read_head(conn)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0]) if b"content-length" in head.lower() else 0
+        body = head.split(b"\r\n\r\n", 1)[1]
+        while len(body) < length:
+            body += conn.recv(4096)
+        seen.append(body)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body))
+
+    with fake_server(one_then_close) as port:
+        done = iotctl_proc("http", "post", f"http://127.0.0.1:{port}/", "-l", input=b"a\nb\nc\n")
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == b"a\nb\nc\n"
+        assert seen == [b"a", b"b", b"c"]

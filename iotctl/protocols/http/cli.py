@@ -349,6 +349,12 @@ def listen(bind, port, path, max_size, max_pending, max_connections, status_code
     listener = endpoints.source(bind=bind, port=port, path=path, max_size=max_size, max_pending=max_pending,
                                 max_connections=max_connections, status_code=status_code,
                                 log_requests=log_request)
-    with listener:
-        status(f"listening on {listener.where}")
-        receiving.run(listener, receive, f"listen on {listener.where}", noun="request")
+    from iotctl.interrupts import terminate_as_interrupt
+
+    restore = terminate_as_interrupt()  # `kill PID` ends it as Ctrl-C does: what waits gets 503
+    try:
+        with listener:
+            status(f"listening on {listener.where}")
+            receiving.run(listener, receive, f"listen on {listener.where}", noun="request")
+    finally:
+        restore()

@@ -103,7 +103,8 @@ class Connection:
     def __init__(self, key, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
         self.key, self.reader, self.writer = key, reader, writer
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
-        self.used = False
+        self.used = False  # a request went over it (its timing shows no connect time)
+        self.fresh = True  # just connected: a failure on it is not a stale keep-alive
         self.connect_ms = 0.0  # how long connecting (and the TLS handshake) took
 
     async def send(self, event) -> None:
@@ -150,6 +151,7 @@ class Client:
         key = (url.scheme, url.host, url.port)
         conn = self.pool.pop(key, None)
         if conn is not None and not conn.reader.at_eof():
+            conn.fresh = False  # it waited in the pool: the server may have closed it meanwhile
             return conn
         if conn is not None:
             conn.close()
@@ -296,13 +298,13 @@ class Client:
         follow comes back as (status, reason, location)."""
         for attempt in (0, 1):
             conn = await self.connect(url)
-            reused = conn.used
+            reused, fresh = conn.used, conn.fresh
             conn.used = True
             try:
                 return await self._on(conn, method, url, headers, body, started, reused, on_head, on_chunk)
             except _Stale:
                 conn.close()
-                if attempt or not reused:
+                if attempt or fresh:
                     raise ConnectionLost(f"{method} {url.shown}", "the server closed the connection without answering")
             except BaseException:
                 conn.close()
