@@ -174,6 +174,11 @@ def test_resolver_sink_and_source_from_urls(peer, tmp_path):
     assert result.acknowledged == 2
     assert [r.body for r in responses] == [b"one", b"two"]
     assert dict(responses[0].headers)["X-Echo-Method"] == "POST"
+    with resolver.sink(f"{BASE}/echo#method=put&json=true&header=X-A:%201") as sender:
+        sender.on_response = responses.append
+        send.run(sender, iter([Message("", "", b'{"a": 1}')]), "bridge")
+    echoed = dict(responses[-1].headers)
+    assert (echoed["X-Echo-Method"], echoed["X-Echo-Content-Type"]) == ("PUT", "application/json")
     from iotctl import receive
 
     with resolver.source(f"{BASE}/ndjson") as source:

@@ -61,12 +61,14 @@ def source(cfg=None, url=None, stream_format="auto", bind=None, port=None, path=
 # --------------------------------------------------------------------------- sink
 
 
-def sink(cfg, url=None, method=None, content_type=None, on_response=None, **_ignored):
+def sink(cfg, url=None, method=None, content_type=None, on_response=None, json_=False, **_ignored):
     """The requester (a send.Sender): every message a request to `url` (None: each
     message's own address, a replayed HTTP capture), with `method` (None: a captured
     request's own method, else POST)."""
     from iotctl.protocols.http.client import Requester
 
+    if json_ and content_type is None:  # `#json=true` in a URL: the bodies are JSON
+        content_type = "application/json"
     return Requester(cfg, method.upper() if method else None, target(url, cfg) if url else None,
                      on_response=on_response, content_type=content_type)
 
