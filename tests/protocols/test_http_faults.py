@@ -321,3 +321,13 @@ def test_a_kept_alive_connection_closed_by_the_server_is_replaced(iotctl_proc):
         assert done.returncode == 0, done.stderr
         assert done.stdout == b"a\nb\nc\n"
         assert seen == [b"a", b"b", b"c"]
+
+
+def test_server_closing_without_an_answer_exits_3(iotctl):
+    def hang_up(conn, stop):
+        read_head(conn)
+
+    with fake_server(hang_up) as port:
+        r = iotctl("http", "get", f"http://127.0.0.1:{port}/")
+        assert r.exit_code == 3
+        assert "the server closed the connection without answering" in r.stderr

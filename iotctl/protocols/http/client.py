@@ -104,6 +104,7 @@ class Connection:
         self.key, self.reader, self.writer = key, reader, writer
         self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=MAX_HEAD)
         self.used = False  # a request went over it (its timing shows no connect time)
+        self.received = 0  # bytes of the current answer
         self.fresh = True  # just connected: a failure on it is not a stale keep-alive
         self.connect_ms = 0.0  # how long connecting (and the TLS handshake) took
 
@@ -118,6 +119,9 @@ class Connection:
             event = self.h11.next_event()
             if event is h11.NEED_DATA:
                 data = await self.reader.read(READ_SIZE)
+                if not data and not self.received:
+                    raise _Stale()  # closed before a single byte of an answer
+                self.received += len(data)
                 self.h11.receive_data(data)
                 continue
             return event
@@ -319,6 +323,7 @@ class Client:
             for k, v in headers:
                 log.debug("> %s: %s", k, fields.masked_value(k, v))
         got_any = False
+        conn.received = 0
         try:
             await conn.send(h11.Request(method=method, target=url.target, headers=headers))
             if body:
@@ -335,9 +340,6 @@ class Client:
                 raise _Stale() from None
             raise ConnectionLost(what, str(exc) or type(exc).__name__) from None
         except h11.RemoteProtocolError as exc:
-            if conn.h11.their_state is h11.CLOSED or "disconnected" in str(exc).lower():
-                if not got_any:
-                    raise _Stale() from None
             raise PeerError(what, f"not an HTTP response ({exc})") from None
         except OSError as exc:
             raise from_os_error(what, exc) from None
