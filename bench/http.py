@@ -41,11 +41,19 @@ SECTION_END = "<!-- /http -->"
 URL = "http://127.0.0.1:18080/hello"
 
 
+CPU: dict = {}  # command -> CPU seconds (user + system) of each run, the children's rusage
+
+
 def run(cmd, stdin=None, env=None) -> float:
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(cmd, stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or ENV,
                           timeout=300)
     took = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    CPU.setdefault(tuple(map(str, cmd)), []).append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(map(str, cmd))}: exit {done.returncode}: {done.stderr.decode()[-400:]}")
     return took
@@ -138,15 +146,22 @@ def main() -> int:
         mine = statistics.median(got["iotctl http get"])
         floor = statistics.median(got["minimal h11"])
         ratio = mine / floor
-        lines += ["### Start-up: one GET of nginx's /hello, printed (wall time of the process, lower is better)", "",
-                  "| case | time | ÷ minimal h11 |", "|---|---|---|"]
+        cpu = {name: statistics.median(CPU[tuple(map(str, cmd))]) for name, cmd in cases.items()}
+        cpu_floor = cpu["minimal h11"]
+        lines += ["### Start-up: one GET of nginx's /hello, printed (wall time of the process, and its CPU time, "
+                  "lower is better)", "",
+                  "| case | wall time | ÷ minimal h11 | CPU time (user + system) | ÷ minimal h11 |", "|---|---|---|---|---|"]
         for name, values in got.items():
-            lines.append(f"| {name} | {ms(values)} | {statistics.median(values) / floor:.2f}× |")
+            lines.append(f"| {name} | {ms(values)} | {statistics.median(values) / floor:.2f}× | "
+                         f"{cpu[name] * 1000:.1f} ms | {cpu[name] / cpu_floor:.2f}× |")
         lines += ["", f"- 10 runs per contender per round, {args.rounds} rounds; median. httpie "
                       f"{subprocess.run([args.httpie, '--version'], capture_output=True, text=True).stdout.strip() if args.httpie else 'absent'}"
                       " in a venv of its own.", ""]
-        targets.append(f"| startup: `iotctl http get` ≤ 1.3× minimal h11 | {ratio:.2f}× | "
+        targets.append(f"| startup: `iotctl http get` ≤ 1.3× minimal h11 (wall time) | {ratio:.2f}× | "
                        f"{'met' if ratio <= 1.3 else '**not met**'} |")
+        cpu_ratio = cpu["iotctl http get"] / cpu_floor
+        targets.append(f"| startup, CPU time (less sensitive to the machine's load) | {cpu_ratio:.2f}× | "
+                       f"{'met' if cpu_ratio <= 1.3 else '**not met**'} |")
 
     if "client" in only:
         n = args.n
