@@ -747,7 +747,9 @@ class Publisher(send.Sender):
         return PublishProps(**{k: v for k, v in fields.items() if v is not None}).to_paho()
 
     def pump(self, wait: float) -> None:
-        if not self.session._pump(wait) and not self.acked:
+        # outcomes read before the connection went are reported first (Mosquitto 2.0
+        # closes the connection right after a PUBACK refusing a message)
+        if not self.session._pump(wait) and not self.acked and not self.refused:
             raise self.session._lost("publish")
 
     def refusal(self, refused: dict) -> IotctlError:
