@@ -147,6 +147,26 @@ class _Client(paho.Client):
                 self._handle_on_message(message)
         return rc
 
+    def _handle_pubrec(self):
+        """paho ignores a PUBREC's reason code and sends PUBREL anyway: a QoS 2 message
+        the broker refused (0x87 not authorised) was then reported as a lost
+        connection (Mosquitto closes it). A refusing PUBREC settles the message as
+        refused, as a refusing PUBACK does at QoS 1."""
+        if self._protocol == paho.MQTTv5:
+            packet = self._in_packet["packet"]
+            if len(packet) >= 3 and packet[2] >= 0x80:
+                from paho.mqtt.reasoncodes import ReasonCode
+
+                mid = int.from_bytes(packet[:2], "big")
+                with self._out_message_mutex:
+                    if mid in self._out_messages:
+                        try:
+                            reason = ReasonCode(PacketTypes.PUBREC, identifier=packet[2])
+                        except (KeyError, ValueError):
+                            reason = ReasonCode(PacketTypes.PUBREC, "Unspecified error")
+                        return self._do_on_publish(mid, reason, None)
+        return super()._handle_pubrec()
+
     def _handle_pubrel(self):
         rc = super()._handle_pubrel()
         if not self._manual_ack or rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
