@@ -836,6 +836,8 @@ class Subscriber(Receiver):
     def filters(self) -> list[str]:
         return [s.topic_filter for s in self.subs]
 
+    fast = None  # the FastReader once the subscription stands (not over websockets)
+
     def open(self) -> None:
         session = Session(self.cfg, manual_ack=self.manual_ack)
         try:
@@ -849,14 +851,66 @@ class Subscriber(Receiver):
             if self.retained_only:
                 session.publish_probe()
                 self.until = (lambda m: m.address == probe)
+            self.fast = self._fast(session)
         except BaseException:
             session.close()
             raise
         self.session = session
 
+    def _fast(self, session: Session):
+        """Read the socket directly from now on (fastpath.py), once paho is between
+        packets and has written everything it queued."""
+        from iotctl.protocols.mqtt.fastpath import FastReader
+
+        if self.cfg.endpoint.ws or os.environ.get("IOTCTL_MQTT_PAHO_RECEIVE") == "1":
+            return None
+        client = session.client
+        deadline = time.monotonic() + self.cfg.connect_timeout
+        while client._in_packet["command"] != 0 or client.want_write():
+            if time.monotonic() > deadline or not session._pump(0.05):
+                return None
+        sock = client.socket()
+        if sock is None:
+            return None
+        fast = FastReader(sock, session.v5, self.cfg.keepalive, self.manual_ack, owner=session)
+        fast.accept = session._accept
+        return fast
+
     def close(self) -> None:
         if self.session is not None:
+            if self.fast is not None and self.fast.out:
+                try:
+                    self.fast._write(bytes(self.fast.out))
+                except Exception:
+                    pass
             self.session.close()
+
+    def poll(self, wait):
+        fast = self.fast
+        if fast is None:
+            return super().poll(wait)
+        if self.ended:
+            return None
+        session = self.session
+        if session._batch:  # read by paho before the fast path took over
+            batch = session._take()
+        else:
+            try:
+                batch = fast.poll(wait)
+            except ConnectionLost as lost:
+                raise ConnectionLost(f"subscription to {', '.join(self.filters)}", lost.why) from None
+        if self.until is not None:
+            for i, msg in enumerate(batch):
+                if self.until(msg):
+                    self.ended = True
+                    return batch[:i]
+        return batch
+
+    def ack(self, batch) -> None:
+        if self.fast is None:
+            return super().ack(batch)
+        if self.manual_ack or self.fast.out:
+            self.fast.ack(batch)  # also what paho read before: its tokens are this session's too
 
     def reconnect(self) -> None:
         old = self.session
