@@ -709,11 +709,12 @@ class Publisher(send.Sender):
         publish, qos, retain, props, session = self.client.publish, self.qos, self.retain, self.paho_props, self.session
         properties = self._properties
         v5 = session.v5
+        default = self.address or ""
 
         def send(msg):
             p = properties(msg) if (v5 and (msg.meta or msg.content_type or msg.protocol)) else props
             try:
-                info = publish(msg.address, msg.payload, qos, retain, p)
+                info = publish(msg.address or default, msg.payload, qos, retain, p)
             except ValueError as exc:
                 raise UsageError(f"cannot publish to {msg.address!r}", str(exc)) from None
             if info.rc > 0:  # MQTT_ERR_AGAIN (-1) only means "queued"
