@@ -185,13 +185,22 @@ def _run_requests(method, url, cfg, payload, sending, json_, content_type, inclu
         method = "GET"  # curl: GET without data, POST with it
     requester = endpoints.sink(cfg, url, method, ctype, on_response=_writer_for(include))
     if given:
-        items = send.outgoing(payload, sending)
+        items = _at_the_url(send.outgoing(payload, sending))
     else:
         items = _empty_requests(sending)
     what = f"{method or 'POST'} {requester.url.shown if requester.url else 'http'}"
     with requester:
         send.run(requester, items, what, cfg.timeout + 5, progress=payload.streaming, failed=sending.failed,
                  verb="requesting")
+
+
+def _at_the_url(items):
+    """On the command line the URL is where every request goes: a replayed message's
+    captured address (an MQTT topic, a path `http listen` saw) is not a URL."""
+    for msg in items:
+        if msg.address:
+            msg.address = ""
+        yield msg
 
 
 def _empty_requests(sending):

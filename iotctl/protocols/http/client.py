@@ -480,6 +480,12 @@ class Requester(send.Sender):
     def where(self) -> str:
         return self.url.shown if self.url is not None else "http"
 
+    @property
+    def address(self) -> str | None:
+        """The fixed address (the URL, as shown): a bridge gives it to every message,
+        or its --address template's result, which `_target` resolves against the URL."""
+        return self.url.shown if self.url is not None else None
+
     def open(self) -> None:
         setup_logging(self.cfg)
         self.loop = aioloop.shared()
@@ -537,13 +543,27 @@ class Requester(send.Sender):
                 not any(k.lower() == "content-type" for k, _ in self.cfg.headers):
             headers = [(k, v) for k, v in headers if k.lower() != "content-type"] + [("Content-Type", content_type)]
         method = method or "POST"
-        url = self.url
-        if url is None:
-            url = fields.parse_url(msg.address or "")
+        url = self._target(msg.address)
         body = msg.payload
         if not body and method in ("GET", "HEAD", "DELETE", "OPTIONS") and not msg.protocol:
             body = None
         return method, url, headers, body
+
+    def _target(self, address: str) -> Url:
+        """The URL of one message: the sink's URL, unless the message's address names
+        another (a bridge's --address: an absolute http(s) URL, or a path resolved
+        against the sink's URL, which keeps its credentials on the same host)."""
+        url = self.url
+        if url is None:
+            return fields.parse_url(address or "")
+        if not address or address == url.shown:
+            return url
+        if "://" in address:
+            return fields.parse_url(address)
+        target = url.join(address)
+        if (target.scheme, target.host, target.port) == (url.scheme, url.host, url.port):
+            target = Url(target.scheme, target.host, target.port, target.target, url.username, url.password)
+        return target
 
     def send(self, msg: Message):
         method, url, headers, body = self._request(msg)
