@@ -75,7 +75,8 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              header=("method", "status", "event", "id"), details=("reason", "timing", "http_version", "remote"),
              schemes=("http", "https", "http+listen"), endpoints="iotctl.protocols.http.endpoints",
              source_command={"http": "get", "https": "get", "http+listen": "listen"}, sink_command="request",
-             options_in="fragment", portable="iotctl.protocols.http.envelope:portable"),
+             options_in="fragment", portable="iotctl.protocols.http.envelope:portable",
+             express="iotctl.protocols.http.express:get"),
 )}
 
 

@@ -171,7 +171,7 @@ class Client:
         except asyncio.TimeoutError:
             raise TimeoutError_(what, f"no connection within {self.cfg.connect_timeout:g} s") from None
         except OSError as exc:
-            raise from_os_error(what, exc) from None
+            raise from_os_error(what, _one_error(exc)) from None
         if log.isEnabledFor(logging.DEBUG):
             log.debug("connected to %s:%s%s", url.host, url.port, " (TLS)" if ssl_ctx is not None else "")
         conn = Connection(key, reader, writer)
@@ -424,29 +424,24 @@ class Client:
             raise ConnectionLost(what, f"the connection broke ({exc})") from None
 
 
+def _one_error(exc: OSError) -> OSError:
+    """asyncio joins the failures of every address of a name (::1 and 127.0.0.1 for
+    localhost) into one "Multiple exceptions" OSError: when every one was refused, it
+    is a refused connection."""
+    text = str(exc)
+    if text.startswith("Multiple exceptions") and text.count("Errno 111") == text.count("Errno"):
+        return ConnectionRefusedError(111, "Connection refused")
+    return exc
+
+
 class _Stale(Exception):
     """A kept-alive connection the server had closed: nothing of an answer came."""
 
 
-def phrase(status: int) -> str:
-    """The standard reason phrase of a status (a server may send none)."""
-    from http import HTTPStatus
-
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return ""
-
-
 def status_error(what: str, status: int, reason: str, body: bytes = b"") -> IotctlError:
     """The error a 4xx/5xx answer is: a refused login (401, 407) exits 4, the rest 6."""
-    why = f"{status} {reason or phrase(status)}".rstrip()
-    text = body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
-    if text and len(text) < 200 and "<" not in text[:1]:
-        why += f": {text}"
-    if status in (401, 407):
-        return AuthError(what, why, hint="give -u USER -P PASSWORD, --token TOKEN or a profile's [http] credentials")
-    return PeerError(what, why)
+    code, why, hint = fields.refusal_text(status, reason, body)
+    return AuthError(what, why, hint=hint) if code == 4 else PeerError(what, why)
 
 
 # --------------------------------------------------------------------------- the sender
@@ -603,7 +598,7 @@ class Requester(send.Sender):
         if len(reasons) == 1 and statuses:
             status, reason, body, what = reasons[0]
             return status_error(what, status, reason, body)
-        texts = sorted({f"{r[0]} {r[1] or phrase(r[0])}" if isinstance(r, tuple) else str(r) for r in reasons})
+        texts = sorted({f"{r[0]} {r[1] or fields.phrase(r[0])}" if isinstance(r, tuple) else str(r) for r in reasons})
         what = "send"
         error = AuthError if statuses and all(s in (401, 407) for s in statuses) else PeerError
         return error(what, f"the server refused {len(reasons)} request(s): {'; '.join(texts[:3])}")

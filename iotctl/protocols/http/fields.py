@@ -4,15 +4,13 @@ connects (a bad -H is exit 2 at once), shared by client.py, server.py and the CL
 
 from __future__ import annotations
 
-import re
-
 from iotctl.errors import UsageError
 
 # RFC 9110 5.1: a field name is a token
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # RFC 9110 5.5: a field value is visible characters, spaces and tabs (and obs-text);
-# CR, LF and NUL never: they would split or end the header block
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+# CR, LF, NUL and the other controls never: they would split or end the header block
+_BAD_VALUE_CHARS = frozenset(chr(c) for c in (*range(0, 9), *range(10, 32), 127))
 
 # headers that describe one connection (RFC 9110 7.6.1) or the framing of one message:
 # never user headers, never carried from one message to another
@@ -33,11 +31,11 @@ SCHEME_PORTS = {"http": 80, "https": 443}
 
 
 def valid_name(name: str) -> bool:
-    return bool(_TOKEN.match(name))
+    return bool(name) and all(c in _TOKEN_CHARS for c in name)
 
 
 def valid_value(value: str) -> bool:
-    return not _BAD_VALUE.search(value)
+    return _BAD_VALUE_CHARS.isdisjoint(value)
 
 
 def check_header(name: str, value: str, what: str = "-H") -> tuple[str, str]:
@@ -96,6 +94,31 @@ def header(pairs, name: str) -> str | None:
     return None
 
 
+def phrase(status: int) -> str:
+    """The standard reason phrase of a status (a server may send none)."""
+    from http import HTTPStatus
+
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return ""
+
+
+AUTH_HINT = "give -u USER -P PASSWORD, --token TOKEN or a profile's [http] credentials"
+
+
+def refusal_text(status: int, reason: str, body: bytes = b"") -> tuple[int, str, str | None]:
+    """What a 4xx/5xx answer says: (exit status, why, hint). A refused login (401, 407)
+    exits 4, the rest 6; the start of a short text body says why."""
+    why = f"{status} {reason or phrase(status)}".rstrip()
+    text = body[:200].decode("utf-8", "replace").strip().replace("\n", " ")
+    if text and len(text) < 200 and "<" not in text[:1]:
+        why += f": {text}"
+    if status in (401, 407):
+        return 4, why, AUTH_HINT
+    return 6, why, None
+
+
 def media_type(value: str | None) -> str:
     return (value or "").split(";", 1)[0].strip().lower()
 
@@ -148,11 +171,9 @@ def parse_url(text: str, default_scheme: str = "http", keep_fragment: bool = Tru
     is exit 2 and its message never shows the password."""
     from urllib.parse import unquote, urlsplit
 
-    from iotctl.endpoint import mask_url
-
     if "://" not in text:
         text = f"{default_scheme}://{text}"
-    shown = mask_url(text)
+    shown = _masked(text)
     if any(c in text for c in "\r\n\x00 \t"):
         raise UsageError(f"bad URL {shown!r}", "spaces and control characters must be percent-encoded")
     try:
@@ -176,15 +197,30 @@ def parse_url(text: str, default_scheme: str = "http", keep_fragment: bool = Tru
                parts.fragment if keep_fragment else "")
 
 
+def _masked(url: str) -> str:
+    """endpoint.mask_url (the password as ****) without importing click."""
+    scheme, sep, rest = url.partition("://")
+    authority = rest.split("/", 1)[0].split("?", 1)[0].split("#", 1)[0]
+    if not sep or "@" not in authority:
+        return url
+    userinfo, _, host = authority.rpartition("@")
+    if ":" not in userinfo:
+        return url
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:****@{host}{rest[len(authority):]}"
+
+
 # --------------------------------------------------------------------------- sizes
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE = r"^\s*(\d+(?:\.\d+)?)\s*([kmg]?)(i?b?)\s*$"
 
 
 def parse_size(text: str, what: str = "--max-size") -> int:
     """`1048576`, `64k`, `16M`, `16MiB`, `1G` -> bytes (k = 1024)."""
-    m = _SIZE.match(str(text))
+    import re
+
+    m = re.match(_SIZE, str(text), re.IGNORECASE)
     if not m:
         raise UsageError(f"bad {what} {text!r}", "give bytes, or a number with k, M or G (e.g. 16M)")
     number, unit = float(m.group(1)), m.group(2).lower()
