@@ -320,13 +320,15 @@ def test_no_confirm_fire_and_forget(iotctl, names):
 
 class Proxy:
     """A TCP proxy to RabbitMQ: with `tls` (an SSLContext) it terminates TLS (an amqps
-    listener); with `swallow_acks` it drops every Basic.Ack the broker sends, so
-    publisher confirms never arrive."""
+    listener); `rewrite(frame) -> bytes` replaces each frame the broker sends (b"": drop
+    it); `swallow_acks` drops every Basic.Ack the broker sends, so publisher confirms
+    never arrive."""
 
-    def __init__(self, tls=None, swallow_acks: bool = False):
+    def __init__(self, tls=None, swallow_acks: bool = False, rewrite=None):
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.tls, self.swallow_acks = tls, swallow_acks
+        self.tls = tls
+        self.rewrite = _no_acks if swallow_acks else rewrite
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -345,18 +347,18 @@ class Proxy:
                 client.close()
                 return
         broker = socket.create_connection(("127.0.0.1", 5672))
-        threading.Thread(target=self._relay, args=(client, broker, False), daemon=True).start()
-        self._relay(broker, client, self.swallow_acks)
+        threading.Thread(target=self._relay, args=(client, broker, None), daemon=True).start()
+        self._relay(broker, client, self.rewrite)
 
     @staticmethod
-    def _relay(src, dst, filter_acks):
+    def _relay(src, dst, rewrite):
         buf = b""
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if not filter_acks:
+                if rewrite is None:
                     dst.sendall(data)
                     continue
                 buf += data
@@ -366,9 +368,7 @@ class Proxy:
                     if len(buf) < size + 8:
                         break
                     frame, buf = buf[:size + 8], buf[size + 8:]
-                    if frame[0] == 1 and frame[7:11] == b"\x00\x3c\x00\x50":  # Basic.Ack
-                        continue
-                    out += frame
+                    out += rewrite(frame)
                 if out:
                     dst.sendall(out)
         except OSError:
@@ -382,6 +382,10 @@ class Proxy:
 
     def close(self):
         self.listener.close()
+
+
+def _no_acks(frame: bytes) -> bytes:
+    return b"" if frame[0] == 1 and frame[7:11] == b"\x00\x3c\x00\x50" else frame  # Basic.Ack
 
 
 def test_nothing_confirmed_in_time_is_exit_5(iotctl, names, tmp_path):

@@ -154,12 +154,12 @@ def test_tokens_of_an_earlier_connection_are_ignored(iotctl, names):
 
 def test_a_foreign_message_brings_only_what_crosses(iotctl, names):
     q = queue(iotctl, names())
-    mqtt = Message("mqtt", "sensors/t1", b"21.5", None, {
+    mqtt = Message("mqtt", q, b"21.5", None, {
         "qos": 1, "retain": True, "properties": {
             "content_type": "text/plain", "response_topic": "replies/t1", "correlation_data": "0x00ff",
             "message_expiry_interval": 60, "payload_format_indicator": 1,
             "user_properties": [["site", "lab"], ["floor", "2"]]}})
-    unknown = Message("nonesuch", "somewhere", b"?", "application/json",
+    unknown = Message("nonesuch", q, b"?", "application/json",
                       {"headers": {"junk": "1"}, "properties": {"reply_to": "junk", "priority": 9}, "exchange": "junk"})
     native = Message("amqp", q, b"native", "text/csv", {
         "exchange": "", "headers": {"kept": 1}, "properties": {"content_type": "text/csv", "priority": 3,
@@ -192,3 +192,48 @@ def test_replaying_an_mqtt_capture_sends_what_crosses_and_nothing_else(iotctl, n
     assert env["meta"]["properties"] == {"content_type": "application/json", "correlation_id": "req-7",
                                          "reply_to": "replies/t1"}
     assert env["meta"]["headers"] == {"unit": "C", "via": "iotctl"}
+
+
+# --------------------------------------------------------------------------- the bridge over these endpoints
+
+
+def test_bridge_from_a_queue_into_a_queue(iotctl, names):
+    q1, q2 = queue(iotctl, names()), queue(iotctl, names())
+    put(f"{BASE}?queue={q1}", b"1", b"2", b"3", b"4")
+    r = iotctl("bridge", f"{BASE}?queue={q1}", f"{BASE}?queue={q2}", "-C", "3", "-W", "30")
+    assert r.exit_code == 0, r
+    assert "(at least once)" in r.stderr
+    assert iotctl("amqp", "get", q2, "-C", "3").stdout == "1\n2\n3\n"
+    assert depth(iotctl, q1) == 1  # the fourth was never taken: it stays
+
+
+def test_bridge_from_mqtt_into_an_exchange_maps_the_topic_to_a_routing_key(iotctl, names, peer):
+    import subprocess
+    import sys
+    import uuid
+
+    from tests.helpers import clean_env
+    from tests.protocols.test_amqp import wait_status
+
+    peer("mosquitto")
+    root = f"iotctl-test-{uuid.uuid4().hex[:8]}"
+    q = queue(iotctl, names())
+    assert iotctl("amqp", "bind", "queue", q, "-e", "amq.topic", "-r", f"{root}.#").exit_code == 0
+    bridge = subprocess.Popen([sys.executable, "-m", "iotctl", "bridge", f"mqtt://127.0.0.1/{root}/#?qos=1",
+                               f"{BASE}?exchange=amq.topic", "-C", "1", "-W", "30"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        wait_status(bridge, "bridging")
+        r = iotctl("mqtt", "pub", "-t", f"{root}/dev1/t", "-q", "1", "-m", "21.5",
+                   "--user-property", "site=lab", "--content-type", "text/plain")
+        assert r.exit_code == 0, r
+        out, err = bridge.communicate(timeout=30)
+        assert bridge.returncode == 0, err
+    finally:
+        if bridge.poll() is None:
+            bridge.kill()
+    env = json.loads(iotctl("amqp", "get", q, "-o", "json").stdout)
+    assert env["payload"] == "21.5" and env["meta"]["exchange"] == "amq.topic"
+    assert env["meta"]["routing_key"] == f"{root}.dev1.t"
+    assert env["meta"]["headers"] == {"site": "lab"}
+    assert env["meta"]["properties"] == {"content_type": "text/plain"}

@@ -1,5 +1,5 @@
 """The amqp group when things go wrong (issues 21 and 23): a broker that freezes or
-goes away (a TCP relay in front of the real RabbitMQ that freezes, cuts or refuses),
+goes away (tests.faults.TcpRelay in front of the real RabbitMQ: frozen, cut, refusing),
 fake servers that say nothing or send garbage or huge frames, Ctrl-C at any point,
 a reader of stdout that goes away. Every relay and fake server listens on an
 OS-assigned port on 127.0.0.1; every test uses its own queue names and closes only
@@ -17,106 +17,16 @@ import uuid
 
 import pytest
 
+from tests.faults import TcpRelay
 from tests.helpers import wait_until
-from tests.protocols.test_amqp import close_connection, names, rabbitmqctl, rmq, start, wait_status  # noqa: F401
-
-
-class Relay:
-    """A TCP relay to RabbitMQ. freeze(): forward nothing more (the connections stay
-    open: a broker that hangs); thaw(); cut(): close every connection (a broker that
-    went away); refuse(): close each new connection at once (a broker not back yet);
-    accept(); rewrite(f): pass each frame from the broker through f."""
-
-    def __init__(self, target: tuple[str, int] = ("127.0.0.1", 5672)):
-        self.target = target
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self.frozen = threading.Event()
-        self.refusing = False
-        self.rewrite = None
-        self.sockets: list[socket.socket] = []
-        self.accepted = 0
-        self.lock = threading.Lock()
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                client, _ = self.listener.accept()
-            except OSError:
-                return
-            if self.refusing:
-                client.close()
-                continue
-            try:
-                broker = socket.create_connection(self.target)
-            except OSError:
-                client.close()
-                continue
-            with self.lock:
-                self.sockets += [client, broker]
-                self.accepted += 1
-            threading.Thread(target=self._pipe, args=(client, broker, False), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(broker, client, True), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, from_broker: bool) -> None:
-        buf = b""
-        try:
-            while True:
-                while self.frozen.is_set():
-                    time.sleep(0.05)
-                data = src.recv(65536)
-                if not data:
-                    break
-                while self.frozen.is_set():
-                    time.sleep(0.05)
-                if from_broker and self.rewrite is not None:
-                    buf += data
-                    out = b""
-                    while len(buf) >= 7 and buf[:4] != b"AMQP":
-                        size = int.from_bytes(buf[3:7], "big")
-                        if len(buf) < size + 8:
-                            break
-                        frame, buf = buf[:size + 8], buf[size + 8:]
-                        out += self.rewrite(frame)
-                    data = out
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-    def freeze(self) -> None:
-        self.frozen.set()
-
-    def thaw(self) -> None:
-        self.frozen.clear()
-
-    def cut(self) -> None:
-        with self.lock:
-            sockets, self.sockets = self.sockets, []
-        for s in sockets:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-                s.close()
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.thaw()
-        self.listener.close()
-        self.cut()
+from tests.protocols.test_amqp import (Proxy, close_connection, names, rabbitmqctl, rmq, start,  # noqa: F401
+                                       wait_status)
 
 
 @pytest.fixture
 def relay(rmq):
-    r = Relay()
-    yield r
-    r.close()
+    with TcpRelay(5672) as r:
+        yield r
 
 
 class FakeServer:
@@ -372,12 +282,12 @@ def test_consume_and_tap_reconnect_with_backoff_while_the_broker_is_away(relay, 
     # (an acknowledgement still on its way when the connection goes is lost with it, and
     # that message comes again: at least once. Here the three were acknowledged first.)
     wait_until(lambda: unacknowledged(q) == 0, 20, "the three acknowledged")
-    relay.refusing = True
+    relay.refuse()
     relay.cut()
     wait_status(consumer, "reconnecting in 0.5 s")
     wait_status(consumer, "reconnecting in 1 s (attempt 2)")  # the broker is still away: back off
     assert run_ok("amqp", "publish", "-r", q, "-l", input=b"4\n5\n6\n")  # published while it is away
-    relay.refusing = False
+    relay.refuse(False)
     wait_status(consumer, "reconnected to")
     out, err = consumer.communicate(timeout=30)
     assert consumer.returncode == 0, err
@@ -410,7 +320,7 @@ def test_a_frame_larger_than_frame_max_is_refused_before_it_is_buffered(rmq):
         f"larger than 131072 bytes (frame_max): {(1 << 31) + 8} bytes announced")
 
 
-def test_a_message_announced_larger_than_512_mib_is_refused(relay, names):
+def test_a_message_announced_larger_than_512_mib_is_refused(names):
     q = queue_of(names)
     assert run_ok("amqp", "publish", "-r", q, "-m", "small")
 
@@ -419,9 +329,12 @@ def test_a_message_announced_larger_than_512_mib_is_refused(relay, names):
             return frame[:11] + (1 << 40).to_bytes(8, "big") + frame[19:]
         return frame
 
-    relay.rewrite = inflate
-    proc = start("amqp", "get", q, "-p", relay.port)
-    took, out, err = timed(proc, 30)
+    proxy = Proxy(rewrite=inflate)
+    try:
+        proc = start("amqp", "get", q, "-p", proxy.port)
+        took, out, err = timed(proc, 30)
+    finally:
+        proxy.close()
     assert proc.returncode == 6, err
     assert b"the peer announced a message of 1099511627776 bytes; iotctl takes at most 536870912" in err
     assert len(err.splitlines()) == 1, err

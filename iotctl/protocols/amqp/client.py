@@ -676,7 +676,7 @@ class Publisher(send.Sender):
         self.synced = mandatory and not confirm  # outcomes learnt by round trips
         self.window = window if (confirm or self.synced) else None
         self.routing_keys: tuple[str, ...] = ()
-        self.routing_key: str | None = None  # every message with this key (else its own address)
+        self.address: str | None = None  # the URL's one routing key: for a message without an address
         self.session: Session | None = None
         self._limit = buffer
         self._tag = 0
@@ -725,9 +725,7 @@ class Publisher(send.Sender):
             props = self.props
             if exchange is None:
                 exchange = ""
-        key = self.routing_key
-        if key is None:
-            key = msg.address or ""
+        key = msg.address or self.address or ""
         try:
             self._publish(exchange, key, msg.payload, props, self.mandatory)
         except px.ShortStringTooLong:

@@ -103,8 +103,9 @@ def _bound_connect(cfg, receive) -> None:
 def sink(cfg, exchange=None, routing_keys=(), queue=None, mandatory=False, confirm=True, window=1000, props=None,
          payload=None, **_ignored):
     """The publisher (a send.Sender, entered to connect). Messages go to `exchange`
-    (None: a replayed AMQP message's own, else '') with each routing key (one: every
-    message with that key; none: each with its own address)."""
+    (None: a replayed AMQP message's own, else '') with their own address as the
+    routing key; the one routing key (or queue) given is `address`, what the bridge
+    gives every message and what a message without an address gets."""
     from iotctl.protocols.amqp.client import Publisher, check_name
 
     if queue is not None:
@@ -127,5 +128,5 @@ def sink(cfg, exchange=None, routing_keys=(), queue=None, mandatory=False, confi
                           name=cfg.name("publish"))
     publisher.routing_keys = keys
     if len(keys) == 1:
-        publisher.routing_key = keys[0]
+        publisher.address = keys[0]  # a bridge's fixed address; else for messages without one
     return publisher
