@@ -15,6 +15,7 @@ GROUPS = {
     **{p.name: (p.group, p.help) for p in PROTOCOLS.values()},
     "bench": ("iotctl.commands.bench:command", "Load a broker and measure rates, latency percentiles and loss."),
     "bridge": ("iotctl.commands.bridge:command", "Carry messages from any protocol into any other (SOURCE_URL TARGET_URL)."),
+    "watch": ("iotctl.commands.watch:command", "A live tree of the addresses any source delivers (SOURCE_URL)."),
     "profile": ("iotctl.commands.profile:group", "Manage connection profiles (TOML, one per file)."),
     "completion": ("iotctl.commands.completion:command", "Print the shell completion script."),
 }

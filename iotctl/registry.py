@@ -23,17 +23,21 @@ class Protocol:
     "module:function" reading a message's content type, headers, correlation id and
     reply-to (message.Portable) from this protocol's meta; separator: what splits an
     address into a tree (watch); express: "module:function" of the protocol's express
-    lane (iotctl/express.py), which runs a one-shot command line without click."""
+    lane (iotctl/express.py), which runs a one-shot command line without click;
+    retained: for a protocol whose broker keeps a last message per address, the module
+    `watch` asks `flag(msg)` (was this message a retained one) and `clear(arguments,
+    address, timeout)` (clear it, on a connection of its own built from the source
+    command's arguments)."""
 
     __slots__ = ("name", "group", "help", "header", "details", "renderers", "schemes", "endpoints",
-                 "source_command", "sink_command", "options_in", "portable", "separator", "express")
+                 "source_command", "sink_command", "options_in", "portable", "separator", "express", "retained")
 
     def __init__(self, name: str, group: str, help: str, header: tuple[str, ...] = (),
                  details: tuple[str, ...] = (), renderers: dict[str, str] | None = None,
                  schemes: tuple[str, ...] = (), endpoints: str | None = None,
                  source_command: str | None = None, sink_command: str | None = None,
                  options_in: str = "query", portable: str | None = None, separator: str = "/",
-                 express: str | None = None):
+                 express: str | None = None, retained: str | None = None):
         self.name, self.group, self.help, self.header = name, group, help, header
         self.details = details
         self.renderers = renderers or {}
@@ -41,6 +45,7 @@ class Protocol:
         self.source_command, self.sink_command = source_command, sink_command
         self.options_in, self.portable, self.separator = options_in, portable, separator
         self.express = express
+        self.retained = retained
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
