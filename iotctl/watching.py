@@ -261,8 +261,9 @@ class Tree:
 
     def _summary(self, msg: Message) -> str:
         """The message's key metadata on one line, as the pretty header shows it (the
-        registry's header keys; a true boolean as its name); a value equal to the
-        address (an AMQP routing key) is left out. Interned: few distinct ones."""
+        registry's header keys; a true boolean as its name), each value at most 20
+        characters; a value equal to the address (an AMQP routing key) is left out.
+        Interned: most messages share a few."""
         meta = msg.meta
         if not meta:
             return ""
@@ -277,7 +278,8 @@ class Tree:
             if value is True:
                 parts.append(key)
             elif value is not None and value is not False and value != "" and value != msg.address:
-                parts.append(f"{key}={value}")
+                text = str(value)
+                parts.append(f"{key}={text if len(text) <= 20 else text[:19] + '…'}")
         text = " ".join(parts)
         cache = self._summaries
         found = cache.get(text)
@@ -435,6 +437,16 @@ def shown_name(name: str, depth: int = 1) -> str:
     return name if name.isprintable() else _printable(name)
 
 
+def row_summary(node: Node) -> str:
+    """An address's key metadata on its row: the last message's, and 'retained' while
+    the broker keeps a message for it (in place of that message's own retain flag)."""
+    summary = node.ring[-1][2]
+    if node.retained:
+        words = [w for w in summary.split(" ") if w and w != "retain"]
+        summary = " ".join(words + ["retained"])
+    return summary
+
+
 def ago(seconds: float) -> str:
     s = max(0.0, seconds)
     if s < 60:
@@ -518,10 +530,8 @@ def snapshot_text(tree: Tree, now: float, width: int = 100, match: str | None = 
     for node, depth in rows:
         name = "  " * depth + shown_name(node.name, depth)
         if node.address is not None:
-            summary = node.ring[-1][2]
+            summary = row_summary(node)
             payload = one_line(node.ring[-1][1], 400)
-            if node.retained and "retain" not in summary.split():
-                summary = (summary + " retained").strip()
         else:
             summary = payload = ""
         cells.append((name, str(node.count), rate_text(node.rate(now)), ago(now - node.last), summary, payload))

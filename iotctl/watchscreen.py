@@ -27,7 +27,7 @@ import time
 
 from iotctl.errors import ConnectError, ConnectionLost, IotctlError, TimeoutError_, UsageError
 from iotctl.watching import Cut, Node, Tree, WatchSpec, Watched, ago, clock, human_size, one_line, rate_text, \
-    shown_name, snapshot, tree_for
+    row_summary, shown_name, snapshot, tree_for
 
 KEY_FPS = 30.0
 MESSAGE_SECONDS = 4.0
@@ -132,6 +132,7 @@ class Screen:
         fd = sys.stdin.fileno()
         saved = termios.tcgetattr(fd)
         thread = threading.Thread(target=self._receive, name="iotctl-watch", daemon=True)
+        handlers = self._signals()
         try:
             tty.setcbreak(fd)
             self._write("\x1b[?1049h\x1b[?25l\x1b[H\x1b[2J")
@@ -144,11 +145,40 @@ class Screen:
             self.stop.set()
             self._write("\x1b[?25h\x1b[?1049l")
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)
+            self._restore(handlers)
             if thread.is_alive():
                 thread.join(3.0)
         if self.error is not None:
             raise self.error
         return self.copied
+
+    def _signals(self) -> dict:
+        """SIGTERM ends the view like q (the terminal is restored); SIGWINCH (a resized
+        terminal) wakes the loop to draw at once."""
+        import signal
+
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+
+        def resized(signum, frame):
+            try:
+                os.write(self._wake_w, b"w")
+            except OSError:
+                pass
+
+        def terminated(signum, frame):
+            raise KeyboardInterrupt
+
+        return {signal.SIGWINCH: signal.signal(signal.SIGWINCH, resized),
+                signal.SIGTERM: signal.signal(signal.SIGTERM, terminated)}
+
+    def _restore(self, handlers: dict) -> None:
+        import signal
+
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        os.close(self._wake_r)
+        os.close(self._wake_w)
 
     @property
     def status(self) -> str:
@@ -182,7 +212,12 @@ class Screen:
             else:
                 changed = self.tree.root.count != seen or self.changes != shown
                 wait = max(0.0, last_draw + (frame_gap if changed else 1.0) - now)
-            ready, _, _ = select.select([fd], [], [], min(wait, 0.25))
+            ready, _, _ = select.select([fd, self._wake_r], [], [], min(wait, 0.25))
+            if self._wake_r in ready:  # resized: draw now
+                os.read(self._wake_r, 64)
+                keyed = True
+                last_draw = 0.0
+                continue
             if ready:
                 try:
                     data = os.read(fd, 4096)
@@ -546,16 +581,14 @@ class Screen:
                 glyph = "  "
             name = "  " * depth + glyph + shown_name(node.name, depth)
             if node.address is not None:
-                ts, payload, summary = node.ring[-1]
-                if node.retained and "retain" not in summary.split():
-                    summary = (summary + " retained").strip()
-                line = one_line(payload, width)
+                summary = row_summary(node)
+                line = one_line(node.ring[-1][1], width)
             else:
                 summary = line = ""
             cells.append((node, name, _count(node.count), rate_text(node.rate(now)), ago(now - node.last), summary,
                           line))
         name_w = min(max(len(c[1]) for c in cells), max(12, width * 2 // 5))
-        meta_w = min(max(len(c[5]) for c in cells), 16)
+        meta_w = min(max(len(c[5]) for c in cells), 16 if width < 100 else 24)
         lines = []
         for node, name, count, rate, age, summary, payload in cells:
             selected = node is self.selected

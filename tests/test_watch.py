@@ -355,7 +355,7 @@ def test_snapshot_of_mosquitto_traffic_as_text(iotctl, peer, topic):
     assert out.splitlines()[0].split() == ["TOPIC", "COUNT", "RATE/S", "AGE", "META", "PAYLOAD"]
     assert rows["t1"][1] == "2" and rows["t1"][-1] == "21.7"
     assert rows["t2"][-4:] == ["qos=0", "{", '"v":', "2", "}"][-4:] and out.count('{ "v": 2 }') == 1
-    assert rows["dev1"][4:] == ["qos=0", "retain", "on"]  # delivered as the retained message
+    assert rows["dev1"][4:] == ["qos=0", "retained", "on"]  # delivered as the retained message
     assert rows["bin"][-1] == "0x0001ff"
     assert rows["sensors"][1] == "3"
     assert "5 message(s), 4 topic(s)" in err and "memory" in err
@@ -522,6 +522,9 @@ class Tmux:
 
         return int(wait_until(ended, timeout, "the program's end"))
 
+    def resize(self, width: int, height: int) -> None:
+        self._tmux("resize-window", "-t", "w", "-x", str(width), "-y", str(height))
+
     def pipe(self, path: Path) -> None:
         self._tmux("pipe-pane", "-t", "w", "-O", f"cat >> {_quote(str(path))}")
 
@@ -579,8 +582,8 @@ def test_the_full_screen_view_answers_every_key(iotctl, peer, topic, tmux, size)
     assert "q quit" in screen[-1] and "d clear retained" in screen[-1]
     # the tree: the prefixes unfolded (few children), the addresses with their last payload
     tree = "\n".join(screen)
-    assert re.search(r"▾ cfg .*\n +dev1 +1 .* qos=0 retain +on", tree), tree
-    assert re.search(r"\n +t2 +1 .* qos=0 retain +20\.5", tree), tree
+    assert re.search(r"▾ cfg .*\n +dev1 +1 .* qos=0 retained +on", tree), tree
+    assert re.search(r"\n +t2 +1 .* qos=0 retained +20\.5", tree), tree
     # move down to t1: its payload pretty-printed in the detail pane
     for _ in range(20):
         if " t1 " in _selected(t.screen()):
@@ -647,12 +650,16 @@ def test_the_full_screen_view_answers_every_key(iotctl, peer, topic, tmux, size)
         time.sleep(0.05)
     t.keys("c")
     t.wait_for("printed when the view closes")
+    # a resized terminal is drawn again at its new size at once
+    t.resize(width - 10, height - 4)
+    t.wait(lambda s: len(s) == height - 4 and "printed when the view closes" in s[-1], "the footer on the new last line",
+           timeout=2)
     t.keys("q")
     assert t.exit_status() == 0
     assert t.screen()[:2] == ["resumed", "[exit 0]"]
 
 
-def test_a_lost_connection_is_shown_and_the_view_reconnects(iotctl, peer, topic, tmux):
+def test_a_lost_connection_is_shown_and_the_view_reconnects_and_sigterm_restores_the_terminal(iotctl, peer, topic, tmux):
     from tests.faults import TcpRelay
 
     peer("mosquitto-private")
@@ -671,8 +678,9 @@ def test_a_lost_connection_is_shown_and_the_view_reconnects(iotctl, peer, topic,
         t.gone("reconnecting in")
         iotctl("mqtt", "pub", "-p", "11883", "-t", f"{topic}/a", "-m", "after")
         t.wait_for("after")
-        t.keys("q")
+        os.kill(t.pid, signal.SIGTERM)  # as q: the terminal restored, exit 0
         assert t.exit_status() == 0
+        assert t.screen()[0] == "[exit 0]"
 
 
 def test_ten_thousand_topics_at_five_thousand_messages_a_second_for_a_minute(peer, tmux, tmp_path):
