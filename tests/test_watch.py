@@ -365,12 +365,15 @@ def test_mqtt_watch_snapshot_as_json_is_the_same_tree(iotctl, peer, topic):
     peer("mosquitto-private")
     iotctl("mqtt", "pub", "-p", "11883", "-t", f"{topic}/r", "-r", "-m", "kept")
     proc = _watch("mqtt", "watch", "-p", "11883", "-t", f"{topic}/#", "-q", "1", "-W", "3", "-o", "json")
+    filtered = _watch("mqtt", "watch", "-p", "11883", "-t", f"{topic}/#", "-W", "3", "--filter", "A/B", "-o", "json")
     try:
         for i in range(3):
             iotctl("mqtt", "pub", "-p", "11883", "-t", f"{topic}/a/b", "-q", "1", "-m", f"m{i}")
         code, out, err = _done(proc)
+        f_code, f_out, f_err = _done(filtered)
     finally:
         proc.kill()
+        filtered.kill()
     assert code == 0, err
     doc = json.loads(out)
     assert doc["protocol"] == "mqtt" and doc["topic_count"] == 2 and doc["messages"] == 4
@@ -379,6 +382,10 @@ def test_mqtt_watch_snapshot_as_json_is_the_same_tree(iotctl, peer, topic):
     ab = topics[f"{topic}/a/b"]
     assert [h["payload"] for h in ab["history"]] == ["m0", "m1", "m2"] and ab["meta"]["qos"] == 1
     assert ab["retained"] is False and ab["count"] == 3
+    # --filter: only the matching addresses are printed (case-insensitive), the totals are all
+    assert f_code == 0, f_err
+    doc = json.loads(f_out)
+    assert doc["filter"] == "A/B" and doc["topic_count"] == 2 and [t["address"] for t in doc["topics"]] == [f"{topic}/a/b"]
 
 
 def test_a_small_budget_evicts_the_least_recently_updated_topics_of_real_traffic(iotctl, peer, topic, tmp_path):
