@@ -478,6 +478,7 @@ class Tmux:
         if shutil.which("tmux") is None:
             pytest.fail("tmux is missing; install it with: scripts/services up tools", pytrace=False)
         self.socket = f"iotctl-watch-{uuid.uuid4().hex[:8]}"
+        self.socket_path = ""
         conf = tmp_path / "tmux.conf"
         conf.write_text("set -g status off\nset -g history-limit 0\n")
         environment = clean_env(**(env or {}))
@@ -487,6 +488,7 @@ class Tmux:
         command = f"{command}; echo \"[exit $?]\"; sleep 3600"
         self._tmux("-f", str(conf), "new-session", "-d", "-s", "w", "-x", str(width), "-y", str(height),
                    "-c", str(ROOT), command, env=environment)
+        self.socket_path = self._tmux("display", "-p", "-t", "w", "#{socket_path}").strip()
         shell = int(self._tmux("display", "-p", "-t", "w", "#{pane_pid}").strip())
         self.pid = wait_until(lambda: _child(shell), 10, "iotctl started in tmux")
 
@@ -537,6 +539,8 @@ class Tmux:
 
     def close(self) -> None:
         subprocess.run(["tmux", "-L", self.socket, "kill-server"], capture_output=True, timeout=10)
+        if self.socket_path:
+            Path(self.socket_path).unlink(missing_ok=True)
 
 
 def _child(pid: int) -> int | None:
