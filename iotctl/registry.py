@@ -25,17 +25,22 @@ class Protocol:
     reply-to (message.Portable) from this protocol's meta; separator: what splits an
     address into a tree (watch); express: "module:function" of the protocol's express
     lane (iotctl/express.py), which runs a one-shot command line without click; check:
-    "module:function" filling a checking.Report for `iotctl check URL`."""
+    "module:function" filling a checking.Report for `iotctl check URL`; retained: for a
+    protocol whose broker keeps a last message per address, the module `watch` asks
+    `flag(msg)` (was this message a retained one) and `clear(arguments, address,
+    timeout)` (clear it, on a connection of its own built from the source command's
+    arguments)."""
 
     __slots__ = ("name", "group", "help", "header", "details", "renderers", "schemes", "endpoints",
-                 "source_command", "sink_command", "options_in", "portable", "separator", "express", "check")
+                 "source_command", "sink_command", "options_in", "portable", "separator", "express", "check",
+                 "retained")
 
     def __init__(self, name: str, group: str, help: str, header: tuple[str, ...] = (),
                  details: tuple[str, ...] = (), renderers: dict[str, str] | None = None,
                  schemes: tuple[str, ...] = (), endpoints: str | None = None,
                  source_command: str | dict | None = None, sink_command: str | dict | None = None,
                  options_in: str = "query", portable: str | None = None, separator: str = "/",
-                 express: str | None = None, check: str | None = None):
+                 express: str | None = None, check: str | None = None, retained: str | None = None):
         self.name, self.group, self.help, self.header = name, group, help, header
         self.details = details
         self.renderers = renderers or {}
@@ -43,6 +48,7 @@ class Protocol:
         self.source_command, self.sink_command = source_command, sink_command
         self.options_in, self.portable, self.separator = options_in, portable, separator
         self.express, self.check = express, check
+        self.retained = retained
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
@@ -52,7 +58,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              schemes=("mqtt", "mqtts", "ws", "wss"), endpoints="iotctl.protocols.mqtt.endpoints",
              source_command="subscribe", sink_command="publish",
              portable="iotctl.protocols.mqtt.envelope:portable", express="iotctl.protocols.mqtt.express:pub",
-             check="iotctl.protocols.mqtt.check:check"),
+             check="iotctl.protocols.mqtt.check:check", retained="iotctl.protocols.mqtt.retained"),
     Protocol("coap", "iotctl.protocols.coap.cli:group",
              "CoAP: get/put/post/delete/fetch/patch, observe, discover, serve a simulated device.",
              header=("code", "observe", "location"), details=("type", "mid", "token", "options"),

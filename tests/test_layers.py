@@ -21,6 +21,7 @@ RANKS = {
     "iotctl.endpoint": 2, "iotctl.payload": 2, "iotctl.output.writers": 2,
     "iotctl.output.renderers": 3, "iotctl.output.pretty": 3, "iotctl.output": 3,
     "iotctl.profiles": 4, "iotctl.receive": 4, "iotctl.send": 4, "iotctl.bridging": 5, "iotctl.benching": 5, "iotctl.checking": 4,
+    "iotctl.watching": 5, "iotctl.watchscreen": 6,
     "iotctl.options": 5,
     "iotctl.groups": 6,
     "iotctl.resolver": 7,  # the URL endpoint resolver: builds a protocol's command context
