@@ -75,15 +75,22 @@ def timed(proc: subprocess.Popen, timeout: float) -> tuple[float, bytes, bytes]:
 # --------------------------------------------------------------------------- issue 21 item 8: a frozen broker
 
 
-def test_publish_honours_W_when_the_broker_freezes(relay, names, tmp_path):
+def _publishing_when_it_freezes(relay, names, tmp_path, *options):
+    """`amqp publish -l` through the relay: 'a' confirmed and queued, then the broker
+    freezes. Returns the process, the queue and the --failed file."""
     q = queue_of(names)
     failed = tmp_path / "failed.jsonl"
-    proc = start("amqp", "publish", "-p", relay.port, "-r", q, "-l", "-W", "2", "--failed", failed,
+    proc = start("amqp", "publish", "-p", relay.port, "-r", q, "-l", "--failed", failed, *options,
                  stdin=subprocess.PIPE)
     proc.stdin.write(b"a\n")
     proc.stdin.flush()
     wait_until(lambda: depth_of(q) == 1, 10, "the first message confirmed and queued")
     relay.freeze()
+    return proc, q, failed
+
+
+def test_publish_honours_W_when_the_broker_freezes(relay, names, tmp_path):
+    proc, q, failed = _publishing_when_it_freezes(relay, names, tmp_path, "-W", "2")
     proc.stdin.write(b"b\nc\n")
     proc.stdin.close()
     took, out, err = timed(proc, 30)
@@ -113,13 +120,7 @@ def test_consume_honours_W_and_ctrl_c_when_the_broker_freezes(relay, names):
 
 
 def test_a_second_ctrl_c_keeps_the_counts_line(relay, names, tmp_path):
-    q = queue_of(names)
-    failed = tmp_path / "failed.jsonl"
-    proc = start("amqp", "publish", "-p", relay.port, "-r", q, "-l", "--failed", failed, stdin=subprocess.PIPE)
-    proc.stdin.write(b"a\n")
-    proc.stdin.flush()
-    wait_until(lambda: depth_of(q) == 1, 10, "the first message confirmed and queued")
-    relay.freeze()
+    proc, q, failed = _publishing_when_it_freezes(relay, names, tmp_path)
     proc.stdin.write(b"b\n")
     proc.stdin.flush()
     time.sleep(0.5)

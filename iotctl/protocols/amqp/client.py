@@ -657,10 +657,27 @@ def _noop() -> None:
     pass
 
 
+class _Owner:
+    """An endpoint that opens and closes a session of its own (`cfg`, `name`)."""
+
+    cfg: AmqpConfig
+    name: str
+    session: Session | None
+
+    @property
+    def where(self) -> str:
+        return self.session.where if self.session is not None else self.cfg.endpoint.display
+
+    def _connected(self) -> Session:
+        session = Session(self.cfg, self.name)
+        session.connect()
+        return session
+
+
 # --------------------------------------------------------------------------- publishing
 
 
-class Publisher(send.Sender):
+class Publisher(_Owner, send.Sender):
     """The send driver's AMQP side: Basic.Publish on the underlying channel, with
     publisher confirms (a window of outstanding delivery tags, acknowledged with
     multiple=True by the broker) unless `confirm` is off. With `mandatory` each
@@ -701,13 +718,8 @@ class Publisher(send.Sender):
         self.returned = 0
         self.nacked = 0
 
-    @property
-    def where(self) -> str:
-        return self.session.where if self.session is not None else self.cfg.endpoint.display
-
     def open(self) -> None:
-        session = Session(self.cfg, self.name)
-        session.connect()
+        session = self._connected()
         try:
             impl = session.impl
             if self.mandatory:
@@ -932,7 +944,7 @@ def _too_long(exchange: str, key: str, props) -> IotctlError:
 _GENERATION = 1 << 48  # tokens: generation * _GENERATION + delivery tag
 
 
-class Consumer(receive.Receiver):
+class Consumer(_Owner, receive.Receiver):
     """Deliveries from Basic.Consume on one or more queues, for the receive driver.
 
     Entered, it connects a session of its own, declares the throw-away queue of the
@@ -972,13 +984,8 @@ class Consumer(receive.Receiver):
         self._ack_tag = 0
         self._unacked = 0
 
-    @property
-    def where(self) -> str:
-        return self.session.where if self.session is not None else self.cfg.endpoint.display
-
     def open(self) -> None:
-        session = Session(self.cfg, self.name)
-        session.connect()
+        session = self._connected()
         try:
             self.queues = self._prepare(session)
             if self.prefetch is not None and self.mode != "auto":
@@ -1133,7 +1140,7 @@ def refuse_direct(session: Session, exchange: str, what: str, fix: str) -> None:
                      hint=f"give the key to watch ({fix})")
 
 
-class Getter(receive.Receiver):
+class Getter(_Owner, receive.Receiver):
     """Basic.Get, one message per poll until the queue is empty (then the source ends);
     each message is acknowledged once written, or all are put back (`requeue`)."""
 
@@ -1147,9 +1154,7 @@ class Getter(receive.Receiver):
         self._answer: list = []
 
     def open(self) -> None:
-        session = Session(self.cfg, self.name)
-        session.connect()
-        self.session = session
+        self.session = session = self._connected()
         session.impl.add_callback(lambda frame: self._answer.append(None), [spec.Basic.GetEmpty], one_shot=False)
 
     def close(self) -> None:
