@@ -353,7 +353,9 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
     if window.refused:
         reasons = {i: reason for i, (_, reason) in enumerate(window.refused)}
         error = sender.refusal(reasons)
-        note = _stopped(sender, sent, acknowledged, window, [], items, failed)
+        # a refusal seen while making room stops the run before `out` was sent: it is not lost
+        unsent = [out] if out is not None and out is not IDLE else []
+        note = _stopped(sender, sent, acknowledged, window, unsent, items, failed)
         error.why = f"{error.why}; {note}" if error.why else note
         raise error
     return Result(sent, acknowledged, 0)
