@@ -756,8 +756,9 @@ class Observation(receive.Receiver):
         return out
 
     def _refresh(self) -> list[Message]:
-        """The observation has been silent past its Max-Age: register again."""
-        first = self._reregister()
+        """The observation has been silent past its Max-Age: deregister it and register
+        again (a server that restarted has forgotten it; one that is gone is found)."""
+        first = self._reregister(deregister=True)
         if self.last is not None and (first.payload, first.content_type) == self.last:
             return []
         return [first]
@@ -765,14 +766,14 @@ class Observation(receive.Receiver):
     def reconnect(self) -> None:
         """After ConnectionLost: register again (ConnectError/TimeoutError_ while the
         server is still away; the driver tries again with backoff)."""
-        first = self._reregister()
+        first = self._reregister(deregister=False)
         if self.last is None or (first.payload, first.content_type) != self.last:
             self.pending.append(first)
 
-    def _reregister(self) -> Message:
+    def _reregister(self, deregister: bool) -> Message:
         self.ended = None
         try:
-            return self.loop.run(self._register(deregister=True))
+            return self.loop.run(self._register(deregister=deregister))
         except IotctlError as exc:
             if exc.code in (ConnectError.code, TimeoutError_.code):
                 raise ConnectionLost(self.what, exc.why or exc.what) from None
