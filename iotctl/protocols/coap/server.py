@@ -526,8 +526,15 @@ class LoggingSite(resource.Site):
     async def render_to_pipe(self, pipe):
         """A GET with Observe counts against its client's observations while it lasts
         (the render task ends, or is cancelled, when the observation does); past the
-        bounds the request is served once without Observe (RFC 7641 allows it)."""
+        bounds the request is served once without Observe (RFC 7641 allows it).
+
+        Only a GET or FETCH registers an observation (RFC 7641 1.2, RFC 8132 2.4): an
+        Observe option on any other method is ignored. aiocoap would observe a POST too,
+        re-running it for every notification it causes, each a new write: one datagram
+        (POST /store/x with Observe: 0) kept the server busy for good."""
         request = pipe.request
+        if request.opt.observe is not None and request.code not in (Code.GET, Code.FETCH):
+            request.opt.observe = None
         if request.opt.observe != 0:
             return await self._render(pipe)
         try:
