@@ -426,8 +426,12 @@ def _write_links(responses, rt, if_) -> None:
 @click.option("--large-size", type=click.IntRange(1, 16 * 1024 * 1024), default=4096, show_default=True,
               metavar="BYTES", help="Size of /large, the resource that needs block-wise transfer.")
 @click.option("--background", is_flag=True, default=False,
-              help="Return once the device listens, leaving it running (its pid is printed).")
-def serve(bind, port, tcp, dir, interval, large_size, background):
+              help="Return once the device listens, leaving it running (its pid is printed); "
+                   "it logs to --log FILE, never to this terminal.")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Append the request log to FILE instead of stderr [default with --background: "
+                   "$XDG_STATE_HOME/iotctl/coap-serve-PORT.log; nothing with --quiet].")
+def serve(bind, port, tcp, dir, interval, large_size, background, log_file):
     """Run a simulated CoAP device until Ctrl-C.
 
     \b
@@ -441,8 +445,11 @@ def serve(bind, port, tcp, dir, interval, large_size, background):
     /files/...             the files of --dir, read-only
     /.well-known/core      all of the above with rt, if, ct, obs, title
 
-    One line per request is logged on stderr (--quiet turns it off). --background
-    returns as soon as the device listens, so the next command can use it at once.
+    One line per request is logged on stderr or --log FILE (--quiet turns it off).
+    --background returns as soon as the device listens, so the next command can use
+    it at once; the device then logs to --log FILE (by default under
+    $XDG_STATE_HOME/iotctl/, the path is printed), never to this terminal, and
+    nowhere with --quiet. A device that cannot start exits with its error and status.
 
     \b
     iotctl coap serve --background
@@ -452,13 +459,18 @@ def serve(bind, port, tcp, dir, interval, large_size, background):
     if background:
         from iotctl import background as bg
 
-        pid = bg.start("coap serve")
+        pid = bg.start("coap serve", log=log_file, name=f"coap-serve-{port}")
         click.echo(pid)
         status(f"the simulated device runs in the background (pid {pid}); stop it with: kill {pid}")
         return
     from iotctl.protocols.coap import server
 
     s = settings()
+    log = None
+    if log_file is not None:
+        from iotctl import background as bg
+
+        log = bg.open_log(log_file, text=True)
     server.serve(server.ServeConfig(address=bind, port=port, tcp=tcp, directory=dir,
                                     interval=interval, large_size=large_size, quiet=s.quiet,
-                                    debug=s.debug))
+                                    debug=s.debug, log=log))
