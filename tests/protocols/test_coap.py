@@ -474,6 +474,60 @@ def test_discover_serve_with_filters(device, iotctl):
                                 'if="core.a";ct="0 50 60";obs;title="LED"'], r
 
 
+SERVE_LINKS = ["/", "/time", "/sensors/temperature", "/sensors/humidity", "/actuators/led", "/store", "/large",
+               "/files/config.json", "/files/sub/hello.txt"]
+
+
+def _table_rows(text: str) -> list[str]:
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("────"))
+    return [line for line in lines[rule + 1:] if line.strip()]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_discover_pretty_fits_the_terminal_width(device, iotctl, columns):
+    """Issue 22 item 1: at 80 columns the table drew 88-column lines and wrapped rt and
+    title cells onto second rows."""
+    r = iotctl("coap", "discover", device.uri, "-o", "pretty", env={"COLUMNS": str(columns)})
+    assert r.exit_code == 0, r
+    assert all(len(line) <= columns for line in r.stdout.splitlines()), r.stdout
+    rows = _table_rows(r.stdout)
+    assert [row.split()[0] for row in rows] == SERVE_LINKS, r.stdout  # one row per link, paths whole
+    temperature = rows[2].split()
+    assert temperature[:3] == ["/sensors/temperature", "temperature-c", "core.s"], r.stdout
+    assert temperature[-1] == "Temperature"
+    assert rows[0].split()[-2:] == ["iotctl", "device"]
+    assert ("sz=4096" in rows[6]) == (columns == 120), r.stdout  # 'other' gives way first
+
+
+def test_discover_in_an_80_column_terminal(device, tmp_path):
+    """The same in a real terminal (tmux, 80x40): pretty by default, nothing wrapped."""
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is not installed; run: scripts/services up tools", pytrace=False)
+    socket_name = f"iotctl-test-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "run.sh"
+    script.write_text(f"{sys.executable} -m iotctl coap discover {device.uri}; echo END-OF-RUN; sleep 30\n")
+    tmux = ["tmux", "-L", socket_name]
+    env = {**_env(), "TERM": "xterm-256color"}
+    env.pop("COLUMNS", None)
+    subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "40", "bash", str(script)], check=True, env=env)
+    try:
+        end = time.monotonic() + 20
+        while True:
+            screen = subprocess.run([*tmux, "capture-pane", "-p", "-J"], capture_output=True, text=True).stdout
+            if "END-OF-RUN" in screen or time.monotonic() > end:
+                break
+            time.sleep(0.1)
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+    assert "END-OF-RUN" in screen, screen
+    text = screen.split("END-OF-RUN")[0]
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    rows = _table_rows(text)
+    assert [row.split()[0] for row in rows] == SERVE_LINKS, text
+    assert rows[2].split()[1] == "temperature-c" and rows[2].split()[-1] == "Temperature", text
+
+
 def test_option_flag_sends_any_option(device, iotctl):
     # Uri-Query by number: the server filters /.well-known/core by it
     r = iotctl("coap", "get", f"{device.uri}/.well-known/core", "-O", "15=rt=light")
