@@ -698,6 +698,21 @@ def test_dtls_wrong_psk_fails_in_bounded_time(iotctl, peer, dtls_extra):
     assert "check --psk-identity and --psk" in r.stderr
 
 
+def test_dtls_sink_and_observation(iotctl_proc, peer, dtls_extra):
+    """The send driver and an observation over DTLS; a refused request is one line (a
+    DTLS connection collected before the context shut down printed aiocoap's
+    UserWarning after it)."""
+    peer("coaps-server")
+    psk = ("--psk-identity", "iotctl", "--psk", "iotctl-psk")
+    r = iotctl_proc("coap", "observe", f"{COAPS}/time", *psk, "-C", "2", "-W", "10")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 2, r
+    for _ in range(3):
+        r = iotctl_proc("-o", "json", "coap", "post", f"{COAPS}/", *psk, "-l", input=b"hi\n")
+        assert r.returncode == 6, r
+        assert json.loads(r.stdout)["meta"]["code"] == "4.05 Method Not Allowed"
+        _one_error_line(r.stderr.decode(), f"POST {COAPS}/: 4.05 Method Not Allowed", "sent 1, acknowledged 0")
+
+
 def test_multicast_discovery_errors_without_sending(iotctl):
     r = iotctl("coap", "discover", "coap+tcp://[ff02::fd]")
     assert r.exit_code == 2

@@ -533,7 +533,15 @@ async def _one(ctx, spec: RequestSpec):
             resp = await _requester(ctx, spec).request(msg).response
     except Exception as exc:
         raise map_error(exc, spec.what, spec.timeout, transfer) from None
+    _hold(ctx, resp)
     return resp
+
+
+def _hold(ctx, resp) -> None:
+    """aiocoap keeps DTLS connections in a weak pool: the context holds the last peer
+    until it shuts down, or tinydtls may write to a connection already collected (a
+    UserWarning on stderr after a refused `post -l`)."""
+    ctx._iotctl_peer = resp.remote
 
 
 async def _answer(ctx, spec: RequestSpec) -> Response:
@@ -850,6 +858,7 @@ class Observation(receive.Receiver):
         except Exception as exc:
             raise map_error(exc, spec.what, spec.timeout) from None
         check_response(resp, spec.what)
+        _hold(self.ctx, resp)
         resp = await self._complete(resp)
         self.heard = time.monotonic()
         self.max_age = _max_age(resp)
