@@ -474,14 +474,14 @@ def test_discover_serve_with_filters(device, iotctl):
                                 'if="core.a";ct="0 50 60";obs;title="LED"'], r
 
 
-SERVE_LINKS = ["/", "/time", "/sensors/temperature", "/sensors/humidity", "/actuators/led", "/store", "/large",
-               "/files/config.json", "/files/sub/hello.txt"]
-
-
 def _table_rows(text: str) -> list[str]:
     lines = text.splitlines()
     rule = next(i for i, line in enumerate(lines) if line.startswith("────"))
     return [line for line in lines[rule + 1:] if line.strip()]
+
+
+def _links(iotctl, uri: str) -> list[str]:
+    return [link["href"] for link in json.loads(iotctl("coap", "discover", uri, "-o", "json").stdout)["meta"]["links"]]
 
 
 @pytest.mark.parametrize("columns", [80, 120])
@@ -491,22 +491,21 @@ def test_discover_pretty_fits_the_terminal_width(device, iotctl, columns):
     r = iotctl("coap", "discover", device.uri, "-o", "pretty", env={"COLUMNS": str(columns)})
     assert r.exit_code == 0, r
     assert all(len(line) <= columns for line in r.stdout.splitlines()), r.stdout
-    rows = _table_rows(r.stdout)
-    assert [row.split()[0] for row in rows] == SERVE_LINKS, r.stdout  # one row per link, paths whole
-    temperature = rows[2].split()
-    assert temperature[:3] == ["/sensors/temperature", "temperature-c", "core.s"], r.stdout
-    assert temperature[-1] == "Temperature"
-    assert rows[0].split()[-2:] == ["iotctl", "device"]
-    assert ("sz=4096" in rows[6]) == (columns == 120), r.stdout  # 'other' gives way first
+    rows = {row.split()[0]: row for row in _table_rows(r.stdout)}
+    assert list(rows) == _links(iotctl, device.uri), r.stdout  # one row per link, paths whole
+    assert rows["/sensors/temperature"].split()[1:3] == ["temperature-c", "core.s"], r.stdout
+    assert rows["/sensors/temperature"].split()[-1] == "Temperature"
+    assert rows["/"].split()[-2:] == ["iotctl", "device"]
+    assert ("sz=4096" in rows["/large"]) == (columns == 120), r.stdout  # 'other' gives way first
 
 
-def test_discover_in_an_80_column_terminal(device, tmp_path):
+def test_discover_in_an_80_column_terminal(device, iotctl, tmp_path):
     """The same in a real terminal (tmux, 80x40): pretty by default, nothing wrapped."""
     if shutil.which("tmux") is None:
         pytest.fail("tmux is not installed; run: scripts/services up tools", pytrace=False)
     socket_name = f"iotctl-test-{uuid.uuid4().hex[:8]}"
     script = tmp_path / "run.sh"
-    script.write_text(f"{sys.executable} -m iotctl coap discover {device.uri}; echo END-OF-RUN; sleep 30\n")
+    script.write_text(f"{sys.executable} -m iotctl coap discover {device.uri} --rt '*'; echo END-OF-RUN; sleep 30\n")
     tmux = ["tmux", "-L", socket_name]
     env = {**_env(), "TERM": "xterm-256color"}
     env.pop("COLUMNS", None)
@@ -523,9 +522,11 @@ def test_discover_in_an_80_column_terminal(device, tmp_path):
     assert "END-OF-RUN" in screen, screen
     text = screen.split("END-OF-RUN")[0]
     assert all(len(line) <= 80 for line in text.splitlines()), text
-    rows = _table_rows(text)
-    assert [row.split()[0] for row in rows] == SERVE_LINKS, text
-    assert rows[2].split()[1] == "temperature-c" and rows[2].split()[-1] == "Temperature", text
+    rows = {row.split()[0]: row for row in _table_rows(text)}
+    assert list(rows) == ["/time", "/sensors/temperature", "/sensors/humidity", "/actuators/led", "/store",
+                          "/large"], text  # every link with an rt, one row each
+    assert rows["/sensors/temperature"].split()[1] == "temperature-c", text
+    assert rows["/sensors/temperature"].split()[-1] == "Temperature", text
 
 
 def test_option_flag_sends_any_option(device, iotctl):
