@@ -81,6 +81,13 @@ def test_url_source_has_the_commands_checks(url, needle):
     assert "secret" not in str(exc.value)
 
 
+def test_a_key_in_the_fragment_is_never_shown():
+    with pytest.raises(UsageError) as exc:
+        resolver.sink("coap://127.0.0.1/x#bogus=1&psk_identity=me&psk=topsecret")
+    assert "unknown option 'bogus'" in str(exc.value)
+    assert "topsecret" not in str(exc.value) and "psk=****" in str(exc.value)
+
+
 def test_url_sink_checks_the_method():
     with pytest.raises(UsageError) as exc:
         resolver.sink("coap://127.0.0.1/x#method=get")
