@@ -13,10 +13,10 @@ from iotctl.errors import UsageError
 from iotctl.groups import ProtocolGroup
 from iotctl.options import (bundle, connection_options, payload_options, receive_options, send_options,
                             timeout_option)
+from iotctl.protocols.mqttsn import endpoints
+from iotctl.protocols.mqttsn.endpoints import SCHEMES
 from iotctl.settings import current as settings, status
-from iotctl.topics import validate_filter, validate_topic
-
-SCHEMES = {"mqttsn": Scheme(tls=False, ws=False, port=1883)}
+from iotctl.topics import validate_topic
 # where the gateway forwards to (its --broker URL)
 BROKER_SCHEMES = {"mqtt": Scheme(tls=False, ws=False, port=1883), "mqtts": Scheme(tls=True, ws=False, port=8883)}
 
@@ -46,7 +46,7 @@ _RETRY = [
 ]
 
 
-def _sn_config(endpoint, client_id, keepalive, no_clean_session, will_topic, will_payload, will_qos, will_retain,
+def _sn_config(endpoint, client_id, keepalive, clean_session, will_topic, will_payload, will_qos, will_retain,
                retry_interval, retries):
     from iotctl.protocols.mqttsn.client import SnConfig, SnWill
 
@@ -55,10 +55,10 @@ def _sn_config(endpoint, client_id, keepalive, no_clean_session, will_topic, wil
         will = SnWill(validate_topic(will_topic), will_payload.encode(), will_qos, will_retain)
     elif will_retain or will_payload:
         raise UsageError("--will-payload/--will-retain", "need --will-topic")
-    if no_clean_session and not client_id:
+    if not clean_session and not client_id:
         raise UsageError("--no-clean-session", "a persistent session needs a fixed client id: add -i ID")
     return SnConfig(host=endpoint.host, port=endpoint.port, client_id=client_id, keepalive=keepalive,
-                    clean_session=not no_clean_session, will=will, retry_interval=retry_interval,
+                    clean_session=clean_session, will=will, retry_interval=retry_interval,
                     retries=retries, debug=settings().debug)
 
 
@@ -66,8 +66,9 @@ _SN_OPTIONS = bundle("cfg", [
     click.option("-i", "--client-id", help="Client id [default: iotctl-PID-RANDOM]."),
     click.option("-k", "--keepalive", type=click.IntRange(0, 65535), default=60, show_default=True,
                  help="Keepalive in seconds (PINGREQ when idle; 0: none)."),
-    click.option("-c", "--no-clean-session", is_flag=True, default=False,
-                 help="Resume the session of this client id (-i): subscriptions and queued messages."),
+    click.option("--clean-session/--no-clean-session", " /-c", default=True, show_default=True,
+                 help="Start a new session, or (-c) resume the session of this client id (-i): "
+                      "subscriptions and queued messages."),
     click.option("--will-topic", help="Topic of the will message."),
     click.option("--will-payload", default="", help="Payload of the will message."),
     click.option("--will-qos", type=click.IntRange(0, 2), default=0, help="QoS of the will message."),
@@ -120,33 +121,18 @@ def publish(cfg, topic, predefined, qos, retain, max_inflight, sleep, sending, t
     seq 1 1000 | iotctl mqttsn pub -t load/test -l -q 1
     """
     from iotctl import send
-    from iotctl.protocols.mqttsn.client import Publisher, SnClient
 
     payload.validate()
-    if topic is not None and predefined is not None:
-        raise UsageError("-t and -T", "give one topic: a name (-t) or a predefined id (-T)")
     if topic is None and predefined is None and payload.replay is None:
         raise UsageError("no topic", "give -t TOPIC or -T ID")
-    if topic is not None:
-        validate_topic(topic)
-    if qos == -1 and (cfg.will is not None or sleep):
-        raise UsageError("-q -1", "publishes without a connection: no will, no --sleep")
     if sending.repeat > 1 and payload.streaming:
         raise UsageError("--repeat", "cannot be combined with -l or --replay")
-    cfg.window = max_inflight
+    publisher = endpoints.sink(cfg, topic, predefined, qos, retain, max_inflight, sleep, payload)
     items = send.outgoing(payload, sending, addresses=(topic,) if topic is not None else (),
                           validate=validate_topic if predefined is None else None)
-    client = SnClient(cfg)
-    try:
-        if qos >= 0:
-            client.connect()
-        result = send.run(Publisher(client, qos, retain, predefined), items, "publish", timeout,
-                          progress=payload.streaming, failed=sending.failed, verb="publishing")
-        if sleep and qos >= 0:
-            client.sleep(sleep)
-            client.connected = False
-    finally:
-        client.close()
+    with publisher:
+        result = send.run(publisher, items, "publish", timeout, progress=payload.streaming,
+                          failed=sending.failed, verb="publishing")
     status(f"published {result.sent} message(s)", tty_only=True)
 
 
@@ -164,7 +150,7 @@ def publish(cfg, topic, predefined, qos, retain, max_inflight, sleep, sending, t
 @click.option("-v", "topic_and_payload", is_flag=True, default=False,
               help="Print 'topic payload' lines, as mosquitto_sub -v (the same as -o text).")
 @_SLEEP
-@receive_options(idle="ok")
+@receive_options(idle="ok", reconnect=True)
 def subscribe(cfg, topics, predefined, qos, topic_and_payload, sleep, receive):
     """Print messages arriving through a gateway on topic filters or predefined ids.
 
@@ -178,26 +164,13 @@ def subscribe(cfg, topics, predefined, qos, topic_and_payload, sleep, receive):
     iotctl mqttsn sub -t cmd/dev1 -q 1 -i dev1 -c --sleep 30
     """
     from iotctl import receive as receiving
-    from iotctl.protocols.mqttsn.client import Receiver, SnClient
 
     if topic_and_payload and settings().output == "auto" and settings().format is None:
         settings().output = "text"
-    if not topics and not predefined:
-        raise UsageError("no topic", "give -t FILTER or -T ID")
-    for t in topics:
-        validate_filter(t)
-    client = SnClient(cfg)
-    try:
-        client.connect()
-        for t in topics:
-            client.subscribe(t, None, qos)
-        for tid in predefined:
-            client.subscribe(None, tid, qos)
-        shown = [*topics, *(f"topic id {t}" for t in predefined)]
-        status(f"subscribed to {', '.join(shown)} through gateway {client.peer}")
-        receiving.run(Receiver(client, sleep), receive, "subscribe")
-    finally:
-        client.close()
+    subscriber = endpoints.source(cfg, topics, predefined, qos, sleep, receive)
+    with subscriber:
+        status(f"subscribed to {', '.join(subscriber.shown)} through {subscriber.where}")
+        receiving.run(subscriber, receive, "subscribe")
 
 
 # --------------------------------------------------------------------------- gateway
