@@ -185,7 +185,8 @@ def _broker(f):
 @_broker
 @click.option("-b", "--bind", default="127.0.0.1", show_default=True, metavar="ADDRESS",
               help="Address to listen on for MQTT-SN clients (UDP).")
-@click.option("--port", type=click.IntRange(1, 65535), default=1883, show_default=True, help="UDP port.")
+@click.option("-p", "--port", type=click.IntRange(0, 65535), default=1883, show_default=True,
+              help="UDP port to listen on (0: one the system chooses; the status line names it).")
 @click.option("--predefined", type=click.Path(dir_okay=False), metavar="FILE",
               help="Predefined topics: one 'ID TOPIC' per line.")
 @click.option("--gw-id", type=click.IntRange(0, 255), default=1, show_default=True,
@@ -194,11 +195,14 @@ def _broker(f):
               help="Print every MQTT-SN packet, both directions, decoded (on stderr).")
 @click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds to wait for the broker to accept a connection.")
+@click.option("--max-queued", type=click.IntRange(min=1), default=10000, show_default=True,
+              help="Messages kept for one client that sleeps or reads slowly; what comes beyond is dropped, "
+                   "and the log says so.")
 @click.option("--background", is_flag=True, default=False,
               help="Return once the gateway listens, leaving it running (its pid is printed).")
 @bundle(None, _RETRY)
-def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, retry_interval, retries,
-            background):
+def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, max_queued, retry_interval,
+            retries, background):
     """A transparent MQTT-SN gateway: one MQTT connection to the broker per client.
 
     It serves register, predefined and short topics, QoS -1 to 2 with retries,
@@ -225,10 +229,11 @@ def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, r
     for name in table.values():
         validate_topic(name)
     cfg = GatewayConfig(endpoint, bind, port, table, verbose, gw_id, retry_interval, retries, connect_timeout,
-                        settings().debug)
+                        settings().debug, max_queued)
     gw = Gateway(cfg)
     gw.start()
-    status(f"gateway listening on udp {bind}:{port}, forwarding to {endpoint.display}")
+    shown = f"[{bind}]" if ":" in bind else bind
+    status(f"gateway listening on udp {shown}:{gw.port}, forwarding to {endpoint.display}")
     bg.ready()
     gw.serve()
     status("gateway stopped")
@@ -240,7 +245,8 @@ def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, r
 @group.command()
 @click.option("-b", "--bind", default="127.0.0.1", show_default=True, metavar="ADDRESS",
               help="Address to listen on.")
-@click.option("-p", "--port", type=click.IntRange(1, 65535), required=True, help="UDP port to listen on.")
+@click.option("-p", "--port", type=click.IntRange(0, 65535), required=True,
+              help="UDP port to listen on (0: one the system chooses; the status line names it).")
 @receive_options(idle="ok")
 def dump(bind, port, receive):
     """Print every MQTT-SN packet arriving on a UDP port, decoded, as mqtt-sn-dump.
@@ -255,7 +261,8 @@ def dump(bind, port, receive):
     from iotctl.protocols.mqttsn.dump import Dump
 
     source = Dump(bind, port)
-    status(f"listening on udp {bind}:{port}")
+    shown = f"[{bind}]" if ":" in bind else bind
+    status(f"listening on udp {shown}:{source.sock.getsockname()[1]}")
     try:
         receiving.run(source, receive, "dump", noun="packet")
     finally:
