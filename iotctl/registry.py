@@ -22,22 +22,26 @@ class Protocol:
     "fragment" when the URL's query belongs to the peer (CoAP, HTTP); portable:
     "module:function" reading a message's content type, headers, correlation id and
     reply-to (message.Portable) from this protocol's meta; separator: what splits an
-    address into a tree (watch)."""
+    address into a tree (watch); express: "module:function" of the protocol's express
+    lane (iotctl/express.py), which runs a one-shot command line without click; check:
+    "module:function" filling a checking.Report for `iotctl check URL`."""
 
     __slots__ = ("name", "group", "help", "header", "details", "renderers", "schemes", "endpoints",
-                 "source_command", "sink_command", "options_in", "portable", "separator")
+                 "source_command", "sink_command", "options_in", "portable", "separator", "express", "check")
 
     def __init__(self, name: str, group: str, help: str, header: tuple[str, ...] = (),
                  details: tuple[str, ...] = (), renderers: dict[str, str] | None = None,
                  schemes: tuple[str, ...] = (), endpoints: str | None = None,
                  source_command: str | None = None, sink_command: str | None = None,
-                 options_in: str = "query", portable: str | None = None, separator: str = "/"):
+                 options_in: str = "query", portable: str | None = None, separator: str = "/",
+                 express: str | None = None, check: str | None = None):
         self.name, self.group, self.help, self.header = name, group, help, header
         self.details = details
         self.renderers = renderers or {}
         self.schemes, self.endpoints = schemes, endpoints
         self.source_command, self.sink_command = source_command, sink_command
         self.options_in, self.portable, self.separator = options_in, portable, separator
+        self.express, self.check = express, check
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
@@ -46,7 +50,8 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              header=("qos", "retain"),
              schemes=("mqtt", "mqtts", "ws", "wss"), endpoints="iotctl.protocols.mqtt.endpoints",
              source_command="subscribe", sink_command="publish",
-             portable="iotctl.protocols.mqtt.envelope:portable"),
+             portable="iotctl.protocols.mqtt.envelope:portable", express="iotctl.protocols.mqtt.express:pub",
+             check="iotctl.protocols.mqtt.check:check"),
     Protocol("coap", "iotctl.protocols.coap.cli:group",
              "CoAP: get/put/post/delete/fetch/patch, observe, discover, serve a simulated device.",
              header=("code", "observe", "location"), details=("type", "mid", "token", "options"),

@@ -33,6 +33,7 @@ CERTS = PEERS_DIR / "certs"
 PEERS = {
     "mosquitto": ("127.0.0.1", 1883, "tcp"),
     "mosquitto-private": ("127.0.0.1", 11883, "tcp"),
+    "mosquitto-limits": ("127.0.0.1", 11885, "tcp"),  # every limit set; 11886 needs a password
     "mosquitto-auth": ("127.0.0.1", 1884, "tcp"),
     "mosquitto-tls": ("127.0.0.1", 8883, "tcp"),
     "mosquitto-mtls": ("127.0.0.1", 8884, "tcp"),
