@@ -129,6 +129,10 @@ class SnClient:
             self.sock.close()
             raise ConnectError(f"cannot reach gateway {self.peer}", exc.strerror or str(exc)) from None
         self.sock.setblocking(False)
+        try:  # a burst from the gateway (QoS 0 has no window) waits here while the output is written
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        except OSError:
+            pass
 
     # ------------------------------------------------------------------ I/O
 
@@ -502,6 +506,7 @@ class Publisher(send.Sender):
         self.cfg = cfg
         self.qos, self.retain, self.sleep = qos, retain, sleep
         self.topic, self.predefined = topic, predefined
+        self.address = topic  # where a message without an address of its own goes
         self.window = cfg.window if qos in (1, 2) else UNCONFIRMED_WINDOW
         self.client: SnClient | None = None
         self._resolved: dict[str, tuple[int, int]] = {}
@@ -553,26 +558,25 @@ class Publisher(send.Sender):
     # ------------------------------------------------------------------ the one place a message is adopted
 
     def _target(self, msg: Message) -> tuple[int, int]:
-        """(topic id type, topic id) for a message: -T, else its address (-t, or where a
-        replayed or bridged message was addressed). A native message keeps its kind of
-        topic (a captured predefined id stays one). From another protocol only the
-        payload and the address cross: MQTT-SN has no content type, user properties,
-        correlation id or reply-to, so `message.foreign`'s portable fields are dropped."""
+        """(topic id type, topic id) for a message: -T; else its own address, or -t (the
+        URL's topic) when it has none. A native message keeps its kind of topic (a
+        captured predefined id stays one). From another protocol only the payload and
+        the address cross: MQTT-SN has no content type, user properties, correlation id
+        or reply-to, so `message.foreign`'s portable fields are dropped."""
         fixed = self._fixed
         if fixed is not None:
             return fixed
-        if self.topic is not None:  # -t: resolved once (REGISTER), then the same id for every message
-            fixed = self._fixed = self._resolve(self.topic)
-            return fixed
-        address = msg.address
+        address = msg.address or self.address
         if msg.protocol and foreign(msg, "mqttsn") is None:  # native: a captured predefined id is one again
             kind = msg.meta.get("topic_id_type") if isinstance(msg.meta, dict) else None
-            if kind == "predefined" and address.isdigit() and 0 < int(address) < 0xFFFF:
+            if kind == "predefined" and address and address.isdigit() and 0 < int(address) < 0xFFFF:
                 return c.PREDEFINED, int(address)
         resolved = self._resolved.get(address)
         if resolved is None:
             from iotctl.topics import validate_topic
 
+            if not address:
+                raise UsageError("no topic", "give -t TOPIC or -T ID (in a URL: mqttsn://host:port/TOPIC)")
             validate_topic(address)
             resolved = self._resolved[address] = self._resolve(address)
         return resolved
@@ -593,9 +597,16 @@ class Publisher(send.Sender):
                              f"one MQTT-SN datagram carries at most {self._limit} bytes of payload")
         tt, tid = self._target(msg)
         qos = self.qos
-        if qos > 0:
-            return self.client.publish(tt, tid, data, qos, self.retain)
-        self.client.publish(tt, tid, data, qos, self.retain)
+        try:
+            if qos > 0:
+                return self.client.publish(tt, tid, data, qos, self.retain)
+            self.client.publish(tt, tid, data, qos, self.retain)
+        except ConnectionLost:
+            raise
+        except ConnectError as exc:
+            if self.client.connected:
+                raise ConnectionLost(exc.what, exc.why, exc.hint) from None
+            raise
         self._seq += 1
         self._unconfirmed.append((self._seq, tt, tid))
         if self._barrier is None and len(self._unconfirmed) >= UNCONFIRMED_WINDOW // 2:
@@ -604,15 +615,22 @@ class Publisher(send.Sender):
 
     def pump(self, wait: float) -> None:
         client = self.client
-        if self.qos > 0:
-            client.pump(wait)
-        else:
-            if self._unconfirmed and self._barrier is None:
-                self._send_barrier()
-            if self._barrier is not None:
-                wait = min(wait, max(0.0, self._barrier[2] - time.monotonic()))
-            client.pump(wait)
-            self._settle_unconfirmed()
+        try:
+            if self.qos > 0:
+                client.pump(wait)
+            else:
+                if self._unconfirmed and self._barrier is None:
+                    self._send_barrier()
+                if self._barrier is not None:
+                    wait = min(wait, max(0.0, self._barrier[2] - time.monotonic()))
+                client.pump(wait)
+                self._settle_unconfirmed()
+        except ConnectionLost:
+            raise
+        except ConnectError as exc:
+            if client.connected:  # it was up (a bridge connects again and sends what was in flight)
+                raise ConnectionLost(exc.what, exc.why, exc.hint) from None
+            raise
         if client.disconnected_by_gateway:
             raise ConnectionLost(f"gateway {client.peer}", "the gateway ended the session (DISCONNECT)")
 
