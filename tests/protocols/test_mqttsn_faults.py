@@ -158,15 +158,16 @@ def test_url_source_and_sink_through_the_resolver(gw, topic):
     assert (source.qos, source.cfg.clean_session, source.delivery) == (1, False, "at-least-once")
     with source:
         with resolver.sink(f"{base}/{topic}/a?qos=1&retain=false") as sink:
-            # a foreign message: only the payload (and the address) cross into MQTT-SN
-            mqtt = Message("mqtt", "ignored", b"from mqtt", "application/json",
+            assert sink.address == f"{topic}/a"  # where a message without an address of its own goes
+            # a foreign message: only the payload and its address cross into MQTT-SN
+            mqtt = Message("mqtt", f"{topic}/b", b"from mqtt", "application/json",
                            {"qos": 1, "properties": {"user_properties": [["k", "v"]], "correlation_data": "c"}})
             result = send.run(sink, [Message("", "", b"composed"), mqtt], "publish")
         assert (result.sent, result.acknowledged) == (2, 2)
         got: list = []
         wait_until(lambda: got.extend(source.poll(0.2)) or len(got) >= 2, 15, "two messages")
         assert [(m.protocol, m.address, m.payload, m.content_type) for m in got] == [
-            ("mqttsn", f"{topic}/a", b"composed", None), ("mqttsn", f"{topic}/a", b"from mqtt", None)]
+            ("mqttsn", f"{topic}/a", b"composed", None), ("mqttsn", f"{topic}/b", b"from mqtt", None)]
         assert set(got[0].meta) == {"qos", "retain", "topic_id", "topic_id_type"}
         source.ack(got)
         assert all(m.token is None for m in got)
@@ -810,3 +811,48 @@ def test_gateway_takes_p_like_every_listener(iotctl_proc, peer, topic):
         assert g.interrupt() == 0
     r = iotctl_proc("mqttsn", "gateway", "--help")
     assert b"-p, --port" in r.stdout
+
+
+# --------------------------------------------------------------------------- through the bridge
+
+
+def test_bridge_from_mqttsn_at_least_once_and_into_mqttsn_across_a_gateway_restart(peer, topic):
+    """MQTT-SN as a bridge source (a persistent QoS 1 session: at least once) and as a
+    target whose gateway restarts mid-stream: the bridge connects again and sends what
+    was in flight again; nothing is lost."""
+    peer("mosquitto")
+    g = Gw()
+    port = g.port
+    try:
+        out = MosqSub([f"{topic}/copy"], 2)
+        bridge = Proc(_iotctl("bridge", f"mqttsn://127.0.0.1:{port}/{topic}/sn/%23?qos=1&client_id={cid('br')}"
+                                        "&clean_session=false", f"mqtt://127.0.0.1/{topic}/copy?qos=1", "-C", "2"))
+        bridge.wait_err("(at least once)")
+        for m in ("one", "two"):
+            subprocess.run(_iotctl("mqttsn", "pub", "-p", port, "-t", f"{topic}/sn/x", "-m", m, "-q", "1"),
+                           check=True, env=clean_env(), timeout=30)
+        assert bridge.finish() == 0, bridge.stderr
+        assert out.finish() == 0 and out.messages() == [f"{topic}/copy one", f"{topic}/copy two"]
+    finally:
+        g.stop()
+    g = Gw(port=port)
+    try:
+        sub = Proc(sn(port, "sub", "-t", f"{topic}/out", "-q", "1", "-i", cid("brsub"), "-c", "-v"))
+        sub.wait_err("subscribed to")
+        bridge = Proc(_iotctl("bridge", f"mqtt://127.0.0.1/{topic}/in?qos=1&client_id={cid('brsrc')}"
+                                        "&clean_start=false", f"mqttsn://127.0.0.1:{port}/{topic}/out?qos=1", "-C", "20"))
+        bridge.wait_err("(at least once)")
+        mosq_pub(f"{topic}/in", "-q", "1", "-l", input="".join(f"a{i}\n" for i in range(10)).encode())
+        wait_until(lambda: sub.stdout.count("\n") >= 10, 15, "the first ten")
+        g.stop()
+        mosq_pub(f"{topic}/in", "-q", "1", "-l", input="".join(f"b{i}\n" for i in range(10)).encode())
+        bridge.wait_err("target connection lost")
+        g = Gw(port=port)
+        assert bridge.finish(60) == 0, bridge.stderr
+        assert "target connection restored" in bridge.stderr
+        wait_until(lambda: {f"b{i}" for i in range(10)} <= set(sub.stdout.split()), 20, "the next ten")
+        assert sub.interrupt() == 0
+        got = [line.split()[1] for line in sub.stdout.splitlines()]
+        assert set(got) == {f"a{i}" for i in range(10)} | {f"b{i}" for i in range(10)}, sub.stderr
+    finally:
+        g.stop()
