@@ -449,6 +449,8 @@ def test_broker_restart_gateway_reconnects_keeps_sessions_and_refuses_meanwhile(
         client = cid("keep")
         sub = Proc(sn(g.port, "sub", "-t", topic, "-q", "1", "-i", client, "-c", "-v", "--no-reconnect"))
         sub.wait_err("subscribed to")
+        clean = Proc(sn(g.port, "sub", "-t", topic, "-v", "--no-reconnect"))  # its broker session dies with the broker
+        clean.wait_err("subscribed to")
         mosq_pub(topic, "-q", "1", "-m", "before", port=own_broker.port)
         sub.wait_out(f"{topic} before\n")
         # a publisher connected before the broker goes away; its second line comes during the outage
@@ -472,13 +474,18 @@ def test_broker_restart_gateway_reconnects_keeps_sessions_and_refuses_meanwhile(
         g.wait_err("reconnected to the broker", timeout=30)
         g.wait_err("for QoS -1 publishes", timeout=30)
         # the MQTT-SN session was kept: the subscriber never noticed, and gets what comes now
-        mosq_pub(topic, "-q", "1", "-m", "after", port=own_broker.port)
+        g.wait_err("subscribing again to 1 filter(s)", timeout=30)
+        g.wait_err("(its session was kept)", timeout=30)
+        # retained: the clean client gets it whether its SUBSCRIBE made again comes before or after
+        mosq_pub(topic, "-q", "1", "-r", "-m", "after", port=own_broker.port)
         sub.wait_out(f"{topic} after\n")
-        assert sub.proc.poll() is None, sub.stderr
+        clean.wait_out(f"{topic} after\n")
+        assert sub.proc.poll() is None and clean.proc.poll() is None, (sub.stderr, clean.stderr)
         r = run(iotctl_proc, g.port, "pub", "-q", "-1", "-t", "zq", "-m", "again")
         assert r.returncode == 0, r.stderr
-        assert sub.interrupt() == 0
+        assert sub.interrupt() == 0 and clean.interrupt() == 0
         assert sub.stdout.splitlines() == [f"{topic} before", f"{topic} first", f"{topic} after"]
+        assert clean.stdout.splitlines() == [f"{topic} before", f"{topic} first", f"{topic} after"]
     finally:
         g.stop()
 
