@@ -220,9 +220,10 @@ def main() -> int:
     if args.write:
         readme = BENCH / "README.md"
         old = readme.read_text()
-        if BEGIN in old:
-            old = old[:old.index(BEGIN)] + old[old.index(END) + len(END) + 1:]
-        readme.write_text(old.rstrip("\n") + "\n\n" + text)
+        if BEGIN in old and END in old:  # in place: the other sections stay where they are
+            readme.write_text(old[:old.index(BEGIN)] + text + old[old.index(END) + len(END) + 1:])
+        else:
+            readme.write_text(old.rstrip("\n") + "\n\n" + text)
         print(f"wrote {readme}", file=sys.stderr)
     return 0
 
