@@ -113,7 +113,9 @@ def publish(cfg, topic, predefined, qos, retain, max_inflight, sleep, sending, t
     QoS 1 and 2 messages are sent again (with DUP) every --retry-interval until the
     gateway acknowledges them, at most --retries times; the command exits only when
     every one is acknowledged. With -l, --max-inflight messages may be
-    unacknowledged at a time.
+    unacknowledged at a time. QoS 0 and -1 messages end with a round trip to the
+    gateway, so one it refused (exit 6) or a gateway that is not there (exit 3) is
+    reported.
 
     \b
     iotctl mqttsn pub -t sensors/t1 -m 21.5
@@ -156,7 +158,9 @@ def subscribe(cfg, topics, predefined, qos, topic_and_payload, sleep, receive):
 
     Messages of topics a wildcard brings are shown by name: the gateway REGISTERs
     each new topic first. Ctrl-C ends it (exit 0); -C N stops after N messages; -W S
-    gives up after S seconds (exit 5 when fewer than N, or none, arrived).
+    gives up after S seconds (exit 5 when fewer than N, or none, arrived). A QoS 1/2
+    message is acknowledged once written. A lost gateway is connected to again, with
+    backoff and a status line (--no-reconnect: exit 3).
 
     \b
     iotctl mqttsn sub -t 'sensors/#' -v
@@ -207,12 +211,15 @@ def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, m
 
     It serves register, predefined and short topics, QoS -1 to 2 with retries,
     wildcard subscriptions (REGISTER towards the client), wills, sleeping clients
-    (messages buffered until they wake), keepalive timeouts, and answers SEARCHGW.
-    Ctrl-C stops it, disconnecting every broker connection.
+    (messages kept until they wake, at most --max-queued), keepalive timeouts, and
+    answers SEARCHGW. A broker message is acknowledged only once the client
+    acknowledged it. After a broker restart it connects again with backoff, keeping
+    the clients' sessions; meanwhile it refuses what it cannot forward. Ctrl-C
+    stops it, disconnecting every broker connection.
 
     \b
     iotctl mqttsn gateway --broker mqtt://127.0.0.1:1883
-    iotctl mqttsn gateway --broker mqtts://broker:8883 -u dev -P secret --port 10000
+    iotctl mqttsn gateway --broker mqtts://broker:8883 -u dev -P secret -p 10000
     iotctl mqttsn gateway --predefined topics.txt -v
     """
     if background:
