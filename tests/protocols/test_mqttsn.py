@@ -674,11 +674,13 @@ def test_gateway_background_is_ready_when_it_returns(peer, iotctl_proc, topic, t
     import sys
 
     peer("mosquitto")
-    with open(tmp_path / "gateway.log", "wb") as log:  # a file: the gateway keeps its stderr
+    state = tmp_path / "state"  # where a background server may keep its log (issue 22 item 3)
+    with open(tmp_path / "gateway.log", "wb") as log:  # a file: the gateway may keep its stderr
         started = subprocess.run([sys.executable, "-m", "iotctl", "mqttsn", "gateway", "--background", "--port",
                                   "0", "--broker", "mqtt://127.0.0.1:1883"],
-                                 stdout=subprocess.PIPE, stderr=log, env=clean_env(), timeout=60)
-    logged = (tmp_path / "gateway.log").read_text()
+                                 stdout=subprocess.PIPE, stderr=log, env=clean_env(XDG_STATE_HOME=str(state)),
+                                 timeout=60)
+    logged = (tmp_path / "gateway.log").read_text() + "".join(p.read_text() for p in state.rglob("*.log"))
     assert started.returncode == 0, logged
     pid = int(started.stdout)
     port = int(re.search(r"listening on udp 127\.0\.0\.1:(\d+)", logged).group(1))
