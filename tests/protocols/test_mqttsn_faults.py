@@ -626,7 +626,7 @@ def test_subscribe_reconnects_to_a_gateway_that_comes_back(peer, topic):
     peer("mosquitto")
     g = Gw()
     port = g.port
-    sub = Proc(sn(port, "sub", "-t", topic, "-v"))
+    sub = Proc(sn(port, "sub", "-t", topic, "-v", "-d"))
     sub.wait_err("subscribed to")
     quitter = Proc(sn(port, "sub", "-t", topic, "--no-reconnect"))
     quitter.wait_err("subscribed to")
@@ -640,6 +640,9 @@ def test_subscribe_reconnects_to_a_gateway_that_comes_back(peer, topic):
         mosq_pub(topic, "-m", "after")
         sub.wait_out(f"{topic} after\n")
         assert sub.interrupt() == 0
+        # connected again as the same client (the gateway replaces that session, no will)
+        ids = re.findall(r"-> 127\.0\.0\.1:\d+ CONNECT .*client_id=(\S+)", sub.stderr)
+        assert len(ids) >= 2 and len(set(ids)) == 1, ids
     finally:
         g2.stop()
 

@@ -692,6 +692,7 @@ class Subscriber(receive.Receiver):
         self.client: SnClient | None = None
         self.wake_at = None
         self._lost: ConnectionLost | None = None
+        self._client_id: str | None = None
         # a message not acknowledged comes again only from a persistent session
         self.delivery = "at-least-once" if (qos > 0 and not cfg.clean_session) else "at-most-once"
 
@@ -705,6 +706,9 @@ class Subscriber(receive.Receiver):
 
     def open(self) -> None:
         client = SnClient(self.cfg)
+        if self._client_id is None:
+            self._client_id = client.client_id
+        client.client_id = self._client_id  # the same after a reconnect: the gateway replaces the old session
         try:
             client.connect()
             for t in self.topics:
