@@ -18,7 +18,8 @@ class Protocol:
     protocol; endpoints: the module with `SCHEMES`, `source(target)` (a Receiver) and
     `sink(target)` (a Sender), built from a URL plus the profile table, without click;
     source_command / sink_command: the commands whose options the URL's parameters are
-    (the same names as profile keys and the same checks); options_in: "query", or
+    (the same names as profile keys and the same checks), or a dict scheme -> command
+    when the schemes of one protocol open different commands; options_in: "query", or
     "fragment" when the URL's query belongs to the peer (CoAP, HTTP); portable:
     "module:function" reading a message's content type, headers, correlation id and
     reply-to (message.Portable) from this protocol's meta; separator: what splits an
@@ -32,7 +33,7 @@ class Protocol:
     def __init__(self, name: str, group: str, help: str, header: tuple[str, ...] = (),
                  details: tuple[str, ...] = (), renderers: dict[str, str] | None = None,
                  schemes: tuple[str, ...] = (), endpoints: str | None = None,
-                 source_command: str | None = None, sink_command: str | None = None,
+                 source_command: str | dict | None = None, sink_command: str | dict | None = None,
                  options_in: str = "query", portable: str | None = None, separator: str = "/",
                  express: str | None = None, check: str | None = None):
         self.name, self.group, self.help, self.header = name, group, help, header
@@ -72,6 +73,13 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              "XMPP: messages, presence, subscriptions, roster, blocking, ping, disco, version.",
              header=("type", "subject", "thread", "delay", "presence", "show"),
              renderers={"application/vnd.iotctl.table+json": "iotctl.protocols.xmpp.tables:render"}),
+    Protocol("http", "iotctl.protocols.http.cli:group",
+             "HTTP/REST: get/post/put/patch/delete, event and NDJSON streams, a webhook listener.",
+             header=("method", "status", "event", "id"), details=("reason", "timing", "http_version", "remote"),
+             schemes=("http", "https", "http+listen"), endpoints="iotctl.protocols.http.endpoints",
+             source_command={"http": "get", "https": "get", "http+listen": "listen"}, sink_command="request",
+             options_in="fragment", portable="iotctl.protocols.http.envelope:portable",
+             express="iotctl.protocols.http.express:get"),
 )}
 
 

@@ -86,6 +86,8 @@ def resolve(url: str, role: str, **overrides: Any) -> Target:
     # "check" opens nothing: it parses like a source (address_args supplies what the
     # command requires) and the protocol's check uses the connection settings
     command_name = protocol.sink_command if role == "sink" else protocol.source_command
+    if isinstance(command_name, dict):  # a command per scheme (http:// streams, http+listen:// listens)
+        command_name = command_name.get(parts.scheme)
     if protocol.endpoints is None or command_name is None:
         raise UsageError(f"bad URL {parts.shown!r}", f"{protocol.name} cannot be a {role}")
     module = importlib.import_module(protocol.endpoints)
