@@ -59,7 +59,7 @@ def _run_code(code: str) -> str:
     return done.stdout
 
 
-HEAVY = ("paho", "aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich")
+HEAVY = ("paho", "aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich", "proton")
 
 PROBE = """
 import sys, json, contextlib, io
@@ -82,7 +82,8 @@ def _modules_after(args):
                                   ["mqttsn", "--help"], ["mqttsn", "publish", "--help"],
                                   ["mqttsn", "gateway", "--help"],
                                   ["xmpp", "--help"], ["xmpp", "send", "--help"],
-                                  ["amqp", "--help"], ["amqp", "publish", "--help"]])
+                                  ["amqp", "--help"], ["amqp", "publish", "--help"],
+                                  ["amqp1", "--help"], ["amqp1", "send", "--help"]])
 def test_help_imports_no_protocol_library(args):
     code, mods = _modules_after(args)
     assert code == 0
@@ -94,7 +95,7 @@ def test_mqtt_publish_imports_only_paho(peer):
     code, mods = _modules_after(["mqtt", "publish", "-t", "iotctl-test/imports", "-m", "x"])
     assert code == 0
     assert "paho" in mods
-    assert not mods & {"aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich"}
+    assert not mods & {"aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich", "proton"}
 
 
 def test_amqp_publish_imports_only_pika(peer):
@@ -102,7 +103,7 @@ def test_amqp_publish_imports_only_pika(peer):
     code, mods = _modules_after(["amqp", "publish", "-r", "iotctl-test.imports", "-m", "x"])
     assert code == 0
     assert "pika" in mods
-    assert not mods & {"paho", "aiocoap", "slixmpp", "stomp", "cbor2", "rich"}
+    assert not mods & {"paho", "aiocoap", "slixmpp", "stomp", "cbor2", "rich", "proton"}
 
 
 def test_stomp_send_imports_only_stomp(peer):
@@ -111,7 +112,7 @@ def test_stomp_send_imports_only_stomp(peer):
                                  "/queue/iotctl-test-imports", "-m", "x", "--no-receipt"])
     assert code == 0
     assert "stomp" in mods
-    assert not mods & {"paho", "aiocoap", "pika", "slixmpp", "cbor2", "rich"}
+    assert not mods & {"paho", "aiocoap", "pika", "slixmpp", "cbor2", "rich", "proton"}
 
 
 def test_mqttsn_publish_imports_no_protocol_library():
