@@ -24,8 +24,22 @@ import ssl
 import time
 import uuid
 
-from cproton import pn_message_get_content_encoding, pn_message_get_content_type
-from proton import (Collector, Connection as PnConnection, Delivery, Endpoint as PnEndpoint, Event, Link,
+# the hot paths (a delivery in, a delivery out, a message decoded) call proton's C API
+# through its own cffi binding, as proton's classes do, without a wrapper object per call
+from cproton import (PN_BINARY, PN_DELIVERY, isnull, pn_collector_peek, pn_collector_pop, pn_data_get_binary,
+                     pn_data_next, pn_data_rewind, pn_data_type, pn_delivery, pn_delivery_aborted,
+                     pn_delivery_link, pn_delivery_partial, pn_delivery_pending, pn_delivery_readable,
+                     pn_delivery_remote_state, pn_delivery_settle, pn_delivery_settled, pn_delivery_tag,
+                     pn_delivery_update, pn_event_delivery, pn_event_type, pn_link_advance, pn_link_recv,
+                     pn_link_send, pn_message_annotations, pn_message_body, pn_message_clear, pn_message_decode, pn_message_error,
+                     pn_error_text, pn_message_get_address, pn_message_get_content_encoding,
+                     pn_message_get_content_type, pn_message_get_correlation_id, pn_message_get_creation_time,
+                     pn_message_get_delivery_count, pn_message_get_expiry_time, pn_message_get_group_id,
+                     pn_message_get_group_sequence, pn_message_get_id, pn_message_get_priority,
+                     pn_message_get_reply_to, pn_message_get_reply_to_group_id, pn_message_get_subject,
+                     pn_message_get_ttl, pn_message_get_user_id, pn_message_is_durable, pn_message_is_inferred,
+                     pn_message_properties)
+from proton import (Collector, Connection as PnConnection, Data, Delivery, Endpoint as PnEndpoint, Event, Link,
                     Message as PnMessage, Terminus, Transport, symbol)
 
 from iotctl import receive, send
@@ -40,7 +54,9 @@ SASL_CHOICES = ("auto", "plain", "anonymous", "external", "none")
 _ACCEPTED, _REJECTED, _RELEASED, _MODIFIED = (Delivery.ACCEPTED, Delivery.REJECTED, Delivery.RELEASED,
                                              Delivery.MODIFIED)
 _LOCAL_ACTIVE, _REMOTE_CLOSED = PnEndpoint.LOCAL_ACTIVE, PnEndpoint.REMOTE_CLOSED
-_DELIVERY = Event.DELIVERY
+_HANDLED = frozenset(e.number for e in (Event.CONNECTION_REMOTE_OPEN, Event.LINK_REMOTE_OPEN, Event.LINK_REMOTE_CLOSE,
+                                        Event.SESSION_REMOTE_CLOSE, Event.CONNECTION_REMOTE_CLOSE,
+                                        Event.TRANSPORT_CLOSED))
 _READ_SIZE = 65536
 _BUSY_OUTPUT = 1 << 20  # bytes of encoded frames not yet written that make the sender wait
 
@@ -254,17 +270,24 @@ class Session:
     # ------------------------------------------------------------------ events
 
     def _events(self) -> None:
-        collector = self.collector
+        col = self.collector._impl
         on_delivery = self.on_delivery
         while True:
-            event = collector.peek()
-            if event is None:
+            raw = pn_collector_peek(col)
+            if isnull(raw):
                 return
-            kind = event.type
-            if kind is _DELIVERY:
+            number = pn_event_type(raw)
+            if number == PN_DELIVERY:  # the hot path: no Event object
                 if on_delivery is not None:
-                    on_delivery(event.delivery)
-            elif kind is Event.CONNECTION_REMOTE_OPEN:
+                    on_delivery(pn_event_delivery(raw))
+                pn_collector_pop(col)
+                continue
+            if number not in _HANDLED:  # link flow, transport, local state changes...
+                pn_collector_pop(col)
+                continue
+            event = Event.wrap(raw)
+            kind = event.type
+            if kind is Event.CONNECTION_REMOTE_OPEN:
                 self.opened = True
             elif kind is Event.LINK_REMOTE_OPEN:
                 self._link_opened(event.link)
@@ -279,7 +302,7 @@ class Session:
             elif kind is Event.TRANSPORT_CLOSED:
                 if not self.closing:
                     self._transport_closed()
-            collector.pop()
+            pn_collector_pop(col)
 
     def _link_opened(self, link) -> None:
         terminus = link.remote_source if link.is_receiver else link.remote_target
@@ -425,8 +448,12 @@ def _plain(value):
     return str(value)
 
 
-def _ms(seconds) -> int | None:
-    return None if not seconds else int(round(seconds * 1000))
+def _section(data) -> object:
+    """The value of a decoded section (a pn_data_t), or None when it is empty."""
+    pn_data_rewind(data)
+    if not pn_data_next(data):
+        return None
+    return Data(data).get_object()
 
 
 def decode(data: bytes, decoder: PnMessage | None = None) -> tuple[bytes, str | None, dict]:
@@ -434,46 +461,60 @@ def decode(data: bytes, decoder: PnMessage | None = None) -> tuple[bytes, str | 
     meta's form)."""
     import json
 
-    m = decoder if decoder is not None else PnMessage()
-    m.decode(data)
-    body = m.body
-    # Message.content_type/content_encoding give symbol("None") when absent (proton 0.40)
-    content_type = pn_message_get_content_type(m._msg)
-    if isinstance(body, (bytes, memoryview, bytearray)):
-        payload, kind = bytes(body), ("data" if m.inferred else "binary")
-    elif body is None:
+    m = (decoder if decoder is not None else PnMessage())._msg
+    pn_message_clear(m)  # decoding leaves the sections a message lacks as they were
+    err = pn_message_decode(m, data)
+    if err < 0:
+        raise ValueError(pn_error_text(pn_message_error(m)))
+    # Message.content_type/content_encoding give symbol("None") when absent (proton 0.40):
+    # every field is read from the C message
+    content_type = pn_message_get_content_type(m)
+    inferred = pn_message_is_inferred(m)
+    section = pn_message_body(m)
+    pn_data_rewind(section)
+    if not pn_data_next(section):
         payload, kind = b"", "data"
-    elif isinstance(body, str):
-        payload, kind = str(body).encode("utf-8"), "string"
+    elif pn_data_type(section) == PN_BINARY:
+        payload, kind = bytes(pn_data_get_binary(section)), ("data" if inferred else "binary")
     else:
-        kind = "sequence" if (m.inferred and isinstance(body, list)) else "value"
-        payload = json.dumps(_plain(body), ensure_ascii=False).encode("utf-8")
-        if content_type is None:
-            content_type = "application/json"
-    meta: dict = {"durable": bool(m.durable)}
-    if m.priority != 4:
-        meta["priority"] = m.priority
-    ttl = _ms(m.ttl)
+        body = Data(section).get_object()
+        if isinstance(body, str):
+            payload, kind = str(body).encode("utf-8"), "string"
+        else:
+            kind = "sequence" if (inferred and isinstance(body, list)) else "value"
+            payload = json.dumps(_plain(body), ensure_ascii=False).encode("utf-8")
+            if content_type is None:
+                content_type = "application/json"
+    meta: dict = {"durable": pn_message_is_durable(m)}
+    priority = pn_message_get_priority(m)
+    if priority != 4:
+        meta["priority"] = priority
+    ttl = pn_message_get_ttl(m)
     if ttl:
         meta["ttl"] = ttl
-    meta["delivery_count"] = m.delivery_count
+    meta["delivery_count"] = pn_message_get_delivery_count(m)
     meta["body"] = kind
     props = {}
-    for key, value in (("message_id", m.id), ("user_id", m.user_id or None), ("to", m.address),
-                       ("subject", m.subject), ("reply_to", m.reply_to), ("correlation_id", m.correlation_id),
-                       ("content_encoding", pn_message_get_content_encoding(m._msg)), ("absolute_expiry_time", _ms(m.expiry_time)),
-                       ("creation_time", _ms(m.creation_time)), ("group_id", m.group_id),
-                       ("group_sequence", m.group_sequence or None), ("reply_to_group_id", m.reply_to_group_id)):
+    for key, value in (("message_id", pn_message_get_id(m)), ("user_id", pn_message_get_user_id(m) or None),
+                       ("to", pn_message_get_address(m)), ("subject", pn_message_get_subject(m)),
+                       ("reply_to", pn_message_get_reply_to(m)),
+                       ("correlation_id", pn_message_get_correlation_id(m)),
+                       ("content_encoding", pn_message_get_content_encoding(m)),
+                       ("absolute_expiry_time", pn_message_get_expiry_time(m) or None),
+                       ("creation_time", pn_message_get_creation_time(m) or None),
+                       ("group_id", pn_message_get_group_id(m)),
+                       ("group_sequence", pn_message_get_group_sequence(m) or None),
+                       ("reply_to_group_id", pn_message_get_reply_to_group_id(m))):
         if value is not None and value != "":
             props[key] = _plain(value)
     if props:
         meta["properties"] = props
-    if m.properties:
-        meta["headers"] = _plain(m.properties)
-    if m.annotations:
-        meta["annotations"] = _plain(m.annotations)
-    if content_type is not None:
-        content_type = str(content_type)
+    headers = _section(pn_message_properties(m))
+    if headers:
+        meta["headers"] = _plain(headers)
+    annotations = _section(pn_message_annotations(m))
+    if annotations:
+        meta["annotations"] = _plain(annotations)
     return payload, content_type, meta
 
 
@@ -500,6 +541,8 @@ class Receiver(receive.Receiver):
         self._held: list[dict] = []   # per link: id -> unsettled delivery
         self._incoming: list = []     # (link index, delivery, bytes) read, not yet handed out
         self._taken = 0               # messages handed out (for the -C credit cap)
+        self._serial = 0              # the held deliveries' keys
+        self._index: dict = {}        # pn_link_t -> link index
         self._decoder = None
 
     @property
@@ -517,13 +560,13 @@ class Receiver(receive.Receiver):
                 link.source.address = address
                 link.snd_settle_mode = Link.SND_SETTLED if self.at_most_once else Link.SND_UNSETTLED
                 link.rcv_settle_mode = Link.RCV_FIRST
-                link.index = i
                 session.attach(link, self.cfg.connect_timeout, f"cannot receive from {address!r}")
                 links.append(link)
         except BaseException:
             session.abort()
             raise
         self.session, self._links = session, links
+        self._index = {link._impl: i for i, link in enumerate(links)}
         self._held = [{} for _ in links]
         self._incoming = []
         self._decoder = PnMessage()
@@ -539,13 +582,13 @@ class Receiver(receive.Receiver):
             if session.failure is None and session.sock is not None:
                 # nothing unwritten is lost: it goes back to the queue at once
                 for _, delivery, _ in self._incoming:
-                    if not delivery.settled:
-                        delivery.update(_RELEASED)
-                        delivery.settle()
+                    if not pn_delivery_settled(delivery):
+                        pn_delivery_update(delivery, _RELEASED)
+                        pn_delivery_settle(delivery)
                 for held in self._held:
                     for delivery in held.values():
-                        delivery.update(_RELEASED)
-                        delivery.settle()
+                        pn_delivery_update(delivery, _RELEASED)
+                        pn_delivery_settle(delivery)
         except Exception:
             pass
         self._incoming = []
@@ -560,14 +603,15 @@ class Receiver(receive.Receiver):
         self.open()
 
     def _on_delivery(self, delivery) -> None:
-        if not delivery.readable or delivery.partial:
-            if delivery.aborted:
-                delivery.settle()
+        """A DELIVERY event (a raw pn_delivery_t): a whole message is read off its link."""
+        if not pn_delivery_readable(delivery) or pn_delivery_partial(delivery):
+            if pn_delivery_aborted(delivery):
+                pn_delivery_settle(delivery)
             return
-        link = delivery.link
-        data = link.recv(delivery.pending)
-        link.advance()
-        self._incoming.append((link.index, delivery, data))
+        link = pn_delivery_link(delivery)
+        _, data = pn_link_recv(link, pn_delivery_pending(delivery))
+        pn_link_advance(link)
+        self._incoming.append((self._index[link], delivery, data))
 
     def _grant(self, i: int) -> None:
         """Top the link's credit up: at most `credit` granted or unsettled at once, and
@@ -597,21 +641,23 @@ class Receiver(receive.Receiver):
         out = []
         held = self._held
         at_most_once = self.at_most_once
+        serial = self._serial
         for i, delivery, data in incoming:
             try:
                 payload, content_type, meta = decode(data, decoder)
             except Exception as exc:  # a message proton cannot decode: shown as raw bytes
-                payload, content_type, meta = data, None, {"body": "undecodable", "error": str(exc)}
+                payload, content_type, meta = bytes(data), None, {"body": "undecodable", "error": str(exc)}
             msg = Message("amqp1", self.addresses[i], payload, content_type, meta)
-            if at_most_once or delivery.settled:
-                if not delivery.settled:
-                    delivery.update(_ACCEPTED)
-                delivery.settle()
+            if at_most_once or pn_delivery_settled(delivery):
+                if not pn_delivery_settled(delivery):
+                    pn_delivery_update(delivery, _ACCEPTED)
+                pn_delivery_settle(delivery)
             else:
-                key = id(delivery)
-                held[i][key] = delivery
-                msg.token = (session, i, key)
+                serial += 1
+                held[i][serial] = delivery
+                msg.token = (session, i, serial)
             out.append(msg)
+        self._serial = serial
         self._taken += len(out)
         for i in range(len(self._links)):
             self._grant(i)
@@ -631,8 +677,8 @@ class Receiver(receive.Receiver):
             msg.token = None
             delivery = held[token[1]].pop(token[2], None)
             if delivery is not None:
-                delivery.update(outcome)
-                delivery.settle()
+                pn_delivery_update(delivery, outcome)
+                pn_delivery_settle(delivery)
                 touched.add(token[1])
         if touched and session.failure is None:
             for i in touched:
@@ -863,11 +909,12 @@ class Sender(send.Sender):
         data = self._encode(msg)
         self._tag += 1
         tag = self._tag
-        delivery = link.delivery(str(tag))
-        link.send(data)
-        link.advance()
+        impl = link._impl
+        delivery = pn_delivery(impl, b"%d" % tag)
+        pn_link_send(impl, data)
+        pn_link_advance(impl)
         if self.at_most_once:
-            delivery.settle()
+            pn_delivery_settle(delivery)
             return None
         return tag
 
@@ -881,16 +928,17 @@ class Sender(send.Sender):
         return link is not None and link.credit <= 0 and link.queued > 0
 
     def _on_delivery(self, delivery) -> None:
-        state = delivery.remote_state
+        """A DELIVERY event (a raw pn_delivery_t): the broker's outcome of a message."""
+        state = pn_delivery_remote_state(delivery)
         if state == _ACCEPTED:
-            self.acked.add(int(delivery.tag))
+            self.acked.add(int(pn_delivery_tag(delivery)))
         elif state in (_REJECTED, _RELEASED, _MODIFIED):
-            self.refused[int(delivery.tag)] = _outcome(delivery)
-        elif delivery.settled:
-            self.acked.add(int(delivery.tag))  # settled without an outcome: the broker took it
+            self.refused[int(pn_delivery_tag(delivery))] = _outcome(Delivery.wrap(delivery))
+        elif pn_delivery_settled(delivery):
+            self.acked.add(int(pn_delivery_tag(delivery)))  # settled without an outcome: the broker took it
         else:
             return
-        delivery.settle()
+        pn_delivery_settle(delivery)
 
     def pump(self, wait: float) -> None:
         session = self.session
