@@ -182,6 +182,11 @@ def test_bad_json_for_body_value_is_a_usage_error(iotctl, queue):
     r = iotctl("amqp1", "send", addr(queue), "-m", "{nope", "--body", "value")
     assert r.exit_code == 2
     assert r.stderr.startswith("iotctl: error: --body value: the payload is not JSON")
+    r = iotctl("amqp1", "send", addr(queue), "-m", '{"n": 123456789012345678901234567890}', "--body", "value")
+    assert r.exit_code == 2 and "cannot be sent as an AMQP value" in r.stderr
+    r = iotctl("amqp1", "send", addr(queue), "-m", "x", "--subject", "a\x00b")
+    assert r.exit_code == 2 and "NUL" in r.stderr
+    assert depth(queue) == 0
 
 
 def test_ack_after_write_save_and_replay(iotctl, queue, tmp_path):
@@ -563,3 +568,155 @@ def test_cut_connection_with_no_reconnect_is_exit_3(iotctl, rabbit, queue):
         _, err = proc.communicate(timeout=30)
     assert proc.returncode == 3, err
     assert err.decode().splitlines()[-1].startswith("iotctl: error: receive: connection lost")
+
+
+# --------------------------------------------------------------------------- more faults and edges
+
+
+def test_ctrl_c_while_the_peer_is_frozen_stops_send_with_the_report(rabbit, queue, tmp_path):
+    failed = tmp_path / "f.jsonl"
+    with TcpRelay(RABBIT) as relay:
+        proc = subprocess.Popen([sys.executable, "-m", "iotctl", "amqp1", "send", addr(queue), "-p", str(relay.port),
+                                 "-l", "-W", "60", "--failed", failed], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+        proc.stdin.write(b"a\nb\n")
+        proc.stdin.flush()
+        wait_until(lambda: depth(queue) == 2, 10, "2 queued")
+        relay.freeze()
+        proc.stdin.write(b"c\nd\n")
+        proc.stdin.flush()
+        time.sleep(0.5)
+        started = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=15)
+        err = proc.stderr.read()
+        assert time.monotonic() - started < 5
+    assert proc.returncode == 130, err
+    assert b"send interrupted" in err and b"acknowledged 2" in err
+    assert [e["payload"] for e in jsonl(failed.read_text())] == ["c", "d"]
+
+
+def test_cut_during_send_is_exit_3_and_failed_keeps_everything_not_accepted(rabbit, queue, tmp_path):
+    failed = tmp_path / "f.jsonl"
+    with TcpRelay(RABBIT) as relay:
+        proc = subprocess.Popen([sys.executable, "-m", "iotctl", "amqp1", "send", addr(queue), "-p", str(relay.port),
+                                 "-l", "--failed", failed], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=clean_env())
+        proc.stdin.write(b"".join(b"%d\n" % i for i in range(50)))
+        proc.stdin.flush()
+        wait_until(lambda: depth(queue) == 50, 10, "50 queued")
+        relay.cut()
+        proc.stdin.write(b"".join(b"%d\n" % i for i in range(50, 80)))
+        proc.stdin.close()
+        proc.wait(timeout=30)
+        err = proc.stderr.read()
+    assert proc.returncode == 3, err
+    import re
+
+    acked = int(re.search(rb"acknowledged (\d+)", err).group(1))
+    assert b"connection lost" in err and b"sent 80" in err and 0 < acked <= 50
+    # at least once: every accepted message is at the broker, every other one in --failed
+    assert depth(queue) >= acked
+    assert [e["payload"] for e in jsonl(failed.read_text())] == [str(i) for i in range(acked, 80)]
+
+
+def test_a_silent_peer_is_lost_after_the_heartbeat_and_received_again_after_it(iotctl, rabbit, queue):
+    with TcpRelay(RABBIT) as relay:
+        proc = _proc("amqp1", "receive", addr(queue), "-p", relay.port, "--heartbeat", "2", "-C", "2", "-W", "40")
+        iotctl("amqp1", "send", addr(queue), "-m", "before")
+        wait_until(lambda: depth(queue) == 0, 10, "the first received")
+        relay.freeze()
+        iotctl("amqp1", "send", addr(queue), "-m", "after")
+        time.sleep(4.5)  # the idle timeout passes while frozen
+        relay.thaw()
+        relay.cut()
+        out, err = proc.communicate(timeout=40)
+    assert proc.returncode == 0, err
+    assert out.decode().splitlines() == ["before", "after"]
+    assert b"idle timeout" in err and b"reconnected" in err
+
+
+def test_vhost_selects_rabbitmqs_virtual_host(iotctl, rabbit):
+    name = f"iotctl1-{uuid.uuid4().hex[:8]}"
+    login = ("-u", "iotctl", "-P", "iotctl-secret", "--vhost", "iotctl-test")
+    assert iotctl("amqp1", "send", f"/queue/{name}", "-m", "in the test vhost", *login).exit_code == 0
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "-p", "iotctl-test", "name", "messages"],
+                         capture_output=True, text=True, timeout=60).stdout
+    assert f"{name}\t1" in out
+    r = iotctl("amqp1", "receive", f"/queue/{name}", "-C", "1", "-W", "5", *login)
+    assert r.stdout == "in the test vhost\n"
+    subprocess.run(["rabbitmqctl", "-q", "delete_queue", "-p", "iotctl-test", name], capture_output=True, timeout=60)
+
+
+def test_a_large_message_crosses_in_many_frames(iotctl, queue, tmp_path):
+    data = os.urandom(3 * 1024 * 1024)
+    (tmp_path / "big").write_bytes(data)
+    assert iotctl("amqp1", "send", addr(queue), "-f", tmp_path / "big").exit_code == 0
+    r = iotctl("amqp1", "receive", addr(queue), "-C", "1", "-W", "10", "-o", "raw")
+    assert r.exit_code == 0 and r.stdout_bytes == data + b"\n"
+
+
+# --------------------------------------------------------------------------- the codec, against proton's own
+
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+
+def _sender(**props):
+    from proton import Message as PnMessage
+
+    from iotctl.endpoint import Endpoint
+    from iotctl.protocols.amqp1.client import Sender
+    from iotctl.protocols.amqp1.config import Amqp1Config, Props
+
+    sender = Sender(Amqp1Config(Endpoint("amqp", "127.0.0.1", 1)), "q", Props(**props))
+    sender._pm = PnMessage()
+    sender._prefix = sender._plain_prefix()
+    return sender
+
+
+_text = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=20)
+
+
+@settings(max_examples=150, deadline=None)
+@given(payload=st.binary(max_size=700), subject=st.none() | _text, durable=st.booleans(),
+       headers=st.lists(st.tuples(st.text(min_size=1, max_size=8), st.integers(-2**31, 2**31) | _text), max_size=3))
+def test_encoded_messages_read_back_by_proton_and_by_decode(payload, subject, durable, headers):
+    from proton import Message as PnMessage
+
+    from iotctl.message import Message
+    from iotctl.protocols.amqp1.client import decode
+
+    sender = _sender(subject=subject, durable=durable, headers=headers)
+    encoded = sender._encode(Message("", "q", payload))
+    m = PnMessage()
+    m.decode(encoded)
+    assert (bytes(m.body), m.inferred, m.subject, m.durable) == (payload, True, subject or None, durable)
+    assert (m.properties or {}) == dict(headers)
+    got, content_type, meta = decode(encoded)
+    assert got == payload and meta["body"] == "data" and meta.get("headers", {}) == dict(headers)
+    assert meta.get("properties", {}).get("subject") == (subject or None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(body=st.none() | _text | st.binary(max_size=300) | st.integers(-2**60, 2**60)
+       | st.lists(st.integers(0, 100), max_size=5)
+       | st.dictionaries(st.text(max_size=5), st.integers(-2**63, 2**63 - 1), max_size=3),
+       inferred=st.booleans(), corr=st.none() | _text | st.integers(0, 2**63))
+def test_decode_matches_protons_message(body, inferred, corr):
+    from proton import Message as PnMessage
+
+    from iotctl.protocols.amqp1.client import decode
+
+    m = PnMessage(body=body, correlation_id=corr)
+    m.inferred = inferred and isinstance(body, (bytes, list))
+    payload, _, meta = decode(m.encode())
+    if isinstance(body, bytes):
+        assert payload == body and meta["body"] == ("data" if m.inferred else "binary")
+    elif isinstance(body, str):
+        assert payload == body.encode() and meta["body"] == "string"
+    elif body is None:
+        assert payload == b""
+    else:
+        assert json.loads(payload) == body and meta["body"] in ("value", "sequence")
+    assert meta.get("properties", {}).get("correlation_id") == (corr if corr != "" else None)

@@ -461,7 +461,8 @@ def decode(data: bytes, decoder: PnMessage | None = None) -> tuple[bytes, str | 
     meta's form)."""
     import json
 
-    m = (decoder if decoder is not None else PnMessage())._msg
+    holder = decoder if decoder is not None else PnMessage()  # keeps the C message alive
+    m = holder._msg
     pn_message_clear(m)  # decoding leaves the sections a message lacks as they were
     err = pn_message_decode(m, data)
     if err < 0:
@@ -844,6 +845,11 @@ class Sender(send.Sender):
 
     @staticmethod
     def _apply(m: PnMessage, f: dict) -> None:
+        for key in ("content_type", "content_encoding", "subject", "reply_to", "to", "group_id", "reply_to_group_id",
+                    "message_id", "correlation_id"):
+            if isinstance(f.get(key), str) and "\x00" in f[key]:
+                # proton passes these as C strings: it would cut the text at the NUL
+                raise UsageError(f"cannot send the {key.replace('_', ' ')} {f[key]!r}", "it contains a NUL character")
         if f.get("content_type"):
             m.content_type = f["content_type"]
         if f.get("content_encoding"):
@@ -898,7 +904,10 @@ class Sender(send.Sender):
         else:  # binary: an AMQP value of type binary
             m.body = payload
             m.inferred = False
-        return m.encode()
+        try:
+            return m.encode()
+        except (OverflowError, ValueError, TypeError) as exc:  # e.g. an integer beyond 64 bits
+            raise UsageError(f"--body {kind}", f"the payload cannot be sent as an AMQP value ({exc})") from None
 
     def send(self, msg: Message):
         address = msg.address or self.address
