@@ -720,3 +720,15 @@ def test_decode_matches_protons_message(body, inferred, corr):
     else:
         assert json.loads(payload) == body and meta["body"] in ("value", "sequence")
     assert meta.get("properties", {}).get("correlation_id") == (corr if corr != "" else None)
+
+
+def test_the_last_accepts_reach_the_broker_before_the_connection_closes(iotctl_proc, queue):
+    """RabbitMQ 3.10 loses accepts still queued in its session when the connection closes
+    right behind them (hundreds of printed messages came back): receive waits for the
+    answer to its detach before it ends the session."""
+    lines = b"".join(b"%d\n" % i for i in range(20_000))
+    for _ in range(3):
+        assert iotctl_proc("amqp1", "send", addr(queue), "-l", input=lines, timeout=120).returncode == 0
+        r = iotctl_proc("amqp1", "receive", addr(queue), "-C", "20000", "-o", "raw", timeout=120)
+        assert r.returncode == 0 and r.stdout == lines
+        assert depth(queue) == 0

@@ -55,6 +55,7 @@ _ACCEPTED, _REJECTED, _RELEASED, _MODIFIED = (Delivery.ACCEPTED, Delivery.REJECT
                                              Delivery.MODIFIED)
 _LOCAL_ACTIVE, _REMOTE_CLOSED = PnEndpoint.LOCAL_ACTIVE, PnEndpoint.REMOTE_CLOSED
 _HANDLED = frozenset(e.number for e in (Event.CONNECTION_REMOTE_OPEN, Event.LINK_REMOTE_OPEN, Event.LINK_REMOTE_CLOSE,
+                                        Event.LINK_REMOTE_DETACH,
                                         Event.SESSION_REMOTE_CLOSE, Event.CONNECTION_REMOTE_CLOSE,
                                         Event.TRANSPORT_CLOSED))
 _READ_SIZE = 65536
@@ -78,6 +79,7 @@ class Session:
         self.failure: tuple[str, str, str | None] | None = None
         self.link_states: dict[str, object] = {}  # link name -> None (attaching), True, or an IotctlError
         self.links: list = []
+        self.detached: set = set()  # names of links the peer detached (or answered our detach)
         self.on_delivery = None  # the owner's handler of DELIVERY events
         self._eof = False
         self._io_error: BaseException | None = None
@@ -291,7 +293,7 @@ class Session:
                 self.opened = True
             elif kind is Event.LINK_REMOTE_OPEN:
                 self._link_opened(event.link)
-            elif kind is Event.LINK_REMOTE_CLOSE:
+            elif kind is Event.LINK_REMOTE_CLOSE or kind is Event.LINK_REMOTE_DETACH:
                 self._link_closed(event.link)
             elif kind is Event.SESSION_REMOTE_CLOSE:
                 if not self.closing:
@@ -312,7 +314,8 @@ class Session:
             self.link_states[link.name] = True
 
     def _link_closed(self, link) -> None:
-        if link.state & _LOCAL_ACTIVE == 0:
+        self.detached.add(link.name)
+        if not link.state & _LOCAL_ACTIVE:
             return  # we closed it
         cond = link.remote_condition
         role = "source" if link.is_receiver else "target"
@@ -376,12 +379,20 @@ class Session:
         try:
             if self.failure is None and self.opened:
                 self.closing = True
-                for link in self.links:
-                    if link.state & _LOCAL_ACTIVE:
-                        link.close()
+                end = time.monotonic() + wait
+                open_links = [link for link in self.links if link.state & _LOCAL_ACTIVE]
+                for link in open_links:
+                    link.close()
+                # the links' detach answered first: a broker answers it after what came
+                # before it on the link (RabbitMQ 3.10 closing at once lost the last
+                # accepts: hundreds of printed messages came back). RabbitMQ answers a
+                # closing detach with a plain one: either ends the wait.
+                while self.failure is None and not self.transport.closed and time.monotonic() < end:
+                    if all(link.name in self.detached for link in open_links):
+                        break
+                    self.pump(min(end - time.monotonic(), 0.5))
                 self.ssn.close()
                 self.conn.close()
-                end = time.monotonic() + wait
                 while self.failure is None and not self.transport.closed:
                     left = end - time.monotonic()
                     if left <= 0 or (self.conn.state & _REMOTE_CLOSED and self.transport.pending() <= 0):
