@@ -83,7 +83,11 @@ def contenders(queue: str, n: int) -> dict:
     }
 
 
+LOAD: list = []
+
+
 def run(rounds: int, n: int) -> dict:
+    LOAD.append(os.getloadavg()[0])
     lines = b"".join(b"%07d\n" % i for i in range(n))
     data = tempfile.NamedTemporaryFile(delete=False)
     data.write(lines)
@@ -125,6 +129,7 @@ def run(rounds: int, n: int) -> dict:
                 f"{statistics.median(v['send'] or [0]):,.0f}/s, receive {statistics.median(v['receive'] or [0]):,.0f}/s"
                 for name, v in results.items()), file=sys.stderr)
     finally:
+        LOAD.append(os.getloadavg()[0])
         delete(queue)
         os.unlink(data.name)
         os.unlink(one.name)
@@ -158,7 +163,8 @@ def table(results: dict, rounds: int, n: int) -> str:
         "",
         f"- date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; `bench/amqp1.py --rounds {rounds} -n {n}`; "
         f"iotctl at commit {commit}; python-qpid-proton {proton}; Python {platform.python_version()}; "
-        f"nproc {os.cpu_count()}; RabbitMQ 3.10.8 with rabbitmq_amqp1_0 on 127.0.0.1:5672 (SASL ANONYMOUS).",
+        f"nproc {os.cpu_count()}, load average {LOAD[0]:.1f} at the start and {LOAD[-1]:.1f} at the end (the "
+        f"machine is shared: the absolute rates move with it, the ratios less); RabbitMQ 3.10.8 with rabbitmq_amqp1_0 on 127.0.0.1:5672 (SASL ANONYMOUS).",
         "- The floor: `bench/minimal/amqp1_send.py` and `amqp1_recv.py`, proton as its documentation "
         "shows (a Container and a MessagingHandler; 1,000 unsettled / prefetch 1,000, as iotctl's defaults). "
         "Medians over the rounds (one: 5 runs per round); every round checked that the receiver printed "
