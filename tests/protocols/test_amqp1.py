@@ -732,3 +732,34 @@ def test_the_last_accepts_reach_the_broker_before_the_connection_closes(iotctl_p
         r = iotctl_proc("amqp1", "receive", addr(queue), "-C", "20000", "-o", "raw", timeout=120)
         assert r.returncode == 0 and r.stdout == lines
         assert depth(queue) == 0
+
+
+# --------------------------------------------------------------------------- the shared layer: bridge both ways
+
+
+def test_bridge_from_amqp1_to_mqtt_and_back(iotctl, peer, queue):
+    peer("mosquitto-private")
+    topic = f"iotctl-test/amqp1/{uuid.uuid4().hex[:8]}"
+    sub = _proc("mqtt", "sub", "-p", "11883", "-t", topic, "-q", "1", "-C", "2", "-W", "30", "-o", "jsonl")
+    time.sleep(0.5)
+    iotctl("amqp1", "send", addr(queue), "-l", "--header", "k=v", "--correlation-id", "c-1", input="a\nb\n")
+    r = iotctl("bridge", f"amqp1://127.0.0.1//amq/queue/{queue}?credit=10", f"mqtt://127.0.0.1:11883/{topic}?qos=1",
+               "-C", "2", "-W", "20")
+    assert r.exit_code == 0, r
+    out, err = sub.communicate(timeout=30)
+    got = jsonl(out.decode())
+    assert [e["payload"] for e in got] == ["a", "b"]
+    assert got[0]["meta"]["properties"] == {"correlation_data": "c-1", "user_properties": [["k", "v"]]}
+    assert depth(queue) == 0  # accepted only once MQTT confirmed
+
+    back = _proc("bridge", f"mqtt://127.0.0.1:11883/{topic}?qos=1", f"amqp1://127.0.0.1//amq/queue/{queue}",
+                 "-C", "1", "-W", "30")
+    wait_until(lambda: b"bridging" in back.stderr.peek(300), 15, "the bridge started")
+    iotctl("mqtt", "pub", "-p", "11883", "-t", topic, "-q", "1", "-m", "c", "--user-property", "x=y",
+           "--content-type", "text/plain")
+    back.communicate(timeout=30)
+    assert back.returncode == 0
+    r = iotctl("amqp1", "receive", addr(queue), "-C", "1", "-W", "5", "-o", "jsonl")
+    (env,) = jsonl(r.stdout)
+    assert (env["payload"], env["content_type"], env["meta"]["headers"]) == ("c", "text/plain", {"x": "y"})
+    assert set(env["meta"]) == {"durable", "delivery_count", "body", "headers"}  # nothing else of MQTT's meta
