@@ -763,3 +763,32 @@ def test_bridge_from_amqp1_to_mqtt_and_back(iotctl, peer, queue):
     (env,) = jsonl(r.stdout)
     assert (env["payload"], env["content_type"], env["meta"]["headers"]) == ("c", "text/plain", {"x": "y"})
     assert set(env["meta"]) == {"durable", "delivery_count", "body", "headers"}  # nothing else of MQTT's meta
+
+
+def test_credit_bounds_what_is_unaccepted_and_accepting_brings_more(iotctl, queue):
+    from iotctl.endpoint import Endpoint
+    from iotctl.protocols.amqp1.client import Receiver
+    from iotctl.protocols.amqp1.config import Amqp1Config
+
+    iotctl("amqp1", "send", addr(queue), "-l", input="".join(f"{i}\n" for i in range(20)))
+    with Receiver(Amqp1Config(Endpoint("amqp", "127.0.0.1", RABBIT)), (addr(queue),), credit=5) as receiver:
+        held = []
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            held += receiver.poll(0.2)
+        assert [m.payload for m in held] == [b"%d" % i for i in range(5)]  # no more without an accept
+        receiver.ack(held[:3])
+        more = []
+        end = time.monotonic() + 1.5
+        while time.monotonic() < end:
+            more += receiver.poll(0.2)
+        assert [m.payload for m in more] == [b"%d" % i for i in range(5, 8)]
+        receiver.ack(held[3:] + more)
+    assert depth(queue) == 12
+
+
+def test_idle_timeout_ends_a_drained_queue_successfully(iotctl, queue):
+    iotctl("amqp1", "send", addr(queue), "-l", input="1\n2\n")
+    started = time.monotonic()
+    r = iotctl("amqp1", "receive", addr(queue), "--idle-timeout", "1", "-W", "20")
+    assert (r.exit_code, r.stdout) == (0, "1\n2\n") and time.monotonic() - started < 5
