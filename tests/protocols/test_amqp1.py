@@ -140,7 +140,7 @@ def test_round_trip_keeps_payload_properties_and_headers(iotctl, queue):
     assert env["payload"] == '{"t": 21.5}' and env["content_type"] == "application/json"
     meta = env["meta"]
     assert meta["durable"] is True and meta["priority"] == 7 and meta["ttl"] == 60000
-    assert meta["body"] == "data" and meta["delivery_count"] == 0
+    assert "body" not in meta and "delivery_count" not in meta  # a data section, first delivery
     assert {k: meta["properties"][k] for k in ("message_id", "correlation_id", "subject", "reply_to", "to")} == {
         "message_id": "m-1", "correlation_id": "c-1", "subject": "reading", "reply_to": "/queue/x",
         "to": "somewhere"}
@@ -173,7 +173,7 @@ def test_body_kinds_round_trip(iotctl, queue):
                  ("-m", "[1, 2]", "--body", "sequence"), ("-m", "raw", "--body", "binary")):
         assert iotctl("amqp1", "send", addr(queue), *args).exit_code == 0
     r = iotctl("amqp1", "receive", addr(queue), "-C", "4", "-W", "5", "-o", "jsonl")
-    got = [(e["payload"], e["meta"]["body"], e["content_type"]) for e in jsonl(r.stdout)]
+    got = [(e["payload"], e["meta"].get("body"), e["content_type"]) for e in jsonl(r.stdout)]
     assert got == [("text", "string", None), ('{"a": [1, 2]}', "value", "application/json"),
                    ("[1, 2]", "sequence", "application/json"), ("raw", "binary", None)]
 
@@ -241,7 +241,7 @@ def test_nack_releases_and_the_message_comes_back(queue):
         batch = wait_until(lambda: receiver.poll(0.5), 5, "a message")
         receiver.nack(batch)
         again = wait_until(lambda: receiver.poll(0.5), 5, "the message again")
-        assert [m.payload for m in again] == [b"again"] and again[0].meta["delivery_count"] >= 0
+        assert [m.payload for m in again] == [b"again"]
         receiver.ack(again)
     assert depth(queue) == 0
 
@@ -541,9 +541,14 @@ def test_frozen_peer_send_stops_at_W_with_the_report(rabbit, queue, tmp_path):
         err = proc.stderr.read()
         assert proc.returncode == 5, err
         assert time.monotonic() - started < 10
-        assert b"not acknowledged within 2 s" in err and b"acknowledged 100" in err
+        assert b"not acknowledged within 2 s" in err
+    import re
+
+    # the broker had the first 100; their accepts may still have been on the way when it froze
+    acked = int(re.search(rb"acknowledged (\d+)", err).group(1))
+    assert 0 < acked <= 100, err
     rest = jsonl(failed.read_text())
-    assert [e["payload"] for e in rest] == [str(i) for i in range(100, 200)]
+    assert [e["payload"] for e in rest] == [str(i) for i in range(acked, 200)]
 
 
 def test_cut_connection_is_reconnected_and_nothing_is_lost(iotctl, rabbit, queue):
@@ -694,7 +699,7 @@ def test_encoded_messages_read_back_by_proton_and_by_decode(payload, subject, du
     assert (bytes(m.body), m.inferred, m.subject, m.durable) == (payload, True, subject or None, durable)
     assert (m.properties or {}) == dict(headers)
     got, content_type, meta = decode(encoded)
-    assert got == payload and meta["body"] == "data" and meta.get("headers", {}) == dict(headers)
+    assert got == payload and "body" not in meta and meta.get("headers", {}) == dict(headers)
     assert meta.get("properties", {}).get("subject") == (subject or None)
 
 
@@ -712,7 +717,7 @@ def test_decode_matches_protons_message(body, inferred, corr):
     m.inferred = inferred and isinstance(body, (bytes, list))
     payload, _, meta = decode(m.encode())
     if isinstance(body, bytes):
-        assert payload == body and meta["body"] == ("data" if m.inferred else "binary")
+        assert payload == body and meta.get("body", "data") == ("data" if m.inferred else "binary")
     elif isinstance(body, str):
         assert payload == body.encode() and meta["body"] == "string"
     elif body is None:
@@ -762,7 +767,7 @@ def test_bridge_from_amqp1_to_mqtt_and_back(iotctl, peer, queue):
     r = iotctl("amqp1", "receive", addr(queue), "-C", "1", "-W", "5", "-o", "jsonl")
     (env,) = jsonl(r.stdout)
     assert (env["payload"], env["content_type"], env["meta"]["headers"]) == ("c", "text/plain", {"x": "y"})
-    assert set(env["meta"]) == {"durable", "delivery_count", "body", "headers"}  # nothing else of MQTT's meta
+    assert set(env["meta"]) == {"durable", "headers"}  # nothing else of MQTT's meta
 
 
 def test_credit_bounds_what_is_unaccepted_and_accepting_brings_more(iotctl, queue):

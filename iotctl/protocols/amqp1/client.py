@@ -504,8 +504,11 @@ def decode(data: bytes, decoder: PnMessage | None = None) -> tuple[bytes, str | 
     ttl = pn_message_get_ttl(m)
     if ttl:
         meta["ttl"] = ttl
-    meta["delivery_count"] = pn_message_get_delivery_count(m)
-    meta["body"] = kind
+    count = pn_message_get_delivery_count(m)
+    if count:
+        meta["delivery_count"] = count  # delivered before: redelivered
+    if kind != "data":
+        meta["body"] = kind
     props = {}
     for key, value in (("message_id", pn_message_get_id(m)), ("user_id", pn_message_get_user_id(m) or None),
                        ("to", pn_message_get_address(m)), ("subject", pn_message_get_subject(m)),

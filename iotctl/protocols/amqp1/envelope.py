@@ -4,12 +4,14 @@ properties (as headers), the correlation id and reply-to.
 
 The meta of a received AMQP 1.0 message (client.py writes it, README "AMQP 1.0"):
 
-    {"durable": true, "priority": 4, "ttl": 60000, "delivery_count": 0, "body": "data",
+    {"durable": true, "priority": 7, "ttl": 60000, "delivery_count": 1, "body": "string",
      "properties": {"message_id": ..., "correlation_id": ..., "subject": ..., "reply_to": ...,
                     "to": ..., "user_id": ..., "content_encoding": ..., "creation_time": ms, ...},
      "headers": {application properties}, "annotations": {message annotations}}
 
-Only the keys a message has are present (`priority` only when not the default 4).
+Only the keys a message has are present: `priority` only when not the default 4,
+`delivery_count` only when not 0 (a redelivery), `body` only when the body is not a
+data section (the payload's bytes as they are).
 """
 
 from __future__ import annotations
