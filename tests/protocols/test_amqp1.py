@@ -77,6 +77,13 @@ def depth(name: str) -> int:
         conn.close()
 
 
+def settled_at_broker(name: str) -> bool:
+    """Nothing ready and nothing delivered-but-unaccepted (declare-ok counts only the ready)."""
+    out = subprocess.run(["rabbitmqctl", "-q", "list_queues", "name", "messages_ready", "messages_unacknowledged"],
+                         capture_output=True, text=True, timeout=60).stdout
+    return f"{name}\t0\t0" in out.splitlines()
+
+
 def addr(name: str) -> str:
     return f"/amq/queue/{name}"  # RabbitMQ 3: an existing queue
 
@@ -555,7 +562,7 @@ def test_cut_connection_is_reconnected_and_nothing_is_lost(iotctl, rabbit, queue
     with TcpRelay(RABBIT) as relay:
         proc = _proc("amqp1", "receive", addr(queue), "-p", str(relay.port), "-C", "6", "-W", "30")
         iotctl("amqp1", "send", addr(queue), "-l", input="1\n2\n3\n")
-        wait_until(lambda: depth(queue) == 0 and relay.connections() == 1, 10, "3 received")
+        wait_until(lambda: relay.connections() == 1 and settled_at_broker(queue), 20, "3 received and accepted")
         relay.cut()
         iotctl("amqp1", "send", addr(queue), "-l", input="4\n5\n6\n")
         out, err = proc.communicate(timeout=30)
@@ -632,7 +639,7 @@ def test_a_silent_peer_is_lost_after_the_heartbeat_and_received_again_after_it(i
     with TcpRelay(RABBIT) as relay:
         proc = _proc("amqp1", "receive", addr(queue), "-p", relay.port, "--heartbeat", "2", "-C", "2", "-W", "40")
         iotctl("amqp1", "send", addr(queue), "-m", "before")
-        wait_until(lambda: depth(queue) == 0, 10, "the first received")
+        wait_until(lambda: settled_at_broker(queue), 20, "the first received and accepted")
         relay.freeze()
         iotctl("amqp1", "send", addr(queue), "-m", "after")
         time.sleep(4.5)  # the idle timeout passes while frozen
