@@ -39,9 +39,9 @@ class Sender:
 
     protocol: the protocol's name (a message composed on the command line that ends
         in --failed is written as this protocol's).
-    address: the address every message goes to when the URL or the options name one
-        (a topic, a routing key, a destination, a recipient), else None: then each
-        message's own address is used (the bridge maps it).
+    address: the address the URL or the options name (a topic, a routing key, a
+        destination, a recipient), else None. A message with an address of its own goes
+        there; one without (address "") goes to this one.
     window: how many messages may wait for their acknowledgement at once; None when
         the protocol acknowledges nothing (QoS 0, --no-confirm: sent is done).
     send(msg): transmit one message (may buffer); return a hashable key when an
