@@ -74,7 +74,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              header=("durable", "priority", "delivery_count"),
              schemes=("amqp1", "amqp1s"), endpoints="iotctl.protocols.amqp1.endpoints",
              source_command="receive", sink_command="send",
-             portable="iotctl.protocols.amqp1.envelope:portable"),
+             portable="iotctl.protocols.amqp1.envelope:portable", check="iotctl.protocols.amqp1.check:check"),
     Protocol("stomp", "iotctl.protocols.stomp.cli:group",
              "STOMP 1.0-1.2 (RabbitMQ, ActiveMQ): send with receipts, subscribe with acks.",
              header=("subscription", "message-id")),

@@ -807,3 +807,32 @@ def test_idle_timeout_ends_a_drained_queue_successfully(iotctl, queue):
     started = time.monotonic()
     r = iotctl("amqp1", "receive", addr(queue), "--idle-timeout", "1", "-W", "20")
     assert (r.exit_code, r.stdout) == (0, "1\n2\n") and time.monotonic() - started < 5
+
+
+# --------------------------------------------------------------------------- iotctl check
+
+
+def test_check_reports_the_peer_and_probes_through_the_urls_address(iotctl, queue):
+    r = iotctl("check", f"amqp1://guest:guest@127.0.0.1//amq/queue/{queue}", "-o", "json")
+    assert r.exit_code == 0, r
+    rows = {(c["section"], c["name"]): (c["value"], c["status"]) for c in json.loads(r.stdout)["checks"]}
+    assert rows[("server", "product")][0].startswith("RabbitMQ 3.")
+    assert rows[("login", "accepted")] == ("PLAIN as guest", "ok")
+    assert rows[("login", "anonymous")] == ("allowed", "warn")
+    assert rows[("probe", "at least once")][0].startswith("accepted, back in ")
+    assert rows[("probe", "at most once (pre-settled)")][1] == "ok"
+    assert rows[("probe", "largest payload")][1] == "ok"
+    assert depth(queue) == 0  # the probe took back what it sent
+
+
+def test_check_over_tls_without_an_address_skips_the_probe(iotctl, broker2):
+    r = iotctl("check", f"amqp1s://localhost:{broker2}?cafile={CERTS / 'ca.crt'}")
+    assert r.exit_code == 0, r
+    lines = r.stdout.splitlines()
+    assert "tls\tverified\tchain and name localhost\tok" in lines
+    assert any(line.startswith("probe\tskipped\tno address in the URL") for line in lines)
+
+
+def test_check_of_a_refused_login_is_exit_4(iotctl, rabbit):
+    r = iotctl("check", "amqp1://guest:wrong@127.0.0.1")
+    assert r.exit_code == 4 and "refused the login" in r.stderr

@@ -34,6 +34,8 @@ def address_args(url, role: str) -> list[str]:
     address = (url.path or "")[1:]
     if address:
         args.append(address)
+    elif role == "check":
+        args.append("iotctl-check-no-address")  # receive requires one; check.py knows it
     elif role == "source":
         raise UsageError(f"bad URL {url.shown!r}", "no address to receive from: amqp1://host/ADDRESS")
     return args
