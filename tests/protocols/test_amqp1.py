@@ -836,3 +836,20 @@ def test_check_over_tls_without_an_address_skips_the_probe(iotctl, broker2):
 def test_check_of_a_refused_login_is_exit_4(iotctl, rabbit):
     r = iotctl("check", "amqp1://guest:wrong@127.0.0.1")
     assert r.exit_code == 4 and "refused the login" in r.stderr
+
+
+def test_bench_and_watch_take_amqp1_urls_unchanged(iotctl_proc, queue):
+    r = iotctl_proc("bench", f"amqp1://127.0.0.1//amq/queue/{queue}", "--publishers", "2", "--subscribers", "1",
+                    "--shared", "--count", "500", "-o", "json", timeout=120)
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert (summary["sent"], summary["confirmed"], summary["received"], summary["lost"], summary["duplicates"]) == (
+        1000, 1000, 1000, 0, 0)
+    send = iotctl_proc("amqp1", "send", addr(queue), "-l", input=b"1\n2\n3\n")
+    assert send.returncode == 0
+    r = iotctl_proc("watch", f"amqp1://127.0.0.1//amq/queue/{queue}", "--snapshot", "-W", "2", "-o", "json",
+                    timeout=60)
+    assert r.returncode == 0, r.stderr
+    snapshot = json.loads(r.stdout)
+    assert queue in json.dumps(snapshot) and '"count": 3' in json.dumps(snapshot)
+    assert depth(queue) == 0
