@@ -7,6 +7,7 @@ crosses from another protocol's message, seen on the wire by a raw UDP server.""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -118,7 +119,7 @@ def test_foreign_message_brings_only_its_content_type(raw_server):
     """An MQTT 5 message with a content type, user properties, correlation data and a
     response topic: only Content-Format 50 and the payload arrive, beside Uri-Path."""
     server = raw_server(lambda req: [piggybacked(req, CHANGED)])
-    msg = Message("mqtt", "sensors/t1", b'{"t": 21.5}', "application/json",
+    msg = Message("mqtt", "", b'{"t": 21.5}', "application/json",
                   {"qos": 1, "retain": True, "properties": {
                       "content_type": "application/json", "user_properties": [["unit", "C"]],
                       "correlation_data": "abc", "response_topic": "replies/x"}})
@@ -128,6 +129,38 @@ def test_foreign_message_brings_only_its_content_type(raw_server):
     assert req["code"] == 0x03  # PUT
     assert req["options"] == {11: [b"in"], 12: [bytes([50])]}
     assert req["payload"] == b'{"t": 21.5}'
+
+
+def test_sink_sends_a_message_with_an_address_of_its_own_there(device, iotctl):
+    """The Sender contract: a message without an address goes to the URL's URI; one with
+    an address (a bridge's --address) goes there: a coap URI, or a path resolved against
+    the URI."""
+    names = [_name("a"), _name("b"), _name("c")]
+    messages = [Message("", "", b"to the URI"), Message("", names[1], b"relative"),
+                Message("", f"/store/{names[2]}", b"absolute path"),
+                Message("", f"{device.uri}/store/{names[0]}-uri", b"a URI")]
+    with resolver.sink(f"{device.uri}/store/{names[0]}#method=put") as sender:
+        assert sender.address == f"{device.uri}/store/{names[0]}"
+        assert send.run(sender, messages, "sink").acknowledged == 4
+    for name, payload in ((names[0], "to the URI"), (names[1], "relative"), (names[2], "absolute path"),
+                          (f"{names[0]}-uri", "a URI")):
+        assert iotctl("coap", "get", f"{device.uri}/store/{name}").stdout == payload + "\n"
+    with resolver.sink(f"{device.uri}/store/x#method=put") as sender:
+        with pytest.raises(UsageError) as exc:
+            send.run(sender, [Message("", "http://127.0.0.1/x", b"no")], "sink")
+    assert "unknown scheme 'http://'" in str(exc.value)
+
+
+def test_replay_on_the_command_line_goes_to_the_uri_given(device, iotctl, tmp_path):
+    """`coap put URI --replay capture`: the URI wins over the captured addresses."""
+    name = _name("replayed")
+    capture = tmp_path / "capture.jsonl"
+    capture.write_text("".join(json.dumps({"protocol": "coap", "address": f"{device.uri}/store/elsewhere-{i}",
+                                           "payload": f"v{i}"}) + "\n" for i in range(3)))
+    r = iotctl("coap", "put", f"{device.uri}/store/{name}", "--replay", str(capture))
+    assert r.exit_code == 0, r
+    assert iotctl("coap", "get", f"{device.uri}/store/{name}").stdout == "v2\n"
+    assert iotctl("coap", "get", f"{device.uri}/store/elsewhere-0").exit_code == 6
 
 
 def test_coap_capture_replays_with_its_content_format(raw_server, iotctl, tmp_path):
@@ -168,6 +201,7 @@ def test_source_and_sink_run_together_on_one_loop(libcoap, device, iotctl):
         forwarded = []
         while len(forwarded) < 3:
             for msg in observation.poll(2) or []:
+                msg.address = sender.address  # what a bridge does for a target with a fixed address
                 window.offer(msg)
                 forwarded.append(msg)
         window.finish()
@@ -278,3 +312,48 @@ def test_errors_are_iotctl_errors(libcoap):
         with resolver.source(f"{libcoap}/no-such-resource#timeout=5"):
             pass
     assert exc.value.code == 6 and "4.04 Not Found" in str(exc.value)
+
+
+# --------------------------------------------------------------------------- iotctl bridge
+
+
+def test_bridge_mqtt_into_coap_puts(device, iotctl, peer, topic):
+    """`iotctl bridge mqtt://... coap://...#method=put`: each MQTT message a PUT, its MQTT 5
+    content type crossing as Content-Format."""
+    peer("mosquitto")
+    name = _name("bridged")
+    proc = subprocess.Popen([sys.executable, "-m", "iotctl", "bridge", f"mqtt://127.0.0.1:1883/{topic}?qos=1",
+                             f"{device.uri}/store/{name}#method=put", "-C", "2", "-W", "20"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        wait_until(lambda: proc.poll() is not None or b"bridging" in proc.stderr.peek(4096), 15,
+                   what="the bridge's start-up line")
+        for payload in ('{"n": 1}', '{"n": 2}'):
+            r = subprocess.run([sys.executable, "-m", "iotctl", "mqtt", "pub", "-t", topic, "-q", "1", "-m", payload,
+                                "--content-type", "application/json"], capture_output=True, env=clean_env(), timeout=20)
+            assert r.returncode == 0, r.stderr
+        out, err = proc.communicate(timeout=30)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    env = json.loads(iotctl("coap", "get", f"{device.uri}/store/{name}", "-o", "json").stdout)
+    assert env["payload"] == '{"n": 2}' and env["meta"]["options"]["Content-Format"] == 50
+    assert len(re.findall(rf"CON PUT /store/{name} -> 2\.0[14]", device.log())) == 2
+
+
+def test_bridge_coap_observation_into_mqtt(libcoap, peer, topic):
+    """`iotctl bridge coap://.../time mqtt://...`: every notification published."""
+    peer("mosquitto")
+    sub = subprocess.Popen([sys.executable, "-m", "iotctl", "mqtt", "sub", "-t", topic, "-C", "3", "-W", "30"],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        wait_until(lambda: sub.poll() is not None or b"subscribed" in sub.stderr.peek(4096), 15, what="subscribed")
+        r = subprocess.run([sys.executable, "-m", "iotctl", "bridge", f"{libcoap}/time", f"mqtt://127.0.0.1:1883/{topic}",
+                            "-C", "3", "-W", "20"], capture_output=True, env=clean_env(), timeout=40)
+        assert r.returncode == 0, r.stderr
+        out, err = sub.communicate(timeout=30)
+    finally:
+        sub.kill()
+    assert sub.returncode == 0, err
+    lines = out.decode().splitlines()
+    assert len(lines) == 3 and all(re.fullmatch(r"[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d", x) for x in lines), lines

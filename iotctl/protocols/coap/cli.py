@@ -228,7 +228,7 @@ def _method_command(verb: str):
                 raise UsageError("--repeat", "cannot be combined with -l or --replay")
             writer = run_writer(piped_default="raw")
             requests = endpoints.sink(uri, req, security, payload, method or verb, _responder(writer))
-            items = send.outgoing(payload, sending)
+            items = send.outgoing(payload, sending, addresses=(requests.address,))  # the URI wins over a replay's
             with requests:
                 result = send.run(requests, items, requests.spec.what, requests.spec.timeout + 1.0,
                                   progress=payload.streaming, failed=sending.failed, verb="sending")

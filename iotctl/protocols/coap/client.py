@@ -579,6 +579,27 @@ class Requests(send.Sender):
     def where(self) -> str:
         return self.spec.uri
 
+    @property
+    def address(self) -> str:
+        """The fixed address (the URI): a bridge gives it to every message, or its
+        --address template's result, which `target` resolves against the URI."""
+        return self.spec.uri
+
+    def target(self, address: str) -> str:
+        """The URI of one message's request: the sink's URI, unless the message's address
+        names another (a bridge's --address: a coap URI, or a path resolved against the
+        sink's URI as a browser resolves a link)."""
+        uri = self.spec.uri
+        if not address or address == uri:
+            return uri
+        if "://" in address:
+            return formats.check_uri(address, "message address")
+        from urllib.parse import urljoin, urlsplit
+
+        scheme = urlsplit(uri).scheme
+        joined = urljoin("http" + uri[len(scheme):], address)  # urljoin resolves http's paths only
+        return formats.check_uri(scheme + joined[len("http"):], "message address")
+
     def open(self) -> None:
         self.loop = shared_loop()
         self.inbox = self.loop.handoff()
@@ -621,14 +642,15 @@ class Requests(send.Sender):
         return number
 
     def send(self, msg: Message) -> int:
+        uri = self.target(msg.address)
         self.sent += 1
         key = self.sent
-        self.loop.soon(self._start, key, msg.payload, self.adopt(msg))
+        self.loop.soon(self._start, key, uri, msg.payload, self.adopt(msg))
         return key
 
-    def _start(self, key: int, payload: bytes, content_format: int | None) -> None:
+    def _start(self, key: int, uri: str, payload: bytes, content_format: int | None) -> None:
         # on the loop's thread
-        spec = replace(self.spec, payload=payload, content_format=content_format)
+        spec = replace(self.spec, uri=uri, payload=payload, content_format=content_format)
         task = asyncio.ensure_future(self._request(key, spec))
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
