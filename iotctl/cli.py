@@ -65,7 +65,11 @@ def run(argv: list[str] | None = None) -> int:
         hint = None
         if exc.ctx is not None:
             hint = f"try '{exc.ctx.command_path} --help'"
-        _error(exc.format_message(), None, hint)
+        message = exc.format_message()
+        if message.startswith("Option '-h' requires an argument"):
+            # the mosquitto habit: -h is the host in every protocol command, --help is help
+            message += " (-h is the host here; use --help)"
+        _error(message, None, hint)
         return ExitCode.USAGE
     except click.ClickException as exc:
         _trace(debug)

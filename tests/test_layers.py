@@ -27,7 +27,7 @@ RANKS = {
     "iotctl.resolver": 7,  # the URL endpoint resolver: builds a protocol's command context
 }
 TOP = 7  # cli, __main__, commands.*, protocols.*
-LIBRARIES = {"paho", "aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich", "h11"}
+LIBRARIES = {"paho", "aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich", "h11", "proton", "cproton"}
 LIBRARY_MODULES = ("client.py", "server.py")  # the modules of a protocol that may import its library
 
 
