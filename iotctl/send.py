@@ -264,7 +264,13 @@ class Window:
             if stop_on_refusal and self.refused and target:
                 return
             if waiting:
-                self._check_overdue(limit)
+                if time.monotonic() - self.since > limit:
+                    # acknowledgements may have come while nobody pumped (a steady trickle
+                    # of input fills the window without a pause): look before giving up
+                    sender.pump(0.0)
+                    if self.settle():
+                        continue
+                    self._check_overdue(limit)
                 wait = min(1.0, max(0.0, limit - (time.monotonic() - self.since)))
             else:
                 wait = min(1.0, limit)
