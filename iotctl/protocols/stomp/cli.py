@@ -94,7 +94,7 @@ _STOMP_OPTIONS = bundle("cfg", [
                  show_default=True, help="Seconds to wait for the broker to accept the connection."),
     click.option("--max-size", metavar="SIZE", default="128M", show_default=True, callback=_size,
                  help="The largest message body to accept from the broker (bytes, or 512k, 64M, 1G): a "
-                      "bigger frame ends the command (exit 6). A frame's headers may take at most 1 MiB."),
+                      "bigger one ends the command (exit 6). A frame's headers may take at most 1 MiB."),
 ], _stomp_config, consumes=("endpoint",))
 
 

@@ -172,6 +172,8 @@ class _Listener(stomp.ConnectionListener):
         self.full = False
         self.released = False          # closing: drop what arrives, never wait
         self.alive = None              # called while the reader waits (heart-beats still count)
+        self.max_size = DEFAULT_MAX_SIZE
+        self.stop = None               # stop(why, hint): end the connection (a message over max_size)
         self.disconnected = False
         self.wake = threading.Event()
         self.waiting = False
@@ -192,6 +194,11 @@ class _Listener(stomp.ConnectionListener):
     def on_message(self, frame):
         if self.released:
             return  # never acknowledged: a queue delivers it again
+        if len(frame.body) > self.max_size:
+            self.released = True  # nothing after it is taken either: the run ends with exit 6
+            self.stop(f"the peer sent a message of {len(frame.body)} bytes, more than --max-size {self.max_size}",
+                      "raise --max-size to accept larger messages")
+            return
         messages = self.messages
         messages.append(frame)
         self.arrived += len(frame.body)
@@ -265,6 +272,8 @@ class Session:
         self.conn = self._connection()
         self.conn.set_listener("iotctl", self.listener)
         self.listener.alive = self._alive
+        self.listener.max_size = cfg.max_size
+        self.listener.stop = self.transport._stop
         self._ids = itertools.count(1)
         self.open = False
         self.server = ""  # the CONNECTED frame's server header (e.g. RabbitMQ/3.10.8)
