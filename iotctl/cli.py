@@ -13,6 +13,9 @@ from iotctl.registry import PROTOCOLS
 
 GROUPS = {
     **{p.name: (p.group, p.help) for p in PROTOCOLS.values()},
+    "bench": ("iotctl.commands.bench:command", "Load a broker and measure rates, latency percentiles and loss."),
+    "check": ("iotctl.commands.check:command", "Connect to a URL and report what the server is and allows."),
+    "bridge": ("iotctl.commands.bridge:command", "Carry messages from any protocol into any other (SOURCE_URL TARGET_URL)."),
     "profile": ("iotctl.commands.profile:group", "Manage connection profiles (TOML, one per file)."),
     "completion": ("iotctl.commands.completion:command", "Print the shell completion script."),
 }

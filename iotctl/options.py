@@ -425,3 +425,22 @@ def receive_options(default_timeout: float | None = None, idle: str | None = Non
         return ReceiveSpec(count, timeout, save, idle_timeout, idle_ok=idle == "ok", reconnect=reconnect)
 
     return bundle("receive", options, build)
+
+
+# --------------------------------------------------------------------------- check
+
+
+@shared_factory
+def check_options() -> Callable:
+    """--probe/--no-probe, --max-payload, -W of `iotctl check` and `mqtt check`; the
+    command receives `checking: Values(probe, max_payload, timeout)`."""
+    return bundle("checking", [
+        click.option("--probe/--no-probe", default=None,
+                     help="Also try what needs publishing (round trips, retain, limits), on a private prefix "
+                          "cleaned up after [default: on against 127.0.0.1/localhost only, so a check of a "
+                          "production broker writes nothing unless asked]."),
+        click.option("--max-payload", type=click.IntRange(min=1, max=256 << 20), default=1 << 20, show_default=True,
+                     metavar="BYTES", help="The largest payload the probe tries."),
+        click.option("-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+                     metavar="SECONDS", help="Bound for each step of the check."),
+    ])

@@ -39,6 +39,9 @@ class Sender:
 
     protocol: the protocol's name (a message composed on the command line that ends
         in --failed is written as this protocol's).
+    address: the address the URL or the options name (a topic, a routing key, a
+        destination, a recipient), else None. A message with an address of its own goes
+        there; one without (address "") goes to this one.
     window: how many messages may wait for their acknowledgement at once; None when
         the protocol acknowledges nothing (QoS 0, --no-confirm: sent is done).
     send(msg): transmit one message (may buffer); return a hashable key when an
@@ -49,7 +52,9 @@ class Sender:
     busy(): True when the connection has buffered output to write out first.
     pump(wait): do network I/O for at most `wait` seconds; put the keys of
         acknowledged messages into `self.acked` (a set) and of refused ones into
-        `self.refused` (key -> reason). Raise an IotctlError when the connection fails.
+        `self.refused` (key -> reason). Raise an IotctlError when the connection fails
+        (errors.ConnectionLost when it was up: the bridge then connects again and
+        sends what was in flight again).
     finish(): everything was sent and settled; do what the protocol needs to learn the
         last outcomes (a round trip that brings late refusals, which go into
         `self.refused` like any other).
@@ -61,6 +66,7 @@ class Sender:
 
     protocol = ""
     window: int | None = None
+    address: str | None = None
     settles_at_finish = False
 
     def __init__(self) -> None:
@@ -189,10 +195,14 @@ class Window:
         self.acknowledged = 0
         self.refused: list[tuple[Message, str]] = []
         self.on_ack, self.on_refuse = on_ack, on_refuse
+        # with on_ack, settled messages are reported in the order they were offered
+        self._order: dict | None = {} if on_ack is not None else None
         self.since = time.monotonic()  # last progress, or when the oldest in flight began to wait
         self.finishing = False
 
-    def offer(self, msg: Message) -> None:
+    def offer(self, msg: Message) -> Hashable | None:
+        """Send `msg` (making room first); its key, or None when no acknowledgement
+        will come for it (sent is done)."""
         inflight = self.inflight
         if len(inflight) >= self.limit or self.sender.busy():
             self.drain(self.limit - 1)
@@ -202,6 +212,9 @@ class Window:
             if not inflight:
                 self.since = time.monotonic()
             inflight[key] = msg
+            if self._order is not None:
+                self._order[key] = self.sent
+        return key
 
     def settle(self) -> bool:
         """Move what the sender reported into the counters; True when anything settled."""
@@ -210,14 +223,21 @@ class Window:
         if not acked and not refused_keys:
             return False
         inflight = self.inflight
+        order = self._order
         if acked:
             done = []
             pop = inflight.pop
+            if order is not None:
+                acked = sorted((k for k in acked if k in order), key=order.__getitem__)
+                for key in acked:
+                    del order[key]
+                sender.acked.clear()
             for key in acked:
                 msg = pop(key, None)
                 if msg is not None:
                     done.append(msg)
-            acked.clear()
+            if order is None:
+                acked.clear()
             self.acknowledged += len(done)
             if done and self.on_ack is not None:
                 self.on_ack(done)
@@ -225,6 +245,8 @@ class Window:
             bad = []
             for key, reason in refused_keys.items():
                 msg = inflight.pop(key, None)
+                if order is not None:
+                    order.pop(key, None)
                 if msg is not None:
                     bad.append((msg, reason))
             refused_keys.clear()
@@ -310,7 +332,7 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
     limit = window.limit
     counted = bool(sender.window) or sender.settles_at_finish  # else sent is acknowledged
     inflight = window.inflight
-    send, busy, acked = sender.send, sender.busy, sender.acked
+    send, busy = sender.send, sender.busy
     monotonic = time.monotonic
     sent = 0
     out = None
@@ -370,12 +392,12 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
         if bar is not None:
             bar.advance(sent % 1000)
             bar.__exit__(None, None, None)
-    del acked
     acknowledged = window.acknowledged if counted else sent
     if window.refused:
         reasons = {i: reason for i, (_, reason) in enumerate(window.refused)}
         error = sender.refusal(reasons)
-        note = _stopped(sender, sent, acknowledged, window, [], items, failed)
+        unsent = [out] if out is not None and out is not IDLE else []  # taken from the input, not sent
+        note = _stopped(sender, sent, acknowledged, window, unsent, items, failed)
         error.why = f"{error.why}; {note}" if error.why else note
         raise error
     return Result(sent, acknowledged, 0)

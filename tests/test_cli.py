@@ -14,7 +14,7 @@ from iotctl import __version__
 def test_help_lists_every_group(iotctl):
     r = iotctl("--help")
     assert r.exit_code == 0
-    for group in ("mqtt", "mqttsn", "coap", "amqp", "stomp", "xmpp", "profile", "completion"):
+    for group in ("mqtt", "mqttsn", "coap", "amqp", "stomp", "xmpp", "http", "profile", "completion"):
         assert f"\n  {group} " in r.stdout
     assert "Exit status" in r.stdout
 
@@ -59,7 +59,7 @@ def _run_code(code: str) -> str:
     return done.stdout
 
 
-HEAVY = ("paho", "aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich")
+HEAVY = ("paho", "aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich", "h11", "asyncio")
 
 PROBE = """
 import sys, json, contextlib, io
@@ -82,7 +82,8 @@ def _modules_after(args):
                                   ["mqttsn", "--help"], ["mqttsn", "publish", "--help"],
                                   ["mqttsn", "gateway", "--help"],
                                   ["xmpp", "--help"], ["xmpp", "send", "--help"],
-                                  ["amqp", "--help"], ["amqp", "publish", "--help"]])
+                                  ["amqp", "--help"], ["amqp", "publish", "--help"],
+                                  ["http", "--help"], ["http", "get", "--help"], ["http", "listen", "--help"]])
 def test_help_imports_no_protocol_library(args):
     code, mods = _modules_after(args)
     assert code == 0

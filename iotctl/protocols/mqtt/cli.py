@@ -13,8 +13,8 @@ from iotctl.groups import ProtocolGroup
 from iotctl.output import run_writer
 from iotctl.settings import current as settings, status
 from iotctl.errors import UsageError
-from iotctl.options import (bundle, connection_options, kv_option, payload_options, receive_options,
-                            send_options, timeout_option)
+from iotctl.options import (bundle, check_options, connection_options, kv_option, payload_options,
+                            receive_options, send_options, timeout_option)
 from iotctl.protocols.mqtt import endpoints
 from iotctl.protocols.mqtt.endpoints import SCHEMES, require_v5 as _require_v5
 from iotctl.protocols.mqtt.topics import validate_filter, validate_topic
@@ -310,3 +310,24 @@ def retained_clear(cfg, topic_filter, dry_run, timeout):
     for t in topics:
         click.echo(t)
     status(f"{'would clear' if dry_run else 'cleared'} {len(topics)} retained message(s)", tty_only=not dry_run)
+
+
+# --------------------------------------------------------------------------- check
+
+
+@group.command()
+@mqtt_options
+@check_options()
+def check(cfg, checking):
+    """What the broker is and allows (as 'iotctl check mqtt://...'): versions, MQTT 5
+    limits, TLS, and probed QoS round trips, retain, wildcards, shared subscriptions,
+    largest payload, longest topic and client id (--probe; on by default against
+    127.0.0.1 only).
+
+    \b
+    iotctl mqtt check -h 127.0.0.1
+    iotctl mqtt check --url mqtts://broker.example.com --cafile ca.pem --no-probe
+    """
+    from iotctl import checking as checks, registry
+
+    checks.run(registry.get("mqtt"), cfg.endpoint.display, cfg.endpoint.host, {"cfg": cfg}, checking)
