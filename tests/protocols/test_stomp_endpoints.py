@@ -7,6 +7,8 @@ into a header at all (issue 23 items 4, 8, 9)."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 import uuid
 
@@ -16,6 +18,7 @@ from iotctl import resolver, send
 from iotctl.errors import UsageError
 from iotctl.message import Message
 from tests.conftest import CERTS
+from tests.helpers import clean_env
 from tests.protocols.test_stomp import (BROKERS, RABBIT, FakeServer, broker, connected, drain,  # noqa: F401
                                         fill, queue)
 
@@ -401,3 +404,66 @@ def test_rabbitmq_closes_on_a_backslash_in_connect(iotctl, peer):
     r = iotctl("stomp", "send", "/queue/x", "-m", "x", *RABBIT[:4], "-u", "iotctl-stomp", "-P", "part\\two")
     assert r.exit_code == 3, r
     assert "without answering CONNECT" in r.stderr and "hint: -u/-P/--vhost hold a backslash" in r.stderr
+
+
+# --------------------------------------------------------------------------- in a bridge
+
+
+def test_a_sink_sends_a_message_to_its_own_address_else_to_the_urls(tmp_path):
+    """The Sender contract: a message with an address goes there, one without to the URL's."""
+    with Recorder() as rec:
+        with resolver.sink(f"stomp://127.0.0.1:{rec.server.port}/queue/fixed") as sink:
+            assert sink.address == "/queue/fixed"
+            send.run(sink, [Message("", "", b"a"), Message("", "/queue/own", b"b"),
+                            Message("mqtt", "", b"c", meta={"qos": 1, "retain": False})], "send", 5)
+        assert [h["destination"] for h in rec.sends] == ["/queue/fixed", "/queue/own", "/queue/fixed"]
+        assert "qos" not in rec.sends[2] and "retain" not in rec.sends[2]
+
+
+def _bridge(*args) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "iotctl", "bridge", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=clean_env())
+
+
+def test_bridge_a_stomp_queue_into_mqtt(iotctl, broker, peer, queue):
+    """STOMP as a bridge's source: client acks once MQTT confirmed (at least once), the
+    user headers, content type and correlation-id as MQTT 5 properties."""
+    name, login = broker
+    peer("mosquitto-private")
+    fill(iotctl, login, queue, range(20), "--header", "x-site=lab", "--content-type", "text/plain",
+         "--header", "correlation-id=c-1")
+    topic = f"iotctl-test/stomp-bridge/{uuid.uuid4().hex[:8]}"
+    sub = subprocess.Popen([sys.executable, "-m", "iotctl", "mqtt", "sub", "-p", "11883", "-t", topic, "-q", "1",
+                            "-C", "20", "-W", "30", "-o", "jsonl"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=clean_env())
+    assert b"subscribed" in sub.stderr.readline()
+    bridge = _bridge(url(name, queue, ack="client"), f"mqtt://127.0.0.1:11883/{topic}?qos=1", "-C", "20", "-W", "30")
+    out, err = bridge.communicate(timeout=60)
+    assert bridge.returncode == 0, err
+    assert b"(at least once)" in err and b"carried 20" in err, err
+    got = [json.loads(line) for line in sub.communicate(timeout=30)[0].splitlines()]
+    assert [m["payload"] for m in got] == [str(i) for i in range(20)]
+    props = got[0]["meta"]["properties"]
+    assert props["user_properties"] == [["x-site", "lab"]] and props["content_type"] == "text/plain"
+    assert props["correlation_data"] == "c-1"
+    assert drain(iotctl, login, queue, idle="0.5") == []
+
+
+def test_bridge_mqtt_into_a_stomp_queue(iotctl, broker, peer, queue):
+    name, login = broker
+    peer("mosquitto-private")
+    n = uuid.uuid4().hex[:8]
+    src = f"iotctl-test/to-stomp/{n}"
+    bridge = _bridge(f"mqtt://127.0.0.1:11883/{src}/#?qos=1&client_id=br-{n}", url(name, queue), "-C", "10",
+                     "-W", "30")
+    assert b"bridging" in bridge.stderr.readline()
+    r = iotctl("mqtt", "pub", "-p", "11883", "-t", f"{src}/a", "-q", "1", "-l", "--user-property", "unit=C",
+               "--content-type", "text/plain", input="".join(f"{i}\n" for i in range(10)))
+    assert r.exit_code == 0, r
+    _, err = bridge.communicate(timeout=60)
+    assert bridge.returncode == 0, err
+    r = iotctl("stomp", "sub", *login, queue, "-C", "10", "-W", "10", "-o", "jsonl")
+    got = [json.loads(line) for line in r.stdout.splitlines()]
+    assert [m["payload"] for m in got] == [str(i) for i in range(10)]
+    assert got[0]["content_type"] == "text/plain" and got[0]["meta"]["unit"] == "C"
+    assert not {"qos", "retain", "properties"} & set(got[0]["meta"]), got[0]["meta"]

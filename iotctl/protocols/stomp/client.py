@@ -16,6 +16,7 @@ the broker's own flow control takes over); a subscription asks for a bounded pre
 from __future__ import annotations
 
 import itertools
+import ssl
 import threading
 import time
 from collections import deque
@@ -36,6 +37,7 @@ MAX_HEADERS = 1 << 20          # the most a frame's headers may take while being
 DEFAULT_MAX_SIZE = 128 << 20   # the largest message body accepted (RabbitMQ's own default limit)
 QUEUE_MESSAGES = 1000          # messages read and not yet taken before the reader waits
 QUEUE_BYTES = 8 << 20          # ... or their bodies' bytes
+RECV_BYTES = 1 << 14           # a read from the socket (stomp.py's own size)
 
 # headers that describe the frame itself: kept out of a received message's meta
 # (address, content_type and the payload hold them)
@@ -73,6 +75,7 @@ class _Transport(Transport):
         self._cfg = cfg
         self.max_frame = cfg.max_size + MAX_HEADERS
         self.failure: str | None = None
+        self.read_error: OSError | None = None
         self.first = b""         # the peer's first bytes (to tell a peer that does not speak STOMP)
         self._pending = 0        # bytes read since the last chunk that held a NUL
         self._head = b""         # the first bytes of those (where an unfinished frame's headers are)
@@ -115,7 +118,19 @@ class _Transport(Transport):
         self.current_host_and_port = (ep.host, ep.port)
 
     def receive(self):
-        data = Transport.receive(self)
+        sock = self.socket
+        if sock is None:
+            return b""
+        try:
+            data = sock.recv(RECV_BYTES)
+        except (ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            raise  # TLS: nothing to read yet (stomp.py's reader expects these)
+        except OSError as exc:
+            # the end of the connection: keep why (stomp.py would take a reset before
+            # CONNECTED for a plain close) and stop the reader
+            self.read_error = exc
+            self.running = False
+            return b""
         if not data:
             return data
         if len(self.first) < 64:
@@ -333,6 +348,8 @@ class Session:
                                     with_connect_command=True)
         except OSError as exc:
             raise from_os_error(what, exc) from None
+        except stomp.exception.StompException:
+            pass  # the connection went away before CONNECT could be sent: below says why
         listener, transport = self.listener, self.transport
         deadline = time.monotonic() + cfg.connect_timeout
         while listener.connected is None:
@@ -362,6 +379,10 @@ class Session:
         if first and not first.startswith(_SERVER_FRAMES):
             shown = repr(first[:40])[2:-1]
             return ConnectError(what, f"the peer does not speak STOMP: it answered '{shown}'", hint=hint)
+        if closed and isinstance(self.transport.read_error, ConnectionResetError):
+            # what an MQTT broker does with our CONNECT (and a port refusing while a broker starts)
+            return ConnectError(what, "the peer reset the connection without answering CONNECT: "
+                                      "it does not seem to speak STOMP", hint=hint)
         if closed:
             cfg = self.cfg
             if any("\\" in (v or "") for v in (cfg.endpoint.username, cfg.endpoint.password, cfg.vhost,
@@ -544,6 +565,7 @@ class Sender(send.Sender):
                  receipts: bool = True, window: int = 256, transaction: bool = False, timeout: float = 10.0):
         super().__init__()
         self.cfg, self.destination, self.timeout = cfg, destination, timeout
+        self.address = destination  # where a message without an address of its own goes
         self.headers = dict(headers)          # the command line's, checked, they win
         self.content_type = content_type
         self.transaction = transaction
@@ -613,7 +635,9 @@ class Sender(send.Sender):
 
     def send(self, out):
         body = out.payload
-        if self._prefix is not None and not out.meta and not out.content_type:
+        address = out.address
+        if (self._prefix is not None and (address is self.destination or not address or address == self.destination)
+                and not out.meta and not out.content_type):
             n = next(self._ids)
             if not out.protocol:  # composed here: --failed keeps the headers, to replay alone
                 if self._kept:
@@ -628,7 +652,7 @@ class Sender(send.Sender):
             if n - self._asked >= self._every:
                 self._checkpoint()
             return n
-        destination = self.destination or out.address
+        destination = address or self.destination
         if not destination:
             raise UsageError("no destination", "give DESTINATION (a replayed message had no address)")
         check_header("destination", destination, self.session.version, "the replayed destination")
