@@ -233,6 +233,7 @@ class Bridge:
         deadline = started + spec.timeout if spec.timeout else None
         last_arrival = started
         next_report = started + 1.0
+        next_upkeep = started
         interrupted = False
         try:
             while True:
@@ -277,6 +278,9 @@ class Bridge:
                 try:
                     if self.window.inflight or self.sink.busy():
                         self.window.pump(0.002 if room > 0 else 0.05)
+                    elif now >= next_upkeep:  # an idle target is kept alive (keep-alive pings, a lost connection seen)
+                        self.window.pump(0)
+                        next_upkeep = now + 0.5
                 except ConnectionLost as lost:
                     self._target_lost(lost)
             self._finish()

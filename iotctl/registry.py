@@ -25,17 +25,22 @@ class Protocol:
     reply-to (message.Portable) from this protocol's meta; separator: what splits an
     address into a tree (watch); express: "module:function" of the protocol's express
     lane (iotctl/express.py), which runs a one-shot command line without click; check:
-    "module:function" filling a checking.Report for `iotctl check URL`."""
+    "module:function" filling a checking.Report for `iotctl check URL`; retained: for a
+    protocol whose broker keeps a last message per address, the module `watch` asks
+    `flag(msg)` (was this message a retained one) and `clear(arguments, address,
+    timeout)` (clear it, on a connection of its own built from the source command's
+    arguments)."""
 
     __slots__ = ("name", "group", "help", "header", "details", "renderers", "schemes", "endpoints",
-                 "source_command", "sink_command", "options_in", "portable", "separator", "express", "check")
+                 "source_command", "sink_command", "options_in", "portable", "separator", "express", "check",
+                 "retained")
 
     def __init__(self, name: str, group: str, help: str, header: tuple[str, ...] = (),
                  details: tuple[str, ...] = (), renderers: dict[str, str] | None = None,
                  schemes: tuple[str, ...] = (), endpoints: str | None = None,
                  source_command: str | dict | None = None, sink_command: str | dict | None = None,
                  options_in: str = "query", portable: str | None = None, separator: str = "/",
-                 express: str | None = None, check: str | None = None):
+                 express: str | None = None, check: str | None = None, retained: str | None = None):
         self.name, self.group, self.help, self.header = name, group, help, header
         self.details = details
         self.renderers = renderers or {}
@@ -43,6 +48,7 @@ class Protocol:
         self.source_command, self.sink_command = source_command, sink_command
         self.options_in, self.portable, self.separator = options_in, portable, separator
         self.express, self.check = express, check
+        self.retained = retained
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
@@ -52,17 +58,26 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              schemes=("mqtt", "mqtts", "ws", "wss"), endpoints="iotctl.protocols.mqtt.endpoints",
              source_command="subscribe", sink_command="publish",
              portable="iotctl.protocols.mqtt.envelope:portable", express="iotctl.protocols.mqtt.express:pub",
-             check="iotctl.protocols.mqtt.check:check"),
+             check="iotctl.protocols.mqtt.check:check", retained="iotctl.protocols.mqtt.retained"),
     Protocol("coap", "iotctl.protocols.coap.cli:group",
              "CoAP: get/put/post/delete/fetch/patch, observe, discover, serve a simulated device.",
              header=("code", "observe", "location"), details=("type", "mid", "token", "options"),
              renderers={"application/link-format": "iotctl.protocols.coap.linkformat:render"}),
     Protocol("mqttsn", "iotctl.protocols.mqttsn.cli:group",
              "MQTT-SN over UDP: publish, subscribe, a gateway to any MQTT broker, a packet dump.",
-             header=("qos", "retain", "topic_id", "topic_id_type")),
+             header=("qos", "retain", "topic_id", "topic_id_type"),
+             schemes=("mqttsn",), endpoints="iotctl.protocols.mqttsn.endpoints",
+             source_command="subscribe", sink_command="publish",
+             portable="iotctl.protocols.mqttsn.envelope:portable"),
     Protocol("amqp", "iotctl.protocols.amqp.cli:group",
              "AMQP 0-9-1 (RabbitMQ): publish with confirms, consume, get, tap, declare, bind, request.",
              header=("exchange", "routing_key", "redelivered"), details=("delivery_tag",)),
+    Protocol("amqp1", "iotctl.protocols.amqp1.cli:group",
+             "AMQP 1.0 (OASIS; RabbitMQ, ActiveMQ, Artemis, Qpid, Azure): send and receive with outcomes.",
+             header=("durable", "priority", "delivery_count"),
+             schemes=("amqp1", "amqp1s"), endpoints="iotctl.protocols.amqp1.endpoints",
+             source_command="receive", sink_command="send",
+             portable="iotctl.protocols.amqp1.envelope:portable", check="iotctl.protocols.amqp1.check:check"),
     Protocol("stomp", "iotctl.protocols.stomp.cli:group",
              "STOMP 1.0-1.2 (RabbitMQ, ActiveMQ): send with receipts, subscribe with acks.",
              header=("subscription", "message-id"),

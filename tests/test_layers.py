@@ -21,12 +21,13 @@ RANKS = {
     "iotctl.endpoint": 2, "iotctl.payload": 2, "iotctl.output.writers": 2,
     "iotctl.output.renderers": 3, "iotctl.output.pretty": 3, "iotctl.output": 3,
     "iotctl.profiles": 4, "iotctl.receive": 4, "iotctl.send": 4, "iotctl.bridging": 5, "iotctl.benching": 5, "iotctl.checking": 4,
+    "iotctl.watching": 5, "iotctl.watchscreen": 6,
     "iotctl.options": 5,
     "iotctl.groups": 6,
     "iotctl.resolver": 7,  # the URL endpoint resolver: builds a protocol's command context
 }
 TOP = 7  # cli, __main__, commands.*, protocols.*
-LIBRARIES = {"paho", "aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich", "h11"}
+LIBRARIES = {"paho", "aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich", "h11", "proton", "cproton"}
 LIBRARY_MODULES = ("client.py", "server.py")  # the modules of a protocol that may import its library
 
 

@@ -307,7 +307,7 @@ def test_content_negotiation(device, iotctl):
     env = json.loads(r.stdout)
     assert env["content_type"] == "application/senml+json"
     assert json.loads(env["payload"])[0]["n"] == "temperature"
-    r = iotctl("coap", "get", uri, "-A", "cbor", "-o", "pretty")
+    r = iotctl("coap", "get", uri, "-A", "cbor", "-o", "pretty", env={"COLUMNS": "120"})  # room for ct=
     assert r.exit_code == 0 and "ct=application/cbor" in r.stdout and '"u": "Cel"' in r.stdout, r
     r = iotctl("coap", "get", uri, "-A", "60", "-o", "json")
     assert json.loads(r.stdout)["encoding"] == "base64"
