@@ -199,6 +199,7 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
                 if not (spec.reconnect and receiver.can_reconnect):
                     raise
                 _reconnect(receiver, lost, deadline)
+                last = time.monotonic()  # --idle-timeout counts from the connection's return
                 continue
             if not batch:
                 check()  # a Ctrl-C held while the receiver's library was busy

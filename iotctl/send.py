@@ -60,11 +60,15 @@ class Sender:
         last outcomes (a round trip that brings late refusals, which go into
         `self.refused` like any other).
     refusal(reasons): the error for messages the peer refused (default: exit 6).
+    settles_at_finish: True when nothing is acknowledged before finish() (a STOMP
+        transaction, whose COMMIT confirms every message at once): until then the
+        window waits for no acknowledgement and its clock does not run.
     """
 
     protocol = ""
     window: int | None = None
     address: str | None = None
+    settles_at_finish = False
 
     def __init__(self) -> None:
         self.acked: set = set()
@@ -198,6 +202,7 @@ class Window:
         # with on_ack, settled messages are reported in the order they were offered
         self._order: dict | None = {} if on_ack is not None else None
         self.since = time.monotonic()  # last progress, or when the oldest in flight began to wait
+        self.finishing = False
 
     def offer(self, msg: Message) -> Hashable | None:
         """Send `msg` (making room first); its key, or None when no acknowledgement
@@ -260,8 +265,15 @@ class Window:
         idle) and settle what came; exit 5 when an acknowledgement is overdue."""
         self.sender.pump(wait)
         interrupts.check()
-        if not self.settle() and self.inflight:
+        if not self.settle() and self.waiting():
             self._check_overdue(self.timeout)
+
+    def waiting(self) -> int:
+        """How many messages wait for an acknowledgement that may come now (none of a
+        sender that settles at finish() before its finish)."""
+        if self.sender.settles_at_finish and not self.finishing:
+            return 0
+        return len(self.inflight)
 
     def _check_overdue(self, limit: float) -> None:
         if time.monotonic() - self.since > limit:
@@ -273,12 +285,19 @@ class Window:
         sender = self.sender
         while True:
             self.settle()
-            if len(self.inflight) <= target and not sender.busy():
+            waiting = self.waiting()
+            if waiting <= target and not sender.busy():
                 return
             if stop_on_refusal and self.refused and target:
                 return
-            if self.inflight:
-                self._check_overdue(limit)
+            if waiting:
+                if time.monotonic() - self.since > limit:
+                    # acknowledgements may have come while nobody pumped (a steady trickle
+                    # of input fills the window without a pause): look before giving up
+                    sender.pump(0.0)
+                    if self.settle():
+                        continue
+                    self._check_overdue(limit)
                 wait = min(1.0, max(0.0, limit - (time.monotonic() - self.since)))
             else:
                 wait = min(1.0, limit)
@@ -287,6 +306,8 @@ class Window:
 
     def finish(self) -> None:
         self.drain(0)
+        self.finishing = True
+        self.since = time.monotonic()
         self.sender.finish()
         self.drain(0)
 
@@ -315,6 +336,7 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
 
     window = Window(sender, timeout, what)
     limit = window.limit
+    counted = bool(sender.window) or sender.settles_at_finish  # else sent is acknowledged
     inflight = window.inflight
     send, busy = sender.send, sender.busy
     monotonic = time.monotonic
@@ -368,7 +390,7 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
             window.settle()
             if isinstance(exc, UsageError) and sent == 0 and not window.refused:
                 raise  # nothing was sent: no send report
-            acknowledged = window.acknowledged if sender.window else sent - len(inflight)
+            acknowledged = window.acknowledged if counted else sent - len(inflight)
             unsent = [out] if out is not None and out is not IDLE else []
             note = _stopped(sender, sent, acknowledged, window, unsent, items, failed)
             if isinstance(exc, KeyboardInterrupt):
@@ -381,7 +403,7 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
             if bar is not None:
                 bar.advance(sent % 1000)
                 bar.__exit__(None, None, None)
-    acknowledged = window.acknowledged if sender.window else sent
+    acknowledged = window.acknowledged if counted else sent
     if window.refused:
         reasons = {i: reason for i, (_, reason) in enumerate(window.refused)}
         error = sender.refusal(reasons)
