@@ -1,3 +1,3 @@
-from iotctl.cli import main
+from iotctl.entry import main
 
 main()

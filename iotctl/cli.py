@@ -13,6 +13,10 @@ from iotctl.registry import PROTOCOLS
 
 GROUPS = {
     **{p.name: (p.group, p.help) for p in PROTOCOLS.values()},
+    "bench": ("iotctl.commands.bench:command", "Load a broker and measure rates, latency percentiles and loss."),
+    "check": ("iotctl.commands.check:command", "Connect to a URL and report what the server is and allows."),
+    "bridge": ("iotctl.commands.bridge:command", "Carry messages from any protocol into any other (SOURCE_URL TARGET_URL)."),
+    "watch": ("iotctl.commands.watch:command", "A live tree of the addresses any source delivers (SOURCE_URL)."),
     "profile": ("iotctl.commands.profile:group", "Manage connection profiles (TOML, one per file)."),
     "completion": ("iotctl.commands.completion:command", "Print the shell completion script."),
 }
@@ -61,7 +65,11 @@ def run(argv: list[str] | None = None) -> int:
         hint = None
         if exc.ctx is not None:
             hint = f"try '{exc.ctx.command_path} --help'"
-        _error(exc.format_message(), None, hint)
+        message = exc.format_message()
+        if message.startswith("Option '-h' requires an argument"):
+            # the mosquitto habit: -h is the host in every protocol command, --help is help
+            message += " (-h is the host here; use --help)"
+        _error(message, None, hint)
         return ExitCode.USAGE
     except click.ClickException as exc:
         _trace(debug)

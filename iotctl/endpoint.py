@@ -46,10 +46,12 @@ class Scheme:
 
 
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by ****, for every message that shows one."""
+    """The URL with its password replaced by ****, for every message that shows one; so
+    is a secret given as a query or fragment option (`#psk=...`, `?password=...`)."""
     import re
 
-    return re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:)[^/]*@", r"\1****@", url)
+    url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:)[^/]*@", r"\1****@", url)
+    return re.sub(r"([?#&](?:psk|password|passcode)=)[^&#]*", r"\1****", url, flags=re.I)
 
 
 def parse_url(url: str, schemes: dict[str, Scheme]):

@@ -425,3 +425,72 @@ def receive_options(default_timeout: float | None = None, idle: str | None = Non
         return ReceiveSpec(count, timeout, save, idle_timeout, idle_ok=idle == "ok", reconnect=reconnect)
 
     return bundle("receive", options, build)
+
+
+# --------------------------------------------------------------------------- check
+
+
+@shared_factory
+def check_options() -> Callable:
+    """--probe/--no-probe, --max-payload, -W of `iotctl check` and `mqtt check`; the
+    command receives `checking: Values(probe, max_payload, timeout)`."""
+    return bundle("checking", [
+        click.option("--probe/--no-probe", default=None,
+                     help="Also try what needs publishing (round trips, retain, limits), on a private prefix "
+                          "cleaned up after [default: on against 127.0.0.1/localhost only, so a check of a "
+                          "production broker writes nothing unless asked]."),
+        click.option("--max-payload", type=click.IntRange(min=1, max=256 << 20), default=1 << 20, show_default=True,
+                     metavar="BYTES", help="The largest payload the probe tries."),
+        click.option("-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=5.0, show_default=True,
+                     metavar="SECONDS", help="Bound for each step of the check."),
+    ])
+
+
+# --------------------------------------------------------------------------- watching
+
+
+class _Size(click.ParamType):
+    name = "SIZE"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        from iotctl.watching import parse_size
+
+        from iotctl.errors import IotctlError
+
+        try:
+            size = parse_size(value)
+        except IotctlError as exc:
+            self.fail(exc.why or exc.what, param, ctx)
+        if size < 64 << 10:
+            self.fail(f"{value!r} is less than 64KiB", param, ctx)
+        return size
+
+
+@shared_factory
+def watch_options() -> Callable:
+    """The live view's options (`watch URL`, `mqtt watch`): --memory, -W, --snapshot,
+    --filter, --history; the command receives `view: watching.WatchSpec`."""
+    options = [
+        click.option("--memory", type=_Size(), default="64MiB", show_default=True,
+                     help="One memory budget for the whole view: beyond it whole topics are evicted, least "
+                          "recently updated first (counted and shown). Units: KiB MiB GiB, kB MB GB."),
+        click.option("-W", "--timeout", "seconds", type=click.FloatRange(min=0, min_open=True), default=None,
+                     metavar="SECONDS",
+                     help="With --snapshot (or without a terminal): receive this long, then print the tree "
+                          "[default: 5]. On the full screen: close after this long [default: never]."),
+        click.option("--snapshot", is_flag=True, default=False,
+                     help="Print the tree once (-o text or json) instead of the full-screen view."),
+        click.option("--filter", "filter_text", metavar="TEXT",
+                     help="Show only addresses containing TEXT (case-insensitive); '/' changes it on the screen."),
+        click.option("--history", type=click.IntRange(min=1, max=100_000), default=50, show_default=True, metavar="N",
+                     help="Recent messages kept per topic (within --memory)."),
+    ]
+
+    def build(memory, seconds, snapshot, filter_text, history):
+        from iotctl.watching import WatchSpec
+
+        return WatchSpec(memory, seconds, snapshot, filter_text, history)
+
+    return bundle("view", options, build)

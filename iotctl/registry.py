@@ -18,26 +18,37 @@ class Protocol:
     protocol; endpoints: the module with `SCHEMES`, `source(target)` (a Receiver) and
     `sink(target)` (a Sender), built from a URL plus the profile table, without click;
     source_command / sink_command: the commands whose options the URL's parameters are
-    (the same names as profile keys and the same checks); options_in: "query", or
+    (the same names as profile keys and the same checks), or a dict scheme -> command
+    when the schemes of one protocol open different commands; options_in: "query", or
     "fragment" when the URL's query belongs to the peer (CoAP, HTTP); portable:
     "module:function" reading a message's content type, headers, correlation id and
     reply-to (message.Portable) from this protocol's meta; separator: what splits an
-    address into a tree (watch)."""
+    address into a tree (watch); express: "module:function" of the protocol's express
+    lane (iotctl/express.py), which runs a one-shot command line without click; check:
+    "module:function" filling a checking.Report for `iotctl check URL`; retained: for a
+    protocol whose broker keeps a last message per address, the module `watch` asks
+    `flag(msg)` (was this message a retained one) and `clear(arguments, address,
+    timeout)` (clear it, on a connection of its own built from the source command's
+    arguments)."""
 
     __slots__ = ("name", "group", "help", "header", "details", "renderers", "schemes", "endpoints",
-                 "source_command", "sink_command", "options_in", "portable", "separator")
+                 "source_command", "sink_command", "options_in", "portable", "separator", "express", "check",
+                 "retained")
 
     def __init__(self, name: str, group: str, help: str, header: tuple[str, ...] = (),
                  details: tuple[str, ...] = (), renderers: dict[str, str] | None = None,
                  schemes: tuple[str, ...] = (), endpoints: str | None = None,
-                 source_command: str | None = None, sink_command: str | None = None,
-                 options_in: str = "query", portable: str | None = None, separator: str = "/"):
+                 source_command: str | dict | None = None, sink_command: str | dict | None = None,
+                 options_in: str = "query", portable: str | None = None, separator: str = "/",
+                 express: str | None = None, check: str | None = None, retained: str | None = None):
         self.name, self.group, self.help, self.header = name, group, help, header
         self.details = details
         self.renderers = renderers or {}
         self.schemes, self.endpoints = schemes, endpoints
         self.source_command, self.sink_command = source_command, sink_command
         self.options_in, self.portable, self.separator = options_in, portable, separator
+        self.express, self.check = express, check
+        self.retained = retained
 
 
 PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
@@ -46,26 +57,52 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              header=("qos", "retain"),
              schemes=("mqtt", "mqtts", "ws", "wss"), endpoints="iotctl.protocols.mqtt.endpoints",
              source_command="subscribe", sink_command="publish",
-             portable="iotctl.protocols.mqtt.envelope:portable"),
+             portable="iotctl.protocols.mqtt.envelope:portable", express="iotctl.protocols.mqtt.express:pub",
+             check="iotctl.protocols.mqtt.check:check", retained="iotctl.protocols.mqtt.retained"),
     Protocol("coap", "iotctl.protocols.coap.cli:group",
              "CoAP: get/put/post/delete/fetch/patch, observe, discover, serve a simulated device.",
              header=("code", "observe", "location"), details=("type", "mid", "token", "options"),
-             renderers={"application/link-format": "iotctl.protocols.coap.linkformat:render"}),
+             renderers={"application/link-format": "iotctl.protocols.coap.linkformat:render"},
+             schemes=("coap", "coaps", "coap+tcp", "coaps+tcp", "coap+ws", "coaps+ws"),
+             endpoints="iotctl.protocols.coap.endpoints", source_command="observe", sink_command="post",
+             options_in="fragment", portable="iotctl.protocols.coap.envelope:portable"),
     Protocol("mqttsn", "iotctl.protocols.mqttsn.cli:group",
              "MQTT-SN over UDP: publish, subscribe, a gateway to any MQTT broker, a packet dump.",
-             header=("qos", "retain", "topic_id", "topic_id_type")),
+             header=("qos", "retain", "topic_id", "topic_id_type"),
+             schemes=("mqttsn",), endpoints="iotctl.protocols.mqttsn.endpoints",
+             source_command="subscribe", sink_command="publish",
+             portable="iotctl.protocols.mqttsn.envelope:portable"),
     Protocol("amqp", "iotctl.protocols.amqp.cli:group",
              "AMQP 0-9-1 (RabbitMQ): publish with confirms, consume, get, tap, declare, bind, request.",
-             header=("exchange", "routing_key", "redelivered"), details=("delivery_tag",)),
+             header=("exchange", "routing_key", "redelivered"), details=("delivery_tag",),
+             schemes=("amqp", "amqps"), endpoints="iotctl.protocols.amqp.endpoints",
+             source_command="consume", sink_command="publish",
+             portable="iotctl.protocols.amqp.envelope:portable", separator="."),
+    Protocol("amqp1", "iotctl.protocols.amqp1.cli:group",
+             "AMQP 1.0 (OASIS; RabbitMQ, ActiveMQ, Artemis, Qpid, Azure): send and receive with outcomes.",
+             header=("durable", "priority", "delivery_count"),
+             schemes=("amqp1", "amqp1s"), endpoints="iotctl.protocols.amqp1.endpoints",
+             source_command="receive", sink_command="send",
+             portable="iotctl.protocols.amqp1.envelope:portable", check="iotctl.protocols.amqp1.check:check"),
     Protocol("stomp", "iotctl.protocols.stomp.cli:group",
              "STOMP 1.0-1.2 (RabbitMQ, ActiveMQ): send with receipts, subscribe with acks.",
-             header=("subscription", "message-id")),
+             header=("subscription", "message-id"),
+             schemes=("stomp", "stomp+ssl"), endpoints="iotctl.protocols.stomp.endpoints",
+             source_command="subscribe", sink_command="send",
+             portable="iotctl.protocols.stomp.envelope:portable"),
     Protocol("xmpp", "iotctl.protocols.xmpp.cli:group",
              "XMPP: messages, presence, subscriptions, roster, blocking, ping, disco, version.",
              header=("type", "subject", "thread", "delay", "presence", "show"),
              schemes=("xmpp",), endpoints="iotctl.protocols.xmpp.endpoints",
              source_command="listen", sink_command="send",
              portable="iotctl.protocols.xmpp.envelope:portable"),
+    Protocol("http", "iotctl.protocols.http.cli:group",
+             "HTTP/REST: get/post/put/patch/delete, event and NDJSON streams, a webhook listener.",
+             header=("method", "status", "event", "id"), details=("reason", "timing", "http_version", "remote"),
+             schemes=("http", "https", "http+listen"), endpoints="iotctl.protocols.http.endpoints",
+             source_command={"http": "get", "https": "get", "http+listen": "listen"}, sink_command="request",
+             options_in="fragment", portable="iotctl.protocols.http.envelope:portable",
+             express="iotctl.protocols.http.express:get"),
 )}
 
 

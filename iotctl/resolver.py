@@ -83,7 +83,11 @@ def resolve(url: str, role: str, **overrides: Any) -> Target:
     if protocol is None:
         raise UsageError(f"bad URL {parts.shown!r}",
                          f"unknown scheme {parts.scheme!r}; one of {', '.join(s + '://' for s in all_schemes())}")
-    command_name = protocol.source_command if role == "source" else protocol.sink_command
+    # "check" opens nothing: it parses like a source (address_args supplies what the
+    # command requires) and the protocol's check uses the connection settings
+    command_name = protocol.sink_command if role == "sink" else protocol.source_command
+    if isinstance(command_name, dict):  # a command per scheme (http:// streams, http+listen:// listens)
+        command_name = command_name.get(parts.scheme)
     if protocol.endpoints is None or command_name is None:
         raise UsageError(f"bad URL {parts.shown!r}", f"{protocol.name} cannot be a {role}")
     module = importlib.import_module(protocol.endpoints)
@@ -250,5 +254,7 @@ def _click_message(exc: click.UsageError) -> str:
     if isinstance(exc, click.BadParameter) and isinstance(param, click.Option):
         long_opts = [d[2:] for d in param.opts if d.startswith("--")]
         name = (long_opts[0] if long_opts else param.name or "").replace("-", "_")
+        if isinstance(exc, click.MissingParameter):
+            return f"no {name}: give it in the URL"
         return f"{name}: {exc.message}".rstrip(".")
     return exc.format_message().rstrip(".")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Hashable, Iterable, Iterator
 
+from iotctl import interrupts
 from iotctl.errors import IotctlError, PeerError, TimeoutError_, UsageError
 from iotctl.message import Message
 from iotctl.payload import PayloadSpec
@@ -39,6 +40,9 @@ class Sender:
 
     protocol: the protocol's name (a message composed on the command line that ends
         in --failed is written as this protocol's).
+    address: the address the URL or the options name (a topic, a routing key, a
+        destination, a recipient), else None. A message with an address of its own goes
+        there; one without (address "") goes to this one.
     window: how many messages may wait for their acknowledgement at once; None when
         the protocol acknowledges nothing (QoS 0, --no-confirm: sent is done).
     send(msg): transmit one message (may buffer); return a hashable key when an
@@ -49,15 +53,22 @@ class Sender:
     busy(): True when the connection has buffered output to write out first.
     pump(wait): do network I/O for at most `wait` seconds; put the keys of
         acknowledged messages into `self.acked` (a set) and of refused ones into
-        `self.refused` (key -> reason). Raise an IotctlError when the connection fails.
+        `self.refused` (key -> reason). Raise an IotctlError when the connection fails
+        (errors.ConnectionLost when it was up: the bridge then connects again and
+        sends what was in flight again).
     finish(): everything was sent and settled; do what the protocol needs to learn the
         last outcomes (a round trip that brings late refusals, which go into
         `self.refused` like any other).
     refusal(reasons): the error for messages the peer refused (default: exit 6).
+    settles_at_finish: True when nothing is acknowledged before finish() (a STOMP
+        transaction, whose COMMIT confirms every message at once): until then the
+        window waits for no acknowledgement and its clock does not run.
     """
 
     protocol = ""
     window: int | None = None
+    address: str | None = None
+    settles_at_finish = False
 
     def __init__(self) -> None:
         self.acked: set = set()
@@ -152,6 +163,9 @@ def addressed(items: Iterable[Message], addresses, validate=None) -> Iterator[Me
         yield from items
 
 
+interrupts.shelter(_lines_to, addressed)
+
+
 def _repeated(data: bytes, repeat: int, interval: float) -> Iterator[Message]:
     for i in range(repeat):
         if i and interval:
@@ -185,9 +199,14 @@ class Window:
         self.acknowledged = 0
         self.refused: list[tuple[Message, str]] = []
         self.on_ack, self.on_refuse = on_ack, on_refuse
+        # with on_ack, settled messages are reported in the order they were offered
+        self._order: dict | None = {} if on_ack is not None else None
         self.since = time.monotonic()  # last progress, or when the oldest in flight began to wait
+        self.finishing = False
 
-    def offer(self, msg: Message) -> None:
+    def offer(self, msg: Message) -> Hashable | None:
+        """Send `msg` (making room first); its key, or None when no acknowledgement
+        will come for it (sent is done)."""
         inflight = self.inflight
         if len(inflight) >= self.limit or self.sender.busy():
             self.drain(self.limit - 1)
@@ -197,6 +216,9 @@ class Window:
             if not inflight:
                 self.since = time.monotonic()
             inflight[key] = msg
+            if self._order is not None:
+                self._order[key] = self.sent
+        return key
 
     def settle(self) -> bool:
         """Move what the sender reported into the counters; True when anything settled."""
@@ -205,14 +227,21 @@ class Window:
         if not acked and not refused_keys:
             return False
         inflight = self.inflight
+        order = self._order
         if acked:
             done = []
             pop = inflight.pop
+            if order is not None:
+                acked = sorted((k for k in acked if k in order), key=order.__getitem__)
+                for key in acked:
+                    del order[key]
+                sender.acked.clear()
             for key in acked:
                 msg = pop(key, None)
                 if msg is not None:
                     done.append(msg)
-            acked.clear()
+            if order is None:
+                acked.clear()
             self.acknowledged += len(done)
             if done and self.on_ack is not None:
                 self.on_ack(done)
@@ -220,6 +249,8 @@ class Window:
             bad = []
             for key, reason in refused_keys.items():
                 msg = inflight.pop(key, None)
+                if order is not None:
+                    order.pop(key, None)
                 if msg is not None:
                     bad.append((msg, reason))
             refused_keys.clear()
@@ -233,8 +264,16 @@ class Window:
         """Service the connection for at most `wait` seconds (also while the input is
         idle) and settle what came; exit 5 when an acknowledgement is overdue."""
         self.sender.pump(wait)
-        if not self.settle() and self.inflight:
+        interrupts.check()
+        if not self.settle() and self.waiting():
             self._check_overdue(self.timeout)
+
+    def waiting(self) -> int:
+        """How many messages wait for an acknowledgement that may come now (none of a
+        sender that settles at finish() before its finish)."""
+        if self.sender.settles_at_finish and not self.finishing:
+            return 0
+        return len(self.inflight)
 
     def _check_overdue(self, limit: float) -> None:
         if time.monotonic() - self.since > limit:
@@ -246,19 +285,29 @@ class Window:
         sender = self.sender
         while True:
             self.settle()
-            if len(self.inflight) <= target and not sender.busy():
+            waiting = self.waiting()
+            if waiting <= target and not sender.busy():
                 return
             if stop_on_refusal and self.refused and target:
                 return
-            if self.inflight:
-                self._check_overdue(limit)
+            if waiting:
+                if time.monotonic() - self.since > limit:
+                    # acknowledgements may have come while nobody pumped (a steady trickle
+                    # of input fills the window without a pause): look before giving up
+                    sender.pump(0.0)
+                    if self.settle():
+                        continue
+                    self._check_overdue(limit)
                 wait = min(1.0, max(0.0, limit - (time.monotonic() - self.since)))
             else:
                 wait = min(1.0, limit)
             sender.pump(wait)
+            interrupts.check()
 
     def finish(self) -> None:
         self.drain(0)
+        self.finishing = True
+        self.since = time.monotonic()
         self.sender.finish()
         self.drain(0)
 
@@ -287,73 +336,79 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
 
     window = Window(sender, timeout, what)
     limit = window.limit
+    counted = bool(sender.window) or sender.settles_at_finish  # else sent is acknowledged
     inflight = window.inflight
-    send, busy, acked = sender.send, sender.busy, sender.acked
+    send, busy = sender.send, sender.busy
     monotonic = time.monotonic
+    check = interrupts.check
     sent = 0
     out = None
     items = iter(items)
     bar = make_progress(None, verb) if progress else None
-    try:
-        if bar is not None:
-            bar.__enter__()
-        for out in items:
-            if out is IDLE:  # the input paused: keep the connection alive meanwhile
-                window.sent = sent
-                window.pump(0.05 if inflight else 0.0)
+    with interrupts.guarded():
+        try:
+            if bar is not None:
+                bar.__enter__()
+            for out in items:
+                check()  # a Ctrl-C held while the input was read
+                if out is IDLE:  # the input paused: keep the connection alive meanwhile
+                    window.sent = sent
+                    window.pump(0.05 if inflight else 0.0)
+                    out = None
+                    if window.refused:
+                        break
+                    continue
+                if len(inflight) >= limit or busy():
+                    window.sent = sent
+                    window.drain(limit - 1, stop_on_refusal=True)
+                    if window.refused:
+                        break
+                key = send(out)
+                sent += 1
+                if key is not None:
+                    if not inflight:
+                        window.since = monotonic()
+                    inflight[key] = out
                 out = None
-                if window.refused:
-                    break
-                continue
-            if len(inflight) >= limit or busy():
-                window.sent = sent
-                window.drain(limit - 1, stop_on_refusal=True)
-                if window.refused:
-                    break
-            key = send(out)
-            sent += 1
-            if key is not None:
-                if not inflight:
+                if bar is not None and not sent % 1000:
+                    bar.advance(1000)
+            window.sent = sent
+            check()  # a Ctrl-C held while the input ended
+            if not window.refused:
+                window.finish()
+            check()
+        except (IotctlError, KeyboardInterrupt) as exc:
+            window.sent = sent
+            if isinstance(exc, (UsageError, KeyboardInterrupt)) and inflight:
+                # the input failed or the user stopped, the connection is fine: collect the
+                # acknowledgements of what was sent (briefly) so the report is exact
+                try:
                     window.since = monotonic()
-                inflight[key] = out
-            out = None
-            if bar is not None and not sent % 1000:
-                bar.advance(1000)
-        window.sent = sent
-        if not window.refused:
-            window.finish()
-    except (IotctlError, KeyboardInterrupt) as exc:
-        window.sent = sent
-        if isinstance(exc, (UsageError, KeyboardInterrupt)) and inflight:
-            # the input failed or the user stopped, the connection is fine: collect the
-            # acknowledgements of what was sent (briefly) so the report is exact
-            try:
-                window.since = monotonic()
-                window.drain(0, min(timeout, 2.0))
-            except (IotctlError, KeyboardInterrupt):
-                pass
-        window.settle()
-        if isinstance(exc, UsageError) and sent == 0 and not window.refused:
-            raise  # nothing was sent: no send report
-        acknowledged = window.acknowledged if sender.window else sent - len(inflight)
-        unsent = [out] if out is not None and out is not IDLE else []
-        note = _stopped(sender, sent, acknowledged, window, unsent, items, failed)
-        if isinstance(exc, KeyboardInterrupt):
-            from iotctl.errors import Interrupted
+                    window.drain(0, min(timeout, 2.0))
+                except (IotctlError, KeyboardInterrupt):
+                    pass
+            window.settle()
+            if isinstance(exc, UsageError) and sent == 0 and not window.refused:
+                raise  # nothing was sent: no send report
+            acknowledged = window.acknowledged if counted else sent - len(inflight)
+            unsent = [out] if out is not None and out is not IDLE else []
+            note = _stopped(sender, sent, acknowledged, window, unsent, items, failed)
+            if isinstance(exc, KeyboardInterrupt):
+                from iotctl.errors import Interrupted
 
-            raise Interrupted(f"{what} interrupted", note) from None
-        exc.why = f"{exc.why}; {note}" if exc.why else note
-        raise
-    finally:
-        if bar is not None:
-            bar.advance(sent % 1000)
-            bar.__exit__(None, None, None)
-    del acked
-    acknowledged = window.acknowledged if sender.window else sent
+                raise Interrupted(f"{what} interrupted", note) from None
+            exc.why = f"{exc.why}; {note}" if exc.why else note
+            raise
+        finally:
+            if bar is not None:
+                bar.advance(sent % 1000)
+                bar.__exit__(None, None, None)
+    acknowledged = window.acknowledged if counted else sent
     if window.refused:
         reasons = {i: reason for i, (_, reason) in enumerate(window.refused)}
         error = sender.refusal(reasons)
-        note = _stopped(sender, sent, acknowledged, window, [], items, failed)
+        unsent = [out] if out is not None and out is not IDLE else []  # taken from the input, not sent
+        note = _stopped(sender, sent, acknowledged, window, unsent, items, failed)
         error.why = f"{error.why}; {note}" if error.why else note
         raise error
     return Result(sent, acknowledged, 0)
@@ -375,9 +430,8 @@ def _stopped(sender: Sender, sent: int, acknowledged: int, window: Window, unsen
 
 def write_failed(path: str, first: list[Message], rest: Iterable[Message], protocol: str = "") -> int:
     """Write messages as envelope lines that --replay sends again; a message composed
-    on the command line is written as `protocol`'s, so it replays on its own."""
-    import itertools
-
+    on the command line is written as `protocol`'s, so it replays on its own. `rest`
+    (the input not read yet) is read until it ends or pauses."""
     from iotctl.output import JsonWriter
 
     try:
@@ -385,14 +439,28 @@ def write_failed(path: str, first: list[Message], rest: Iterable[Message], proto
     except OSError as exc:
         raise UsageError(f"cannot write --failed file {path}", exc.strerror or str(exc)) from None
     n = 0
+
+    def write(msg: Message) -> None:
+        nonlocal n
+        if not msg.protocol and protocol:
+            msg = msg.copy(protocol=protocol)
+        writer.write(msg)
+        n += 1
+
     with fh:
         writer = JsonWriter(fh, lines=True)
-        for msg in itertools.chain(first, rest):
-            if msg is IDLE:
-                continue
-            if not msg.protocol and protocol:
-                msg = msg.copy(protocol=protocol)
-            writer.write(msg)
-            n += 1
+        try:
+            with interrupts.deferred():  # what was taken from the input is all written
+                for msg in first:
+                    write(msg)
+        except KeyboardInterrupt:
+            pass
+        try:
+            for msg in rest:
+                if msg is IDLE:
+                    break  # the input has nothing more for now (tail -f): that is the rest
+                write(msg)
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: the rest of the input stays unread, the report still comes
         writer.flush()
     return n

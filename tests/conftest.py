@@ -33,6 +33,7 @@ CERTS = PEERS_DIR / "certs"
 PEERS = {
     "mosquitto": ("127.0.0.1", 1883, "tcp"),
     "mosquitto-private": ("127.0.0.1", 11883, "tcp"),
+    "mosquitto-limits": ("127.0.0.1", 11885, "tcp"),  # every limit set; 11886 needs a password
     "mosquitto-auth": ("127.0.0.1", 1884, "tcp"),
     "mosquitto-tls": ("127.0.0.1", 8883, "tcp"),
     "mosquitto-mtls": ("127.0.0.1", 8884, "tcp"),
@@ -42,8 +43,10 @@ PEERS = {
     "coaps-server": ("127.0.0.1", 5785, "udp"),  # its DTLS port is 5786 (PSK iotctl / iotctl-psk)
     "rabbitmq": ("127.0.0.1", 5672, "tcp"),
     "rabbitmq-stomp": ("127.0.0.1", 61613, "tcp"),
-    "activemq": ("127.0.0.1", 61614, "tcp"),  # STOMP; STOMP over TLS on 61615
+    "activemq": ("127.0.0.1", 61614, "tcp"),
+    "amqp1": ("127.0.0.1", 5691, "tcp"),  # the Qpid Proton example broker; RabbitMQ's AMQP 1.0 is on 5672  # STOMP; STOMP over TLS on 61615
     "prosody": ("127.0.0.1", 5222, "tcp"),  # XMPP c2s (STARTTLS); direct TLS on 5223; domain localhost
+    "nginx": ("127.0.0.1", 18080, "tcp"),  # HTTP; HTTPS on 18443 (the test CA's server.crt)
 }
 SERVICE_OF = {"coap-server": "coap", "coaps-server": "coaps", "rabbitmq-stomp": "rabbitmq-stomp"}
 

@@ -204,3 +204,20 @@ def test_pages_are_valid_roff(man_pages):
         if output:
             problems.append(f"{name}:\n{output}")
     assert not problems, "\n".join(problems)
+
+
+def test_man_finds_the_pages_from_the_environments_bin():
+    """`man iotctl` works in the environment the tests run in: a regular install copies
+    the pages to <prefix>/share/man, an editable one (scripts/test) links them there
+    (scripts/link-man); man-db looks in ../share/man of every PATH entry."""
+    import shutil
+    import subprocess
+    import sys
+
+    man = shutil.which("man")
+    assert man is not None, "man is missing: scripts/services up tools installs man-db"
+    bindir = str(Path(sys.executable).parent)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "HOME": "/nonexistent", "MANPATH": ""}
+    for page in ("iotctl", "iotctl-mqtt-publish", "iotctl-bridge"):
+        r = subprocess.run([man, "-w", page], capture_output=True, text=True, env=env, timeout=30)
+        assert r.returncode == 0 and r.stdout.strip().endswith(f"{page}.1"), (page, r.stderr)

@@ -16,17 +16,18 @@ PACKAGE = Path(__file__).resolve().parent.parent / "iotctl"
 RANKS = {
     "iotctl": 0, "iotctl.errors": 0, "iotctl.settings": 0, "iotctl.registry": 0, "iotctl.message": 0,
     "iotctl.trace": 0, "iotctl.bridge": 0, "iotctl.output.console": 0, "iotctl.aioloop": 0,
-    "iotctl.interrupts": 0, "iotctl.deadline": 1,
+    "iotctl.interrupts": 0, "iotctl.deadline": 1, "iotctl.histogram": 0, "iotctl.express": 0,
     "iotctl.tls": 1, "iotctl.codecs": 1, "iotctl.background": 1, "iotctl.output.template": 1, "iotctl.topics": 1,
     "iotctl.endpoint": 2, "iotctl.payload": 2, "iotctl.output.writers": 2,
     "iotctl.output.renderers": 3, "iotctl.output.pretty": 3, "iotctl.output": 3,
-    "iotctl.profiles": 4, "iotctl.receive": 4, "iotctl.send": 4,
+    "iotctl.profiles": 4, "iotctl.receive": 4, "iotctl.send": 4, "iotctl.bridging": 5, "iotctl.benching": 5, "iotctl.checking": 4,
+    "iotctl.watching": 5, "iotctl.watchscreen": 6,
     "iotctl.options": 5,
     "iotctl.groups": 6,
     "iotctl.resolver": 7,  # the URL endpoint resolver: builds a protocol's command context
 }
 TOP = 7  # cli, __main__, commands.*, protocols.*
-LIBRARIES = {"paho", "aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich"}
+LIBRARIES = {"paho", "aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich", "h11", "proton", "cproton"}
 LIBRARY_MODULES = ("client.py", "server.py")  # the modules of a protocol that may import its library
 
 
@@ -73,7 +74,7 @@ def _rank(name: str) -> int:
 
 def test_every_shared_module_has_a_rank():
     shared = [m for m in MODULES if not m.startswith(("iotctl.protocols", "iotctl.commands"))
-              and m not in ("iotctl.cli", "iotctl.__main__")]
+              and m not in ("iotctl.cli", "iotctl.__main__", "iotctl.entry")]
     assert sorted(set(shared) - set(RANKS)) == []
 
 

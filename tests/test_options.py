@@ -14,9 +14,9 @@ def _command(*path):
 
 
 def test_payload_options_are_one_definition_across_commands():
-    request = {p.name: p for p in _command("mqtt", "request").params}
+    publish = {p.name: p for p in _command("mqtt", "publish").params}
     put = {p.name: p for p in _command("coap", "put").params}
-    assert request["encode"] is put["encode"]  # the same Option object, built once
+    assert publish["encode"] is put["encode"]  # the same Option object, built once
     host_sub = {p.name: p for p in _command("mqtt", "subscribe").params}["host"]
     assert host_sub is {p.name: p for p in _command("mqtt", "retained", "list").params}["host"]
 

@@ -55,12 +55,18 @@ def setup_block_run(tmp_path_factory):
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, copy / name)
     block = _blocks(_section("Set up"))[0]
-    env = clean_env()
+    # the block serves on CoAP's port 5683; here it runs on a free one (the suite never needs
+    # 5683 free), and the device logs under the copy, not the user's ~/.local/state
+    port = free_port()
+    pasted = re.sub(r"coap serve --background", f"coap serve --background -p {port}", block)
+    pasted = re.sub(r"coap://127\.0\.0\.1(?=[/\s]|$)", f"coap://127.0.0.1:{port}", pasted, flags=re.M)
+    assert pasted.count(f":{port}") == block.count("coap://127.0.0.1") and f"-p {port}" in pasted, block
+    env = clean_env(XDG_STATE_HOME=str(copy / "state"))
     env.pop("VIRTUAL_ENV", None)
     env["PATH"] = os.pathsep.join(p for p in env["PATH"].split(os.pathsep) if ".venv" not in p)
     try:
         with open(copy / "setup.log", "wb") as err:  # a file: the background device keeps it open
-            proc = subprocess.run(["bash", "-euo", "pipefail", "-c", block], cwd=copy, stdout=subprocess.PIPE,
+            proc = subprocess.run(["bash", "-euo", "pipefail", "-c", pasted], cwd=copy, stdout=subprocess.PIPE,
                                   stderr=err, env=env, timeout=300)
         proc.stderr = (copy / "setup.log").read_bytes()
     finally:

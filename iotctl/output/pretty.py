@@ -9,6 +9,8 @@ from iotctl.output.writers import Writer
 from iotctl.output import console
 from iotctl.registry import detail_keys, header_keys
 
+# content types iotctl uses inside a run (XMPP's tables): a renderer, not a header field
+INTERNAL_TYPES = ("application/vnd.iotctl.",)
 
 
 class PrettyWriter(Writer):
@@ -29,30 +31,36 @@ class PrettyWriter(Writer):
 
         keys = header_keys(msg.protocol)
         hidden = () if self.debug else detail_keys(msg.protocol)
-        tail = Text()
+        fields: list[tuple[str, str | None]] = []  # (key, value) in order of importance; value None: a flag
         for key in keys:
             value = msg.meta.get(key)
             if value is True:
-                tail.append(f" {key}", style="yellow")
+                fields.append((key, None))
             elif value is not None and value is not False and value != "":  # qos=0 is shown
-                tail.append(f" {key}=", style="dim")
-                tail.append(str(value), style="yellow")
-        if msg.content_type:
-            tail.append(" ct=", style="dim")
-            tail.append(msg.content_type, style="yellow")
-        tail.append(f" ({len(msg.payload)} B)", style="dim")
+                fields.append((key, safe(str(value))))
+        if msg.content_type and not msg.content_type.startswith(INTERNAL_TYPES):
+            fields.append(("ct", safe(msg.content_type)))
+        size = f" ({len(msg.payload)} B)"
         width = max(20, self.console.width)
         clock = _clock(msg.ts)
-        head = f"{clock} {msg.protocol} "
-        # the address gives way first (its middle), then the end of the line
-        address = _shorten(msg.address, max(16, width - len(head) - len(tail)))
+        address = safe(msg.address)
+        head = len(clock) + len(msg.protocol) + 2
+        # the address is what people most need: metadata gives way first (the least
+        # important fields, then long values cut), the address only when alone too long
+        fields, size = _fit(fields, size, width - head - len(address))
         header = Text(no_wrap=True, overflow="ellipsis")
         header.append(clock, style="dim")
         header.append(" ")
         header.append(msg.protocol, style="magenta")
         header.append(" ")
-        header.append(address, style="bold cyan")
-        header.append_text(tail)
+        header.append(_shorten(address, max(16, width - head - _length(fields, size))), style="bold cyan")
+        for key, value in fields:
+            if value is None:
+                header.append(f" {key}", style="yellow")
+            else:
+                header.append(f" {key}=", style="dim")
+                header.append(value, style="yellow")
+        header.append(size, style="dim")
         header.truncate(width, overflow="ellipsis")
         if not self.first:
             self.console.print()
@@ -61,8 +69,12 @@ class PrettyWriter(Writer):
         for key, value in msg.meta.items():
             if key in keys or key in hidden or value in (None, {}, [], ""):
                 continue
-            line = Text.assemble(("  " + key + ": ", "dim"), _short(value))
-            self.console.print(line)
+            if isinstance(value, dict):  # one per line (MQTT 5 properties, AMQP headers, ...)
+                self.console.print(Text("  " + safe(key) + ":", style="dim"))
+                for sub, item in value.items():
+                    self.console.print(Text.assemble(("    " + safe(str(sub)) + ": ", "dim"), _short(item)))
+                continue
+            self.console.print(Text.assemble(("  " + safe(key) + ": ", "dim"), _short(value)))
         self.console.print(render_payload(msg.payload, msg.content_type))
 
     def flush(self) -> None:
@@ -73,6 +85,40 @@ def _clock(ts: float) -> str:
     from datetime import datetime, timezone
 
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%H:%M:%S.%f")[:12]
+
+
+def _length(fields, size: str) -> int:
+    return sum(1 + len(k) + (0 if v is None else 1 + len(v)) for k, v in fields) + len(size)
+
+
+def _fit(fields, size: str, room: int):
+    """The header's metadata within `room` columns: long values cut to 12 characters
+    first, then the size left out, then fields dropped from the least important end. When the
+    address alone is too long (it is then cut), the most important field stays."""
+    if _length(fields, size) <= room:
+        return fields, size
+    fields = [(k, v if v is None or len(v) <= 12 else v[:11] + "…") for k, v in fields]
+    if _length(fields, size) > room:
+        size = ""
+    keep = 1 if room <= 0 else 0
+    while len(fields) > keep and _length(fields, size) > room:
+        fields = fields[:-1]
+    return fields, size
+
+
+def safe(text: str) -> str:
+    """Text for a terminal: control characters (escape sequences, NUL, DEL, C1) shown
+    as escapes, never sent as they are (a payload could clear the screen)."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() or ch in "\n\t" else _escape(ch) for ch in text)
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def _shorten(text: str, room: int) -> str:
@@ -88,8 +134,8 @@ def _short(value) -> str:
     import json
 
     if isinstance(value, (dict, list)):
-        return json.dumps(jsonable(value), ensure_ascii=False)
-    return str(jsonable(value))
+        return safe(json.dumps(jsonable(value), ensure_ascii=False))
+    return safe(str(jsonable(value)))
 
 
 def render_payload(payload: bytes, content_type: str | None):
@@ -115,9 +161,30 @@ def render_payload(payload: bytes, content_type: str | None):
     if value is not None:
         return JSON(json.dumps(value))
     try:
-        return Text(payload.decode("utf-8"))
+        text = payload.decode("utf-8")
     except UnicodeDecodeError:
         return hexdump(payload)
+    if not text.isprintable() and not _plain(text):
+        return _escaped(text)
+    return Text(text)
+
+
+def _plain(text: str) -> bool:
+    """Printable apart from line ends and tabs."""
+    return text.replace("\n", "").replace("\t", "").replace("\r\n", "").isprintable()
+
+
+def _escaped(text: str):
+    """A text payload with control characters: each shown as a dim escape."""
+    from rich.text import Text
+
+    out = Text()
+    for ch in text:
+        if ch.isprintable() or ch in "\n\t":
+            out.append(ch)
+        else:
+            out.append(_escape(ch), style="dim reverse")
+    return out
 
 
 def hexdump(data: bytes, limit: int = 4096):

@@ -34,10 +34,12 @@ class Writer:
 
 
 class RawWriter(Writer):
-    """The payload bytes and a newline: exactly what mosquitto_sub prints."""
+    """The payload bytes and a newline: exactly what mosquitto_sub prints (and, as it
+    does, nothing at all for an empty payload)."""
 
     def write(self, msg: Message) -> None:
-        self.out.write(msg.payload + b"\n")
+        if msg.payload:
+            self.out.write(msg.payload + b"\n")
 
 
 class HexWriter(Writer):
@@ -50,7 +52,8 @@ class TextWriter(Writer):
     (binary included, as mosquitto_sub prints them; use -o hex or json for binary)."""
 
     def write(self, msg: Message) -> None:
-        self.out.write(msg.address.encode("utf-8", "surrogateescape") + b" " + msg.payload + b"\n")
+        # an empty payload is `topic (null)`, as mosquitto_sub -v prints it
+        self.out.write(msg.address.encode("utf-8", "surrogateescape") + b" " + (msg.payload or b"(null)") + b"\n")
 
 
 class JsonWriter(Writer):

@@ -157,6 +157,27 @@ def test_pretty_header_fits_80_columns_and_details_need_debug(capsys, monkeypatc
     assert "mid: 4711" in out and "token: a1b2" in out
 
 
+def test_pretty_header_keeps_the_address_whole_and_cuts_metadata_first(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    address = "coap://127.0.0.1/sensors/temperature"
+    msg = Message("coap", address, b"21.4", "application/senml+json",
+                  {"code": "2.05 Content", "observe": 12, "location": "/a/very/long/location/path"}, ts=0.0)
+    line = pretty(msg, capsys).splitlines()[0]
+    assert address in line and len(line) <= 80, line  # whole
+    assert "code=" in line and "location" not in line, line  # the least important went first
+
+
+def test_pretty_shows_control_characters_escaped_and_properties_one_per_line(capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    msg = Message("mqtt", "a\x1bb", b"before\x1b[2J\x1b[H after A\x00B", None,
+                  {"qos": 0, "retain": False, "properties": {"user_properties": [["k", "v\x07"]],
+                                                             "content_type": "text/plain"}}, ts=0.0)
+    out = pretty(msg, capsys)
+    assert "\x1b" not in out and "\x00" not in out and "\x07" not in out
+    assert "a\\x1bb" in out and "before\\x1b[2J\\x1b[H after A\\x00B" in out
+    assert "  properties:" in out.splitlines() and '    user_properties: [["k", "v\\u0007"]]' in out.splitlines()
+
+
 def test_pretty_messages_are_separated_without_colour(capsys):
     from iotctl.output import console
 

@@ -307,7 +307,7 @@ def test_content_negotiation(device, iotctl):
     env = json.loads(r.stdout)
     assert env["content_type"] == "application/senml+json"
     assert json.loads(env["payload"])[0]["n"] == "temperature"
-    r = iotctl("coap", "get", uri, "-A", "cbor", "-o", "pretty")
+    r = iotctl("coap", "get", uri, "-A", "cbor", "-o", "pretty", env={"COLUMNS": "120"})  # room for ct=
     assert r.exit_code == 0 and "ct=application/cbor" in r.stdout and '"u": "Cel"' in r.stdout, r
     r = iotctl("coap", "get", uri, "-A", "60", "-o", "json")
     assert json.loads(r.stdout)["encoding"] == "base64"
@@ -472,6 +472,61 @@ def test_discover_serve_with_filters(device, iotctl):
     r = iotctl("coap", "discover", device.uri, "--if", "core.a", "-o", "text")
     assert _lines(r.stdout) == [f'{device.uri}/.well-known/core?if=core.a </actuators/led>;rt="light";'
                                 'if="core.a";ct="0 50 60";obs;title="LED"'], r
+
+
+def _table_rows(text: str) -> list[str]:
+    lines = text.splitlines()
+    rule = next(i for i, line in enumerate(lines) if line.startswith("────"))
+    return [line for line in lines[rule + 1:] if line.strip()]
+
+
+def _links(iotctl, uri: str) -> list[str]:
+    return [link["href"] for link in json.loads(iotctl("coap", "discover", uri, "-o", "json").stdout)["meta"]["links"]]
+
+
+@pytest.mark.parametrize("columns", [80, 120])
+def test_discover_pretty_fits_the_terminal_width(device, iotctl, columns):
+    """Issue 22 item 1: at 80 columns the table drew 88-column lines and wrapped rt and
+    title cells onto second rows."""
+    r = iotctl("coap", "discover", device.uri, "-o", "pretty", env={"COLUMNS": str(columns)})
+    assert r.exit_code == 0, r
+    assert all(len(line) <= columns for line in r.stdout.splitlines()), r.stdout
+    rows = {row.split()[0]: row for row in _table_rows(r.stdout)}
+    assert list(rows) == _links(iotctl, device.uri), r.stdout  # one row per link, paths whole
+    assert rows["/sensors/temperature"].split()[1:3] == ["temperature-c", "core.s"], r.stdout
+    assert rows["/sensors/temperature"].split()[-1] == "Temperature"
+    assert rows["/"].split()[-2:] == ["iotctl", "device"]
+    assert ("sz=4096" in rows["/large"]) == (columns == 120), r.stdout  # 'other' gives way first
+
+
+def test_discover_in_an_80_column_terminal(device, iotctl, tmp_path):
+    """The same in a real terminal (tmux, 80x40): pretty by default, nothing wrapped."""
+    if shutil.which("tmux") is None:
+        pytest.fail("tmux is not installed; run: scripts/services up tools", pytrace=False)
+    socket_name = f"iotctl-test-{uuid.uuid4().hex[:8]}"
+    script = tmp_path / "run.sh"
+    script.write_text(f"{sys.executable} -m iotctl coap discover {device.uri} --rt '*'; echo END-OF-RUN; sleep 30\n")
+    tmux = ["tmux", "-L", socket_name]
+    env = {**_env(), "TERM": "xterm-256color"}
+    env.pop("COLUMNS", None)
+    subprocess.run([*tmux, "new-session", "-d", "-x", "80", "-y", "40", "bash", str(script)], check=True, env=env)
+    try:
+        end = time.monotonic() + 20
+        while True:
+            screen = subprocess.run([*tmux, "capture-pane", "-p", "-J"], capture_output=True, text=True).stdout
+            if "END-OF-RUN" in screen or time.monotonic() > end:
+                break
+            time.sleep(0.1)
+    finally:
+        subprocess.run([*tmux, "kill-server"], capture_output=True)
+    assert "END-OF-RUN" in screen, screen
+    text = screen.split("END-OF-RUN")[0]
+    assert all(len(line) <= 80 for line in text.splitlines()), text
+    rows = {row.split()[0]: row for row in _table_rows(text)}
+    assert list(rows) == ["/time", "/sensors/temperature", "/sensors/humidity", "/actuators/led", "/store",
+                          "/large"], text  # every link with an rt, one row each
+    assert rows["/sensors/temperature"].split()[1] == "temperature-c", text
+    assert rows["/sensors/temperature"].split()[-1] == "Temperature", text
 
 
 def test_option_flag_sends_any_option(device, iotctl):
@@ -642,6 +697,21 @@ def test_dtls_wrong_psk_fails_in_bounded_time(iotctl, peer, dtls_extra):
     assert r.exit_code == 5, r
     assert time.monotonic() - started < 10
     assert "check --psk-identity and --psk" in r.stderr
+
+
+def test_dtls_sink_and_observation(iotctl_proc, peer, dtls_extra):
+    """The send driver and an observation over DTLS; a refused request is one line (a
+    DTLS connection collected before the context shut down printed aiocoap's
+    UserWarning after it)."""
+    peer("coaps-server")
+    psk = ("--psk-identity", "iotctl", "--psk", "iotctl-psk")
+    r = iotctl_proc("coap", "observe", f"{COAPS}/time", *psk, "-C", "2", "-W", "10")
+    assert r.returncode == 0 and len(r.stdout.splitlines()) == 2, r
+    for _ in range(3):
+        r = iotctl_proc("-o", "json", "coap", "post", f"{COAPS}/", *psk, "-l", input=b"hi\n")
+        assert r.returncode == 6, r
+        assert json.loads(r.stdout)["meta"]["code"] == "4.05 Method Not Allowed"
+        _one_error_line(r.stderr.decode(), f"POST {COAPS}/: 4.05 Method Not Allowed", "sent 1, acknowledged 0")
 
 
 def test_multicast_discovery_errors_without_sending(iotctl):

@@ -17,10 +17,9 @@ from tests.helpers import clean_env, free_port
 def device(tmp_path_factory):
     port = free_port()
     log = tmp_path_factory.mktemp("serve") / "serve.log"
-    with open(log, "wb") as err:
-        proc = subprocess.run([sys.executable, "-m", "iotctl", "coap", "serve", "--background", "-p", str(port)],
-                              stdout=subprocess.PIPE, stderr=err, text=True, env=clean_env(), timeout=30)
-    assert proc.returncode == 0, log.read_text()
+    proc = subprocess.run([sys.executable, "-m", "iotctl", "coap", "serve", "--background", "-p", str(port),
+                           "--log", str(log)], capture_output=True, text=True, env=clean_env(), timeout=30)
+    assert proc.returncode == 0, proc.stderr
     yield f"coap://127.0.0.1:{port}"
     os.kill(int(proc.stdout), signal.SIGTERM)
 
@@ -31,9 +30,9 @@ def test_background_serve_is_ready_when_it_returns(device, iotctl):
     assert r.exit_code == 0 and r.stdout.strip()
 
 
-def test_background_serve_on_a_busy_port_fails(device, iotctl_proc):
+def test_background_serve_on_a_busy_port_fails(device, iotctl_proc, tmp_path):
     port = device.rsplit(":", 1)[1]
-    r = iotctl_proc("coap", "serve", "--background", "-p", port)
+    r = iotctl_proc("coap", "serve", "--background", "-p", port, "--log", str(tmp_path / "busy.log"))
     assert r.returncode == 1
     assert b"address already in use" in r.stderr and b"Traceback" not in r.stderr
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from iotctl.protocols.coap.linkformat import filter_links, format_link, format_links, links_table, matches, parse_links
 
@@ -85,11 +85,13 @@ links_strategy = st.lists(
     max_size=6)
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow])  # a loaded machine is not a failing parser
 @given(links_strategy)
 def test_round_trip(links):
     assert parse_links(format_links(links)) == links
 
 
+@settings(suppress_health_check=[HealthCheck.too_slow])
 @given(st.text(max_size=200))
 def test_parser_never_crashes_differently(text):
     try:
@@ -100,13 +102,49 @@ def test_parser_never_crashes_differently(text):
     assert all(isinstance(link, dict) and "href" in link for link in result)
 
 
-def test_table():
+def _table_text(links, width: int) -> list[str]:
     from rich.console import Console
 
-    console = Console(width=100, record=True, no_color=True, file=open("/dev/null", "w"))
-    console.print(links_table(parse_links(LIBCOAP + ';sz=12')))
-    text = console.export_text()
-    assert text.splitlines()[0].split() == ["path", "rt", "if", "ct", "obs", "title", "other"]
-    row = next(line for line in text.splitlines() if line.startswith("/time"))
+    console = Console(width=width, record=True, no_color=True, soft_wrap=True, file=open("/dev/null", "w"))
+    console.print(links_table(links))
+    return console.export_text().splitlines()
+
+
+def test_table():
+    text = _table_text(parse_links(LIBCOAP + ';sz=12'), 100)
+    assert text[0].split() == ["path", "rt", "if", "ct", "obs", "title", "other"]
+    row = next(line for line in text if line.startswith("/time"))
     assert row.split() == ["/time", "ticks", "clock", "0", "yes", "Internal", "Clock"]
-    assert "sz=12" in text
+    assert next(line for line in text if line.startswith("/async")).split() == ["/async", "0", "sz=12"]
+
+
+SERVE_LIKE = ('</>;title="iotctl device";ct=0,</time>;rt="time";if="core.s";ct=0;obs;title="UTC time",'
+              '</sensors/temperature>;rt="temperature-c";if="core.s";ct="0 50 60 110 112";obs;title="Temperature",'
+              '</large>;rt="block";ct=0;sz=4096;title="Large"')
+
+
+@pytest.mark.parametrize("width", [120, 100, 80, 60, 40, 24])
+def test_table_fits_the_width_one_row_per_link(width):
+    links = parse_links(SERVE_LIKE)
+    text = _table_text(links, width)
+    assert all(len(line) <= width for line in text), text
+    rows = text[2:]
+    assert len(rows) == len(links) and all(line.startswith("/") for line in rows), text  # no second rows
+    assert [row.split()[0] for row in rows] == [link["href"] for link in links]  # the path stays whole
+
+
+def test_table_gives_way_in_order():
+    links = parse_links(SERVE_LIKE)
+    assert layout_of(links, 120) == ["path", "rt", "if", "ct", "obs", "title", "other"]
+    assert layout_of(links, 80) == ["path", "rt", "if", "ct", "obs", "title"]  # 'other' first
+    row = next(line for line in _table_text(links, 80) if line.startswith("/sensors"))
+    assert row.split() == ["/sensors/temperature", "temperature-c", "core.s", "0", "50", "60", "110", "112", "yes",
+                           "Temperature"]
+    assert "…" in "".join(_table_text(links, 60))  # then values are cut with an ellipsis
+    assert layout_of(links, 24) == ["path"]
+
+
+def layout_of(links, width: int) -> list[str]:
+    from iotctl.protocols.coap.linkformat import layout
+
+    return list(layout(links_table(links).widths, width))

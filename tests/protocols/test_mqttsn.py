@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import select
 import shutil
 import signal
@@ -104,11 +105,14 @@ def searchgw(port: int, timeout: float = 0.3) -> Packet | None:
 
 
 class Gateway(Proc):
-    def __init__(self, port: int, *extra):
-        super().__init__(_iotctl("mqttsn", "gateway", "--port", port, *extra))
-        self.port = port
-        wait_until(lambda: searchgw(port) is not None or self.proc.poll() is not None, 15, "the gateway")
-        assert self.proc.poll() is None, self.stderr
+    """`iotctl mqttsn gateway --port 0`: on a UDP port the system chooses, which its
+    status line names."""
+
+    def __init__(self, *extra):
+        super().__init__(_iotctl("mqttsn", "gateway", "--port", "0", *extra))
+        self.wait_err("gateway listening on udp")
+        self.port = int(re.search(r"listening on udp 127\.0\.0\.1:(\d+)", self.stderr).group(1))
+        assert searchgw(self.port, 2.0) is not None, self.stderr
 
 
 @pytest.fixture
@@ -122,7 +126,7 @@ def predefined(tmp_path):
 @pytest.fixture
 def gateway(peer, predefined):
     peer("mosquitto")
-    gw = Gateway(free_port(), "--predefined", predefined["file"], "-v")
+    gw = Gateway("--predefined", predefined["file"], "-v")
     yield gw
     assert gw.interrupt() == 0, gw.stderr
     assert "Traceback" not in gw.stderr
@@ -398,7 +402,7 @@ class LossyRelay:
 @pytest.fixture
 def quiet_gateway(peer):
     peer("mosquitto")
-    gw = Gateway(free_port())
+    gw = Gateway()
     yield gw
     assert gw.interrupt() == 0, gw.stderr
 
@@ -434,7 +438,7 @@ def test_lossy_link_towards_the_subscriber_gateway_retries(peer, topic):
     """The gateway's own retransmission: every QoS 1 and 2 message reaches a subscriber
     behind a lossy link, QoS 2 exactly once."""
     peer("mosquitto")
-    gw = Gateway(free_port(), "--retry-interval", "0.1", "--retries", "30")
+    gw = Gateway("--retry-interval", "0.1", "--retries", "30")
     relay = LossyRelay(gw.port, 0.1, seed=5)
     try:
         n = 150
@@ -459,7 +463,7 @@ def test_gateway_reaches_the_broker_with_tls_and_credentials(iotctl_proc, certs,
     peer("mosquitto-auth")
     for broker in (["--broker", "mqtts://localhost:8883", "--cafile", certs["ca_crt"]],
                    ["--broker", "mqtt://iotctl:iotctl-secret@127.0.0.1:1884"]):
-        gw = Gateway(free_port(), *broker)
+        gw = Gateway(*broker)
         try:
             sub = MosqSub([topic], 1, port=11883)
             r = run(iotctl_proc, gw, "pub", "-t", topic, "-m", broker[1], "-q", "1")
@@ -467,10 +471,10 @@ def test_gateway_reaches_the_broker_with_tls_and_credentials(iotctl_proc, certs,
             assert sub.finish() == 0 and sub.messages() == [f"{topic} {broker[1]}"]
         finally:
             assert gw.interrupt() == 0, gw.stderr
-    r = iotctl_proc("mqttsn", "gateway", "--port", free_port(), "--broker", "mqtt://iotctl:wrong@127.0.0.1:1884",
+    r = iotctl_proc("mqttsn", "gateway", "--port", "0", "--broker", "mqtt://iotctl:wrong@127.0.0.1:1884",
                     env=clean_env())
     assert r.returncode == 4 and b"broker refused the login" in r.stderr
-    r = iotctl_proc("mqttsn", "gateway", "--port", free_port(), "--broker", "mqtts://localhost:8883",
+    r = iotctl_proc("mqttsn", "gateway", "--port", "0", "--broker", "mqtts://localhost:8883",
                     "--cafile", certs["other_ca_crt"], env=clean_env())
     assert r.returncode == 7 and b"certificate verification failed" in r.stderr
 
@@ -493,7 +497,7 @@ def test_client_gives_up_after_nretry_with_exit_5(iotctl_proc):
                 got.append(c.decode(silent.recv(100)).name)
             except OSError:
                 break
-        assert got == ["CONNECT"] * 3
+        assert got == ["CONNECT"] * 5  # each try after the first goes out twice (a lossy link's pattern)
 
 
 def test_client_reports_a_refusing_gateway_and_skips_garbage(iotctl_proc):
@@ -612,7 +616,7 @@ def test_searchgw_is_answered_with_gwinfo(gateway):
 
 def test_gateway_ctrl_c_disconnects_its_clients(gateway, topic):
     will = MosqSub([f"{topic}/will"], 1)
-    sub = SnSub(gateway, "-t", topic, "--will-topic", f"{topic}/will", "--will-payload", "gone")
+    sub = SnSub(gateway, "-t", topic, "--will-topic", f"{topic}/will", "--will-payload", "gone", "--no-reconnect")
     assert gateway.interrupt() == 0
     assert sub.finish() == 3
     assert "the gateway ended the session" in sub.stderr
@@ -624,7 +628,7 @@ def test_gateway_ctrl_c_disconnects_its_clients(gateway, topic):
 
 
 def test_gateway_without_broker_exits_3(iotctl_proc):
-    r = iotctl_proc("mqttsn", "gateway", "--port", free_port(), "--broker", f"mqtt://127.0.0.1:{free_port(socket.SOCK_STREAM)}",
+    r = iotctl_proc("mqttsn", "gateway", "--port", "0", "--broker", f"mqtt://127.0.0.1:{free_port(socket.SOCK_STREAM)}",
                     env=clean_env())
     assert r.returncode == 3
     assert r.stderr.decode().startswith("iotctl: error: cannot connect to mqtt://127.0.0.1:")
@@ -636,9 +640,9 @@ def test_gateway_without_broker_exits_3(iotctl_proc):
 
 @pytest.mark.parametrize("mode", ["jsonl", "text", "raw"])
 def test_dump_prints_every_packet_decoded(iotctl_proc, mode):
-    port = free_port()
-    dump = Proc(_iotctl("mqttsn", "dump", "-p", port, "-C", "3", "-W", "20", "-o", mode))
+    dump = Proc(_iotctl("mqttsn", "dump", "-p", "0", "-C", "4", "-W", "20", "-o", mode))
     dump.wait_err("listening on udp")
+    port = int(re.search(r"listening on udp 127\.0\.0\.1:(\d+)", dump.stderr).group(1))
     r = iotctl_proc("mqttsn", "pub", "-p", port, "-q", "-1", "-T", "5", "-m", "hi", env=clean_env())
     assert r.returncode == 0, r.stderr
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -647,14 +651,15 @@ def test_dump_prints_every_packet_decoded(iotctl_proc, mode):
     assert dump.finish() == 0, dump.stderr
     if mode == "jsonl":
         got = [json.loads(line) for line in dump.stdout.splitlines()]
-        assert [g["address"] for g in got] == ["PUBLISH", "MALFORMED", "CONNECT"]
+        # a QoS -1 publisher ends with a SEARCHGW round trip (a gateway's refusal, or none, is seen)
+        assert [g["address"] for g in got] == ["PUBLISH", "SEARCHGW", "MALFORMED", "CONNECT"]
         meta = got[0]["meta"]
         assert got[0]["payload"] == "hi"
         assert {k: meta[k] for k in ("type", "qos", "topic_id", "topic_id_type", "retain")} == {
             "type": "PUBLISH", "qos": -1, "topic_id": 5, "topic_id_type": "predefined", "retain": False}
         assert meta["from"].startswith("127.0.0.1:")
-        assert got[1]["meta"]["error"] == "unknown packet type 0x03"
-        assert got[2]["meta"]["client_id"] == "dev1" and got[2]["meta"]["duration"] == 30
+        assert got[2]["meta"]["error"] == "unknown packet type 0x03"
+        assert got[3]["meta"]["client_id"] == "dev1" and got[3]["meta"]["duration"] == 30
     elif mode == "text":
         assert dump.stdout.splitlines()[0] == "PUBLISH hi"
     else:
@@ -669,13 +674,16 @@ def test_gateway_background_is_ready_when_it_returns(peer, iotctl_proc, topic, t
     import sys
 
     peer("mosquitto")
-    port = free_port()
-    with open(tmp_path / "gateway.log", "wb") as log:  # a file: the gateway keeps its stderr
+    state = tmp_path / "state"  # where a background server may keep its log (issue 22 item 3)
+    with open(tmp_path / "gateway.log", "wb") as log:  # a file: the gateway may keep its stderr
         started = subprocess.run([sys.executable, "-m", "iotctl", "mqttsn", "gateway", "--background", "--port",
-                                  str(port), "--broker", "mqtt://127.0.0.1:1883", "--quiet"],
-                                 stdout=subprocess.PIPE, stderr=log, env=clean_env(), timeout=60)
-    assert started.returncode == 0, (tmp_path / "gateway.log").read_text()
+                                  "0", "--broker", "mqtt://127.0.0.1:1883"],
+                                 stdout=subprocess.PIPE, stderr=log, env=clean_env(XDG_STATE_HOME=str(state)),
+                                 timeout=60)
+    logged = (tmp_path / "gateway.log").read_text() + "".join(p.read_text() for p in state.rglob("*.log"))
+    assert started.returncode == 0, logged
     pid = int(started.stdout)
+    port = int(re.search(r"listening on udp 127\.0\.0\.1:(\d+)", logged).group(1))
     try:
         sub = MosqSub([topic], 1)
         r = iotctl_proc("mqttsn", "pub", "-p", str(port), "-t", topic, "-m", "at once", "-q", "1")
@@ -684,3 +692,38 @@ def test_gateway_background_is_ready_when_it_returns(peer, iotctl_proc, topic, t
         assert sub.messages() == [f"{topic} at once"]
     finally:
         os.kill(pid, signal.SIGTERM)
+
+
+def test_gateway_logs_to_a_file_never_to_the_terminal_it_was_started_from(peer, iotctl_proc, topic, tmp_path):
+    """Issue 22 item 3: --background logs to --log FILE (its path said at start), and a
+    foreground --log FILE takes the whole log too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    peer("mosquitto")
+    log = tmp_path / "gw.log"
+    started = subprocess.run([sys.executable, "-m", "iotctl", "mqttsn", "gateway", "--background", "--port", "0",
+                              "--broker", "mqtt://127.0.0.1:1883", "--log", str(log), "-v"],
+                             capture_output=True, env=clean_env(), timeout=60)
+    assert started.returncode == 0, started.stderr
+    assert f"logs to {log}" in started.stderr.decode() and "listening" not in started.stderr.decode()
+    pid = int(started.stdout)
+    try:
+        port = int(re.search(r"listening on udp 127\.0\.0\.1:(\d+)", log.read_text()).group(1))
+        r = iotctl_proc("mqttsn", "pub", "-p", str(port), "-t", topic, "-m", "logged", "-q", "1")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: "PUBLISH" in log.read_text(), 10, "the packet in the log")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    fg_log = tmp_path / "fg.log"
+    proc = subprocess.Popen([sys.executable, "-m", "iotctl", "mqttsn", "gateway", "--port", "0", "--broker",
+                             "mqtt://127.0.0.1:1883", "--log", str(fg_log)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=clean_env())
+    try:
+        wait_until(lambda: fg_log.exists() and "listening on udp" in fg_log.read_text(), 15, "the foreground log")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert err == b"", err

@@ -725,3 +725,60 @@ def test_ctrl_c_ends_listen_with_0_and_send_with_130(peer, tmp_path):
     assert err.decode().splitlines()[-1] == ("iotctl: error: send interrupted: sent 2, acknowledged 2 "
                                              "(--failed FILE keeps what was not acknowledged)")
     assert run_listen_raw("carol").splitlines()[-2:] == ["one", "two"]
+
+
+# --------------------------------------------------------------------------- iotctl bridge, both ways
+
+
+def test_bridge_mqtt_into_xmpp_and_xmpp_into_mqtt(peer, tmp_path):
+    """Through the registry alone: MQTT 5 content type and user properties become
+    XEP-0131 headers, correlation data the thread; the other way the thread becomes
+    correlation data, the headers user properties; nothing else of either meta
+    crosses. An XMPP listener is an at-least-once source."""
+    peer("prosody")
+    peer("mosquitto")
+    env = clean_env()
+    t = token()
+    topic = f"iotctl-test/xmpp-{t}"
+    run_listen_raw("bob")
+
+    def start(*args):
+        err = tmp_path / f"{uuid.uuid4().hex[:6]}.err"
+        with open(err, "wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "iotctl", *args], stdout=subprocess.PIPE, stderr=fh,
+                                    env=env)
+        return proc, err
+
+    # MQTT -> XMPP
+    bridge, bridge_err = start("bridge", f"mqtt://127.0.0.1/{topic}/#?qos=1", url("alice", "bob@localhost"),
+                               "-C", "1", "-W", "30")
+    wait_until(lambda: "bridging" in bridge_err.read_text() or bridge.poll() is not None, 15, "bridge up")
+    subprocess.run([sys.executable, "-m", "iotctl", "mqtt", "pub", "-t", f"{topic}/a", "-m", f"to xmpp {t}", "-q", "1",
+                    "--content-type", "application/json", "--user-property", "unit=C", "--correlation-data", "c-1",
+                    "--response-topic", "r/t"], env=env, check=True, timeout=30)
+    assert bridge.wait(30) == 0, bridge_err.read_text()
+    done = subprocess.run([sys.executable, "-m", "iotctl", "-o", "jsonl", "xmpp", "listen", *login("bob"), "-C", "1",
+                           "-W", "15"], capture_output=True, env=env, timeout=30)
+    env_in = json.loads(done.stdout)
+    assert env_in["payload"] == f"to xmpp {t}" and env_in["content_type"] == "application/json"
+    assert env_in["meta"]["headers"] == [["unit", "C"], ["Content-Type", "application/json"]]
+    assert env_in["meta"]["thread"] == "c-1"
+    assert set(env_in["meta"]) == {"type", "to", "id", "delay", "headers", "thread"}
+    # XMPP -> MQTT
+    sub, _ = start("-o", "jsonl", "mqtt", "sub", "-t", f"{topic}/in", "-q", "1", "-C", "1", "-W", "30")
+    bridge, bridge_err = start("bridge", url("bob", "alice@localhost"), f"mqtt://127.0.0.1/{topic}/in?qos=1",
+                               "-C", "1", "-W", "30")
+    wait_until(lambda: "bridging" in bridge_err.read_text() or bridge.poll() is not None, 15, "bridge up")
+    assert "(at least once)" in bridge_err.read_text()
+    capture = tmp_path / "c.jsonl"
+    capture.write_text(json.dumps({"protocol": "xmpp", "address": "", "payload": f"to mqtt {t}",
+                                   "meta": {"thread": "req-9", "subject": "stays here",
+                                            "headers": [["unit", "K"]]}}) + "\n")
+    r = subprocess.run([sys.executable, "-m", "iotctl", "xmpp", "send", "bob@localhost", "--replay", str(capture),
+                        *login("alice")], capture_output=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert bridge.wait(30) == 0, bridge_err.read_text()
+    out, _ = sub.communicate(timeout=30)
+    got = json.loads(out)
+    assert got["payload"] == f"to mqtt {t}"
+    assert got["meta"]["properties"] == {"user_properties": [["unit", "K"]], "correlation_data": "req-9"}

@@ -14,8 +14,8 @@ from iotctl.groups import ProtocolGroup
 from iotctl.output import JsonWriter, run_writer
 from iotctl.settings import current as settings, status
 from iotctl.errors import UsageError
-from iotctl.options import bundle, payload_options, receive_options, shared_factory
-from iotctl.protocols.coap import formats
+from iotctl.options import bundle, payload_options, receive_options, send_options, shared_factory
+from iotctl.protocols.coap import endpoints, formats
 
 DEFAULT_TIMEOUT = 10.0
 MULTICAST_WAIT = 3.0
@@ -143,23 +143,8 @@ security_options = bundle("security", [
 ], _security)
 
 
-def _check_security(uri: str, req: dict, security: dict) -> None:
-    scheme = formats.uri_scheme(req.get("proxy") or uri)
-    if security["psk"] is not None and scheme != "coaps":
-        raise UsageError("--psk", f"DTLS pre-shared keys need a coaps:// URI, not {scheme}://")
-    if scheme == "coaps" and security["psk"] is None and not security["credentials"]:
-        from iotctl.protocols.coap import client
-
-        client.check_transport("coaps", client.Security())  # "DTLS not available" comes first
-        raise UsageError(f"{uri}", "coaps:// needs --psk-identity and --psk (or --credentials FILE)")
-
-
 def _spec(method: str, uri: str, req: dict, security: dict, payload: bytes = b""):
-    from iotctl.protocols.coap import client
-
-    client.setup_logging(settings().debug)
-    return client.RequestSpec(method=method, uri=uri, payload=payload, security=client.Security(**security),
-                              **req)
+    return endpoints.request_spec(method, uri, req, security, payload)
 
 
 def _write(messages, writer) -> int:
@@ -207,44 +192,70 @@ EXAMPLES = {
 }
 
 
-def _method_command(method: str):
-    has_payload = method in PAYLOAD_REQUIRED
-    doc = (f"{METHOD_HELP[method]}\n\n"
+def _responder(writer):
+    """What a request command does with each response: print it (an error response only
+    with -o json/jsonl, whose exit status still says 6)."""
+    errors_too = isinstance(writer, JsonWriter)
+
+    def respond(msg, ok: bool) -> None:
+        if ok or errors_too:
+            _write([msg], writer)
+
+    return respond
+
+
+def _method_command(verb: str):
+    has_payload = verb in PAYLOAD_REQUIRED
+    doc = (f"{METHOD_HELP[verb]}\n\n"
            "Prints the payload (raw when piped; rendered by content format on a terminal; "
            "-o json for the envelope with the code and options in meta). A 4.xx/5.xx "
            "response exits 6 with the code and diagnostic payload on stderr (with -o json or "
            "jsonl its envelope is printed on stdout too). A created resource's Location-Path "
            "is shown on stderr and in meta.location."
-           + (" With -l, each line of stdin is sent as its own request." if has_payload else "")
-           + "\n\n\b\n" + EXAMPLES[method])
+           + (" With -l (or --replay), each message is sent as its own request, one at a time, "
+              "each 2.xx response its acknowledgement; stopped early, it says how many were sent "
+              "and acknowledged, and --failed FILE keeps the rest." if has_payload else "")
+           + (" --method put (in a URL: #method=put) sends PUT requests instead: `coap post` is "
+              "also the sink of URLs such as coap://host/path#method=put." if verb == "post" else "")
+           + "\n\n\b\n" + EXAMPLES[verb])
 
-    def body(uri, req, security, payload=None):
-        uri = formats.check_uri(uri)
-        _check_security(uri, req, security)
-        data = b""
-        if payload is not None:
-            payload.validate(required=PAYLOAD_REQUIRED[method])
-            if req["content_format"] is None and payload.encode in ("cbor", "json"):
-                req["content_format"] = 60 if payload.encode == "cbor" else 50
-            if not payload.streaming:
-                data = payload.read_one()
-        from iotctl.protocols.coap import client
+    if has_payload:
+        def body(uri, req, security, sending, payload, method=None):
+            from iotctl import send
 
-        writer = run_writer(piped_default="raw")
-        if payload is not None and payload.streaming:
-            specs = (_spec(method, uri, req, security, out.payload) for out in payload.iter())
-        else:
-            specs = iter([_spec(method, uri, req, security, data)])
-        # with -o json/jsonl a 4.xx/5.xx response is printed too (the exit status still says 6)
-        _write(client.request_all(specs, yield_errors=isinstance(writer, JsonWriter)), writer)
+            payload.validate(required=PAYLOAD_REQUIRED[verb])
+            if sending.repeat > 1 and payload.streaming:
+                raise UsageError("--repeat", "cannot be combined with -l or --replay")
+            writer = run_writer(piped_default="raw")
+            requests = endpoints.sink(uri, req, security, payload, method or verb, _responder(writer))
+            items = send.outgoing(payload, sending, addresses=(requests.address,))  # the URI wins over a replay's
+            with requests:
+                result = send.run(requests, items, requests.spec.what, requests.spec.timeout + 1.0,
+                                  progress=payload.streaming, failed=sending.failed, verb="sending")
+            if payload.streaming:
+                status(f"sent {result.sent} request(s)", tty_only=True)
+    else:
+        def body(uri, req, security):
+            from iotctl.protocols.coap import client
+
+            uri = endpoints.check(uri, req, security)
+            writer = run_writer(piped_default="raw")
+            spec = _spec(verb, uri, req, security)
+            # with -o json/jsonl a 4.xx/5.xx response is printed too (the exit status still says 6)
+            _write(client.request_all(iter([spec]), yield_errors=isinstance(writer, JsonWriter)), writer)
 
     f = body
     if has_payload:
-        f = payload_options(replay=False)(f)
+        f = payload_options()(f)
+        f = send_options()(f)
+        if verb == "post":
+            f = click.option("--method", type=click.Choice(endpoints.SINK_METHODS, case_sensitive=False),
+                             default="post", show_default=True,
+                             help="Send each message with this method instead (as a URL sink: #method=put).")(f)
     f = security_options(f)
     f = request_options(content_format=has_payload)(f)
     f = click.argument("uri", metavar="URI")(f)
-    cmd = click.command(method, help=doc, cls=group.command_class, short_help=METHOD_HELP[method])(f)
+    cmd = click.command(verb, help=doc, cls=group.command_class, short_help=METHOD_HELP[verb])(f)
     group.add_command(cmd)
     return cmd
 
@@ -262,7 +273,7 @@ for _method in ("get", "put", "post", "delete", "fetch", "patch", "ipatch"):
 @click.option("--duration", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Observe for this long, then deregister and exit 0.")
 @security_options
-@receive_options(idle="error")
+@receive_options(idle="error", reconnect=True)
 def observe(uri, req, duration, security, receive):
     """Observe a resource (RFC 7641): print the current state and every notification.
 
@@ -271,23 +282,21 @@ def observe(uri, req, duration, security, receive):
     after that many seconds (exit 5 when COUNT, or anything, was not received);
     it also bounds the wait for the first response [default: 10 s].
 
+    When a notification's Max-Age passes without a new one, it registers again: a
+    server that restarted has forgotten the observation. A server that cannot be
+    reached is tried again with backoff (a status line each time); --no-reconnect
+    exits 3 instead.
+
     \b
     iotctl coap observe coap://127.0.0.1/time -C 3
     iotctl coap observe coap://127.0.0.1/sensors/temperature -A json -o jsonl --duration 60
     """
     from iotctl import receive as receiving
 
-    uri = formats.check_uri(uri)
-    _check_security(uri, req, security)
-    req["timeout"] = receive.timeout or DEFAULT_TIMEOUT
-    req["label"] = f"observe {uri}"
-    from iotctl.protocols.coap import client
-
-    spec = _spec("get", uri, req, security)
-    receive.duration = duration
-    with client.Observation(spec) as obs:
-        status(f"observing {uri}")
-        receiving.run(obs, receive, f"observe {uri}", noun="notification")
+    observation = endpoints.source(uri, req, security, receive, duration)
+    with observation:
+        status(f"observing {observation.where}")
+        receiving.run(observation, receive, f"observe {observation.where}", noun="notification")
 
 
 # --------------------------------------------------------------------------- discover
@@ -320,7 +329,7 @@ def discover(uri, rt, if_, req, security):
         targets = list(MULTICAST_TARGETS)
     else:
         targets = [formats.with_path(formats.check_uri(uri), "/.well-known/core")]
-    _check_security(targets[0], req, security)
+    endpoints.check(targets[0], req, security)
     query = f"rt={rt}" if rt is not None else (f"if={if_}" if if_ is not None else None)
     if query:
         from urllib.parse import quote
@@ -417,8 +426,12 @@ def _write_links(responses, rt, if_) -> None:
 @click.option("--large-size", type=click.IntRange(1, 16 * 1024 * 1024), default=4096, show_default=True,
               metavar="BYTES", help="Size of /large, the resource that needs block-wise transfer.")
 @click.option("--background", is_flag=True, default=False,
-              help="Return once the device listens, leaving it running (its pid is printed).")
-def serve(bind, port, tcp, dir, interval, large_size, background):
+              help="Return once the device listens, leaving it running (its pid is printed); "
+                   "it logs to --log FILE, never to this terminal.")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Append the request log to FILE instead of stderr [default with --background: "
+                   "$XDG_STATE_HOME/iotctl/coap-serve-PORT.log; nothing with --quiet].")
+def serve(bind, port, tcp, dir, interval, large_size, background, log_file):
     """Run a simulated CoAP device until Ctrl-C.
 
     \b
@@ -432,8 +445,11 @@ def serve(bind, port, tcp, dir, interval, large_size, background):
     /files/...             the files of --dir, read-only
     /.well-known/core      all of the above with rt, if, ct, obs, title
 
-    One line per request is logged on stderr (--quiet turns it off). --background
-    returns as soon as the device listens, so the next command can use it at once.
+    One line per request is logged on stderr or --log FILE (--quiet turns it off).
+    --background returns as soon as the device listens, so the next command can use
+    it at once; the device then logs to --log FILE (by default under
+    $XDG_STATE_HOME/iotctl/, the path is printed), never to this terminal, and
+    nowhere with --quiet. A device that cannot start exits with its error and status.
 
     \b
     iotctl coap serve --background
@@ -443,13 +459,18 @@ def serve(bind, port, tcp, dir, interval, large_size, background):
     if background:
         from iotctl import background as bg
 
-        pid = bg.start("coap serve")
+        pid = bg.start("coap serve", log=log_file, name=f"coap-serve-{port}")
         click.echo(pid)
         status(f"the simulated device runs in the background (pid {pid}); stop it with: kill {pid}")
         return
     from iotctl.protocols.coap import server
 
     s = settings()
+    log = None
+    if log_file is not None:
+        from iotctl import background as bg
+
+        log = bg.open_log(log_file, text=True)
     server.serve(server.ServeConfig(address=bind, port=port, tcp=tcp, directory=dir,
                                     interval=interval, large_size=large_size, quiet=s.quiet,
-                                    debug=s.debug))
+                                    debug=s.debug, log=log))

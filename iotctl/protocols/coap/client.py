@@ -1,15 +1,24 @@
 """CoAP client on aiocoap: requests, observation, discovery (unicast and multicast).
 
-The one module of the client side that imports aiocoap; cli.py imports it inside the
-command bodies only. Everything here is synchronous from the outside: each public
-call drives its own event loop through the shared bridge (iotctl.bridge), so Ctrl-C
-cancels cleanly.
+The one module of the client side that imports aiocoap; cli.py and endpoints.py import
+it inside function bodies only. aiocoap runs on the process's one asyncio loop
+(iotctl.aioloop, its own thread): every aiocoap object is made and touched on that
+thread (coroutines given to `run`, library callbacks, `call`/`soon`); what reaches
+the main thread are iotctl Messages and errors, through a `handoff()`. The public
+classes are synchronous from the outside: `Observation` is a receive.Receiver,
+`Requests` a send.Sender, `request_all` a generator of responses.
 
 aiocoap 0.4.17 quirks handled here:
 - the observation's async iterator is lossy (a notification arriving before the
-  previous one was consumed replaces it); callbacks feeding a queue are used instead;
+  previous one was consumed replaces it); callbacks feeding a handoff are used instead;
 - cancelling an observation only forgets it locally (the server learns it from an RST
   to the next notification); a GET with Observe: 1 on the same token deregisters it;
+- an observation never re-registers: a server that restarted has forgotten it and
+  simply sends nothing more. `Observation` re-registers once the last notification's
+  Max-Age (+ a grace period) has passed in silence (RFC 7641 3.3.1), which is also
+  how it finds a server gone (ICMP port unreachable or no answer: ConnectionLost, so
+  the receive driver reconnects with backoff);
+- an ICMP error from a remote fails every request to that remote, observations too;
 - a request to a multicast address returns only the first response; multicast
   discovery sends its own NON request and collects every answer until the timeout;
 - its UDP transport reads datagrams into a 4,096-byte buffer and silently truncates
@@ -27,18 +36,17 @@ import contextvars
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterator
 
 import aiocoap
 from aiocoap import error as coap_error
 from aiocoap.numbers.codes import Code
 
-from iotctl.errors import (ConnectError, IotctlError, PeerError, TimeoutError_, UsageError,
+from iotctl import aioloop, receive, send
+from iotctl.errors import (ConnectError, ConnectionLost, IotctlError, PeerError, TimeoutError_, UsageError,
                            from_os_error)
-from iotctl import receive
-from iotctl.bridge import Bridge, Bridged
-from iotctl.message import Message
+from iotctl.message import Message, foreign
 from iotctl.trace import route_logs
 from iotctl.protocols.coap import formats
 
@@ -251,15 +259,47 @@ def _undecodable(iface, data: bytes, ancdata, address, exc: UnicodeDecodeError) 
         iface._ctx.dispatch_error(BadStringOption("the response", why), remote)
 
 
+def from_aiocoap(context: dict) -> bool:
+    """True when a loop exception context comes from aiocoap's code (its traceback, or
+    the callback or future it names)."""
+    exc = context.get("exception")
+    tb = getattr(exc, "__traceback__", None)
+    while tb is not None:
+        if f"{os.sep}aiocoap{os.sep}" in tb.tb_frame.f_code.co_filename:
+            return True
+        tb = tb.tb_next
+    return any("aiocoap" in repr(context.get(key)) for key in ("handle", "future", "task"))
+
+
 def _loop_exceptions(loop) -> None:
     """Exceptions aiocoap raises in loop callbacks (e.g. InvalidStateError for a
-    response to a request given up on): a line of the -d trace, never a traceback."""
+    response to a request given up on): a line of the -d trace, never a traceback.
+    The loop is shared: anything else goes to the handler that was there before."""
+    previous = loop.get_exception_handler()
 
     def handler(loop, context):
-        exc = context.get("exception")
-        logging.getLogger("coap").debug("%s: %r", context.get("message"), exc)
+        if from_aiocoap(context):
+            logging.getLogger("coap").debug("%s: %r", context.get("message"), context.get("exception"))
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
     loop.set_exception_handler(handler)
+
+
+_loop_ready = False
+
+
+def shared_loop() -> aioloop.AsyncLoop:
+    """The process's asyncio loop, with aiocoap mended and its loop exceptions quiet."""
+    global _loop_ready
+    fix_aiocoap()
+    loop = aioloop.shared()
+    if not _loop_ready:
+        _loop_ready = True
+        loop.call(_loop_exceptions, loop.loop)
+    return loop
 
 
 # --------------------------------------------------------------------------- context
@@ -448,30 +488,40 @@ def _requester(ctx, spec: RequestSpec):
 # --------------------------------------------------------------------------- plain requests
 
 
+class Response:
+    """A response as the main thread sees it (made on the loop's thread): the message,
+    whether the code is 2.xx, and for 4.xx/5.xx the reason (code and diagnostic)."""
+
+    __slots__ = ("message", "ok", "reason")
+
+    def __init__(self, resp, address: str, observe: bool = False):
+        self.message = to_message(resp, address, observe)
+        self.ok = resp.code.is_successful()
+        self.reason = None
+        if not self.ok:
+            diag = diagnostic(bytes(resp.payload))
+            self.reason = _code_text(resp.code) + (f": {diag}" if diag else "")
+
+
 def request_all(specs: Iterator[RequestSpec], yield_errors: bool = False) -> Iterator[Message]:
     """Send each request in turn (one context for all) and yield each response.
 
     Raises PeerError on the first 4.xx/5.xx (after yielding it, with `yield_errors`),
     TimeoutError_ when one gets no answer."""
-    bridge = _bridge()
+    loop = shared_loop()
     ctx = None
     try:
         for spec in specs:
             if ctx is None:
-                ctx = bridge.run(_context(spec.proxy or spec.uri, spec.security))
-            resp = bridge.run(_one(ctx, spec))
-            if yield_errors or resp.code.is_successful():
-                yield to_message(resp, spec.uri)
-            check_response(resp, spec.what)
+                ctx = loop.run(_context(spec.proxy or spec.uri, spec.security))
+            answer = loop.run(_answer(ctx, spec))
+            if yield_errors or answer.ok:
+                yield answer.message
+            if not answer.ok:
+                raise PeerError(spec.what, answer.reason)
     finally:
-        bridge.close(*([ctx.shutdown] if ctx is not None else []))
-
-
-def _bridge() -> Bridge:
-    fix_aiocoap()
-    bridge = Bridge()
-    _loop_exceptions(bridge.loop)
-    return bridge
+        if ctx is not None:
+            loop.cleanup(ctx.shutdown)
 
 
 async def _one(ctx, spec: RequestSpec):
@@ -483,121 +533,436 @@ async def _one(ctx, spec: RequestSpec):
             resp = await _requester(ctx, spec).request(msg).response
     except Exception as exc:
         raise map_error(exc, spec.what, spec.timeout, transfer) from None
+    _hold(ctx, resp)
     return resp
+
+
+def _hold(ctx, resp) -> None:
+    """aiocoap keeps DTLS connections in a weak pool: the context holds the last peer
+    until it shuts down, or tinydtls may write to a connection already collected (a
+    UserWarning on stderr after a refused `post -l`)."""
+    ctx._iotctl_peer = resp.remote
+
+
+async def _answer(ctx, spec: RequestSpec) -> Response:
+    return Response(await _one(ctx, spec), spec.uri)
+
+
+# --------------------------------------------------------------------------- a request per message
+
+
+class Requests(send.Sender):
+    """The send driver's CoAP side: one request per message (`method`, default POST) to
+    one URI, each response its acknowledgement: 2.xx acknowledges, 4.xx/5.xx refuses
+    (the reason is the code and diagnostic, so the message reaches --failed); no
+    answer within the request's timeout, or an unreachable server, ends the run.
+
+    One request at a time (a window of 1: CoAP's NSTART is 1, and a PUT per line must
+    leave the last line's state). `respond(message, ok)` receives every response (the
+    command prints them). A message's Content-Format comes from `adopt`, the one place
+    where a message from another protocol is taken in."""
+
+    protocol = "coap"
+    window = 1
+
+    def __init__(self, spec: RequestSpec, respond=None):
+        super().__init__()
+        self.spec = spec
+        self.respond = respond
+        self.loop: aioloop.AsyncLoop | None = None
+        self.ctx = None
+        self.inbox = None
+        self.sent = 0
+        self.tasks: set = set()
+
+    @property
+    def where(self) -> str:
+        return self.spec.uri
+
+    @property
+    def address(self) -> str:
+        """The fixed address (the URI): a bridge gives it to every message, or its
+        --address template's result, which `target` resolves against the URI."""
+        return self.spec.uri
+
+    def target(self, address: str) -> str:
+        """The URI of one message's request: the sink's URI, unless the message's address
+        names another (a bridge's --address: a coap URI, or a path resolved against the
+        sink's URI as a browser resolves a link)."""
+        uri = self.spec.uri
+        if not address or address == uri:
+            return uri
+        if "://" in address:
+            return formats.check_uri(address, "message address")
+        from urllib.parse import urljoin, urlsplit
+
+        scheme = urlsplit(uri).scheme
+        joined = urljoin("http" + uri[len(scheme):], address)  # urljoin resolves http's paths only
+        return formats.check_uri(scheme + joined[len("http"):], "message address")
+
+    def open(self) -> None:
+        self.loop = shared_loop()
+        self.inbox = self.loop.handoff()
+        self.ctx = self.loop.run(_context(self.spec.proxy or self.spec.uri, self.spec.security))
+
+    def close(self) -> None:
+        if self.loop is None or self.ctx is None:
+            return
+        ctx, self.ctx = self.ctx, None
+        self.loop.cleanup(lambda: self._shutdown(ctx))
+
+    async def _shutdown(self, ctx) -> None:
+        for task in list(self.tasks):
+            task.cancel()
+        await ctx.shutdown()
+
+    def adopt(self, msg: Message) -> int | None:
+        """The Content-Format of the request carrying `msg`: the command line's -t wins;
+        else a CoAP (or command-line) message's own content type; from another protocol
+        only its content type crosses (message.foreign), mapped to a Content-Format
+        number; a media type CoAP has no number for is dropped (said with -d). Nothing
+        else of a foreign message's meta is sent: CoAP has no user headers."""
+        if self.spec.content_format is not None:
+            return self.spec.content_format
+        found = foreign(msg, "coap")
+        if found is None:
+            options = msg.meta.get("options") if isinstance(msg.meta, dict) else None
+            number = options.get("Content-Format") if isinstance(options, dict) else None
+            if isinstance(number, int) and not isinstance(number, bool) and 0 <= number <= 0xFFFF:
+                return number
+            content_type = msg.content_type
+        else:
+            content_type = found.content_type
+        if not content_type:
+            return None
+        number = formats.content_format_number(content_type)
+        if number is None:
+            logging.getLogger("coap").debug("content type %r has no CoAP Content-Format: not sent",
+                                            content_type)
+        return number
+
+    def send(self, msg: Message) -> int:
+        uri = self.target(msg.address)
+        self.sent += 1
+        key = self.sent
+        self.loop.soon(self._start, key, uri, msg.payload, self.adopt(msg))
+        return key
+
+    def _start(self, key: int, uri: str, payload: bytes, content_format: int | None) -> None:
+        # on the loop's thread
+        spec = replace(self.spec, uri=uri, payload=payload, content_format=content_format)
+        task = asyncio.ensure_future(self._request(key, spec))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _request(self, key: int, spec: RequestSpec) -> None:
+        try:
+            answer = await _answer(self.ctx, spec)
+        except IotctlError as exc:
+            self.inbox.put((key, exc))
+        except Exception as exc:  # anything aiocoap raises that map_error did not know
+            self.inbox.put((key, map_error(exc, spec.what, spec.timeout)))
+        else:
+            self.inbox.put((key, answer))
+
+    def pump(self, wait: float) -> None:
+        failure = None
+        for key, outcome in self.inbox.take(wait):
+            if isinstance(outcome, IotctlError):
+                failure = failure or outcome
+                continue
+            if self.respond is not None:
+                self.respond(outcome.message, outcome.ok)
+            if outcome.ok:
+                self.acked.add(key)
+            else:
+                self.refused[key] = outcome.reason
+        if failure is not None:
+            raise failure
+
+    def refusal(self, refused: dict) -> IotctlError:
+        reasons = sorted(set(map(str, refused.values())))
+        if len(refused) == 1:
+            return PeerError(self.spec.what, reasons[0])
+        return PeerError(self.spec.what, f"the server refused {len(refused)} requests: {'; '.join(reasons[:3])}")
 
 
 # --------------------------------------------------------------------------- observe
 
+FRESHNESS_GRACE = 2.0   # seconds past the last notification's Max-Age before re-registering
+DEFAULT_MAX_AGE = 60    # RFC 7252 5.10.5
 
-class Observation(Bridged, receive.Receiver):
+
+class _End:
+    """The observation ended (an error from aiocoap, or the server's error code)."""
+
+    __slots__ = ("exc", "error")
+
+    def __init__(self, exc=None, error: IotctlError | None = None):
+        self.exc, self.error = exc, error
+
+
+class Observation(receive.Receiver):
     """An observation, as a Receiver for the receive driver:
 
         with Observation(spec) as obs:
             receive.run(obs, receive_spec, ...)
-    """
+
+    The first response, then every notification. When the last notification's Max-Age
+    (+ FRESHNESS_GRACE) passes in silence it registers again (deregistering the old
+    one): a server that restarted has forgotten the observation, and one that is gone
+    shows as ConnectionLost (ICMP port unreachable, or no answer within the request
+    timeout), which the driver answers with `reconnect()` and backoff. A
+    re-registration's response is delivered only when it differs from the last
+    message delivered (it is a freshness check, not a change of the resource)."""
+
+    can_reconnect = True
 
     def __init__(self, spec: RequestSpec):
         self.spec = spec
-        self.bridge = _bridge()
+        self.what = f"observe {spec.uri}"
+        self.loop: aioloop.AsyncLoop | None = None
         self.ctx = None
-        self.request = None
+        self.inbox = None
+        self.request = None        # the current registration's aiocoap request and message
         self.msg = None
-        self.queue: asyncio.Queue | None = None
-        self.first: Message | None = None
+        self.generation = 0        # callbacks of older registrations are ignored
+        self.backlog: list = []    # notifications waiting behind one that needs its other blocks
+        self.draining = False
+        self.pending: list[Message] = []   # delivered by the next poll
+        self.last: tuple | None = None     # (payload, content type) of the last message delivered
         self.ended: IotctlError | None = None
+        self.told = False          # `ended` was raised (or warned about)
         self.observing = False
+        self.heard = 0.0           # time.monotonic() of the last response or notification
+        self.max_age = DEFAULT_MAX_AGE
 
-    async def _open(self) -> None:
-        self.first = await self._start()
+    @property
+    def where(self) -> str:
+        return self.spec.uri
 
-    async def _start(self) -> Message:
-        spec = self.spec
-        _transfer.set(_Transfer(spec.max_size))
-        self.ctx = await _context(spec.proxy or spec.uri, spec.security)
-        self.queue = asyncio.Queue()
-        self.msg = build_request(spec, observe=True)
-        if spec.proxy:
-            from aiocoap.proxy.client import ProxyForwarder
+    # ------------------------------------------------------------ main thread
 
-            _forwarded(ProxyForwarder(spec.proxy, self.ctx), self.msg)
-        self.request = self.ctx.request(self.msg, handle_blockwise=False)
-        observation = self.request.observation
-        observation.register_callback(self.queue.put_nowait, _suppress_deprecation=True)
-        observation.register_errback(lambda e: self.queue.put_nowait(_End(e)), _suppress_deprecation=True)
+    def open(self) -> None:
+        self.loop = shared_loop()
+        self.inbox = self.loop.handoff()
         try:
-            async with asyncio.timeout(spec.timeout):
-                resp = await self.request.response
-        except Exception as exc:
-            raise map_error(exc, spec.what, spec.timeout) from None
-        check_response(resp, spec.what)
-        resp = await self._complete(resp)
-        self.observing = resp.opt.observe is not None
-        if not self.observing:
-            self.ended = IotctlError(f"observe {spec.uri}", "the resource is not observable "
-                                     "(the response carried no Observe option)")
-        return to_message(resp, spec.uri, observe=True)
-
-    async def _complete(self, resp):
-        """A notification bigger than one block: fetch the whole representation."""
-        block2 = resp.opt.block2
-        if block2 is None or not block2.more:
-            return resp
-        spec = self.spec
-        full = await _requester(self.ctx, spec).request(build_request(spec)).response
-        full.opt.observe = resp.opt.observe
-        return full
+            self.loop.run(self._open())
+        except BaseException:
+            self.close()
+            raise
 
     def poll(self, wait: float | None) -> list[Message] | None:
         """The first response, then every notification; raises when the server ends
-        the observation (an error code, or no longer observable)."""
-        if self.first is not None:
-            first, self.first = self.first, None
-            return [first]
+        the observation (an error code, or no longer observable), ConnectionLost when
+        the server cannot be reached any more."""
+        if self.pending:
+            out, self.pending = self.pending, []
+            return self._delivered(out)
         if self.ended is not None:
+            self.told = True
             raise self.ended
-        items = self.bridge.take(self.queue, wait)
-        out = []
-        for item in items:
-            if isinstance(item, _End):
-                self.ended = self._end_reason(item.exc)
-                break
-            if not item.code.is_successful():
-                self.ended = PeerError(f"observe {self.spec.uri}", "the server ended the observation with "
-                                       + _code_text(item.code)
-                                       + (f": {diagnostic(bytes(item.payload))}" if item.payload else ""))
-                break
-            item = self.bridge.run(self._complete(item))
-            out.append(to_message(item, self.spec.uri, observe=True))
+        if self.observing:
+            stale_in = self.heard + max(self.max_age, 1) + FRESHNESS_GRACE - time.monotonic()
+            if stale_in <= 0:
+                return self._delivered(self._refresh())
+            wait = stale_in if wait is None else min(wait, stale_in)
+        out: list[Message] = []
+        for item in self.inbox.take(wait):
+            if isinstance(item, Message):
+                out.append(item)
+                continue
+            self.ended = self._end_reason(item)
+            break
         if self.ended is not None and not out:
+            self.told = True
             raise self.ended
+        return self._delivered(out)
+
+    def _delivered(self, out: list[Message]) -> list[Message]:
+        if out:
+            last = out[-1]
+            self.last = (last.payload, last.content_type)
         return out
 
-    def _end_reason(self, exc):
+    def _refresh(self) -> list[Message]:
+        """The observation has been silent past its Max-Age: deregister it and register
+        again (a server that restarted has forgotten it; one that is gone is found)."""
+        first = self._reregister(deregister=True)
+        if self.last is not None and (first.payload, first.content_type) == self.last:
+            return []
+        return [first]
+
+    def reconnect(self) -> None:
+        """After ConnectionLost: register again (ConnectError/TimeoutError_ while the
+        server is still away; the driver tries again with backoff)."""
+        first = self._reregister(deregister=False)
+        if self.last is None or (first.payload, first.content_type) != self.last:
+            self.pending.append(first)
+
+    def _reregister(self, deregister: bool) -> Message:
+        self.ended = None
+        try:
+            return self.loop.run(self._register(deregister=deregister))
+        except IotctlError as exc:
+            if exc.code in (ConnectError.code, TimeoutError_.code):
+                raise ConnectionLost(self.what, exc.why or exc.what) from None
+            raise
+
+    def _end_reason(self, item: _End) -> IotctlError:
+        if item.error is not None:
+            return item.error
+        exc = item.exc
         if isinstance(exc, (coap_error.ObservationCancelled, coap_error.NotObservable)):
-            return IotctlError(f"observe {self.spec.uri}", "the server ended the observation")
-        return map_error(exc, f"observe {self.spec.uri}")
+            return IotctlError(self.what, "the server ended the observation")
+        error = map_error(exc, self.what)
+        if error.code in (ConnectError.code, TimeoutError_.code):
+            self.observing = False
+            return ConnectionLost(self.what, error.why or error.what)
+        return error
 
     def close(self) -> None:
-        cleanups = []
-        if self.ctx is not None:
-            if self.observing:
-                cleanups.append(self._deregister)
-            cleanups.append(self.ctx.shutdown)
-        self.bridge.close(*cleanups)
-        self.ctx = None
+        if self.ended is not None and not self.told and not isinstance(self.ended, ConnectionLost):
+            # the run ended (-C, --duration, Ctrl-C) before poll could raise it: say it
+            from iotctl.settings import warn
 
-    async def _deregister(self) -> None:
+            self.told = True
+            warn(f"{self.ended.what}: {self.ended.why}")
+        if self.loop is None or self.ctx is None:
+            return
+        ctx, self.ctx = self.ctx, None
+        cleanups = []
+        if self.observing:
+            request, msg = self.request, self.msg
+            cleanups.append(lambda: self._deregister(ctx, request, msg))
+        cleanups.append(ctx.shutdown)
+        self.loop.cleanup(*cleanups)
+
+    # ------------------------------------------------------------ the loop's thread
+
+    async def _open(self) -> None:
+        self.ctx = await _context(self.spec.proxy or self.spec.uri, self.spec.security)
+        self.pending.append(await self._register())
+
+    async def _register(self, deregister: bool = False) -> Message:
+        """Register (again): the current state as the first message."""
+        spec = self.spec
+        _transfer.set(_Transfer(spec.max_size))
+        old_request, old_msg = self.request, self.msg
+        self.generation += 1
+        generation = self.generation
+        self.backlog.clear()
+        self.observing = False
+        if old_request is not None:
+            if not old_request.observation.cancelled:
+                old_request.observation.cancel()
+            if deregister:
+                try:
+                    async with asyncio.timeout(DEREGISTER_WAIT):
+                        await self._deregister(self.ctx, old_request, old_msg, forget=False)
+                except Exception as exc:  # a refused port says the server is gone: no need to wait more
+                    error = map_error(exc, self.what)
+                    if error.code == ConnectError.code:
+                        raise error from None
+        msg = build_request(spec, observe=True)
+        if spec.proxy:
+            from aiocoap.proxy.client import ProxyForwarder
+
+            _forwarded(ProxyForwarder(spec.proxy, self.ctx), msg)
+        request = self.ctx.request(msg, handle_blockwise=False)
+        self.request, self.msg = request, msg
+        observation = request.observation
+        observation.register_callback(lambda resp: self._notified(resp, generation), _suppress_deprecation=True)
+        observation.register_errback(lambda exc: self._failed(exc, generation), _suppress_deprecation=True)
+        try:
+            async with asyncio.timeout(spec.timeout):
+                resp = await request.response
+        except Exception as exc:
+            raise map_error(exc, spec.what, spec.timeout) from None
+        check_response(resp, spec.what)
+        _hold(self.ctx, resp)
+        resp = await self._complete(resp)
+        self.heard = time.monotonic()
+        self.max_age = _max_age(resp)
+        self.observing = resp.opt.observe is not None
+        if not self.observing:
+            self.ended = IotctlError(self.what, "the resource is not observable "
+                                     "(the response carried no Observe option)")
+        return to_message(resp, spec.uri, observe=True)
+
+    def _notified(self, resp, generation: int) -> None:
+        if generation != self.generation:
+            return
+        self.heard = time.monotonic()
+        if self.backlog or _more_blocks(resp):
+            self.backlog.append(resp)
+            self._drain()
+        else:
+            self.inbox.put(self._item(resp))
+
+    def _failed(self, exc, generation: int) -> None:
+        if generation != self.generation:
+            return
+        if self.backlog:
+            self.backlog.append(_End(exc))
+            self._drain()
+        else:
+            self.inbox.put(_End(exc))
+
+    def _item(self, resp):
+        if not resp.code.is_successful():
+            return _End(error=PeerError(self.what, "the server ended the observation with " + _code_text(resp.code)
+                                        + (f": {diagnostic(bytes(resp.payload))}" if resp.payload else "")))
+        self.max_age = _max_age(resp)
+        return to_message(resp, self.spec.uri, observe=True)
+
+    def _drain(self) -> None:
+        """Deliver the backlog in order, fetching the whole representation of a
+        notification bigger than one block."""
+        if self.draining:
+            return
+        self.draining = True
+        generation = self.generation
+
+        async def drain():
+            try:
+                while self.backlog and generation == self.generation:
+                    item = self.backlog.pop(0)
+                    if isinstance(item, _End):
+                        self.inbox.put(item)
+                        continue
+                    try:
+                        item = await self._complete(item)
+                    except Exception as exc:
+                        self.inbox.put(_End(exc))
+                        continue
+                    self.inbox.put(self._item(item))
+            finally:
+                self.draining = False
+
+        asyncio.ensure_future(drain())
+
+    async def _complete(self, resp):
+        """A notification bigger than one block: fetch the whole representation."""
+        if not _more_blocks(resp):
+            return resp
+        spec = self.spec
+        async with asyncio.timeout(spec.timeout):
+            full = await _requester(self.ctx, spec).request(build_request(spec)).response
+        full.opt.observe = resp.opt.observe
+        return full
+
+    async def _deregister(self, ctx, request, msg, forget: bool = True) -> None:
         """RFC 7641 3.6: a GET with Observe: 1 on the observation's token."""
-        obs = self.request.observation
+        obs = request.observation
         if not obs.cancelled:
             obs.cancel()
-        msg = self.msg
         if not msg.token or msg.remote is None:
             return
         dereg = msg.copy(observe=1, mid=None)
         dereg.token = msg.token
         try:
-            interface = await self.ctx.find_remote_and_interface(dereg)
+            interface = await ctx.find_remote_and_interface(dereg)
         except Exception:
             return
         if not hasattr(interface, "next_token"):
@@ -605,18 +970,24 @@ class Observation(Bridged, receive.Receiver):
         token = msg.token
         interface.next_token = lambda: token
         try:
-            req = self.ctx.request(dereg, handle_blockwise=False)
+            req = ctx.request(dereg, handle_blockwise=False)
             async with asyncio.timeout(DEREGISTER_WAIT):
                 await req.response
         except Exception:
-            pass
+            if not forget:
+                raise
         finally:
             del interface.next_token
 
 
-class _End:
-    def __init__(self, exc):
-        self.exc = exc
+def _more_blocks(resp) -> bool:
+    block2 = resp.opt.block2
+    return block2 is not None and block2.more
+
+
+def _max_age(resp) -> float:
+    age = resp.opt.max_age
+    return DEFAULT_MAX_AGE if age is None else int(age)
 
 
 def _forwarded(fwd, msg):
@@ -634,20 +1005,24 @@ def _forwarded(fwd, msg):
 # --------------------------------------------------------------------------- multicast discovery
 
 
-def multicast_request(spec: RequestSpec, wait: float) -> list[tuple[str, object]]:
+def multicast_request(spec: RequestSpec, wait: float) -> list[tuple[str, Message]]:
     """Send one NON request to each multicast (or unicast) URI's host and collect every
-    answer until `wait` seconds have passed: [(responder URI, aiocoap.Message), ...].
+    answer until `wait` seconds have passed: [(responder URI, Message), ...].
 
     aiocoap's own request API hands back only the first answer to a multicast request."""
+    return shared_loop().run(_multicast(spec, wait))
+
+
+async def _multicast(spec: RequestSpec, wait: float) -> list[tuple[str, Message]]:
     import secrets
-    import selectors
     import socket
     from urllib.parse import urlsplit
 
+    loop = asyncio.get_running_loop()
     parts = urlsplit(spec.uri)
     port = parts.port or 5683
     try:
-        infos = socket.getaddrinfo(parts.hostname, port, type=socket.SOCK_DGRAM)
+        infos = await loop.getaddrinfo(parts.hostname, port, type=socket.SOCK_DGRAM)
     except socket.gaierror as exc:
         raise ConnectError(spec.what, f"cannot resolve host: {exc.strerror}") from None
     family, _, _, _, sockaddr = infos[0]
@@ -658,28 +1033,29 @@ def multicast_request(spec: RequestSpec, wait: float) -> list[tuple[str, object]
     msg.opt.uri_host = None
     packet = msg.encode()
     sock = socket.socket(family, socket.SOCK_DGRAM)
-    answers: list[tuple[str, object]] = []
+    sock.setblocking(False)
+    answers: list[tuple[str, Message]] = []
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 1)
         else:
             sock.setsockopt(socket.IPPROTO_IP, socket.IP_MULTICAST_TTL, 1)
         try:
-            sock.sendto(packet, sockaddr)
+            await loop.sock_sendto(sock, packet, sockaddr)
         except OSError as exc:
             raise map_error(_with_cause(exc), spec.what) from None
-        sel = selectors.DefaultSelector()
-        sel.register(sock, selectors.EVENT_READ)
         end = time.monotonic() + wait
         seen = set()
+        path = parts.path or "/"
         while True:
             left = end - time.monotonic()
             if left <= 0:
                 break
-            if not sel.select(left):
-                continue
             try:
-                data, addr = sock.recvfrom(65536)
+                async with asyncio.timeout(left):
+                    data, addr = await loop.sock_recvfrom(sock, 65536)
+            except TimeoutError:
+                break
             except OSError:  # e.g. ICMP port unreachable from a unicast target
                 continue
             try:
@@ -691,14 +1067,16 @@ def multicast_request(spec: RequestSpec, wait: float) -> list[tuple[str, object]
             if resp.mtype == aiocoap.CON:  # acknowledge a confirmable answer
                 ack = aiocoap.Message(code=aiocoap.EMPTY)
                 ack.mtype, ack.mid = aiocoap.ACK, resp.mid
-                sock.sendto(ack.encode(), addr)
+                try:
+                    await loop.sock_sendto(sock, ack.encode(), addr)
+                except OSError:
+                    pass
             if (addr, resp.mid) in seen:
                 continue
             seen.add((addr, resp.mid))
             host = f"[{addr[0]}]" if ":" in addr[0] else addr[0]
-            path = parts.path or "/"
-            answers.append((f"coap://{host}:{addr[1]}{path}" + (f"?{parts.query}" if parts.query else ""), resp))
-        sel.close()
+            uri = f"coap://{host}:{addr[1]}{path}" + (f"?{parts.query}" if parts.query else "")
+            answers.append((uri, to_message(resp, uri)))
     finally:
         sock.close()
     return answers
@@ -710,19 +1088,19 @@ def _with_cause(exc: OSError):
     return wrapper
 
 
-def complete_blocks(answers: list[tuple[str, object]], spec: RequestSpec) -> list[Message]:
-    """Turn multicast answers into Messages; an answer cut into blocks is fetched in
-    full from that responder by unicast."""
+def complete_blocks(answers: list[tuple[str, Message]], spec: RequestSpec) -> list[Message]:
+    """The multicast answers as Messages; an answer cut into blocks (Block2 with more
+    blocks) is fetched in full from that responder by unicast."""
     out: list[Message] = []
     pending = []
-    for uri, resp in answers:
-        block2 = resp.opt.block2
-        if block2 is not None and block2.more:
+    for uri, msg in answers:
+        block2 = msg.meta.get("options", {}).get("Block2")
+        if isinstance(block2, str) and block2.split("/")[1:2] == ["1"]:
             pending.append(uri)
         else:
-            out.append(to_message(resp, uri))
+            out.append(msg)
     if pending:
-        specs = [RequestSpec(**{**spec.__dict__, "uri": uri}) for uri in pending]
+        specs = [replace(spec, uri=uri) for uri in pending]
         try:
             out.extend(request_all(iter(specs)))
         except IotctlError as exc:

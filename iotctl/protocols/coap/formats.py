@@ -112,6 +112,19 @@ def parse_content_format(text: str, option: str = "--content-format") -> int:
     return number
 
 
+def content_format_number(media_type: str) -> int | None:
+    """The Content-Format number of a media type from another protocol's message
+    (MQTT 5, AMQP, STOMP, HTTP content types), or None when CoAP has none for it. A
+    charset=utf-8 parameter is CoAP's default for text and JSON and may be left out."""
+    norm = _norm(media_type)
+    number = _BY_NAME.get(norm)
+    if number is None and norm.endswith(";charset=utf-8"):
+        number = _BY_NAME.get(norm[: -len(";charset=utf-8")])
+    if number is None and norm.endswith(';charset="utf-8"'):
+        number = _BY_NAME.get(norm[: -len(';charset="utf-8"')])
+    return number
+
+
 def content_format_name(number: int | None) -> str | None:
     """The media type for a content-format number, or None when it has no known name."""
     if number is None:
@@ -283,7 +296,10 @@ def check_uri(uri: str, what: str = "URI") -> str:
     """Validate a CoAP URI (scheme, host, numeric port); a bad one is a usage error."""
     from urllib.parse import urlsplit
 
+    from iotctl.endpoint import mask_url
+
     text = uri.strip()
+    uri = mask_url(uri)  # as shown in an error: never a password
     if "://" not in text:
         hint = None
         if text and not text.startswith("/"):

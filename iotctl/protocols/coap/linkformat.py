@@ -172,28 +172,79 @@ def _cell(value) -> str:
     return str(value)
 
 
-def links_table(links: list[dict], title: str | None = None):
-    """A rich Table: path, rt, if, ct, obs, title, and any other parameters."""
-    from rich import box
-    from rich.table import Table
+GAP = 2                     # spaces between columns (the box's divider and one of padding)
+SHRINK = {"other": 8, "title": 8, "rt": 8, "ct": 6, "if": 4}   # the narrowest a column is cut to
+DROP = ("other", "if", "title", "ct", "obs", "rt")               # the order columns give way in
 
-    table = Table(title=title, box=box.SIMPLE_HEAD, show_edge=False, header_style="bold", pad_edge=False)
-    widest = max((len(link["href"]) for link in links), default=4)
-    table.add_column("path", style="cyan", overflow="fold", min_width=min(widest, 32))
-    for name in COLUMNS:
-        table.add_column(name, overflow="fold")
-    has_other = any(k for link in links for k in link if k != "href" and k not in COLUMNS)
-    if has_other:
-        table.add_column("other", style="dim", overflow="fold")
-    for link in links:
-        row = [link["href"]]
-        for name in COLUMNS:
-            row.append(_cell(link.get(name)))
-        if has_other:
-            row.append(" ".join(k if v is True else f"{k}={_cell(v)}" for k, v in link.items()
-                                if k != "href" and k not in COLUMNS))
-        table.add_row(*row)
-    return table
+
+def layout(widths: dict[str, int], room: int) -> dict[str, int]:
+    """Column widths (name -> width, in display order) that fit `room` characters: the
+    path stays whole; first the 'other' column is cut or left out, then values are
+    cut with an ellipsis (title, rt, ct, if, down to SHRINK), then columns are left
+    out (DROP order). Never a second row for a cell."""
+    out = dict(widths)
+
+    def total() -> int:
+        return sum(out.values()) + GAP * (len(out) - 1)
+
+    def cut(name: str) -> None:
+        over = total() - room
+        if over > 0 and name in out:
+            out[name] = max(min(out[name], SHRINK.get(name, out[name])), out[name] - over)
+
+    cut("other")
+    if total() > room:
+        out.pop("other", None)
+    for name in ("title", "rt", "ct", "if"):
+        cut(name)
+    for name in DROP:
+        if total() <= room:
+            break
+        out.pop(name, None)
+    return out
+
+
+class LinksTable:
+    """The links as a table that fits the console's width (a rich renderable): path,
+    rt, if, ct, obs, title, and any other parameters; see `layout` for what gives way
+    on a narrow terminal."""
+
+    def __init__(self, links: list[dict]):
+        self.rows = []
+        for link in links:
+            row = {"path": link["href"]}
+            for name in COLUMNS:
+                row[name] = _cell(link.get(name))
+            row["other"] = " ".join(k if v is True else f"{k}={_cell(v)}" for k, v in link.items()
+                                    if k != "href" and k not in COLUMNS)
+            self.rows.append(row)
+        names = ["path", *COLUMNS] + (["other"] if any(r["other"] for r in self.rows) else [])
+        self.widths = {name: max([len(name)] + [len(r[name]) for r in self.rows]) for name in names}
+
+    def __rich_console__(self, console, options):
+        from rich import box
+        from rich.table import Table
+
+        widths = layout(self.widths, options.max_width)
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, header_style="bold", pad_edge=False,
+                      padding=(0, GAP - 1, 0, 0))
+        for name, width in widths.items():
+            table.add_column(name, style="cyan" if name == "path" else ("dim" if name == "other" else None),
+                             width=width, no_wrap=True, overflow="ellipsis" if name != "path" else "fold")
+        for row in self.rows:
+            table.add_row(*(row[name] for name in widths))
+        yield table
+
+    def __rich_measure__(self, console, options):
+        from rich.measure import Measurement
+
+        natural = sum(self.widths.values()) + GAP * (len(self.widths) - 1)
+        return Measurement(min(natural, options.max_width), natural)
+
+
+def links_table(links: list[dict]) -> LinksTable:
+    """A table of the links that fits the terminal (see LinksTable)."""
+    return LinksTable(links)
 
 
 def render(payload: bytes):

@@ -12,7 +12,13 @@ Imported only by the serve command. Resources:
     /files/...             the files of --dir (read-only)
     /.well-known/core      all of them in link-format with rt, if, ct, obs, title (filterable)
 
-Every request is logged as one line on stderr.
+Every request is logged as one line on stderr (or the --log file).
+
+The device runs on the process's one asyncio loop (iotctl.aioloop, its own thread):
+`start(cfg)` is a coroutine that opens the server context and returns a `Running`
+whose `stop()` closes it, so a command that serves more than CoAP (the coming `coap
+proxy`, with an HTTP server) starts its other servers on the same loop; `serve(cfg)`
+is the foreground command: start, wait for Ctrl-C or SIGTERM, stop.
 
 Bounded against floods and hostile clients: a block-wise upload is refused with 4.13
 (and Size1) as soon as it passes MAX_BODY, at most MAX_ASSEMBLIES uploads and
@@ -27,10 +33,10 @@ import asyncio
 import json
 import os
 import random
-import signal
 import sys
 import time
 from dataclasses import dataclass
+from typing import IO
 
 import aiocoap
 from aiocoap import error, resource
@@ -64,6 +70,34 @@ class ServeConfig:
     large_size: int = 4096
     quiet: bool = False
     debug: bool = False
+    log: IO[str] | None = None   # where the request log goes [default: stderr]
+
+
+class Log:
+    """The server's log: one line per request (and its start and stop), on stderr or
+    the --log file; nothing with --quiet. Never raises (a closed stderr loses lines,
+    not the server)."""
+
+    def __init__(self, stream: IO[str] | None, quiet: bool):
+        self.stream, self.quiet = stream, quiet
+
+    def __call__(self, line: str) -> None:
+        if self.quiet:
+            return
+        out = self.stream if self.stream is not None else sys.stderr
+        try:
+            out.write(line + "\n")
+            out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def warning(self, text: str) -> None:
+        """Shown even with --quiet."""
+        quiet, self.quiet = self.quiet, False
+        try:
+            self(f"iotctl: warning: {text}")
+        finally:
+            self.quiet = quiet
 
 
 def _response(payload: bytes = b"", ct: int | None = None, code=None, **opts) -> aiocoap.Message:
@@ -476,9 +510,10 @@ class LoggingSite(resource.Site):
     """The site: routes by path, logs one line per request on stderr, and bounds the
     observations each client holds."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, log: Log):
         super().__init__()
-        self.quiet = quiet
+        self.log = log
+        self.quiet = log.quiet
         self.observers: dict[str, int] = {}   # client endpoint -> observations held
         self.observations = 0
 
@@ -491,8 +526,15 @@ class LoggingSite(resource.Site):
     async def render_to_pipe(self, pipe):
         """A GET with Observe counts against its client's observations while it lasts
         (the render task ends, or is cancelled, when the observation does); past the
-        bounds the request is served once without Observe (RFC 7641 allows it)."""
+        bounds the request is served once without Observe (RFC 7641 allows it).
+
+        Only a GET or FETCH registers an observation (RFC 7641 1.2, RFC 8132 2.4): an
+        Observe option on any other method is ignored. aiocoap would observe a POST too,
+        re-running it for every notification it causes, each a new write: one datagram
+        (POST /store/x with Observe: 0) kept the server busy for good."""
         request = pipe.request
+        if request.opt.observe is not None and request.code not in (Code.GET, Code.FETCH):
+            request.opt.observe = None
         if request.opt.observe != 0:
             return await self._render(pipe)
         try:
@@ -521,18 +563,18 @@ class LoggingSite(resource.Site):
 
             def on_event(event):
                 if event.message is not None:
-                    _log_request(request, event.message.code, len(event.message.payload), started)
+                    self.log(_request_line(request, event.message.code, len(event.message.payload), started))
                 elif event.exception is not None:
                     exc = event.exception
                     code = exc.to_message().code if isinstance(exc, error.RenderableError) else Code.INTERNAL_SERVER_ERROR
-                    _log_request(request, code, 0, started)
+                    self.log(_request_line(request, code, 0, started))
                 return False
 
             pipe.on_event(on_event, is_interest=False)
         return await super().render_to_pipe(pipe)
 
 
-def _log_request(request, code, size: int, started: float) -> None:
+def _request_line(request, code, size: int, started: float) -> str:
     path = "/" + "/".join(request.opt.uri_path)
     if request.opt.uri_query:
         path += "?" + "&".join(request.opt.uri_query)
@@ -548,14 +590,9 @@ def _log_request(request, code, size: int, started: float) -> None:
     except Exception:
         remote = "?"
     mtype = request.mtype.name if request.mtype is not None else "TCP"
-    line = (f"{time.strftime('%H:%M:%S')} {remote} {mtype} {request.code} {path}"
+    return (f"{time.strftime('%H:%M:%S')} {remote} {mtype} {request.code} {path}"
             + (" " + " ".join(extra) if extra else "")
             + f" -> {code} ({size} B, {(time.monotonic() - started) * 1000:.1f} ms)")
-    try:
-        sys.stderr.write(line + "\n")
-        sys.stderr.flush()
-    except (OSError, ValueError):
-        pass
 
 
 # --------------------------------------------------------------------------- the device
@@ -564,7 +601,8 @@ def _log_request(request, code, size: int, started: float) -> None:
 class Device:
     def __init__(self, cfg: ServeConfig):
         self.cfg = cfg
-        self.site = LoggingSite(cfg.quiet)
+        self.log = Log(cfg.log, cfg.quiet)
+        self.site = LoggingSite(self.log)
         self.clock = Clock()
         self.sensors = [
             Sensor("temperature", "Cel", 21.5, -10.0, 45.0, "temperature-c", "Temperature"),
@@ -614,23 +652,18 @@ class Device:
                     sensor.step()
 
 
-def _log_bad_request(quiet: bool):
+def _log_bad_request(log: Log):
     """One log line for a request aiocoap cannot decode (answered 4.02 by client.py)."""
 
     def hook(remote, mtype: int, code: int, why: str) -> None:
-        if quiet:
+        if log.quiet:
             return
         try:
             host = remote.hostinfo
         except Exception:
             host = "?"
-        line = (f"{time.strftime('%H:%M:%S')} {host} {('CON', 'NON')[mtype]} {Code(code)} ? "
-                f"-> 4.02 Bad Option ({why})")
-        try:
-            sys.stderr.write(line + "\n")
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
+        log(f"{time.strftime('%H:%M:%S')} {host} {('CON', 'NON')[mtype]} {Code(code)} ? "
+            f"-> 4.02 Bad Option ({why})")
 
     return hook
 
@@ -668,8 +701,8 @@ def _bounded_deduplication() -> None:
     MessageManager._iotctl_bounded = True
 
 
-def _loop_exceptions(debug: bool):
-    """An exception in one of aiocoap's callbacks is one line on stderr (the traceback
+def _loop_exceptions(log: Log, debug: bool):
+    """An exception in one of aiocoap's callbacks is one line in the log (the traceback
     with -d), never a traceback per datagram."""
 
     def handler(loop, context):
@@ -677,23 +710,36 @@ def _loop_exceptions(debug: bool):
         if debug:
             loop.default_exception_handler(context)
             return
-        try:
-            sys.stderr.write(f"iotctl: warning: {context.get('message')}: {exc!r}\n")
-            sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
+        log.warning(f"{context.get('message')}: {exc!r}")
 
     return handler
 
 
-async def _run(cfg: ServeConfig) -> None:
+class Running:
+    """A device serving on the shared loop; `stop()` (a coroutine) closes it."""
+
+    def __init__(self, device: Device, ctx, ticker: asyncio.Task):
+        self.device, self.ctx, self.ticker = device, ctx, ticker
+
+    async def stop(self) -> None:
+        self.ticker.cancel()
+        try:
+            async with asyncio.timeout(3):
+                await self.ctx.shutdown()
+        except Exception:
+            pass
+
+
+async def start(cfg: ServeConfig) -> Running:
+    """Open the device's server context on the running (shared) loop; it serves from
+    then on. Raises IotctlError when it cannot listen."""
     from iotctl.protocols.coap import client
 
     client.fix_aiocoap()
     _bounded_deduplication()
-    client.bad_request_hook = _log_bad_request(cfg.quiet)
-    asyncio.get_running_loop().set_exception_handler(_loop_exceptions(cfg.debug))
     device = Device(cfg)
+    client.bad_request_hook = _log_bad_request(device.log)
+    asyncio.get_running_loop().set_exception_handler(_loop_exceptions(device.log, cfg.debug))
     transports = ["udp6"] + (["tcpserver"] if cfg.tcp else [])
     try:
         ctx = await aiocoap.Context.create_server_context(device.site, bind=(cfg.address, cfg.port),
@@ -704,40 +750,33 @@ async def _run(cfg: ServeConfig) -> None:
                           hint="another server may use that port; choose one with -p") from None
     except Exception as exc:  # e.g. a name that does not resolve
         raise IotctlError(f"cannot listen on {cfg.address} port {cfg.port}", str(exc)) from None
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        try:
-            loop.add_signal_handler(sig, stop.set)
-        except (NotImplementedError, RuntimeError, ValueError):
-            pass
     host = f"[{cfg.address}]" if ":" in cfg.address else cfg.address
-    if not cfg.quiet:
-        urls = f"coap://{host}:{cfg.port}" + (f" and coap+tcp://{host}:{cfg.port}" if cfg.tcp else "")
-        sys.stderr.write(f"iotctl: serving a simulated device on {urls} "
-                         f"(GET /.well-known/core lists the resources); Ctrl-C stops\n")
-        sys.stderr.flush()
-    ticker = asyncio.create_task(device.tick())
-    background.ready()
-    try:
-        await stop.wait()
-    finally:
-        ticker.cancel()
-        try:
-            async with asyncio.timeout(3):
-                await ctx.shutdown()
-        except Exception:
-            pass
-    if not cfg.quiet:
-        sys.stderr.write("iotctl: server stopped\n")
-        sys.stderr.flush()
+    urls = f"coap://{host}:{cfg.port}" + (f" and coap+tcp://{host}:{cfg.port}" if cfg.tcp else "")
+    device.log(f"iotctl: serving a simulated device on {urls} "
+               f"(GET /.well-known/core lists the resources); Ctrl-C stops")
+    return Running(device, ctx, asyncio.create_task(device.tick()))
 
 
 def serve(cfg: ServeConfig) -> None:
+    """Serve in the foreground until Ctrl-C or SIGTERM (then exit 0)."""
+    from iotctl import aioloop, interrupts
     from iotctl.trace import route_logs
 
     route_logs(("coap-server", "coap"), cfg.debug)
     # aiocoap sets SO_REUSEPORT by default: a second server on the same port would then
     # start silently and share the requests; a busy port must be an error instead
     os.environ.setdefault("AIOCOAP_REUSE_PORT", "0")
-    asyncio.run(_run(cfg))
+    loop = aioloop.shared()
+    restore = interrupts.terminate_as_interrupt()
+    try:
+        running = loop.run(start(cfg))
+        background.ready()
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        loop.cleanup(running.stop, timeout=4)
+    finally:
+        restore()
+    running.device.log("iotctl: server stopped")

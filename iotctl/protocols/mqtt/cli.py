@@ -13,8 +13,8 @@ from iotctl.groups import ProtocolGroup
 from iotctl.output import run_writer
 from iotctl.settings import current as settings, status
 from iotctl.errors import UsageError
-from iotctl.options import (bundle, connection_options, kv_option, payload_options, receive_options,
-                            send_options, timeout_option)
+from iotctl.options import (bundle, check_options, connection_options, kv_option, payload_options,
+                            receive_options, send_options, timeout_option, watch_options)
 from iotctl.protocols.mqtt import endpoints
 from iotctl.protocols.mqtt.endpoints import SCHEMES, require_v5 as _require_v5
 from iotctl.protocols.mqtt.topics import validate_filter, validate_topic
@@ -197,6 +197,36 @@ def subscribe(cfg, topics, qoss, no_retained, retained_only, filter_out, no_loca
         receiving.run(subscriber, receive, "subscribe")
 
 
+# --------------------------------------------------------------------------- watch
+
+
+@group.command()
+@mqtt_options
+@click.option("-t", "--topic", "topics", multiple=True, required=True, metavar="FILTER",
+              help="Topic filter to watch (repeatable; + and # wildcards).")
+@click.option("-q", "--qos", "qoss", multiple=True, type=click.IntRange(0, 2),
+              help="QoS for each -t in order (the last one applies to the rest) [default: 0].")
+@click.option("-T", "--filter-out", multiple=True, metavar="FILTER",
+              help="Leave out topics matching FILTER (repeatable).")
+@watch_options()
+def watch(cfg, topics, qoss, filter_out, view):
+    """A live tree of the topics under FILTER: 'iotctl watch mqtt://HOST/FILTER'
+    with the MQTT options (see 'iotctl watch --help' for the keys and --snapshot).
+
+    \b
+    iotctl mqtt watch -t '#'
+    iotctl mqtt watch -t 'sensors/#' -h broker.local -u dev -P secret --tls
+    iotctl mqtt watch -t 'sensors/#' --snapshot -W 10 -o json
+    """
+    from iotctl import watchscreen
+    from iotctl.registry import get
+    from iotctl.watching import Watched
+
+    source = endpoints.source(cfg, topics, qoss, filter_out=filter_out)
+    where = f"{cfg.endpoint.display} {' '.join(topics)}"
+    watchscreen.run(Watched(source, get("mqtt"), {"cfg": cfg}, where), view)
+
+
 # --------------------------------------------------------------------------- request
 
 
@@ -310,3 +340,24 @@ def retained_clear(cfg, topic_filter, dry_run, timeout):
     for t in topics:
         click.echo(t)
     status(f"{'would clear' if dry_run else 'cleared'} {len(topics)} retained message(s)", tty_only=not dry_run)
+
+
+# --------------------------------------------------------------------------- check
+
+
+@group.command()
+@mqtt_options
+@check_options()
+def check(cfg, checking):
+    """What the broker is and allows (as 'iotctl check mqtt://...'): versions, MQTT 5
+    limits, TLS, and probed QoS round trips, retain, wildcards, shared subscriptions,
+    largest payload, longest topic and client id (--probe; on by default against
+    127.0.0.1 only).
+
+    \b
+    iotctl mqtt check -h 127.0.0.1
+    iotctl mqtt check --url mqtts://broker.example.com --cafile ca.pem --no-probe
+    """
+    from iotctl import checking as checks, registry
+
+    checks.run(registry.get("mqtt"), cfg.endpoint.display, cfg.endpoint.host, {"cfg": cfg}, checking)

@@ -147,6 +147,26 @@ class _Client(paho.Client):
                 self._handle_on_message(message)
         return rc
 
+    def _handle_pubrec(self):
+        """paho ignores a PUBREC's reason code and sends PUBREL anyway: a QoS 2 message
+        the broker refused (0x87 not authorised) was then reported as a lost
+        connection (Mosquitto closes it). A refusing PUBREC settles the message as
+        refused, as a refusing PUBACK does at QoS 1."""
+        if self._protocol == paho.MQTTv5:
+            packet = self._in_packet["packet"]
+            if len(packet) >= 3 and packet[2] >= 0x80:
+                from paho.mqtt.reasoncodes import ReasonCode
+
+                mid = int.from_bytes(packet[:2], "big")
+                with self._out_message_mutex:
+                    if mid in self._out_messages:
+                        try:
+                            reason = ReasonCode(PacketTypes.PUBREC, identifier=packet[2])
+                        except (KeyError, ValueError):
+                            reason = ReasonCode(PacketTypes.PUBREC, "Unspecified error")
+                        return self._do_on_publish(mid, reason, None)
+        return super()._handle_pubrec()
+
     def _handle_pubrel(self):
         rc = super()._handle_pubrel()
         if not self._manual_ack or rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -689,11 +709,12 @@ class Publisher(send.Sender):
         publish, qos, retain, props, session = self.client.publish, self.qos, self.retain, self.paho_props, self.session
         properties = self._properties
         v5 = session.v5
+        default = self.address or ""
 
         def send(msg):
             p = properties(msg) if (v5 and (msg.meta or msg.content_type or msg.protocol)) else props
             try:
-                info = publish(msg.address, msg.payload, qos, retain, p)
+                info = publish(msg.address or default, msg.payload, qos, retain, p)
             except ValueError as exc:
                 raise UsageError(f"cannot publish to {msg.address!r}", str(exc)) from None
             if info.rc > 0:  # MQTT_ERR_AGAIN (-1) only means "queued"
@@ -747,7 +768,9 @@ class Publisher(send.Sender):
         return PublishProps(**{k: v for k, v in fields.items() if v is not None}).to_paho()
 
     def pump(self, wait: float) -> None:
-        if not self.session._pump(wait) and not self.acked:
+        # outcomes read before the connection went are reported first (Mosquitto 2.0
+        # closes the connection right after a PUBACK refusing a message)
+        if not self.session._pump(wait) and not self.acked and not self.refused:
             raise self.session._lost("publish")
 
     def refusal(self, refused: dict) -> IotctlError:
@@ -814,6 +837,8 @@ class Subscriber(Receiver):
     def filters(self) -> list[str]:
         return [s.topic_filter for s in self.subs]
 
+    fast = None  # the FastReader once the subscription stands (not over websockets)
+
     def open(self) -> None:
         session = Session(self.cfg, manual_ack=self.manual_ack)
         try:
@@ -827,14 +852,66 @@ class Subscriber(Receiver):
             if self.retained_only:
                 session.publish_probe()
                 self.until = (lambda m: m.address == probe)
+            self.fast = self._fast(session)
         except BaseException:
             session.close()
             raise
         self.session = session
 
+    def _fast(self, session: Session):
+        """Read the socket directly from now on (fastpath.py), once paho is between
+        packets and has written everything it queued."""
+        from iotctl.protocols.mqtt.fastpath import FastReader
+
+        if self.cfg.endpoint.ws or os.environ.get("IOTCTL_MQTT_PAHO_RECEIVE") == "1":
+            return None
+        client = session.client
+        deadline = time.monotonic() + self.cfg.connect_timeout
+        while client._in_packet["command"] != 0 or client.want_write():
+            if time.monotonic() > deadline or not session._pump(0.05):
+                return None
+        sock = client.socket()
+        if sock is None:
+            return None
+        fast = FastReader(sock, session.v5, self.cfg.keepalive, self.manual_ack, owner=session)
+        fast.accept = session._accept
+        return fast
+
     def close(self) -> None:
         if self.session is not None:
+            if self.fast is not None and self.fast.out:
+                try:
+                    self.fast._write(bytes(self.fast.out))
+                except Exception:
+                    pass
             self.session.close()
+
+    def poll(self, wait):
+        fast = self.fast
+        if fast is None:
+            return super().poll(wait)
+        if self.ended:
+            return None
+        session = self.session
+        if session._batch:  # read by paho before the fast path took over
+            batch = session._take()
+        else:
+            try:
+                batch = fast.poll(wait)
+            except ConnectionLost as lost:
+                raise ConnectionLost(f"subscription to {', '.join(self.filters)}", lost.why) from None
+        if self.until is not None:
+            for i, msg in enumerate(batch):
+                if self.until(msg):
+                    self.ended = True
+                    return batch[:i]
+        return batch
+
+    def ack(self, batch) -> None:
+        if self.fast is None:
+            return super().ack(batch)
+        if self.manual_ack or self.fast.out:
+            self.fast.ack(batch)  # also what paho read before: its tokens are this session's too
 
     def reconnect(self) -> None:
         old = self.session

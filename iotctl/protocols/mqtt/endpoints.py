@@ -29,6 +29,8 @@ def address_args(url, role: str) -> list[str]:
         topic = topic[len("mqtt/"):]  # ws://host:port/mqtt/TOPIC: the websocket path first
     if topic:
         args += ["-t", topic]
+    elif role == "check":
+        args += ["-t", "#"]  # check subscribes to nothing the URL names; the command wants a filter
     return args
 
 

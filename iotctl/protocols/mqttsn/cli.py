@@ -13,10 +13,10 @@ from iotctl.errors import UsageError
 from iotctl.groups import ProtocolGroup
 from iotctl.options import (bundle, connection_options, payload_options, receive_options, send_options,
                             timeout_option)
+from iotctl.protocols.mqttsn import endpoints
+from iotctl.protocols.mqttsn.endpoints import SCHEMES
 from iotctl.settings import current as settings, status
-from iotctl.topics import validate_filter, validate_topic
-
-SCHEMES = {"mqttsn": Scheme(tls=False, ws=False, port=1883)}
+from iotctl.topics import validate_topic
 # where the gateway forwards to (its --broker URL)
 BROKER_SCHEMES = {"mqtt": Scheme(tls=False, ws=False, port=1883), "mqtts": Scheme(tls=True, ws=False, port=8883)}
 
@@ -46,7 +46,7 @@ _RETRY = [
 ]
 
 
-def _sn_config(endpoint, client_id, keepalive, no_clean_session, will_topic, will_payload, will_qos, will_retain,
+def _sn_config(endpoint, client_id, keepalive, clean_session, will_topic, will_payload, will_qos, will_retain,
                retry_interval, retries):
     from iotctl.protocols.mqttsn.client import SnConfig, SnWill
 
@@ -55,10 +55,10 @@ def _sn_config(endpoint, client_id, keepalive, no_clean_session, will_topic, wil
         will = SnWill(validate_topic(will_topic), will_payload.encode(), will_qos, will_retain)
     elif will_retain or will_payload:
         raise UsageError("--will-payload/--will-retain", "need --will-topic")
-    if no_clean_session and not client_id:
+    if not clean_session and not client_id:
         raise UsageError("--no-clean-session", "a persistent session needs a fixed client id: add -i ID")
     return SnConfig(host=endpoint.host, port=endpoint.port, client_id=client_id, keepalive=keepalive,
-                    clean_session=not no_clean_session, will=will, retry_interval=retry_interval,
+                    clean_session=clean_session, will=will, retry_interval=retry_interval,
                     retries=retries, debug=settings().debug)
 
 
@@ -66,8 +66,9 @@ _SN_OPTIONS = bundle("cfg", [
     click.option("-i", "--client-id", help="Client id [default: iotctl-PID-RANDOM]."),
     click.option("-k", "--keepalive", type=click.IntRange(0, 65535), default=60, show_default=True,
                  help="Keepalive in seconds (PINGREQ when idle; 0: none)."),
-    click.option("-c", "--no-clean-session", is_flag=True, default=False,
-                 help="Resume the session of this client id (-i): subscriptions and queued messages."),
+    click.option("--clean-session/--no-clean-session", " /-c", default=True, show_default=True,
+                 help="Start a new session, or (-c) resume the session of this client id (-i): "
+                      "subscriptions and queued messages."),
     click.option("--will-topic", help="Topic of the will message."),
     click.option("--will-payload", default="", help="Payload of the will message."),
     click.option("--will-qos", type=click.IntRange(0, 2), default=0, help="QoS of the will message."),
@@ -112,7 +113,9 @@ def publish(cfg, topic, predefined, qos, retain, max_inflight, sleep, sending, t
     QoS 1 and 2 messages are sent again (with DUP) every --retry-interval until the
     gateway acknowledges them, at most --retries times; the command exits only when
     every one is acknowledged. With -l, --max-inflight messages may be
-    unacknowledged at a time.
+    unacknowledged at a time. QoS 0 and -1 messages end with a round trip to the
+    gateway, so one it refused (exit 6) or a gateway that is not there (exit 3) is
+    reported.
 
     \b
     iotctl mqttsn pub -t sensors/t1 -m 21.5
@@ -120,33 +123,18 @@ def publish(cfg, topic, predefined, qos, retain, max_inflight, sleep, sending, t
     seq 1 1000 | iotctl mqttsn pub -t load/test -l -q 1
     """
     from iotctl import send
-    from iotctl.protocols.mqttsn.client import Publisher, SnClient
 
     payload.validate()
-    if topic is not None and predefined is not None:
-        raise UsageError("-t and -T", "give one topic: a name (-t) or a predefined id (-T)")
     if topic is None and predefined is None and payload.replay is None:
         raise UsageError("no topic", "give -t TOPIC or -T ID")
-    if topic is not None:
-        validate_topic(topic)
-    if qos == -1 and (cfg.will is not None or sleep):
-        raise UsageError("-q -1", "publishes without a connection: no will, no --sleep")
     if sending.repeat > 1 and payload.streaming:
         raise UsageError("--repeat", "cannot be combined with -l or --replay")
-    cfg.window = max_inflight
+    publisher = endpoints.sink(cfg, topic, predefined, qos, retain, max_inflight, sleep, payload)
     items = send.outgoing(payload, sending, addresses=(topic,) if topic is not None else (),
                           validate=validate_topic if predefined is None else None)
-    client = SnClient(cfg)
-    try:
-        if qos >= 0:
-            client.connect()
-        result = send.run(Publisher(client, qos, retain, predefined), items, "publish", timeout,
-                          progress=payload.streaming, failed=sending.failed, verb="publishing")
-        if sleep and qos >= 0:
-            client.sleep(sleep)
-            client.connected = False
-    finally:
-        client.close()
+    with publisher:
+        result = send.run(publisher, items, "publish", timeout, progress=payload.streaming,
+                          failed=sending.failed, verb="publishing")
     status(f"published {result.sent} message(s)", tty_only=True)
 
 
@@ -164,13 +152,15 @@ def publish(cfg, topic, predefined, qos, retain, max_inflight, sleep, sending, t
 @click.option("-v", "topic_and_payload", is_flag=True, default=False,
               help="Print 'topic payload' lines, as mosquitto_sub -v (the same as -o text).")
 @_SLEEP
-@receive_options(idle="ok")
+@receive_options(idle="ok", reconnect=True)
 def subscribe(cfg, topics, predefined, qos, topic_and_payload, sleep, receive):
     """Print messages arriving through a gateway on topic filters or predefined ids.
 
     Messages of topics a wildcard brings are shown by name: the gateway REGISTERs
     each new topic first. Ctrl-C ends it (exit 0); -C N stops after N messages; -W S
-    gives up after S seconds (exit 5 when fewer than N, or none, arrived).
+    gives up after S seconds (exit 5 when fewer than N, or none, arrived). A QoS 1/2
+    message is acknowledged once written. A lost gateway is connected to again, with
+    backoff and a status line (--no-reconnect: exit 3).
 
     \b
     iotctl mqttsn sub -t 'sensors/#' -v
@@ -178,26 +168,13 @@ def subscribe(cfg, topics, predefined, qos, topic_and_payload, sleep, receive):
     iotctl mqttsn sub -t cmd/dev1 -q 1 -i dev1 -c --sleep 30
     """
     from iotctl import receive as receiving
-    from iotctl.protocols.mqttsn.client import Receiver, SnClient
 
     if topic_and_payload and settings().output == "auto" and settings().format is None:
         settings().output = "text"
-    if not topics and not predefined:
-        raise UsageError("no topic", "give -t FILTER or -T ID")
-    for t in topics:
-        validate_filter(t)
-    client = SnClient(cfg)
-    try:
-        client.connect()
-        for t in topics:
-            client.subscribe(t, None, qos)
-        for tid in predefined:
-            client.subscribe(None, tid, qos)
-        shown = [*topics, *(f"topic id {t}" for t in predefined)]
-        status(f"subscribed to {', '.join(shown)} through gateway {client.peer}")
-        receiving.run(Receiver(client, sleep), receive, "subscribe")
-    finally:
-        client.close()
+    subscriber = endpoints.source(cfg, topics, predefined, qos, sleep, receive)
+    with subscriber:
+        status(f"subscribed to {', '.join(subscriber.shown)} through {subscriber.where}")
+        receiving.run(subscriber, receive, "subscribe")
 
 
 # --------------------------------------------------------------------------- gateway
@@ -212,7 +189,8 @@ def _broker(f):
 @_broker
 @click.option("-b", "--bind", default="127.0.0.1", show_default=True, metavar="ADDRESS",
               help="Address to listen on for MQTT-SN clients (UDP).")
-@click.option("--port", type=click.IntRange(1, 65535), default=1883, show_default=True, help="UDP port.")
+@click.option("-p", "--port", type=click.IntRange(0, 65535), default=1883, show_default=True,
+              help="UDP port to listen on (0: one the system chooses; the status line names it).")
 @click.option("--predefined", type=click.Path(dir_okay=False), metavar="FILE",
               help="Predefined topics: one 'ID TOPIC' per line.")
 @click.option("--gw-id", type=click.IntRange(0, 255), default=1, show_default=True,
@@ -221,41 +199,59 @@ def _broker(f):
               help="Print every MQTT-SN packet, both directions, decoded (on stderr).")
 @click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               help="Seconds to wait for the broker to accept a connection.")
+@click.option("--max-queued", type=click.IntRange(min=1), default=10000, show_default=True,
+              help="Messages kept for one client that sleeps or reads slowly; what comes beyond is dropped, "
+                   "and the log says so.")
 @click.option("--background", is_flag=True, default=False,
-              help="Return once the gateway listens, leaving it running (its pid is printed).")
+              help="Return once the gateway listens, leaving it running (its pid is printed); "
+                   "it logs to --log FILE, never to this terminal.")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Append the gateway's log to FILE instead of stderr [default with --background: "
+                   "$XDG_STATE_HOME/iotctl/mqttsn-gateway-PORT.log; nothing with --quiet].")
 @bundle(None, _RETRY)
-def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, retry_interval, retries,
-            background):
+def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, max_queued, retry_interval,
+            retries, background, log_file):
     """A transparent MQTT-SN gateway: one MQTT connection to the broker per client.
 
     It serves register, predefined and short topics, QoS -1 to 2 with retries,
     wildcard subscriptions (REGISTER towards the client), wills, sleeping clients
-    (messages buffered until they wake), keepalive timeouts, and answers SEARCHGW.
-    Ctrl-C stops it, disconnecting every broker connection.
+    (messages kept until they wake, at most --max-queued), keepalive timeouts, and
+    answers SEARCHGW. A broker message is acknowledged only once the client
+    acknowledged it. After a broker restart it connects again with backoff, keeping
+    the clients' sessions; meanwhile it refuses what it cannot forward. Ctrl-C
+    stops it, disconnecting every broker connection.
 
     \b
     iotctl mqttsn gateway --broker mqtt://127.0.0.1:1883
-    iotctl mqttsn gateway --broker mqtts://broker:8883 -u dev -P secret --port 10000
+    iotctl mqttsn gateway --broker mqtts://broker:8883 -u dev -P secret -p 10000
     iotctl mqttsn gateway --predefined topics.txt -v
     """
     if background:
         from iotctl import background as bg
 
-        pid = bg.start("mqttsn gateway")
+        pid = bg.start("mqttsn gateway", log=log_file, name=f"mqttsn-gateway-{port}")
         click.echo(pid)
         status(f"the gateway runs in the background (pid {pid}); stop it with: kill {pid}")
         return
     from iotctl import background as bg
     from iotctl.protocols.mqttsn.gateway import Gateway, GatewayConfig, read_predefined
 
+    if log_file is not None:  # the whole log (status lines, packets with -v, -d traces) goes there
+        import os
+
+        sink = bg.open_log(log_file)
+        os.dup2(sink.fileno(), 2)
+        sink.close()
+
     table = read_predefined(predefined) if predefined else {}
     for name in table.values():
         validate_topic(name)
     cfg = GatewayConfig(endpoint, bind, port, table, verbose, gw_id, retry_interval, retries, connect_timeout,
-                        settings().debug)
+                        settings().debug, max_queued)
     gw = Gateway(cfg)
     gw.start()
-    status(f"gateway listening on udp {bind}:{port}, forwarding to {endpoint.display}")
+    shown = f"[{bind}]" if ":" in bind else bind
+    status(f"gateway listening on udp {shown}:{gw.port}, forwarding to {endpoint.display}")
     bg.ready()
     gw.serve()
     status("gateway stopped")
@@ -267,7 +263,8 @@ def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, r
 @group.command()
 @click.option("-b", "--bind", default="127.0.0.1", show_default=True, metavar="ADDRESS",
               help="Address to listen on.")
-@click.option("-p", "--port", type=click.IntRange(1, 65535), required=True, help="UDP port to listen on.")
+@click.option("-p", "--port", type=click.IntRange(0, 65535), required=True,
+              help="UDP port to listen on (0: one the system chooses; the status line names it).")
 @receive_options(idle="ok")
 def dump(bind, port, receive):
     """Print every MQTT-SN packet arriving on a UDP port, decoded, as mqtt-sn-dump.
@@ -282,7 +279,8 @@ def dump(bind, port, receive):
     from iotctl.protocols.mqttsn.dump import Dump
 
     source = Dump(bind, port)
-    status(f"listening on udp {bind}:{port}")
+    shown = f"[{bind}]" if ":" in bind else bind
+    status(f"listening on udp {shown}:{source.sock.getsockname()[1]}")
     try:
         receiving.run(source, receive, "dump", noun="packet")
     finally:

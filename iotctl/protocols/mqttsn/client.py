@@ -4,8 +4,13 @@ No protocol library: the packets are `codec.py`'s. Every request that expects an
 answer (CONNECT, REGISTER, SUBSCRIBE, PUBLISH QoS 1/2, PUBREL, PINGREQ, DISCONNECT)
 is sent again every Tretry seconds (`retry_interval`) until it is answered, at most
 Nretry times (`retries`), as section 6.13 of the specification says; a PUBLISH sent
-again carries the DUP flag. `Publisher` is the send driver's side (a window of
-unacknowledged message ids), `Receiver` the receive driver's.
+again carries the DUP flag. A request sent again goes out twice in a row: one lost
+datagram in a regular pattern (a link dropping every n-th datagram) then cannot hit
+the same request, or its answer, on every try.
+
+`Publisher` is the send driver's side (a context manager: a window of unacknowledged
+message ids), `Subscriber` the receive driver's (subscriptions through the gateway,
+acknowledged once written, connected again after a lost gateway).
 """
 
 from __future__ import annotations
@@ -14,12 +19,21 @@ import select
 import socket
 import sys
 import time
+from collections import deque
 
 from iotctl import receive, send
-from iotctl.errors import ConnectError, IotctlError, PeerError, TimeoutError_, UsageError
-from iotctl.message import Message
+from iotctl.errors import ConnectError, ConnectionLost, IotctlError, PeerError, TimeoutError_, UsageError
+from iotctl.message import Message, foreign
 from iotctl.protocols.mqttsn import codec as c
 from iotctl.protocols.mqttsn.codec import Packet
+
+# the largest UDP datagram over IPv4 (65,535 less the IP and UDP headers) and IPv6
+MAX_DATAGRAM = {socket.AF_INET: 65507, socket.AF_INET6: 65527}
+PUBLISH_OVERHEAD = 9  # the 3-octet length form, MsgType, Flags, TopicId, MsgId
+# QoS 0 and -1: messages not yet confirmed by a round trip (see Publisher), and how
+# long a QoS -1 sender waits for a gateway's answer to its SEARCHGW
+UNCONFIRMED_WINDOW = 1024
+QOS_M1_GRACE = 0.3
 
 
 class SnWill:
@@ -37,7 +51,8 @@ class SnConfig:
 
     @property
     def display(self) -> str:
-        return f"{self.host}:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
 
 
 def trace(direction: str, peer: str, p: Packet, label: str = "mqttsn") -> None:
@@ -55,6 +70,11 @@ def trace(direction: str, peer: str, p: Packet, label: str = "mqttsn") -> None:
 def topic_meta(topic_id: int, topic_id_type: int, qos: int, retain: bool) -> dict:
     return {"qos": qos, "retain": retain, "topic_id": topic_id,
             "topic_id_type": c.TOPIC_ID_TYPES.get(topic_id_type, "reserved")}
+
+
+def payload_limit(family: int = socket.AF_INET) -> int:
+    """The largest payload one PUBLISH datagram carries."""
+    return min(c.MAX_PACKET, MAX_DATAGRAM.get(family, 65507)) - PUBLISH_OVERHEAD
 
 
 class _Outgoing:
@@ -84,19 +104,24 @@ class SnClient:
         self._replies: dict[tuple, Packet] = {}
         self.acked: set = set()
         self.refused: dict = {}
+        # refusals of QoS 0/-1 PUBLISHes (msg id 0): (topic id type, topic id, reason), in order
+        self.refused_unnumbered: deque = deque()
         self.inbox: list[Message] = []
-        self._unacked: dict[int, tuple[int, int, int]] = {}  # id(msg) -> (type, topic_id, msg_id)
-        self._q2_seen: set[int] = set()
+        self._delivered: set[int] = set()  # QoS 1/2 msg ids handed out, not yet acknowledged
+        self._q2_done: set[int] = set()  # QoS 2 msg ids answered with PUBREC, waiting for PUBREL
         self._last_sent = time.monotonic()
         self._ping: _Outgoing | None = None
         self.disconnected_by_gateway = False
         self.pingresp = False
+        self.pingresps = 0  # PINGRESPs received (a round trip's end)
+        self.gwinfos = 0  # GWINFOs received (the QoS -1 round trip's end)
         self.asleep = False
         try:
             infos = socket.getaddrinfo(cfg.host, cfg.port, 0, socket.SOCK_DGRAM)
         except socket.gaierror as exc:
             raise ConnectError(f"cannot reach gateway {self.peer}", f"cannot resolve host: {exc.strerror}") from None
         family, _, _, _, addr = infos[0]
+        self.family = family
         self.sock = socket.socket(family, socket.SOCK_DGRAM)
         try:
             self.sock.connect(addr)
@@ -104,6 +129,10 @@ class SnClient:
             self.sock.close()
             raise ConnectError(f"cannot reach gateway {self.peer}", exc.strerror or str(exc)) from None
         self.sock.setblocking(False)
+        try:  # a burst from the gateway (QoS 0 has no window) waits here while the output is written
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        except OSError:
+            pass
 
     # ------------------------------------------------------------------ I/O
 
@@ -178,8 +207,12 @@ class SnClient:
         self._retransmit()
         if pinging and self._ping is None \
                 and time.monotonic() - self._last_sent >= self.cfg.keepalive:
-            self.request(Packet(c.PINGREQ), c.PINGRESP)
-            self._ping = self._pending[(c.PINGRESP, 0)]
+            self.ping()
+
+    def ping(self) -> None:
+        """PINGREQ (answered by PINGRESP: `pingresps` counts them)."""
+        self.request(Packet(c.PINGREQ), c.PINGRESP)
+        self._ping = self._pending[(c.PINGRESP, 0)]
 
     def _read_all(self) -> None:
         sock = self.sock
@@ -210,6 +243,8 @@ class SnClient:
                 continue
             if out.tries >= self.cfg.retries:
                 del self._pending[key]
+                if key == (c.PINGRESP, 0):
+                    self._ping = None
                 raise TimeoutError_(
                     f"no {c.NAMES[key[0]]} from the gateway {self.peer}",
                     f"{out.what} sent {out.tries + 1} times, {self.cfg.retry_interval:g} s apart",
@@ -220,6 +255,8 @@ class SnClient:
             if p.type in (c.PUBLISH, c.SUBSCRIBE) and not p.fields.get("dup"):
                 p.fields["dup"] = True
                 out.raw = c.encode(p)
+            # twice: a link that loses every n-th datagram cannot take the same one each time
+            self.send(p, out.raw)
             self.send(p, out.raw)
 
     # ------------------------------------------------------------------ what the gateway sends
@@ -229,20 +266,12 @@ class SnClient:
         if t == c.PUBLISH:
             self._on_publish(p)
         elif t in (c.PUBACK, c.PUBCOMP):
-            out = self._pending.pop((t, p.msg_id), None)
-            if out is None:
-                return
-            if t == c.PUBACK and p.return_code != c.ACCEPTED:
-                self.refused[p.msg_id] = c.RETURN_CODES.get(p.return_code, f"return code {p.return_code}")
-                if p.return_code == c.INVALID_TOPIC_ID:  # the gateway forgot the id: register again
-                    self.ids.pop(self.names.get(out.packet.topic_id, ""), None)
-            else:
-                self.acked.add(p.msg_id)
+            self._on_ack(p)
         elif t == c.PUBREC:
             if self._pending.pop((c.PUBREC, p.msg_id), None) is not None or (c.PUBCOMP, p.msg_id) in self._pending:
                 self.request(Packet(c.PUBREL, msg_id=p.msg_id), c.PUBCOMP, p.msg_id)
         elif t == c.PUBREL:
-            self._q2_seen.discard(p.msg_id)
+            self._q2_done.discard(p.msg_id)
             self.send(Packet(c.PUBCOMP, msg_id=p.msg_id))
         elif t == c.REGISTER:
             self.names[p.topic_id] = p.topic_name
@@ -252,6 +281,9 @@ class SnClient:
             self._pending.pop((c.PINGRESP, 0), None)
             self._ping = None
             self.pingresp = True
+            self.pingresps += 1
+        elif t == c.GWINFO:
+            self.gwinfos += 1
         elif t == c.DISCONNECT:
             if self._pending.pop((c.DISCONNECT, 0), None) is not None:
                 self._replies[(c.DISCONNECT, 0)] = p
@@ -265,6 +297,27 @@ class SnClient:
             if self._pending.pop((t, msg_id), None) is not None:
                 self._replies[(t, msg_id)] = p
 
+    def _on_ack(self, p: Packet) -> None:
+        """PUBACK or PUBCOMP for one of our PUBLISHes. A PUBACK with a return code
+        other than 'accepted' is a refusal, for any QoS (the specification's PUBACK
+        "in case of an error"): for QoS 1 and 2 it names the message id; for QoS 0
+        and -1 the id is 0 and the refusal is matched by the publisher."""
+        t, msg_id = p.type, p.msg_id
+        if t == c.PUBACK and p.return_code != c.ACCEPTED:
+            reason = c.RETURN_CODES.get(p.return_code, f"return code {p.return_code}")
+            out = self._pending.pop((c.PUBACK, msg_id), None) or self._pending.pop((c.PUBREC, msg_id), None)
+            if out is None:
+                if msg_id == 0:
+                    self.refused_unnumbered.append((p.topic_id, reason))
+                return
+            self.refused[msg_id] = reason
+            if p.return_code == c.INVALID_TOPIC_ID and out.packet.topic_id_type == c.NORMAL:
+                # the gateway forgot the id: register the name again for what comes next
+                self.ids.pop(self.names.get(out.packet.topic_id, ""), None)
+            return
+        if self._pending.pop((t, msg_id), None) is not None:
+            self.acked.add(msg_id)
+
     def _on_publish(self, p: Packet) -> None:
         qos, tid, tt = p.qos, p.topic_id, p.topic_id_type
         if tt == c.SHORT:
@@ -274,31 +327,41 @@ class SnClient:
         else:
             name = self.names.get(tid)
             if name is None:
-                from iotctl.settings import warn
-
-                warn(f"a PUBLISH from {self.peer} names topic id {tid}, which was never registered")
-                if qos > 0:
+                if qos > 0:  # the gateway registers it (REGISTER) and sends it again
                     self.send(Packet(c.PUBACK, topic_id=tid, msg_id=p.msg_id, return_code=c.INVALID_TOPIC_ID))
+                else:
+                    from iotctl.settings import warn
+
+                    warn(f"a QoS {qos} PUBLISH from {self.peer} names topic id {tid}, which was never "
+                         "registered: it is lost")
                 return
-        if qos == 2:
-            if p.msg_id in self._q2_seen:  # a duplicate: answered again, not shown again
-                self.send(Packet(c.PUBREC, msg_id=p.msg_id))
-                return
-            self._q2_seen.add(p.msg_id)
-        msg = Message("mqttsn", name, p.data, None, topic_meta(tid, tt, qos, p.retain))
-        self.inbox.append(msg)
+        msg_id = p.msg_id
         if qos in (1, 2):
-            self._unacked[id(msg)] = (c.PUBACK if qos == 1 else c.PUBREC, tid, p.msg_id)
+            if msg_id in self._delivered:
+                return  # a duplicate of one being written: its acknowledgement follows
+            if qos == 2 and msg_id in self._q2_done:  # received before: answered again, not shown again
+                self.send(Packet(c.PUBREC, msg_id=msg_id))
+                return
+            self._delivered.add(msg_id)
+            msg = Message("mqttsn", name, p.data, None, topic_meta(tid, tt, qos, p.retain),
+                          token=(self, c.PUBACK if qos == 1 else c.PUBREC, tid, msg_id))
+        else:
+            msg = Message("mqttsn", name, p.data, None, topic_meta(tid, tt, qos, p.retain))
+        self.inbox.append(msg)
 
     def ack(self, msg: Message) -> None:
-        """Acknowledge a QoS 1/2 message once it has been written out."""
-        entry = self._unacked.pop(id(msg), None)
-        if entry is None:
+        """Acknowledge a QoS 1/2 message once it has been written out (its token); a
+        message of another connection (before a reconnect) is not this one's."""
+        token = msg.token
+        if token is None or token[0] is not self:
             return
-        t, tid, msg_id = entry
-        if t == c.PUBACK:
+        msg.token = None
+        _, kind, tid, msg_id = token
+        self._delivered.discard(msg_id)
+        if kind == c.PUBACK:
             self.send(Packet(c.PUBACK, topic_id=tid, msg_id=msg_id, return_code=c.ACCEPTED))
         else:
+            self._q2_done.add(msg_id)
             self.send(Packet(c.PUBREC, msg_id=msg_id))
 
     def take(self) -> list[Message]:
@@ -409,81 +472,308 @@ class SnClient:
         finally:
             self.sock.close()
 
+    def abort(self) -> None:
+        """Close the socket without DISCONNECT (the connection is already gone)."""
+        self.connected = False
+        self.sock.close()
+
+
+# --------------------------------------------------------------------------- publishing
+
 
 class Publisher(send.Sender):
-    """The send driver's MQTT-SN side: a window of unacknowledged QoS 1/2 message ids;
-    a lost PUBLISH (or PUBREL) is sent again by the client's retransmission."""
+    """The send driver's MQTT-SN side, a context manager: entered, it connects (at
+    QoS -1 nothing connects); left, it goes to sleep (--sleep) or disconnects.
 
-    def __init__(self, client: SnClient, qos: int, retain: bool, predefined: int | None = None):
-        self.client = client
-        self.qos, self.retain, self.predefined = qos, retain, predefined
-        self.window = client.cfg.window if qos in (1, 2) else None
-        self.acked = client.acked
-        self.refused = client.refused
+    QoS 1/2: a window of unacknowledged message ids; a lost PUBLISH (or PUBREL) is
+    sent again by the client's retransmission. QoS 0 and -1 have no acknowledgement,
+    but a gateway refuses what it cannot forward (a PUBACK with a return code), and
+    a gateway that is not there answers with ICMP port unreachable: each message waits
+    for a round trip that follows it (PINGREQ, or SEARCHGW at QoS -1, every
+    UNCONFIRMED_WINDOW / 2 messages and at the end) and counts as acknowledged once
+    that round trip is complete and nothing refused it. At QoS -1 a gateway that does
+    not answer SEARCHGW is waited for QOS_M1_GRACE seconds, then taken as accepting.
+
+    What crosses from another protocol: MQTT-SN carries nothing but the payload and
+    the topic, so a foreign message's content type, headers, correlation id and
+    reply-to are dropped (`_target` is the one place a message is adopted)."""
+
+    protocol = "mqttsn"
+
+    def __init__(self, cfg: SnConfig, qos: int = 0, retain: bool = False, topic: str | None = None,
+                 predefined: int | None = None, sleep: int | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.qos, self.retain, self.sleep = qos, retain, sleep
+        self.topic, self.predefined = topic, predefined
+        self.address = topic  # where a message without an address of its own goes
+        self.window = cfg.window if qos in (1, 2) else UNCONFIRMED_WINDOW
+        self.client: SnClient | None = None
         self._resolved: dict[str, tuple[int, int]] = {}
+        self._limit = payload_limit()
+        # QoS 0/-1: (sequence number, topic id type, topic id) not yet confirmed
+        self._seq = 0
+        self._unconfirmed: deque = deque()
+        self._barrier: tuple | None = None  # (last sequence number before it, answers before it, deadline)
 
-    def send(self, out):
+    @property
+    def where(self) -> str:
+        return f"gateway {self.cfg.display}"
+
+    def __exit__(self, exc_type, *rest) -> None:
+        self.close(clean=exc_type is None)
+
+    def open(self) -> None:
+        client = SnClient(self.cfg)
+        client.acked, client.refused = self.acked, self.refused
+        try:
+            if self.qos >= 0:
+                client.connect()
+        except BaseException:
+            client.abort()
+            raise
+        self.client = client
+        self._limit = payload_limit(client.family)
         if self.predefined is not None:
-            tt, tid = c.PREDEFINED, self.predefined
+            self._fixed = (c.PREDEFINED, self.predefined)
         else:
-            key = out.address
-            resolved = self._resolved.get(key)
-            if resolved is None:
-                if self.qos == -1 and len(key.encode("utf-8")) != 2:
-                    raise UsageError(f"cannot publish to {key!r} at QoS -1",
-                                     "without a connection only a predefined id (-T) or a two-character "
-                                     "short topic can be used")
-                resolved = self._resolved[key] = self.client.topic_id(key)
-            tt, tid = resolved
-        return self.client.publish(tt, tid, out.payload, self.qos, self.retain)
+            self._fixed = None
+
+    def close(self, clean: bool = False) -> None:
+        client = self.client
+        if client is None:
+            return
+        self.client = None
+        try:
+            if self.sleep and self.qos >= 0 and client.connected:
+                try:
+                    client.sleep(self.sleep)
+                    client.connected = False
+                except IotctlError:
+                    if clean:
+                        raise
+        finally:
+            client.close()
+
+    # ------------------------------------------------------------------ the one place a message is adopted
+
+    def _target(self, msg: Message) -> tuple[int, int]:
+        """(topic id type, topic id) for a message: -T; else its own address, or -t (the
+        URL's topic) when it has none. A native message keeps its kind of topic (a
+        captured predefined id stays one). From another protocol only the payload and
+        the address cross: MQTT-SN has no content type, user properties, correlation id
+        or reply-to, so `message.foreign`'s portable fields are dropped."""
+        fixed = self._fixed
+        if fixed is not None:
+            return fixed
+        address = msg.address or self.address
+        if msg.protocol and foreign(msg, "mqttsn") is None:  # native: a captured predefined id is one again
+            kind = msg.meta.get("topic_id_type") if isinstance(msg.meta, dict) else None
+            if kind == "predefined" and address and address.isdigit() and 0 < int(address) < 0xFFFF:
+                return c.PREDEFINED, int(address)
+        resolved = self._resolved.get(address)
+        if resolved is None:
+            from iotctl.topics import validate_topic
+
+            if not address:
+                raise UsageError("no topic", "give -t TOPIC or -T ID (in a URL: mqttsn://host:port/TOPIC)")
+            validate_topic(address)
+            resolved = self._resolved[address] = self._resolve(address)
+        return resolved
+
+    def _resolve(self, name: str) -> tuple[int, int]:
+        if self.qos == -1 and len(name.encode("utf-8")) != 2:
+            raise UsageError(f"cannot publish to {name!r} at QoS -1",
+                             "without a connection only a predefined id (-T) or a two-character "
+                             "short topic can be used")
+        return self.client.topic_id(name)
+
+    # ------------------------------------------------------------------ the Sender contract
+
+    def send(self, msg: Message):
+        data = msg.payload
+        if len(data) > self._limit:
+            raise UsageError(f"cannot publish a payload of {len(data)} bytes",
+                             f"one MQTT-SN datagram carries at most {self._limit} bytes of payload")
+        tt, tid = self._target(msg)
+        qos = self.qos
+        try:
+            if qos > 0:
+                return self.client.publish(tt, tid, data, qos, self.retain)
+            self.client.publish(tt, tid, data, qos, self.retain)
+        except ConnectionLost:
+            raise
+        except ConnectError as exc:
+            if self.client.connected:
+                raise ConnectionLost(exc.what, exc.why, exc.hint) from None
+            raise
+        self._seq += 1
+        self._unconfirmed.append((self._seq, tt, tid))
+        if self._barrier is None and len(self._unconfirmed) >= UNCONFIRMED_WINDOW // 2:
+            self._send_barrier()
+        return self._seq
 
     def pump(self, wait: float) -> None:
-        self.client.pump(wait)
-        if self.client.disconnected_by_gateway:
-            raise ConnectError(f"gateway {self.client.peer}", "the gateway ended the session (DISCONNECT)")
+        client = self.client
+        try:
+            if self.qos > 0:
+                client.pump(wait)
+            else:
+                if self._unconfirmed and self._barrier is None:
+                    self._send_barrier()
+                if self._barrier is not None:
+                    wait = min(wait, max(0.0, self._barrier[2] - time.monotonic()))
+                client.pump(wait)
+                self._settle_unconfirmed()
+        except ConnectionLost:
+            raise
+        except ConnectError as exc:
+            if client.connected:  # it was up (a bridge connects again and sends what was in flight)
+                raise ConnectionLost(exc.what, exc.why, exc.hint) from None
+            raise
+        if client.disconnected_by_gateway:
+            raise ConnectionLost(f"gateway {client.peer}", "the gateway ended the session (DISCONNECT)")
+
+    def _send_barrier(self) -> None:
+        """A round trip after the messages sent so far: PINGRESP (connected) or GWINFO
+        (QoS -1) comes after the gateway handled them, refusals first."""
+        client = self.client
+        if self.qos == -1:
+            before = client.gwinfos
+            client.send(Packet(c.SEARCHGW, radius=0))
+            deadline = time.monotonic() + QOS_M1_GRACE
+        else:
+            before = client.pingresps
+            client.ping()
+            deadline = float("inf")
+        self._barrier = (self._seq, before, deadline)
+
+    def _settle_unconfirmed(self) -> None:
+        client, pending = self.client, self._unconfirmed
+        while client.refused_unnumbered:
+            tid, reason = client.refused_unnumbered.popleft()
+            for i, (seq, _, t) in enumerate(pending):
+                if t == tid:
+                    del pending[i]
+                    self.refused[seq] = reason
+                    break
+        barrier = self._barrier
+        if barrier is None:
+            return
+        last, before, deadline = barrier
+        answered = client.gwinfos if self.qos == -1 else client.pingresps
+        if answered > before or time.monotonic() >= deadline:
+            self._barrier = None
+            acked = self.acked
+            while pending and pending[0][0] <= last:
+                acked.add(pending.popleft()[0])
 
     def refusal(self, refused: dict) -> IotctlError:
         reasons = sorted(set(refused.values()))
         return PeerError("publish", f"the gateway refused {len(refused)} message(s): {'; '.join(reasons)}")
 
 
-class Receiver(receive.Receiver):
-    """The receive driver's side: PUBLISHes from the gateway, acknowledged once written.
-    With `sleep`, the client sleeps (DISCONNECT with that duration) and wakes every
-    `sleep` seconds with a PINGREQ to collect what the gateway buffered."""
+# --------------------------------------------------------------------------- receiving
 
-    def __init__(self, client: SnClient, sleep: int | None = None):
-        self.client, self.sleep = client, sleep
+
+class Subscriber(receive.Receiver):
+    """Subscriptions through a gateway as a source: entered, it connects and
+    subscribes (and with `sleep` goes to sleep: DISCONNECT with that duration, then a
+    wake-up with PINGREQ every `sleep` seconds collects what the gateway buffered).
+    QoS 1/2 messages are acknowledged (PUBACK, PUBREC) exactly when the driver says
+    they were written. After a lost gateway (its DISCONNECT, port unreachable, no
+    answer to the keepalive) it connects again and subscribes again."""
+
+    can_reconnect = True
+
+    def __init__(self, cfg: SnConfig, topics: tuple[str, ...] = (), predefined: tuple[int, ...] = (),
+                 qos: int = 0, sleep: int | None = None):
+        self.cfg, self.topics, self.predefined, self.qos, self.sleep = cfg, topics, predefined, qos, sleep
+        self.client: SnClient | None = None
         self.wake_at = None
-        if sleep:
-            client.sleep(sleep)
-            self.wake_at = time.monotonic() + sleep
+        self._lost: ConnectionLost | None = None
+        self._client_id: str | None = None
+        # a message not acknowledged comes again only from a persistent session
+        self.delivery = "at-least-once" if (qos > 0 and not cfg.clean_session) else "at-most-once"
+
+    @property
+    def where(self) -> str:
+        return f"gateway {self.cfg.display}"
+
+    @property
+    def shown(self) -> list[str]:
+        return [*self.topics, *(f"topic id {t}" for t in self.predefined)]
+
+    def open(self) -> None:
+        client = SnClient(self.cfg)
+        if self._client_id is None:
+            self._client_id = client.client_id
+        client.client_id = self._client_id  # the same after a reconnect: the gateway replaces the old session
+        try:
+            client.connect()
+            for t in self.topics:
+                client.subscribe(t, None, self.qos)
+            for tid in self.predefined:
+                client.subscribe(None, tid, self.qos)
+            if self.sleep:
+                client.sleep(self.sleep)
+                self.wake_at = time.monotonic() + self.sleep
+        except BaseException:
+            client.close()
+            raise
+        self.client = client
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+
+    def reconnect(self) -> None:
+        self._lost = None
+        old, self.client = self.client, None
+        if old is not None:
+            old.abort()
+        self.open()
 
     def poll(self, wait):
         client = self.client
+        if self._lost is not None:
+            lost, self._lost = self._lost, None
+            raise lost
         wait = 1.0 if wait is None else min(wait, 1.0)
-        if self.sleep:
-            now = time.monotonic()
-            if self.wake_at is not None:
-                if now < self.wake_at:
-                    time.sleep(min(wait, self.wake_at - now))
-                    return []
-                self.wake_at = None
-                client.wake()
+        try:
+            if self.sleep:
+                now = time.monotonic()
+                if self.wake_at is not None:
+                    if now < self.wake_at:
+                        time.sleep(min(wait, self.wake_at - now))
+                        return []
+                    self.wake_at = None
+                    client.wake()
+                client.pump(wait)
+                if client.pingresp:  # everything buffered has come: back to sleep
+                    client.pingresp = False
+                    self.wake_at = time.monotonic() + self.sleep
+                return client.take()
             client.pump(wait)
-            if client.pingresp:  # everything buffered has come: back to sleep
-                client.pingresp = False
-                self.wake_at = time.monotonic() + self.sleep
-            return client.take()
-        client.pump(wait)
+        except (ConnectError, TimeoutError_) as exc:
+            return self._gone(ConnectionLost(exc.what, exc.why))
         if client.disconnected_by_gateway:
-            batch = client.take()
-            if batch:
-                return batch
-            raise ConnectError(f"gateway {client.peer}", "the gateway ended the session (DISCONNECT)")
+            return self._gone(ConnectionLost(f"gateway {client.peer}", "the gateway ended the session (DISCONNECT)"))
         return client.take()
 
-    def ack(self, batch) -> None:
+    def _gone(self, lost: ConnectionLost) -> list[Message]:
+        """The connection is gone: what came before is shown first, then the loss."""
+        batch = self.client.take()
+        if not batch:
+            raise lost
+        self._lost = lost
+        return batch
+
+    def ack(self, messages) -> None:
         ack = self.client.ack
-        for msg in batch:
-            ack(msg)
+        try:
+            for msg in messages:
+                ack(msg)
+        except ConnectError as exc:  # the gateway is gone: the next poll says so
+            if self._lost is None:
+                self._lost = ConnectionLost(exc.what, exc.why)

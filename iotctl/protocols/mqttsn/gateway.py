@@ -3,11 +3,21 @@
 One thread, one select loop over the UDP socket and every broker connection's socket
 (the MQTT group's `client.Session`, driven with `fileno`/`step`). Towards the
 clients it keeps the specification's rules: topic ids (registered, predefined,
-short), REGISTER before the first PUBLISH of a topic a wildcard subscription
-brought, QoS -1..2 with retransmission (Tretry/Nretry), wills, sleeping clients whose
-messages are buffered until they wake (PINGREQ with their client id), keepalive
-supervision (a client silent for 1.5 × its keepalive is lost: its broker connection
-is dropped so the broker publishes the will). Bad datagrams cost one log line.
+short), REGISTER before the first PUBLISH of a topic the client has not learnt on
+its connection, QoS -1..2 with retransmission (Tretry/Nretry), wills, sleeping
+clients whose messages are kept until they wake (PINGREQ with their client id),
+keepalive supervision (a client silent for 1.5 × its keepalive is lost: its broker
+connection is dropped so the broker publishes the will).
+
+Nothing is lost on the way down: the broker connection acknowledges a QoS 1/2
+message only once the client acknowledged it (PUBACK, PUBREC), so what a client
+never got comes again from a persistent session when it resumes. A client's queue is
+bounded (--max-queued; the gateway says when it drops). A broker that goes away is
+connected to again with backoff, per client, keeping the MQTT-SN sessions (their
+subscriptions are made again when the broker lost them); meanwhile what cannot be
+forwarded is refused (PUBACK or SUBACK "rejected: congestion"), never silently
+dropped. Everything a client sends is checked before it reaches the broker; a bad
+datagram costs one log line.
 """
 
 from __future__ import annotations
@@ -22,28 +32,29 @@ import time
 from iotctl.errors import ConnectError, IotctlError, UsageError
 from iotctl.protocols.mqtt.client import MqttConfig, Session, Subscription, Will
 from iotctl.protocols.mqttsn import codec as c
-from iotctl.protocols.mqttsn.client import trace
+from iotctl.protocols.mqttsn.client import MAX_DATAGRAM, PUBLISH_OVERHEAD, trace
 from iotctl.protocols.mqttsn.codec import Packet
 from iotctl.topics import validate_filter, validate_topic
 
 WINDOW = 20  # PUBLISHes in flight towards one client
 SWEEP = 0.1  # seconds between timer sweeps
+BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)  # seconds before connecting to the broker again
+REMEMBERED = 4096  # QoS 1 msg ids a client's duplicate PUBLISH may name (answered again)
+CONNECTED = ("active", "awake", "asleep")
 
 
 class GatewayConfig:
     def __init__(self, endpoint, bind: str = "127.0.0.1", port: int = 1883, predefined: dict | None = None,
                  verbose: bool = False, gw_id: int = 1, retry_interval: float = 2.0, retries: int = 5,
-                 connect_timeout: float = 10.0, debug: bool = False):
+                 connect_timeout: float = 10.0, debug: bool = False, max_queued: int = 10000):
         self.endpoint, self.bind, self.port = endpoint, bind, port
         self.predefined = predefined or {}
         self.verbose, self.gw_id, self.retry_interval, self.retries = verbose, gw_id, retry_interval, retries
-        self.connect_timeout, self.debug = connect_timeout, debug
+        self.connect_timeout, self.debug, self.max_queued = connect_timeout, debug, max_queued
 
 
 def read_predefined(path: str) -> dict[int, str]:
     """`ID TOPIC` lines (# comments, blank lines ignored) -> {id: topic}."""
-    from iotctl.errors import UsageError
-
     out: dict[int, str] = {}
     try:
         with open(path, encoding="utf-8") as fh:
@@ -62,12 +73,14 @@ def read_predefined(path: str) -> dict[int, str]:
 
 
 class _Out:
-    """A packet to a client waiting for its answer, sent again every Tretry."""
+    """A packet to a client waiting for its answer, sent again every Tretry; `msg` is
+    the broker's message a PUBLISH carries (acknowledged to the broker once the client
+    acknowledged it)."""
 
-    __slots__ = ("packet", "raw", "due", "tries", "topic")
+    __slots__ = ("packet", "raw", "due", "tries", "topic", "msg")
 
-    def __init__(self, packet, raw, due, topic=None):
-        self.packet, self.raw, self.due, self.tries, self.topic = packet, raw, due, 0, topic
+    def __init__(self, packet, raw, due, topic=None, msg=None):
+        self.packet, self.raw, self.due, self.tries, self.topic, self.msg = packet, raw, due, 0, topic, msg
 
 
 class Client:
@@ -77,19 +90,29 @@ class Client:
         self.addr, self.client_id, self.keepalive, self.clean = addr, client_id, keepalive, clean
         self.state = "new"  # will-topic, will-msg, connecting, active, asleep, awake, gone
         self.will: Will | None = None
-        self.will_qos = 0
         self.mqtt: Session | None = None
-        self.ids: dict[str, int] = {}  # topic name -> id (both directions)
+        self.broker_up = False  # the broker connection has its CONNACK
+        self.broker_since = 0.0  # when the current broker connection was begun
+        self.retry_at: float | None = None  # when to connect to the broker again (after a loss)
+        self.attempts = 0
+        self.ids: dict[str, int] = {}  # topic name -> id (both directions; stable for the client's life here)
         self.names: dict[int, str] = {}
+        self.known: set[int] = set()  # normal topic ids the client has learnt on its current connection
         self.next_id = 1
         self.msg_id = 0
         self.shorts: set[str] = set()  # short topics subscribed (delivered as SHORT)
+        self.subs: dict[str, int] = {}  # filters subscribed at the broker -> QoS (made again after a loss)
+        self.unsubscribed: set[str] = set()  # unsubscribed while the broker was away
         self.inflight: dict[tuple[int, int], _Out] = {}  # (answer type, msg id) -> packet to the client
         self.queue: collections.deque = collections.deque()  # messages waiting for the window or a REGACK
+        self.dropped = 0  # messages dropped since the queue became full
         self.registering: dict[str, int] = {}  # topic name -> REGISTER msg id in flight
         self.q2_in: dict[int, str] = {}  # QoS 2 msg id from the client -> "sent" (to the broker) / "done"
+        self.q1_pending: dict[int, int] = {}  # QoS 1 msg id from the client -> broker mid, not yet acknowledged
+        self.q1_done: collections.OrderedDict = collections.OrderedDict()  # QoS 1 msg id -> topic id, acknowledged
         self.puback_for: dict[int, tuple[int, int]] = {}  # broker mid -> (client msg id, topic id)
-        self.suback_for: dict[int, tuple[int, int]] = {}  # broker mid -> (client msg id, topic id)
+        self.suback_for: dict[int, tuple[int, int, str, int]] = {}  # broker mid -> (msg id, topic id, filter, qos)
+        self.subacks: collections.OrderedDict = collections.OrderedDict()  # SUBSCRIBE msg id -> our SUBACK
         self.last_seen = time.monotonic()
         self.sleep_until = 0.0
         self.sleep_duration = 0
@@ -102,10 +125,18 @@ class Client:
         tid = self.ids.get(name)
         if tid is None:
             tid = self.next_id
-            self.next_id += 1
+            self.next_id = self.next_id % 0xFFFE + 1
             self.ids[name] = tid
             self.names[tid] = name
         return tid
+
+
+def _short_topic(tid: int) -> str | None:
+    """The name a SHORT topic id carries, or None when its two bytes are not UTF-8."""
+    try:
+        return bytes(((tid >> 8) & 0xFF, tid & 0xFF)).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 class Gateway:
@@ -116,15 +147,32 @@ class Gateway:
         self.by_fd: dict[int, Client] = {}
         self.predefined_ids = {name: tid for tid, name in cfg.predefined.items()}
         self.sock: socket.socket | None = None
-        self.upstream: Session | None = None  # the gateway's own connection (QoS -1, checks the broker)
+        self.port = cfg.port
+        # the gateway's own broker connection (QoS -1 PUBLISHes)
+        self.upstream: Session | None = None
+        self.upstream_up = False
+        self.upstream_retry: float | None = None
+        self.upstream_attempts = 0
+        self.upstream_since = 0.0
         self.stats = collections.Counter()
         self.dirty: set = set()  # clients whose broker connection has packets to write
+        self.limit = MAX_DATAGRAM[socket.AF_INET] - PUBLISH_OVERHEAD
 
     # ------------------------------------------------------------------ logging
 
     def log(self, text: str) -> None:
         sys.stderr.write(f"iotctl: gateway: {text}\n")
         sys.stderr.flush()
+
+    def _failed(self, what: str, exc: BaseException) -> None:
+        """An unexpected error while handling one packet: logged (with its traceback
+        under -d); the gateway goes on serving everyone else."""
+        self.log(f"{what} failed: {type(exc).__name__}: {exc}")
+        if self.cfg.debug:
+            import traceback
+
+            sys.stderr.write(traceback.format_exc())
+            sys.stderr.flush()
 
     def _send(self, addr, p: Packet, raw: bytes | None = None) -> None:
         if raw is None:
@@ -142,9 +190,9 @@ class Gateway:
         except OSError:
             self.stats["send_errors"] += 1
 
-    def _request(self, cl: Client, p: Packet, answer: int, msg_id: int, topic=None) -> None:
+    def _request(self, cl: Client, p: Packet, answer: int, msg_id: int, topic=None, msg=None) -> None:
         raw = c.encode(p)
-        cl.inflight[(answer, msg_id)] = _Out(p, raw, time.monotonic() + self.cfg.retry_interval, topic)
+        cl.inflight[(answer, msg_id)] = _Out(p, raw, time.monotonic() + self.cfg.retry_interval, topic, msg)
         self._send(cl.addr, p, raw)
 
     # ------------------------------------------------------------------ running
@@ -159,6 +207,7 @@ class Gateway:
 
         self.upstream = Session(self._mqtt_config(f"iotctl-gw-{os.getpid()}", True, None))
         self.upstream.connect()  # raises when the broker cannot be reached: nothing to serve then
+        self.upstream_up = True
         try:
             infos = socket.getaddrinfo(self.cfg.bind, self.cfg.port, 0, socket.SOCK_DGRAM)
             family, _, _, _, addr = infos[0]
@@ -168,6 +217,8 @@ class Gateway:
             self.upstream.close()
             raise ConnectError(f"cannot listen on udp {self.cfg.bind}:{self.cfg.port}",
                                getattr(exc, "strerror", None) or str(exc)) from None
+        self.port = self.sock.getsockname()[1]  # -p 0: the port the system chose
+        self.limit = MAX_DATAGRAM.get(family, 65507) - PUBLISH_OVERHEAD
         self.sock.setblocking(False)
         # a burst of datagrams waits here while the loop writes to the broker
         try:
@@ -190,7 +241,7 @@ class Gateway:
                     fds.append(fd)
                     if cl.mqtt.want_write():
                         wfds.append(fd)
-                up = self.upstream.fileno()
+                up = self.upstream.fileno() if self.upstream is not None else None
                 if up is not None:
                     fds.append(up)
                     if self.upstream.want_write():
@@ -200,7 +251,7 @@ class Gateway:
                 for fd in r:
                     if fd is self.sock:
                         self._read_udp()
-                        for cl in self.dirty:
+                        for cl in list(self.dirty):
                             if cl.mqtt is not None and cl.state != "gone":
                                 self._service(cl, False, True)
                         self.dirty.clear()
@@ -208,11 +259,10 @@ class Gateway:
                 ready.discard(self.sock)
                 for fd in ready:
                     if fd == up:
-                        if not self.upstream.step(fd in r, fd in w):
-                            self._reconnect_upstream()
+                        self._service_upstream(fd in r, fd in w)
                         continue
                     cl = self.by_fd.get(fd)
-                    if cl is not None:
+                    if cl is not None and cl.mqtt is not None and cl.mqtt.fileno() == fd:
                         self._service(cl, fd in r, fd in w)
                 if time.monotonic() >= next_sweep:
                     self._sweep()
@@ -226,7 +276,7 @@ class Gateway:
 
     def stop(self) -> None:
         for cl in list(self.by_id.values()):
-            if cl.state not in ("gone", "parked"):
+            if cl.state != "gone":
                 self._send(cl.addr, Packet(c.DISCONNECT))
             if cl.mqtt is not None:
                 cl.mqtt.close()
@@ -239,87 +289,233 @@ class Gateway:
         if self.sock is not None:
             self.sock.close()
 
-    def _reconnect_upstream(self) -> None:
-        self.log(f"lost the gateway's own broker connection ({self.cfg.endpoint.display}); reconnecting")
-        self.upstream.abort()
-        try:
-            self.upstream = Session(self.upstream.cfg)
-            self.upstream.connect()
-        except IotctlError as exc:
-            self.log(f"cannot reconnect: {exc}")
+    # ------------------------------------------------------------------ the gateway's own broker connection
 
-    # ------------------------------------------------------------------ broker side
+    def _service_upstream(self, readable: bool, writable: bool) -> None:
+        session = self.upstream
+        try:
+            alive = session.step(readable, writable)
+        except Exception as exc:  # paho on a broken connection
+            self._failed("the gateway's own broker connection", exc)
+            alive = False
+        if not self.upstream_up and session.connack is not None:
+            error = session.connack_error()
+            if error is None:
+                self.upstream_up = True
+                self.upstream_attempts = 0
+                self.log(f"reconnected to the broker ({self.cfg.endpoint.display}) for QoS -1 publishes")
+            else:
+                alive = False
+        if not alive:
+            self._upstream_lost("connection lost")
+
+    def _upstream_lost(self, why: str) -> None:
+        if self.upstream is not None:
+            self.upstream.abort()
+            self.upstream = None
+        delay = BACKOFF[min(self.upstream_attempts, len(BACKOFF) - 1)]
+        if self.upstream_up or not self.upstream_attempts:
+            self.log(f"lost the gateway's own broker connection ({self.cfg.endpoint.display}): {why}; "
+                     f"connecting again in {delay:g} s (QoS -1 publishes are refused meanwhile)")
+        self.upstream_up = False
+        self.upstream_attempts += 1
+        self.upstream_retry = time.monotonic() + delay
+
+    def _upstream_again(self) -> None:
+        import os
+
+        self.upstream_retry = None
+        session = Session(self._mqtt_config(f"iotctl-gw-{os.getpid()}", True, None))
+        try:
+            session.begin_connect()
+        except IotctlError as exc:
+            self.upstream = None
+            self._upstream_lost(exc.why or exc.what)
+            return
+        self.upstream = session
+        self.upstream_since = time.monotonic()
+
+    # ------------------------------------------------------------------ broker side of a client
 
     def _service(self, cl: Client, readable: bool, writable: bool) -> None:
         session = cl.mqtt
-        alive = session.step(readable, writable)
-        if cl.state == "connecting" and session.connack is not None:
+        try:
+            alive = session.step(readable, writable)
+        except Exception as exc:  # paho on a broken connection
+            self._failed(f"client {cl.client_id!r}'s broker connection", exc)
+            alive = False
+        if not cl.broker_up and session.connack is not None:
             error = session.connack_error()
             if error is not None:
                 self.log(f"client {cl.client_id!r}: the broker refused the connection: {error.why}")
-                self._send(cl.addr, Packet(c.CONNACK, return_code=c.CONGESTION))
-                self._drop(cl, clean=False)
+                if cl.state == "connecting":
+                    self._send(cl.addr, Packet(c.CONNACK, return_code=c.CONGESTION))
+                    self._drop(cl, clean=False)
+                else:
+                    self._send(cl.addr, Packet(c.DISCONNECT))
+                    self._drop(cl, clean=False)
                 return
-            cl.state = "active"
-            self._send(cl.addr, Packet(c.CONNACK, return_code=c.ACCEPTED))
-            if self.cfg.verbose or self.cfg.debug:
-                self.log(f"client {cl.client_id!r} connected from {_fmt(cl.addr)}")
-        for mid in session.take_acked():
+            self._broker_connected(cl, session)
+        acked = session.take_acked()
+        for mid in acked:
             entry = cl.puback_for.pop(mid, None)
-            if entry is not None:
-                msg_id, tid = entry
-                if tid == -1:  # QoS 2: the broker has it
-                    if msg_id in cl.q2_in:
-                        cl.q2_in[msg_id] = "done"
-                        self._send(cl.addr, Packet(c.PUBREC, msg_id=msg_id))
-                    continue
-                self._send(cl.addr, Packet(c.PUBACK, topic_id=tid, msg_id=msg_id, return_code=c.ACCEPTED))
+            if entry is None:
+                continue
+            msg_id, tid = entry
+            if tid == -1:  # QoS 2: the broker has it
+                if msg_id in cl.q2_in:
+                    cl.q2_in[msg_id] = "done"
+                    self._send(cl.addr, Packet(c.PUBREC, msg_id=msg_id))
+                continue
+            if cl.q1_pending.get(msg_id) == mid:
+                del cl.q1_pending[msg_id]
+                cl.q1_done[msg_id] = tid
+                if len(cl.q1_done) > REMEMBERED:
+                    cl.q1_done.popitem(last=False)
+            self._send(cl.addr, Packet(c.PUBACK, topic_id=tid, msg_id=msg_id, return_code=c.ACCEPTED))
         for mid in list(cl.suback_for):
             codes = session.suback(mid)
-            if codes is not None:
-                msg_id, tid = cl.suback_for.pop(mid)
-                code = codes[0] if codes else 0x80
+            if codes is None:
+                continue
+            msg_id, tid, name, qos = cl.suback_for.pop(mid)
+            code = codes[0] if codes else 0x80
+            if msg_id < 0:  # made again after a broker loss: no client waits for it
                 if code >= 0x80:
-                    self._send(cl.addr, Packet(c.SUBACK, qos=0, topic_id=0, msg_id=msg_id, return_code=c.CONGESTION))
-                else:
-                    self._send(cl.addr, Packet(c.SUBACK, qos=code, topic_id=tid, msg_id=msg_id, return_code=c.ACCEPTED))
-        for msg in session.take():
-            cl.queue.append(msg)
+                    self.log(f"client {cl.client_id!r}: the broker refused the subscription to {name!r} again")
+                    cl.subs.pop(name, None)
+                continue
+            if code >= 0x80:
+                suback = Packet(c.SUBACK, qos=0, topic_id=0, msg_id=msg_id, return_code=c.CONGESTION)
+                cl.subs.pop(name, None)
+            else:
+                suback = Packet(c.SUBACK, qos=code, topic_id=tid, msg_id=msg_id, return_code=c.ACCEPTED)
+                if tid and name not in cl.shorts and self.predefined_ids.get(name) != tid:
+                    cl.known.add(tid)  # the client learns the id from this SUBACK
+            self._suback(cl, msg_id, suback)
+        taken = session.take()
+        if taken:
+            self._enqueue(cl, taken)
         if cl.queue:
             self._flush(cl)
         if not alive:
             if cl.state == "connecting":
                 self.log(f"client {cl.client_id!r}: cannot connect to the broker: {session.lost('connect').why}")
                 self._send(cl.addr, Packet(c.CONNACK, return_code=c.CONGESTION))
+                self._drop(cl, clean=False)
             else:
-                self.log(f"client {cl.client_id!r}: the broker closed its connection: "
-                         f"{session.lost('connection').why}")
-                self._send(cl.addr, Packet(c.DISCONNECT))
-            self._drop(cl, clean=False)
+                self._broker_lost(cl, session.lost("connection").why)
+
+    def _broker_connected(self, cl: Client, session: Session) -> None:
+        cl.broker_up = True
+        cl.attempts = 0
+        if cl.state == "connecting":
+            cl.state = "active"
+            self._send(cl.addr, Packet(c.CONNACK, return_code=c.ACCEPTED))
+            if self.cfg.verbose or self.cfg.debug:
+                self.log(f"client {cl.client_id!r} connected from {_fmt(cl.addr)}")
+            return
+        flags = session.connack[1]
+        present = bool(getattr(flags, "session_present", False))
+        self.log(f"client {cl.client_id!r}: reconnected to the broker"
+                 + (" (its session was kept)" if present else
+                    (f"; subscribing again to {len(cl.subs)} filter(s)" if cl.subs else "")))
+        try:
+            if present:
+                for name in cl.unsubscribed:
+                    session.unsubscribe(name)
+            else:
+                for name, qos in cl.subs.items():
+                    mid = session.subscribe_request([Subscription(name, qos)])
+                    cl.suback_for[mid] = (-1, 0, name, qos)
+        except IotctlError as exc:
+            self.log(f"client {cl.client_id!r}: cannot subscribe again: {exc}")
+        cl.unsubscribed.clear()
+        self.dirty.add(cl)
+
+    def _broker_lost(self, cl: Client, why: str | None) -> None:
+        """The broker connection of a connected client is gone: the MQTT-SN session
+        stays; connect again with backoff (subscriptions made again if the broker lost
+        them). Messages not yet sent to the client that a persistent session brings
+        again are let go (the broker has them); the rest stay queued."""
+        session = cl.mqtt
+        if session is not None:
+            fd = session.fileno()
+            if self.by_fd.get(fd) is cl:
+                del self.by_fd[fd]
+            session.abort()
+        for fd, other in list(self.by_fd.items()):
+            if other is cl:
+                del self.by_fd[fd]
+        cl.mqtt = None
+        cl.broker_up = False
+        cl.suback_for.clear()
+        cl.puback_for.clear()
+        cl.q1_pending.clear()
+        for msg_id, state in list(cl.q2_in.items()):
+            if state == "sent":  # never confirmed by the broker: the client sends it again
+                del cl.q2_in[msg_id]
+        if not cl.clean:
+            cl.queue = collections.deque(m for m in cl.queue if m.token is None)
+        delay = BACKOFF[min(cl.attempts, len(BACKOFF) - 1)]
+        if cl.attempts == 0:
+            self.log(f"client {cl.client_id!r}: lost its broker connection ({why or 'connection lost'}); "
+                     f"connecting again in {delay:g} s, the MQTT-SN session is kept "
+                     "(its PUBLISH and SUBSCRIBE are refused meanwhile)")
+        cl.attempts += 1
+        cl.retry_at = time.monotonic() + delay
 
     def _connect_broker(self, cl: Client) -> None:
+        """The first broker connection of a client (it waits for its CONNACK)."""
         cl.state = "connecting"
-        cl.mqtt = Session(self._mqtt_config(cl.client_id, cl.clean, cl.will))
+        if not self._begin_broker(cl):
+            self._send(cl.addr, Packet(c.CONNACK, return_code=c.CONGESTION))
+            self._drop(cl, clean=False)
+
+    def _begin_broker(self, cl: Client) -> bool:
+        cl.retry_at = None
+        cl.broker_up = False
+        cl.broker_since = time.monotonic()
+        session = Session(self._mqtt_config(cl.client_id, cl.clean, cl.will), manual_ack=True)
         try:
-            cl.mqtt.begin_connect()
+            session.begin_connect()
         except IotctlError as exc:
             self.log(f"client {cl.client_id!r}: cannot connect to the broker: {exc.why}")
-            self._send(cl.addr, Packet(c.CONNACK, return_code=c.CONGESTION))
-            cl.mqtt = None
-            self._drop(cl, clean=False)
-            return
-        fd = cl.mqtt.fileno()
+            session.abort()
+            return False
+        cl.mqtt = session
+        fd = session.fileno()
         if fd is not None:
             self.by_fd[fd] = cl
+        return True
+
+    def _ack_broker(self, cl: Client, msg) -> None:
+        """Acknowledge a broker message the client has (or refused for good)."""
+        if msg is not None and msg.token is not None and cl.mqtt is not None and msg.token[0] is cl.mqtt:
+            cl.mqtt.ack(msg)
+            self.dirty.add(cl)
+
+    def _enqueue(self, cl: Client, messages: list) -> None:
+        limit = self.cfg.max_queued
+        for msg in messages:
+            if len(cl.queue) >= limit:
+                cl.dropped += 1
+                if cl.dropped == 1:
+                    self.log(f"client {cl.client_id!r}: {limit} messages are queued for it (--max-queued): "
+                             "dropping what comes until it takes some (QoS 1/2 ones are not acknowledged to "
+                             "the broker: a persistent session gets them when it resumes)")
+                continue
+            cl.queue.append(msg)
 
     # ------------------------------------------------------------------ towards the client
 
     def _flush(self, cl: Client) -> None:
-        """Send queued messages while the window allows (not to a sleeping client)."""
+        """Send queued messages while the window allows (not to a sleeping client), each
+        with a topic id the client has learnt on this connection (REGISTER first)."""
         if cl.state not in ("active", "awake"):
             return
-        while cl.queue and len(cl.inflight) < WINDOW:
-            msg = cl.queue[0]
+        queue = cl.queue
+        while queue and len(cl.inflight) < WINDOW:
+            msg = queue[0]
             topic = msg.address
             qos = msg.meta.get("qos", 0)
             tid = self.predefined_ids.get(topic)
@@ -327,76 +523,111 @@ class Gateway:
                 tt = c.PREDEFINED
             elif topic in cl.shorts:
                 tt, tid = c.SHORT, c.short_id(topic)
-            elif topic in cl.ids:
-                tt, tid = c.NORMAL, cl.ids[topic]
             else:
-                if topic not in cl.registering:  # REGISTER first; the PUBLISH waits for the REGACK
-                    new = cl.topic_id_for(topic)
-                    cl.ids.pop(topic)
-                    msg_id = cl.new_msg_id()
-                    cl.registering[topic] = msg_id
-                    self._request(cl, Packet(c.REGISTER, topic_id=new, msg_id=msg_id, topic_name=topic),
-                                  c.REGACK, msg_id, topic)
-                return
-            cl.queue.popleft()
+                tt, tid = c.NORMAL, cl.topic_id_for(topic)
+                if tid not in cl.known:
+                    if topic not in cl.registering:  # REGISTER first; the PUBLISH waits for the REGACK
+                        msg_id = cl.new_msg_id()
+                        cl.registering[topic] = msg_id
+                        self._request(cl, Packet(c.REGISTER, topic_id=tid, msg_id=msg_id, topic_name=topic),
+                                      c.REGACK, msg_id, topic)
+                    return
+            queue.popleft()
+            if len(msg.payload) > self.limit:
+                self.log(f"client {cl.client_id!r}: a message on {topic!r} has {len(msg.payload)} bytes, more than "
+                         f"one MQTT-SN datagram carries ({self.limit}): dropped")
+                self._ack_broker(cl, msg)
+                continue
             msg_id = cl.new_msg_id() if qos else 0
             p = Packet(c.PUBLISH, qos=qos, retain=msg.meta.get("retain", False), topic_id_type=tt,
                        topic_id=tid, msg_id=msg_id, data=msg.payload)
             if qos:
-                self._request(cl, p, c.PUBACK if qos == 1 else c.PUBREC, msg_id)
+                self._request(cl, p, c.PUBACK if qos == 1 else c.PUBREC, msg_id, msg=msg)
             else:
                 self._send(cl.addr, p)
+        if cl.dropped and len(queue) < self.cfg.max_queued:
+            self.log(f"client {cl.client_id!r}: {cl.dropped} message(s) were dropped while its queue was full")
+            cl.dropped = 0
 
     def _sweep(self) -> None:
         now = time.monotonic()
-        if self.upstream.fileno() is not None and not self.upstream.step(False, False):
-            self._reconnect_upstream()
+        if self.upstream is None:
+            if self.upstream_retry is not None and now >= self.upstream_retry:
+                self._upstream_again()
+        elif self.upstream.fileno() is None:
+            self._upstream_lost("connection lost")
+        else:
+            self._service_upstream(False, False)
+            if not self.upstream_up and self.upstream is not None \
+                    and now - self.upstream_since > self.cfg.connect_timeout:
+                self._upstream_lost(f"no CONNACK within {self.cfg.connect_timeout:g} s")
         for cl in list(self.by_id.values()):
             if cl.state == "gone":
                 continue
-            if cl.mqtt is not None and cl.state in ("active", "asleep", "awake", "connecting"):
-                # broker keepalive and anything paho has buffered
-                if cl.mqtt.fileno() is not None:
-                    self._service(cl, False, False)
-                if cl.state == "gone":
-                    continue
-            if cl.state in ("will-topic", "will-msg") and \
-                    now - cl.last_seen > self.cfg.retry_interval * (self.cfg.retries + 1):
-                self._lost(cl, "never finished its will (WILLTOPIC/WILLMSG)")
+            try:
+                self._sweep_client(cl, now)
+            except Exception as exc:
+                self._failed(f"client {cl.client_id!r}", exc)
+
+    def _sweep_client(self, cl: Client, now: float) -> None:
+        if cl.mqtt is not None and cl.state in ("active", "asleep", "awake", "connecting"):
+            # broker keepalive and anything paho has buffered
+            if cl.mqtt.fileno() is not None:
+                self._service(cl, False, False)
+            elif cl.state == "connecting":
+                self._send(cl.addr, Packet(c.CONNACK, return_code=c.CONGESTION))
+                self._drop(cl, clean=False)
+            else:
+                self._broker_lost(cl, "connection lost")
+            if cl.state == "gone":
+                return
+            if cl.mqtt is not None and not cl.broker_up and now - cl.broker_since > self.cfg.connect_timeout:
+                why = f"no CONNACK within {self.cfg.connect_timeout:g} s"
+                if cl.state == "connecting":
+                    self.log(f"client {cl.client_id!r}: cannot connect to the broker: {why}")
+                    self._send(cl.addr, Packet(c.CONNACK, return_code=c.CONGESTION))
+                    self._drop(cl, clean=False)
+                    return
+                self._broker_lost(cl, why)
+        if cl.mqtt is None and cl.retry_at is not None and now >= cl.retry_at and cl.state in CONNECTED:
+            if not self._begin_broker(cl):
+                cl.mqtt = None
+                self._broker_lost(cl, None)
+        if cl.state in ("will-topic", "will-msg") and \
+                now - cl.last_seen > self.cfg.retry_interval * (self.cfg.retries + 1):
+            self._lost(cl, "never finished its will (WILLTOPIC/WILLMSG)")
+            return
+        if cl.state == "asleep":
+            if cl.sleep_until and now > cl.sleep_until:
+                self._lost(cl, "did not wake up within its sleep duration")
+            return
+        if cl.state in ("active", "awake") and cl.keepalive and now - cl.last_seen > 1.5 * cl.keepalive:
+            self._lost(cl, f"silent for more than 1.5 × its keepalive ({cl.keepalive} s)")
+            return
+        for key, out in list(cl.inflight.items()):
+            if out.due > now:
                 continue
-            if cl.state == "asleep":
-                if cl.sleep_until and now > cl.sleep_until:
-                    self._lost(cl, "did not wake up within its sleep duration")
-                continue
-            if cl.state in ("active", "awake") and cl.keepalive and now - cl.last_seen > 1.5 * cl.keepalive:
-                self._lost(cl, f"silent for more than 1.5 × its keepalive ({cl.keepalive} s)")
-                continue
-            for key, out in list(cl.inflight.items()):
-                if out.due > now:
-                    continue
-                if out.tries >= self.cfg.retries:
-                    self._lost(cl, f"no {c.NAMES[key[0]]} after {out.tries + 1} tries")
-                    break
-                out.tries += 1
-                out.due = now + self.cfg.retry_interval
-                if out.packet.type == c.PUBLISH and not out.packet.fields.get("dup"):
-                    out.packet.fields["dup"] = True
-                    out.raw = c.encode(out.packet)
-                self._send(cl.addr, out.packet, out.raw)
-            if cl.state == "awake" and not cl.queue and not cl.inflight:
-                cl.state = "asleep"
-                cl.sleep_until = now + 1.5 * cl.sleep_duration + 1
-                self._send(cl.addr, Packet(c.PINGRESP))
+            if out.tries >= self.cfg.retries:
+                self._lost(cl, f"no {c.NAMES[key[0]]} after {out.tries + 1} tries")
+                return
+            out.tries += 1
+            out.due = now + self.cfg.retry_interval
+            if out.packet.type == c.PUBLISH and not out.packet.fields.get("dup"):
+                out.packet.fields["dup"] = True
+                out.raw = c.encode(out.packet)
+            # twice: a link that loses every n-th datagram cannot take the same one each time
+            self._send(cl.addr, out.packet, out.raw)
+            self._send(cl.addr, out.packet, out.raw)
+        if cl.state == "awake" and not cl.queue and not cl.inflight:
+            cl.state = "asleep"
+            cl.sleep_until = now + 1.5 * cl.sleep_duration + 1
+            self._send(cl.addr, Packet(c.PINGRESP))
 
     def _lost(self, cl: Client, why: str) -> None:
         """A client that went away without DISCONNECT: drop its broker connection
         without DISCONNECT, so the broker publishes its will."""
         self.log(f"client {cl.client_id!r} ({_fmt(cl.addr)}) lost: {why}")
-        if cl.mqtt is not None:
-            self.by_fd.pop(cl.mqtt.fileno(), None)
-            cl.mqtt.abort()
-            cl.mqtt = None
-        self._forget(cl)
+        self._drop(cl, clean=False)
 
     def _drop(self, cl: Client, clean: bool = True) -> None:
         if cl.mqtt is not None:
@@ -443,9 +674,7 @@ class Gateway:
             except IotctlError as exc:
                 self.log(f"{p.name} from {_fmt(addr)}: {exc}")
             except Exception as exc:  # one bad client must not stop the others
-                if self.cfg.debug:
-                    raise
-                self.log(f"{p.name} from {_fmt(addr)} failed: {type(exc).__name__}: {exc}")
+                self._failed(f"{p.name} from {_fmt(addr)}", exc)
 
     def _handle(self, addr, p: Packet) -> None:
         t = p.type
@@ -480,15 +709,21 @@ class Gateway:
         handler(self, cl, p)
 
     def _on_connect(self, addr, p: Packet) -> None:
+        client_id = p.client_id
+        bad = _bad_client_id(client_id)
+        if bad:
+            self.log(f"CONNECT from {_fmt(addr)} refused: {bad}")
+            self._send(addr, Packet(c.CONNACK, return_code=c.NOT_SUPPORTED))
+            return
         old = self.by_addr.get(addr)
-        if old is not None and old.client_id == p.client_id and old.state != "gone":
+        if old is not None and old.client_id == client_id and old.state != "gone":
             # the same CONNECT again (our answer was lost): answer where we are
             old.last_seen = time.monotonic()
             if old.state == "will-topic":
                 self._send(addr, Packet(c.WILLTOPICREQ))
             elif old.state == "will-msg":
                 self._send(addr, Packet(c.WILLMSGREQ))
-            elif old.state in ("active", "asleep", "awake"):
+            elif old.state in CONNECTED:
                 if old.state != "active":
                     old.state = "active"
                     self._flush(old)
@@ -496,30 +731,40 @@ class Gateway:
             return
         if old is not None:
             self._drop(old)
-        existing = self.by_id.get(p.client_id)
+        existing = self.by_id.get(client_id)
         if existing is not None and existing.state != "gone":
-            if not p.clean_session and existing.mqtt is not None and existing.state in ("active", "asleep", "awake") \
-                    and not p.will:
-                # resume: same broker session, same topic ids; the client moved (or woke)
-                if self.by_addr.get(existing.addr) is existing:
-                    del self.by_addr[existing.addr]
-                existing.addr = addr
-                existing.keepalive = p.duration
-                existing.state = "active"
-                existing.last_seen = time.monotonic()
-                self.by_addr[addr] = existing
-                self._send(addr, Packet(c.CONNACK, return_code=c.ACCEPTED))
-                self._flush(existing)
+            if not p.clean_session and existing.state in CONNECTED and not p.will:
+                self._resume(existing, addr, p)
                 return
             self._drop(existing)
-        cl = Client(addr, p.client_id, p.duration, p.clean_session)
+        cl = Client(addr, client_id, p.duration, p.clean_session)
         self.by_addr[addr] = cl
-        self.by_id[p.client_id] = cl
+        self.by_id[client_id] = cl
         if p.will:
             cl.state = "will-topic"
             self._send(addr, Packet(c.WILLTOPICREQ))
         else:
             self._connect_broker(cl)
+
+    def _resume(self, cl: Client, addr, p: Packet) -> None:
+        """A persistent client connects again while its session is here (it moved, or
+        woke with CONNECT): same broker session, same topic ids, but the new connection
+        has learnt none of them, and what was in flight goes out again."""
+        if self.by_addr.get(cl.addr) is cl:
+            del self.by_addr[cl.addr]
+        cl.addr = addr
+        cl.keepalive = p.duration
+        cl.state = "active"
+        cl.last_seen = time.monotonic()
+        cl.known.clear()
+        cl.registering.clear()
+        again = [out.msg for key, out in sorted(cl.inflight.items(), key=lambda kv: kv[1].due)
+                 if out.packet.type == c.PUBLISH and out.msg is not None]
+        cl.inflight = {k: v for k, v in cl.inflight.items() if v.packet.type == c.PUBREL}
+        cl.queue.extendleft(reversed(again))
+        self.by_addr[addr] = cl
+        self._send(addr, Packet(c.CONNACK, return_code=c.ACCEPTED))
+        self._flush(cl)
 
     def _on_willtopic(self, cl: Client, p: Packet) -> None:
         if cl.state == "will-msg":  # our WILLMSGREQ was lost
@@ -531,6 +776,13 @@ class Gateway:
             cl.will = None
             self._connect_broker(cl)
             return
+        try:
+            validate_topic(p.will_topic)
+        except UsageError as exc:
+            self.log(f"client {cl.client_id!r}: will refused: {exc}")
+            self._send(cl.addr, Packet(c.CONNACK, return_code=c.NOT_SUPPORTED))
+            self._forget(cl)
+            return
         cl.will = Will(p.will_topic, b"", max(0, p.qos), p.retain)
         cl.state = "will-msg"
         self._send(cl.addr, Packet(c.WILLMSGREQ))
@@ -541,16 +793,27 @@ class Gateway:
         cl.will.payload = p.will_msg
         self._connect_broker(cl)
 
-    def _topic_of(self, cl: Client, tt: int, tid: int) -> str | None:
+    def _topic_of(self, cl: Client | None, tt: int, tid: int) -> str | None:
+        """The topic name a PUBLISH's topic id means, or None (unknown, or not a valid
+        topic name: e.g. a short topic with a wildcard, a NUL or bytes that are not UTF-8)."""
         if tt == c.NORMAL:
-            return cl.names.get(tid)
+            return cl.names.get(tid) if cl is not None else None
         if tt == c.PREDEFINED:
             return self.cfg.predefined.get(tid)
         if tt == c.SHORT:
-            return c.short_name(tid)
+            name = _short_topic(tid)
+            if name is None:
+                return None
+            try:
+                return validate_topic(name)
+            except UsageError:
+                return None
         return None
 
     def _on_register(self, cl: Client, p: Packet) -> None:
+        if cl.state not in CONNECTED:
+            self._send(cl.addr, Packet(c.REGACK, topic_id=0, msg_id=p.msg_id, return_code=c.CONGESTION))
+            return
         name = p.topic_name
         try:
             validate_topic(name)
@@ -559,47 +822,79 @@ class Gateway:
             self._send(cl.addr, Packet(c.REGACK, topic_id=0, msg_id=p.msg_id, return_code=c.NOT_SUPPORTED))
             return
         tid = cl.topic_id_for(name)
+        cl.known.add(tid)
         self._send(cl.addr, Packet(c.REGACK, topic_id=tid, msg_id=p.msg_id, return_code=c.ACCEPTED))
 
+    def _refuse_publish(self, addr, p: Packet, code: int) -> None:
+        self._send(addr, Packet(c.PUBACK, topic_id=p.topic_id, msg_id=p.msg_id, return_code=code))
+
     def _on_publish(self, cl: Client, p: Packet) -> None:
-        if cl.state not in ("active", "awake") or cl.mqtt is None:
+        if cl.state in ("will-topic", "will-msg", "connecting"):
+            self._refuse_publish(cl.addr, p, c.CONGESTION)  # not connected yet
+            return
+        if cl.state not in ("active", "awake"):
             self._send(cl.addr, Packet(c.DISCONNECT))
             return
         topic = self._topic_of(cl, p.topic_id_type, p.topic_id)
         if topic is None:
             self.log(f"client {cl.client_id!r}: PUBLISH to unknown topic id {p.topic_id} "
                      f"({c.TOPIC_ID_TYPES.get(p.topic_id_type, 'reserved')}): answered 'invalid topic ID'")
-            self._send(cl.addr, Packet(c.PUBACK, topic_id=p.topic_id, msg_id=p.msg_id,
-                                       return_code=c.INVALID_TOPIC_ID))
+            self._refuse_publish(cl.addr, p, c.INVALID_TOPIC_ID)
             return
         qos = p.qos
+        if qos == 1 and p.dup:
+            if p.msg_id in cl.q1_pending:
+                return  # the broker has not acknowledged it yet: its PUBACK follows
+            tid = cl.q1_done.get(p.msg_id)
+            if tid is not None:  # our PUBACK was lost: answered again, not published again
+                self._send(cl.addr, Packet(c.PUBACK, topic_id=tid, msg_id=p.msg_id, return_code=c.ACCEPTED))
+                return
+        if qos == 2 and cl.q2_in.get(p.msg_id) == "done":
+            self._send(cl.addr, Packet(c.PUBREC, msg_id=p.msg_id))
+            return
+        if cl.mqtt is None or not cl.broker_up:
+            self._refuse_publish(cl.addr, p, c.CONGESTION)  # the broker is away: refused, not dropped
+            return
         if qos == 2:
             # exactly once: published once per msg id, PUBREC once the broker has it
             # (its PUBCOMP); a DUP before that is ignored, after it answered again
-            state = cl.q2_in.get(p.msg_id)
-            if state is None:
+            if p.msg_id not in cl.q2_in:
                 mid = cl.mqtt.publish(topic, p.data, 2, p.retain)
                 cl.q2_in[p.msg_id] = "sent"
                 cl.puback_for[mid] = (p.msg_id, -1)
-            elif state == "done":
-                self._send(cl.addr, Packet(c.PUBREC, msg_id=p.msg_id))
         elif qos == 1:
+            cl.q1_done.pop(p.msg_id, None)
             mid = cl.mqtt.publish(topic, p.data, 1, p.retain)
             cl.puback_for[mid] = (p.msg_id, p.topic_id)
+            cl.q1_pending[p.msg_id] = mid
         else:
             cl.mqtt.publish(topic, p.data, 0, p.retain)
         self.dirty.add(cl)  # written once the burst of datagrams is read
 
     def _publish_qos_minus_one(self, addr, p: Packet) -> None:
+        """QoS -1: no connection, only predefined and short topics. What cannot be
+        forwarded is refused with a PUBACK naming why (the specification's PUBACK in
+        case of an error), so a sender can tell."""
         if p.topic_id_type == c.NORMAL:
-            self.log(f"ignored a QoS -1 PUBLISH from {_fmt(addr)}: a normal topic id needs a connection")
+            self.log(f"refused a QoS -1 PUBLISH from {_fmt(addr)}: a normal topic id needs a connection")
+            self._refuse_publish(addr, p, c.INVALID_TOPIC_ID)
             return
         topic = self._topic_of(None, p.topic_id_type, p.topic_id)
         if topic is None:
-            self.log(f"ignored a QoS -1 PUBLISH from {_fmt(addr)} to unknown predefined topic id {p.topic_id}")
+            self.log(f"refused a QoS -1 PUBLISH from {_fmt(addr)} to topic id {p.topic_id} "
+                     f"({c.TOPIC_ID_TYPES.get(p.topic_id_type, 'reserved')}): unknown, or not a valid topic name")
+            self._refuse_publish(addr, p, c.INVALID_TOPIC_ID)
             return
-        self.upstream.publish(topic, p.data, 0, p.retain)
-        self.upstream.step(False, True)
+        if self.upstream is None or not self.upstream_up:
+            self.log(f"refused a QoS -1 PUBLISH from {_fmt(addr)} to {topic!r}: the broker is not connected")
+            self._refuse_publish(addr, p, c.CONGESTION)
+            return
+        try:
+            self.upstream.publish(topic, p.data, 0, p.retain)
+            self.upstream.step(False, True)
+        except IotctlError as exc:
+            self._refuse_publish(addr, p, c.CONGESTION)
+            self._upstream_lost(exc.why or exc.what)
 
     def _on_pubrel(self, cl: Client, p: Packet) -> None:
         cl.q2_in.pop(p.msg_id, None)
@@ -610,27 +905,64 @@ class Gateway:
         t = p.type
         out = cl.inflight.pop((t, p.msg_id), None)
         if t == c.PUBREC:
+            if out is not None:
+                self._ack_broker(cl, out.msg)  # the client has it: the broker may let it go
             if out is not None or (c.PUBCOMP, p.msg_id) in cl.inflight:
                 cl.inflight.pop((c.PUBCOMP, p.msg_id), None)
                 self._request(cl, Packet(c.PUBREL, msg_id=p.msg_id), c.PUBCOMP, p.msg_id)
-        elif t == c.PUBACK and p.return_code == c.INVALID_TOPIC_ID and out is not None:
-            name = cl.names.get(out.packet.topic_id)
-            self.log(f"client {cl.client_id!r} does not know topic id {out.packet.topic_id} ({name!r})")
-            if name is not None:
-                cl.ids.pop(name, None)
+        elif t == c.PUBACK and out is None and p.return_code != c.ACCEPTED:
+            # a refusal of a QoS 2 PUBLISH comes as PUBACK too
+            out = cl.inflight.pop((c.PUBREC, p.msg_id), None)
+            if out is not None:
+                self._refused_by_client(cl, out, p.return_code)
+        elif t == c.PUBACK and out is not None:
+            if p.return_code == c.ACCEPTED:
+                self._ack_broker(cl, out.msg)
+            else:
+                self._refused_by_client(cl, out, p.return_code)
         elif t == c.REGACK and out is not None:
             topic = out.topic
             cl.registering.pop(topic, None)
             if p.return_code == c.ACCEPTED:
-                tid = out.packet.topic_id
-                cl.ids[topic] = tid
-                cl.names[tid] = topic
+                cl.known.add(out.packet.topic_id)
             else:
                 self.log(f"client {cl.client_id!r} refused REGISTER of {topic!r}: dropping its messages")
-                cl.queue = collections.deque(m for m in cl.queue if m.address != topic)
+                keep = collections.deque()
+                for m in cl.queue:
+                    if m.address == topic:
+                        self._ack_broker(cl, m)
+                    else:
+                        keep.append(m)
+                cl.queue = keep
         self._flush(cl)
 
+    def _refused_by_client(self, cl: Client, out: _Out, code: int) -> None:
+        tid = out.packet.topic_id
+        if code == c.INVALID_TOPIC_ID and out.packet.topic_id_type == c.NORMAL and out.msg is not None:
+            # it has not learnt that id (a lost SUBACK, a new connection): REGISTER, then again
+            cl.known.discard(tid)
+            cl.queue.appendleft(out.msg)
+            return
+        self.log(f"client {cl.client_id!r} refused a PUBLISH to topic id {tid}: "
+                 f"{c.RETURN_CODES.get(code, code)}: dropped")
+        self._ack_broker(cl, out.msg)
+
+    def _suback(self, cl: Client, msg_id: int, suback: Packet) -> None:
+        cl.subacks[msg_id] = suback
+        if len(cl.subacks) > 64:
+            cl.subacks.popitem(last=False)
+        self._send(cl.addr, suback)
+
     def _on_subscribe(self, cl: Client, p: Packet) -> None:
+        if p.dup and p.msg_id in cl.subacks:  # our SUBACK was lost: the same answer again
+            self._send(cl.addr, cl.subacks[p.msg_id])
+            return
+        if any(v[0] == p.msg_id for v in cl.suback_for.values()):
+            return  # a retransmission of one being subscribed: its SUBACK is coming
+        if cl.state not in ("active", "awake") or cl.mqtt is None or not cl.broker_up:
+            # not connected yet (a will being set up), asleep, or the broker is away
+            self._send(cl.addr, Packet(c.SUBACK, qos=0, topic_id=0, msg_id=p.msg_id, return_code=c.CONGESTION))
+            return
         tt = p.topic_id_type
         qos = max(0, p.qos)
         tid = 0
@@ -640,12 +972,18 @@ class Gateway:
                 validate_filter(name)
             except UsageError as exc:  # the broker would close the connection over it
                 self.log(f"client {cl.client_id!r}: SUBSCRIBE refused: {exc}")
-                self._send(cl.addr, Packet(c.SUBACK, qos=0, topic_id=0, msg_id=p.msg_id, return_code=c.NOT_SUPPORTED))
+                self._send(cl.addr, Packet(c.SUBACK, qos=0, topic_id=0, msg_id=p.msg_id,
+                                           return_code=c.NOT_SUPPORTED))
                 return
             if "+" not in name and "#" not in name:
                 tid = cl.topic_id_for(name)
         else:
-            name = self._topic_of(cl, tt, p.topic_id)
+            name = self._topic_of(cl, tt, p.topic_id) if tt != c.SHORT else _short_topic(p.topic_id)
+            if name is not None and tt == c.SHORT:
+                try:
+                    validate_filter(name)
+                except UsageError:
+                    name = None
             if name is None:
                 self._send(cl.addr, Packet(c.SUBACK, qos=0, topic_id=p.topic_id, msg_id=p.msg_id,
                                            return_code=c.INVALID_TOPIC_ID))
@@ -653,21 +991,27 @@ class Gateway:
             tid = p.topic_id
             if tt == c.SHORT:
                 cl.shorts.add(name)
-        if any(v == (p.msg_id, tid) for v in cl.suback_for.values()):
-            return  # a retransmission of one being subscribed: its SUBACK is coming
         try:
             mid = cl.mqtt.subscribe_request([Subscription(name, qos)])
         except IotctlError as exc:
             self.log(f"client {cl.client_id!r}: cannot subscribe to {name!r}: {exc.why}")
             self._send(cl.addr, Packet(c.SUBACK, qos=0, topic_id=0, msg_id=p.msg_id, return_code=c.NOT_SUPPORTED))
             return
-        cl.suback_for[mid] = (p.msg_id, tid)
-        cl.mqtt.step(False, True)
+        cl.subs[name] = qos
+        cl.unsubscribed.discard(name)
+        cl.suback_for[mid] = (p.msg_id, tid, name, qos)
+        self.dirty.add(cl)
 
     def _on_unsubscribe(self, cl: Client, p: Packet) -> None:
         name = p.topic_name if p.topic_id_type == c.NORMAL else self._topic_of(cl, p.topic_id_type, p.topic_id)
         if name:
-            cl.mqtt.unsubscribe(name)
+            if name in cl.subs:
+                del cl.subs[name]
+                if cl.mqtt is not None and cl.broker_up:
+                    cl.mqtt.unsubscribe(name)
+                    self.dirty.add(cl)
+                else:
+                    cl.unsubscribed.add(name)
             cl.shorts.discard(name)
         self._send(cl.addr, Packet(c.UNSUBACK, msg_id=p.msg_id))
 
@@ -689,7 +1033,7 @@ class Gateway:
             self._send(addr, Packet(c.PINGRESP))
 
     def _on_disconnect(self, cl: Client, p: Packet) -> None:
-        if p.duration:
+        if p.duration and cl.state in CONNECTED:
             cl.state = "asleep"
             cl.sleep_duration = p.duration
             cl.sleep_until = time.monotonic() + 1.5 * p.duration + 1
@@ -717,6 +1061,15 @@ class Gateway:
         c.PINGREQ: _on_pingreq, c.DISCONNECT: _on_disconnect, c.WILLTOPICUPD: _on_willtopicupd,
         c.WILLMSGUPD: _on_willmsgupd,
     }
+
+
+def _bad_client_id(client_id: str) -> str | None:
+    """Why a CONNECT's client id cannot become an MQTT client id, or None."""
+    if not client_id:
+        return "an empty client id (MQTT-SN needs 1 to 23 characters)"
+    if "\0" in client_id:
+        return "a client id with a NUL character"
+    return None
 
 
 def _fmt(addr) -> str:

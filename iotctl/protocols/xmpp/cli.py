@@ -106,9 +106,11 @@ def send(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload
         payload.message, peer = peer, None  # `send --muc ROOM TEXT`: the positional is the message
     payload.validate()
     messenger = endpoints.sink(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload)
-    to = messenger.muc or messenger.to
+    to = messenger.address
     # addressed: what --failed keeps says where it was going, so --replay FILE needs nothing else
     items = sending_driver.outgoing(payload, sending, addresses=(to,) if to else None)
+    if not to:
+        items = _to_recipients(items)
     if not payload.streaming:  # one message: refused before logging in when XMPP cannot carry it
         first = next(items)
         body_text(first.payload)
@@ -117,6 +119,15 @@ def send(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload
         result = sending_driver.run(messenger, items, "send", timeout, progress=payload.streaming,
                                     failed=sending.failed, verb="sending")
     status(f"sent {result.sent} message(s)", tty_only=True)
+
+
+def _to_recipients(items):
+    """--replay without JID: a captured XMPP message goes to its recipient (meta.to; its
+    address is the sender's JID)."""
+    for msg in items:
+        if msg.protocol == "xmpp" and isinstance(msg.meta, dict) and isinstance(msg.meta.get("to"), str):
+            msg.address = msg.meta["to"] or msg.address
+        yield msg
 
 
 # --------------------------------------------------------------------------- listen

@@ -567,6 +567,7 @@ class Messenger(send.Sender):
         self.cfg = cfg
         self.to, self.mtype, self.subject, self.thread = to, mtype, subject, thread
         self.muc, self.nick, self.join_timeout = muc, nick, join_timeout
+        self.address = muc or to  # where a message without an address of its own goes
         self.window = SEND_WINDOW
         self.session: Session | None = None
         self.prefix = uuid.uuid4().hex[:8] + "-"
@@ -721,7 +722,11 @@ class Messenger(send.Sender):
         body = body_text(msg.payload, "payload" if self.n == 1 else f"message {self.n}")
         subject, thread, headers = self._adopt(msg)
         key = self.prefix + str(self.n)
-        msg.address = to  # so --failed keeps where it was going (a replay needs nothing else)
+        # so --failed keeps where it was going (a replay of it needs nothing else)
+        msg.address = to
+        meta = msg.meta
+        if meta and meta.get("to", to) != to and msg.protocol in ("xmpp", ""):
+            msg.meta = {**meta, "to": to}  # a captured message's recipient is where it went now
         pending = self.pending
         pending.append((key, to, body, subject, thread, headers))
         # idle loop: now (a slow input goes out at once); busy: in batches
@@ -735,19 +740,19 @@ class Messenger(send.Sender):
         self.session.loop.soon(self._write, batch)
 
     def _recipient(self, msg: Message) -> str:
-        """JID (--muc ROOM) given, else a replayed XMPP message's recipient (meta.to,
-        else its address), else a message's address when it is a user's JID."""
+        """The room (--muc); else the message's own address (the send contract: the
+        command line and a bridge set it) when it is an XMPP address (an XMPP message,
+        or a user's JID); else JID (this sink's `address`)."""
         if self.muc:
             return self.muc
-        if self.to:
-            return self.to
-        native = not msg.protocol or msg.protocol == "xmpp"
-        meta = msg.meta if isinstance(msg.meta, dict) else {}
-        to = (meta.get("to") if native and isinstance(meta.get("to"), str) else None) or msg.address or ""
-        if not native and "@" not in to:
-            raise UsageError(f"no recipient for a {msg.protocol} message", "give JID: its address "
-                             f"{to!r} is not an XMPP address")
+        to = msg.address
+        if to and msg.protocol and msg.protocol != "xmpp" and "@" not in to:
+            to = ""  # a topic, a routing key...: not a recipient
+        to = to or self.to
         if not to:
+            if msg.protocol and msg.protocol != "xmpp" and msg.address:
+                raise UsageError(f"no recipient for a {msg.protocol} message", "give JID: its address "
+                                 f"{msg.address!r} is not an XMPP address")
             raise UsageError("no recipient", "give JID (or --muc ROOM)")
         checked = self._recipients.get(to)
         if checked is None:

@@ -1,0 +1,357 @@
+"""The bridge: a receiver feeding a send window, any protocol into any other
+(`iotctl bridge SOURCE_URL TARGET_URL`). It never names a protocol: both ends come
+from the registry's URL endpoints.
+
+A source message is acknowledged only once the target confirmed it (the window's
+on_ack), so whatever the source can deliver again (a persistent MQTT session, a queue,
+STOMP client acks) is carried at least once end to end. A refused message is given
+back to the source, written to --failed or dropped (--on-refused). A lost target
+connection is opened again with backoff and what was in flight is sent again; after
+--retries the run ends (exit 3) with every message accounted for.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from iotctl import interrupts
+from iotctl.errors import ConnectError, ConnectionLost, IotctlError, TimeoutError_, UsageError
+from iotctl.histogram import Histogram
+from iotctl.message import Message
+from iotctl.receive import BACKOFF, Receiver, _reconnect
+from iotctl.send import Sender, Window
+
+
+class BridgeSpec:
+    __slots__ = ("count", "timeout", "idle_timeout", "address", "max_inflight", "on_refused", "retries",
+                 "ack_timeout", "failed", "save", "reconnect")
+
+    def __init__(self, count: int | None = None, timeout: float | None = None, idle_timeout: float | None = None,
+                 address: Callable[[Message], str] | None = None, max_inflight: int = 1000,
+                 on_refused: str = "failed", retries: int = 10, ack_timeout: float = 30.0,
+                 failed: str | None = None, save: str | None = None, reconnect: bool = True):
+        self.count, self.timeout, self.idle_timeout = count, timeout, idle_timeout
+        self.address, self.max_inflight, self.on_refused = address, max_inflight, on_refused
+        self.retries, self.ack_timeout, self.failed, self.save = retries, ack_timeout, failed, save
+        self.reconnect = reconnect
+
+
+class Stats:
+    """What the bridge did so far; `line()` and `json()` for --stats."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.received = 0
+        self.carried = 0
+        self.refused = 0
+        self.requeued = 0
+        self.dropped = 0
+        self.failed = 0
+        self.retried = 0
+        self.inflight = 0
+        self.latency = Histogram()  # microseconds, source arrival to target confirmation
+        self._last = (self.started, 0)
+        self.rate = 0.0
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        then, carried = self._last
+        if now > then:
+            self.rate = (self.carried - carried) / (now - then)
+        self._last = (now, self.carried)
+
+    def json(self) -> dict:
+        p50, p99 = self.latency.percentile(50), self.latency.percentile(99)
+        return {"elapsed": round(time.monotonic() - self.started, 3), "received": self.received,
+                "carried": self.carried, "in_flight": self.inflight, "refused": self.refused,
+                "requeued": self.requeued, "failed": self.failed, "dropped": self.dropped,
+                "retried": self.retried, "rate": round(self.rate, 1),
+                "latency_ms": {"p50": _ms(p50), "p99": _ms(p99), "max": _ms(self.latency.max)}}
+
+    def line(self) -> str:
+        j = self.json()
+        lat = j["latency_ms"]
+        parts = [f"carried {self.carried}", f"in flight {self.inflight}", f"{self.rate:.0f}/s"]
+        if self.refused:
+            parts.append(f"refused {self.refused}")
+        if self.retried:
+            parts.append(f"retried {self.retried}")
+        if lat["p50"] is not None:
+            parts.append(f"latency p50 {lat['p50']:g} ms p99 {lat['p99']:g} ms")
+        return ", ".join(parts)
+
+
+def _ms(us: int | None) -> float | None:
+    return None if us is None else round(us / 1000, 3)
+
+
+class Bridge:
+    """One run of a bridge: `run()` until -C, -W, --idle-timeout, the source's end or
+    Ctrl-C; raises with every message accounted for when it cannot go on."""
+
+    def __init__(self, source: Receiver, open_sink: Callable[[], Sender], spec: BridgeSpec,
+                 writer=None, report: Callable[[Stats, bool], None] | None = None,
+                 on_start: Callable[[Sender], None] | None = None):
+        self.source, self.open_sink, self.spec = source, open_sink, spec
+        self.on_start = on_start
+        self.writer = writer  # -o: what was carried, once confirmed
+        self.report = report  # --stats: called about once a second, and at the end (final=True)
+        self.stats = Stats()
+        self.sink: Sender | None = None
+        self.window: Window | None = None
+        self._failed_fh = None
+        self._saver = None
+        self._pending_ack: list[Message] = []
+
+    # ------------------------------------------------------------------ settled messages
+
+    def _confirmed(self, messages: list[Message]) -> None:
+        now = time.time()
+        stats = self.stats
+        record = stats.latency.record
+        for msg in messages:
+            record((now - msg.ts) * 1e6)
+        stats.carried += len(messages)
+        with interrupts.deferred():
+            if self.writer is not None:
+                for msg in messages:
+                    self.writer.write(msg)
+                self.writer.flush()
+            if self._saver is not None:
+                for msg in messages:
+                    self._saver.write(msg)
+                self._saver.flush()
+            self.source.ack(messages)
+
+    def _refused(self, refused: list[tuple[Message, str]]) -> None:
+        from iotctl.settings import warn
+
+        stats = self.stats
+        stats.refused += len(refused)
+        messages = [m for m, _ in refused]
+        mode = self.spec.on_refused
+        reasons = sorted({str(r) for _, r in refused})
+        if mode == "stop":
+            from iotctl.errors import PeerError
+
+            # not acknowledged: the source keeps them (and delivers them again where it can)
+            raise PeerError("bridge", f"the target refused {len(messages)} message(s): {'; '.join(reasons[:3])}",
+                            hint="--on-refused requeue|failed|drop keeps the bridge going")
+        if mode == "requeue" and self.source.delivery == "at-least-once":
+            stats.requeued += len(messages)
+            self.source.nack(messages)
+            warn(f"the target refused {len(messages)} message(s) ({'; '.join(reasons[:3])}): given back to the source")
+            return
+        if mode in ("failed", "requeue") and self.spec.failed is not None:
+            self._write_failed(messages)
+            stats.failed += len(messages)
+            warn(f"the target refused {len(messages)} message(s) ({'; '.join(reasons[:3])}): "
+                 f"written to {self.spec.failed}")
+        else:
+            stats.dropped += len(messages)
+            warn(f"the target refused {len(messages)} message(s) ({'; '.join(reasons[:3])}): dropped")
+        self.source.ack(messages)  # kept in the file, or dropped as asked: not again from the source
+
+    def _write_failed(self, messages: list[Message]) -> None:
+        if self._failed_fh is None:
+            from iotctl.output import JsonWriter
+
+            try:
+                fh = open(self.spec.failed, "ab")
+            except OSError as exc:
+                raise UsageError(f"cannot write --failed file {self.spec.failed}", exc.strerror or str(exc)) from None
+            self._failed_fh = JsonWriter(fh, lines=True)
+        for msg in messages:
+            self._failed_fh.write(msg)
+        self._failed_fh.flush()
+
+    # ------------------------------------------------------------------ the target's connection
+
+    def _connect_sink(self) -> None:
+        sink = self.open_sink()
+        sink.__enter__()
+        self.sink = sink
+        limit = self.spec.max_inflight
+        window = Window(sink, self.spec.ack_timeout, "bridge", on_ack=self._confirmed, on_refuse=self._refused)
+        window.limit = min(window.limit, limit) if limit else window.limit
+        if self.window is not None:
+            window.acknowledged = self.window.acknowledged
+        self.window = window
+
+    def _close_sink(self, abort: bool = False) -> None:
+        sink, self.sink = self.sink, None
+        if sink is not None:
+            try:
+                sink.__exit__(None, None, None)
+            except Exception:
+                pass
+
+    def _target_lost(self, error: IotctlError) -> None:
+        """Open the target again (backoff, --retries) and send what was in flight again."""
+        from iotctl.settings import status
+
+        pending = self.window.unsettled() if self.window is not None else []
+        self._close_sink(abort=True)
+        why = error.why or error.what
+        resent = len(pending)
+        for attempt in range(self.spec.retries):
+            delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
+            status(f"target connection lost ({why}); retrying in {delay:g} s (attempt {attempt + 1} of "
+                   f"{self.spec.retries})")
+            time.sleep(delay)
+            self.stats.retried += 1
+            try:
+                self._connect_sink()
+                while pending:
+                    self._send(pending[0])
+                    pending.pop(0)
+                status("target connection restored" + (f"; {resent} message(s) sent again" if resent else ""))
+                return
+            except IotctlError as exc:
+                if exc.code not in (ConnectError.code, TimeoutError_.code):
+                    raise
+                if self.window is not None and self.sink is not None:
+                    pending = self.window.unsettled() + pending  # in flight on this attempt, then the rest
+                self._close_sink(abort=True)
+                why = exc.why or exc.what
+        raise ConnectError("bridge", f"the target stayed unreachable after {self.spec.retries} retries ({why})")
+
+    # ------------------------------------------------------------------ the loop
+
+    def run(self) -> Stats:
+        spec, stats, source = self.spec, self.stats, self.source
+        if spec.save is not None:
+            from iotctl.receive import _saver
+
+            self._saver = _saver(spec.save)
+        self._connect_sink()
+        if self.on_start is not None:
+            self.on_start(self.sink)
+        count = spec.count
+        started = time.monotonic()
+        deadline = started + spec.timeout if spec.timeout else None
+        last_arrival = started
+        next_report = started + 1.0
+        next_upkeep = started
+        interrupted = False
+        guard = interrupts.guarded()  # a Ctrl-C inside a library's sheltered frame handling waits for check()
+        guard.__enter__()
+        try:
+            while True:
+                interrupts.check()
+                now = time.monotonic()
+                if count is not None and stats.carried >= count:
+                    break
+                if deadline is not None and now >= deadline:
+                    raise TimeoutError_("bridge", f"carried {stats.carried}"
+                                        + (f" of {count}" if count else "") + f" within {spec.timeout:g} s")
+                if spec.idle_timeout and now - last_arrival >= spec.idle_timeout and not self.window.inflight:
+                    break
+                if self.report is not None and now >= next_report:
+                    stats.inflight = len(self.window.inflight)
+                    stats.tick()
+                    self.report(stats, False)
+                    next_report = now + 1.0
+                window = self.window
+                busy = bool(window.inflight)
+                room = window.limit - len(window.inflight)
+                wanted = None if count is None else count - stats.received
+                if room > 0 and (wanted is None or wanted > 0):
+                    try:
+                        batch = source.poll(0.002 if busy else 0.2)
+                    except ConnectionLost as lost:
+                        if not (spec.reconnect and source.can_reconnect):
+                            raise
+                        _reconnect(source, lost, deadline)
+                        continue
+                    if batch is None:
+                        break
+                    if batch:
+                        last_arrival = time.monotonic()
+                        if wanted is not None and len(batch) > wanted:
+                            source.nack(batch[wanted:])
+                            batch = batch[:wanted]
+                        stats.received += len(batch)
+                        address = spec.address
+                        for msg in batch:
+                            if address is not None:
+                                msg.address = address(msg)
+                            self._carry(msg)
+                try:
+                    if self.window.inflight or self.sink.busy():
+                        self.window.pump(0.002 if room > 0 else 0.05)
+                    elif now >= next_upkeep:  # an idle target is kept alive (keep-alive pings, a lost connection seen)
+                        self.window.pump(0)
+                        next_upkeep = now + 0.5
+                except ConnectionLost as lost:
+                    self._target_lost(lost)
+            self._finish()
+        except KeyboardInterrupt:
+            interrupted = True
+            self._settle_briefly()
+        except IotctlError as exc:
+            exc.why = (f"{exc.why}; " if exc.why else "") + self._accounting()
+            raise
+        finally:
+            guard.__exit__(None, None, None)
+            stats.inflight = len(self.window.inflight) if self.window is not None else 0
+            stats.tick()
+            self._close_sink()
+            if self._failed_fh is not None:
+                self._failed_fh.out.close()
+            if self._saver is not None:
+                self._saver.out.close()
+            if self.report is not None:
+                self.report(stats, True)
+        stats.interrupted = interrupted  # type: ignore[attr-defined]
+        return stats
+
+    def _carry(self, msg: Message) -> None:
+        """Send one message, through lost target connections: after a reconnect it is
+        sent again unless it was in flight (then the reconnect sent it again already)."""
+        while True:
+            try:
+                self._send(msg)
+                return
+            except ConnectionLost as lost:
+                was_in_flight = any(m is msg for m in self.window.inflight.values())
+                self._target_lost(lost)
+                if was_in_flight:
+                    return
+
+    def _send(self, msg: Message) -> None:
+        if self.window.offer(msg) is None:
+            # the target acknowledges nothing (QoS 0, no confirms): sent is done
+            self._confirmed([msg])
+
+    def _finish(self) -> None:
+        try:
+            self.window.finish()
+        except ConnectionLost as lost:
+            self._target_lost(lost)
+            self.window.finish()
+
+    def _settle_briefly(self) -> None:
+        """Ctrl-C: collect the confirmations of what is in flight (briefly); what stays
+        unconfirmed is not acknowledged, so the source keeps it."""
+        if self.window is None or not self.window.inflight:
+            return
+        try:
+            self.window.drain(0, 2.0)
+        except (IotctlError, KeyboardInterrupt):
+            self.window.settle()
+
+    def _accounting(self) -> str:
+        s = self.stats
+        inflight = len(self.window.inflight) if self.window is not None else 0
+        parts = [f"carried {s.carried}", f"{inflight} left unacknowledged at the source"]
+        if self.spec.on_refused == "stop" and s.refused:
+            parts.append(f"{s.refused} refused (kept by the source)")
+        if s.failed:
+            parts.append(f"{s.failed} in {self.spec.failed}")
+        if s.dropped:
+            parts.append(f"{s.dropped} dropped")
+        if s.requeued:
+            parts.append(f"{s.requeued} given back")
+        return ", ".join(parts)

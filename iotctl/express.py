@@ -1,0 +1,157 @@
+"""The express lane: the commonest one-shot command lines (`iotctl --version`, `mqtt pub`
+of one message, ...) run here without importing click or any protocol library, at
+the speed of the interpreter, for shell loops where start-up is the whole cost.
+
+`attempt(argv)` returns an exit status when a lane ran the command line, or None: then
+the normal path runs it (every option, profiles, and all the usual errors). A lane
+takes only command lines it fully understands and that are valid, and produces the
+same stdout, stderr and exit status as the normal path (tests/test_express.py runs a
+corpus both ways against the real peers and compares).
+
+Nothing here may import more than the standard library's socket-level modules: this
+module and the lanes are imported by every run of iotctl.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+# settings that change what a command does (profiles, IOTCTL_* variables): the normal
+# path applies them; IOTCTL_EXPRESS=0 turns the lane off (the differential test)
+_NEUTRAL = ("IOTCTL_CONFIG_DIR", "IOTCTL_PEERS_DIR")
+
+
+def attempt(argv: list[str]) -> int | None:
+    if argv == ["--version"]:
+        from iotctl import __version__
+
+        _write_out(f"iotctl {__version__}\n")
+        return 0
+    if len(argv) < 2 or not _plain_environment():
+        return None
+    from iotctl.registry import PROTOCOLS
+
+    protocol = PROTOCOLS.get(argv[0])
+    lane = getattr(protocol, "express", None) if protocol is not None else None
+    if not lane:
+        return None
+    import importlib
+
+    module, attr = lane.split(":")
+    return getattr(importlib.import_module(module), attr)(argv[1:])
+
+
+def _plain_environment() -> bool:
+    for key in os.environ:
+        if key.startswith("IOTCTL_") and key not in _NEUTRAL:
+            return False
+    return not os.path.exists(os.path.join(_config_dir(), "current"))
+
+
+def _config_dir() -> str:
+    """profiles.config_dir(), without pathlib."""
+    if os.environ.get("IOTCTL_CONFIG_DIR"):
+        return os.environ["IOTCTL_CONFIG_DIR"]
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return os.path.join(base, "iotctl")
+
+
+def _write_out(text: str) -> None:
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        pass
+
+
+# --------------------------------------------------------------------------- what lanes share
+
+
+class Options:
+    """A strict reader of one command's options: `take(argv)` returns the values, or
+    None as soon as anything is not exactly understood (the normal path then runs)."""
+
+    def __init__(self, spec: dict[str, tuple[str, str]], positional: str | None = None):
+        # "-t"/"--topic" -> (name, kind): kind "value" or "flag"
+        self.spec = spec
+        self.positional = positional
+
+    def take(self, argv: list[str]) -> dict | None:
+        values: dict = {}
+        i = 0
+        while i < len(argv):
+            arg = argv[i]
+            if arg.startswith("-") and arg != "-":
+                if "=" in arg and arg.startswith("--"):
+                    arg, value = arg.split("=", 1)
+                    inline = True
+                else:
+                    value, inline = None, False
+                entry = self.spec.get(arg)
+                if entry is None:
+                    return None
+                name, kind = entry
+                if name in values:
+                    return None  # repeated: the normal path knows what that means
+                if kind == "flag":
+                    if inline:
+                        return None
+                    values[name] = True
+                else:
+                    if not inline:
+                        if i + 1 >= len(argv):
+                            return None
+                        i += 1
+                        value = argv[i]
+                    values[name] = value
+            else:
+                if self.positional is None or self.positional in values:
+                    return None
+                values[self.positional] = arg
+            i += 1
+        return values
+
+
+def integer(text: str | None, low: int, high: int) -> int | None:
+    if text is None or not text.isdigit() or not text.isascii() or (len(text) > 1 and text[0] == "0"):
+        return None
+    n = int(text)
+    return n if low <= n <= high else None
+
+
+def positive(text: str | None) -> float | None:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        return None
+    return value if 0 < value < 1e9 else None
+
+
+def error(what: str, why: str | None = None, hint: str | None = None) -> None:
+    """The normal path's error lines (cli._error)."""
+    line = f"iotctl: error: {what}" + (f": {why}" if why else "")
+    sys.stderr.write(line.replace("\n", " ") + "\n")
+    if hint:
+        sys.stderr.write(f"iotctl: hint: {hint}\n")
+    sys.stderr.flush()
+
+
+def status(text: str, quiet: bool) -> None:
+    """settings.status(text, tty_only=True)."""
+    if not quiet and sys.stderr.isatty():
+        sys.stderr.write(f"iotctl: {text}\n")
+        sys.stderr.flush()
+
+
+def connect_error(what: str, exc: OSError) -> tuple[int, str, str | None]:
+    """errors.from_os_error for plain sockets: (exit status, why, hint)."""
+    import socket
+
+    if isinstance(exc, socket.gaierror):
+        return 3, f"cannot resolve host: {exc.strerror}", None
+    if isinstance(exc, ConnectionRefusedError):
+        return 3, "connection refused", "is the server running on that host and port?"
+    if isinstance(exc, (TimeoutError, socket.timeout)):
+        return 5, "timed out", None
+    return 3, exc.strerror or str(exc), None
