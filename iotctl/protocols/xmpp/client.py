@@ -259,7 +259,9 @@ class Session:
             from iotctl.settings import warn
 
             warn("--insecure: the server's certificate and name are not checked")
-        xmpp = _Client(self.jid, ep.password)
+        # our context from the start: slixmpp otherwise builds a default one (loading the
+        # system's CA store twice, ~40 ms of every login) only for it to be replaced
+        xmpp = _Client(self.jid, ep.password, ssl_context=ep.ssl_context())
         self.xmpp = xmpp
         for name in self.plugins:
             xmpp.register_plugin(name)
@@ -268,7 +270,6 @@ class Session:
         sm.window = SM_WINDOW
         sm.window_counter = SM_WINDOW
         xmpp.whitespace_keepalive = False
-        xmpp.ssl_context = ep.ssl_context()
         xmpp.enable_direct_tls = cfg.direct_tls
         xmpp.enable_starttls = not cfg.direct_tls
         xmpp.enable_plaintext = False
