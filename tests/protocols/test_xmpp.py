@@ -582,6 +582,15 @@ def test_url_checks_are_the_commands(address, role, why):
     assert ":pw@" not in text  # the password is never shown
 
 
+def test_url_parses_for_check_as_a_source():
+    """`iotctl check URL` parses a URL as a source: the peer is listen's --from."""
+    from iotctl import resolver
+
+    target = resolver.resolve(url("alice", "bob@localhost"), "check")
+    assert list(target.arguments["senders"]) == ["bob@localhost"]
+    assert target.arguments["cfg"].jid == "alice@localhost"
+
+
 def test_url_password_and_port_in_the_authority(peer):
     """A percent-encoded password; a port in the authority means the JID's domain on
     that port (direct TLS on 5223 here, with ?direct_tls=true)."""

@@ -44,7 +44,7 @@ def address_args(url, role: str) -> list[str]:
         args += ["--server", f"{url.host}:{url.port}"]
     peer = (url.path or "").lstrip("/")
     if peer:
-        args += ["--from", peer] if role == "source" else [peer]
+        args += [peer] if role == "sink" else ["--from", peer]  # a source (and check) parse as listen
     return args
 
 
