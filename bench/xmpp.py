@@ -267,7 +267,7 @@ def run(args) -> str:
 
 - bob is online during the run (the minimal listener, counting what arrives), so nothing goes to offline storage.
 - iotctl and the minimal script exit once the server acknowledged every message (XEP-0198: an ack
-  request every 256 stanzas and one at the end). go-sendxmpp has no line mode for a pipe: `-i`
+  request every 256 stanzas and whenever the writer has caught up). go-sendxmpp has no line mode for a pipe: `-i`
   (interactive) sends each line, stops at end of input without waiting for anything, and says
   "failed to read from stdin"; it loses messages that way (⚠).
 

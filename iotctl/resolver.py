@@ -161,7 +161,9 @@ def _options_by_name(command: click.Command) -> dict[str, click.Option]:
     return found
 
 
-_NOT_IN_URLS = {"url", "host", "port", "username", "password", "jid", "server"}
+# what the URL's authority says; `server` is not among them: an XMPP URL's authority is
+# the account (RFC 5122), and the server to connect to may be another host (?server=)
+_NOT_IN_URLS = {"url", "host", "port", "username", "password", "jid"}
 
 
 def _one_option(command: click.Command, key: str, value: Any, shown: str, overriding: bool = False) -> list[str]:

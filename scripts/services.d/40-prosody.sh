@@ -3,8 +3,8 @@
 #
 # Prosody 0.12 (Debian) with a config of our own (Debian's listens on every interface,
 # ships no certificates and loads mod_limits): c2s on 127.0.0.1:5222 (STARTTLS) and
-# 127.0.0.1:5223 (direct TLS), no s2s, domain localhost with the accounts alice, bob and
-# carol (passwords alice-pw, bob-pw, carol-pw), group chat on conference.localhost. The
+# 127.0.0.1:5223 (direct TLS), no s2s, domain localhost with the accounts alice, bob,
+# carol, dave and erin (passwords NAME-pw), group chat on conference.localhost. The
 # certificate is the test CA's server.crt (CN=localhost). Prosody refuses to run as root
 # (and then hangs), so it runs as the prosody user, its files in a folder it owns.
 
@@ -12,7 +12,7 @@
 XMPP_PORT=5222
 XMPP_TLS_PORT=5223
 XMPP_DIR=$DIR/prosody
-XMPP_ACCOUNTS="alice:alice-pw bob:bob-pw carol:carol-pw"
+XMPP_ACCOUNTS="alice:alice-pw bob:bob-pw carol:carol-pw dave:dave-pw erin:erin-pw"
 XMPP_CONF=$XMPP_DIR/prosody.cfg.lua
 
 xmpp_conf() {
@@ -39,6 +39,11 @@ allow_registration = false
 -- a client killed without closing its stream must not keep a hibernating session
 -- for minutes: messages for it go offline instead
 smacks_hibernation_time = 5
+-- what a session had not acknowledged is stored again as offline messages when it ends,
+-- but only what is still in its stream-management queue: a ring of 500 by default, so
+-- a listener stopped (-C, Ctrl-C, a cut) with more than 500 messages unread lost the
+-- oldest of them (mod_offline sends every stored message at once at login)
+smacks_max_queue_size = 10000
 ssl = {
     certificate = "$CERTS/server.crt";
     key = "$CERTS/server.key";
@@ -120,7 +125,7 @@ down_prosody() {
 
 status_prosody() {
     if xmpp_running && xmpp_answers; then
-        echo "prosody: up   xmpp://$HOST:$XMPP_PORT (STARTTLS) and :$XMPP_TLS_PORT (direct TLS), domain localhost, MUC conference.localhost; alice/bob/carol (password NAME-pw)"
+        echo "prosody: up   xmpp://$HOST:$XMPP_PORT (STARTTLS) and :$XMPP_TLS_PORT (direct TLS), domain localhost, MUC conference.localhost; alice/bob/carol/dave/erin (password NAME-pw)"
         return 0
     fi
     echo "prosody: down xmpp://$HOST:$XMPP_PORT  (log $XMPP_DIR/prosody.log)"

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -227,11 +228,13 @@ def test_muc_send_and_listen(xmpp, background):
 
 def test_presence_is_seen_only_after_subscription_approval(xmpp, background):
     status_text = f"busy {token()}"
-    background("carol", "presence", "set", "--show", "dnd", "--status", status_text, "--for", "30",
-               ready="online as")
-    r = xmpp("alice", "presence", "get", "carol@localhost", "-o", "text")
+    carol_online = background("carol", "presence", "set", "--show", "dnd", "--status", status_text, "--for", "30",
+                              ready="online as")
+    r = xmpp("alice", "presence", "get", "carol@localhost")
     assert r.exit_code == 0, r.stderr
-    assert r.stdout.split("\t")[1] == "unavailable"
+    # not subscribed: the server tells nothing, which is not "offline"
+    assert r.stdout == "carol@localhost\tunknown\t\t\t\n"
+    assert "not subscribed to carol@localhost's presence" in r.stderr
     # the handshake, seen from both sides
     watcher = background("carol", "listen", "--presence", "--from", "alice@localhost", "-o", "jsonl",
                          "-C", "1", "-W", "15", "--resource", "watch", "--priority", "-1")
@@ -257,6 +260,11 @@ def test_presence_is_seen_only_after_subscription_approval(xmpp, background):
     assert re.fullmatch(rf"carol@localhost/\S+ available dnd {status_text}\n", r.stdout)
     r = xmpp("alice", "presence", "watch", "-C", "1", "-W", "10", "-o", "pretty")
     assert re.search(rf"carol@localhost/\S+\s+available\s+dnd\s+{status_text}", r.stdout), r.stdout
+    # subscribed and offline: "unavailable", and nothing on stderr
+    carol_online.stop()
+    r = wait_until(lambda: (lambda r: r if "unavailable" in r.stdout else None)(
+        xmpp("alice", "presence", "get", "carol@localhost")), 10, "carol offline")
+    assert r.stdout == "carol@localhost\tunavailable\t\t\t\n" and r.stderr == ""
     # cancel: alice stops receiving carol's presence
     assert xmpp("alice", "subscription", "cancel", "carol@localhost").exit_code == 0
     assert _subscription("alice", "carol", xmpp) == ("none", "")
@@ -266,7 +274,7 @@ def test_presence_is_seen_only_after_subscription_approval(xmpp, background):
     assert xmpp("carol", "subscription", "deny", "alice@localhost").exit_code == 0
     assert _subscription("alice", "carol", xmpp) == ("none", "")
     r = xmpp("alice", "presence", "get", "carol@localhost", "-o", "text")
-    assert r.stdout.split("\t")[1] == "unavailable"
+    assert r.stdout.split("\t")[1] == "unknown"
 
 
 def _subscription(user: str, contact: str, xmpp) -> tuple[str, str]:
@@ -492,3 +500,294 @@ def test_listen_count_leaves_the_rest_stored(xmpp):
     assert first.stdout.splitlines() == [f"{t} 0", f"{t} 1"]
     rest = xmpp("bob", "listen", "-C", "4", "-W", "10", "-o", "raw")
     assert rest.stdout.splitlines() == [f"{t} {i}" for i in range(2, 6)]
+
+
+# --------------------------------------------------------------------------- endpoints by URL (issue 15)
+
+
+CA = str(CERTS / "ca.crt")
+
+
+def url(account: str, peer: str = "", query: str = "") -> str:
+    user = account.split("@")[0]
+    return (f"xmpp://{user}:{PW[user]}@localhost/{peer}?server={SERVER}&cafile={CA}"
+            + (f"&{query}" if query else ""))
+
+
+def test_url_sink_and_source_are_the_commands(peer):
+    """xmpp://ACCOUNT/PEER: a sink sends to PEER, a source takes only PEER's messages
+    (without a path, everyone's); the options are those of `send` and `listen`."""
+    from iotctl import receive, resolver, send
+    from iotctl.message import Message
+
+    peer("prosody")
+    t = token()
+    with resolver.sink(url("carol", "bob@localhost")) as sink:
+        assert send.run(sink, [Message("", "", f"from carol {t}".encode())]).acknowledged == 1
+    with resolver.sink(url("alice", "bob@localhost", "subject=via%20url&type=normal")) as sink:
+        assert sink.window and sink.mtype == "normal"
+        result = send.run(sink, [Message("", "", f"url {t} {i}".encode()) for i in range(3)])
+        assert (result.sent, result.acknowledged) == (3, 3)
+    source = resolver.source(url("bob", "alice@localhost", "idle_timeout=1"))
+    got = []
+
+    class Collect:
+        def write(self, msg):
+            got.append(msg)
+
+        def flush(self):
+            pass
+
+    with source:
+        assert source.delivery == "at-least-once"
+        assert source.where == "bob@localhost on 127.0.0.1:5222"
+        receive.run(source, receive.ReceiveSpec(idle_timeout=1.5, idle_ok=True), "listen", writer=Collect())
+    mine = [m for m in got if t in m.payload.decode()]
+    assert [m.payload.decode() for m in mine] == [f"url {t} {i}" for i in range(3)]  # not carol's
+    assert all(m.meta["subject"] == "via url" and m.meta["type"] == "normal" for m in mine)
+    # what --from filtered out counts as handled: carol's message is not stored again
+    r = run_listen_raw("bob")
+    assert f"from carol {t}" not in r
+
+
+def run_listen_raw(user: str) -> str:
+    done = subprocess.run([sys.executable, "-m", "iotctl", "-o", "raw", "xmpp", "listen", *login(user),
+                           "--idle-timeout", "1"], capture_output=True, env=clean_env(), timeout=60)
+    assert done.returncode == 0, done.stderr
+    return done.stdout.decode()
+
+
+@pytest.mark.parametrize("address, role, why", [
+    ("xmpp://localhost/bob@localhost", "sink", "no account"),
+    (f"xmpp://alice:pw@localhost/nc2?server={SERVER}", "sink", "did you mean nc2@localhost?"),
+    (f"xmpp://alice:pw@localhost?server={SERVER}", "sink", "no recipient"),
+    (f"xmpp://alice:pw@localhost/bob@localhost?server={SERVER}&type=bogus", "sink", "type: "),
+    (f"xmpp://alice:pw@localhost/bob@localhost?server={SERVER}&qos=1", "sink", "unknown option 'qos'"),
+    ("xmpp://alice:pw@localhost/bob@localhost?jid=x@y", "source", "belongs in the URL itself"),
+    (f"xmpp://alice:pw@localhost:5223/bob@localhost?server={SERVER}", "source", "give the port in ?server="),
+    (f"xmpp://alice:pw@localhost/bob@localhost?server={SERVER}&count=0", "source", "count: "),
+    (f"xmpp://alice:pw@localhost/bob@localhost?server={SERVER}&subject=%1B%5B2J", "sink",
+     "--subject is not text XMPP can carry"),
+    (f"xmpp://alice:pw@localhost/not%20a%20jid@@localhost?server={SERVER}", "source", "bad --from JID"),
+])
+def test_url_checks_are_the_commands(address, role, why):
+    """A URL is checked as the command line is, before anything connects."""
+    from iotctl import resolver
+    from iotctl.errors import UsageError
+
+    with pytest.raises(UsageError) as caught:
+        getattr(resolver, role)(address)
+    text = f"{caught.value}" + (f" {caught.value.hint}" if caught.value.hint else "")
+    assert why in text, text
+    assert ":pw@" not in text  # the password is never shown
+
+
+def test_url_parses_for_check_as_a_source():
+    """`iotctl check URL` parses a URL as a source: the peer is listen's --from."""
+    from iotctl import resolver
+
+    target = resolver.resolve(url("alice", "bob@localhost"), "check")
+    assert list(target.arguments["senders"]) == ["bob@localhost"]
+    assert target.arguments["cfg"].jid == "alice@localhost"
+
+
+def test_url_password_and_port_in_the_authority(peer):
+    """A percent-encoded password; a port in the authority means the JID's domain on
+    that port (direct TLS on 5223 here, with ?direct_tls=true)."""
+    from iotctl import resolver, send
+    from iotctl.message import Message
+
+    peer("prosody")
+    with resolver.sink(f"xmpp://alice:alice%2Dpw@localhost:5223/bob@localhost?cafile={CA}&direct_tls=true") as sink:
+        assert send.run(sink, [Message("", "", b"x")]).acknowledged == 1
+
+
+# --------------------------------------------------------------------------- what crosses (issue 15)
+
+
+def test_replay_keeps_native_meta_and_adopts_only_what_crosses(xmpp, background, tmp_path):
+    """A replayed XMPP capture keeps its subject, thread and XEP-0131 headers; from an
+    MQTT capture only its content type and user properties (as headers) and its
+    correlation data (as the thread) cross; nothing else of its meta is sent."""
+    run_listen_raw("bob")  # nothing stored from earlier tests
+    bg = background("bob", "listen", "--from", "alice@localhost", "-C", "2", "-W", "20", "-o", "jsonl")
+    t = token()
+    capture = tmp_path / "c.jsonl"
+    capture.write_text(
+        json.dumps({"protocol": "xmpp", "address": "carol@localhost/x", "payload": f"native {t}",
+                    "meta": {"type": "chat", "subject": "s1", "thread": "th1", "to": "bob@localhost",
+                             "headers": [["Urgency", "high"], ["Content-Type", "text/plain"]],
+                             "id": "old-id", "delay": "2026-01-01T00:00:00+00:00"}}) + "\n"
+        + json.dumps({"protocol": "mqtt", "address": "sensors/t1", "payload": f"foreign {t}",
+                      "content_type": "application/json",
+                      "meta": {"qos": 1, "retain": True, "subject": "not mine", "thread": "not mine",
+                               "headers": [["not", "mine"]],
+                               "properties": {"content_type": "application/json",
+                                              "user_properties": [["unit", "C"], ["site", "lab"]],
+                                              "correlation_data": "req-7", "response_topic": "r/t"}}}) + "\n")
+    r = xmpp("alice", "send", "bob@localhost", "--replay", str(capture))
+    assert r.exit_code == 0, r.stderr
+    code, out, err = bg.finish()
+    assert code == 0, err
+    native, adopted = jsonl(out)
+    assert native["payload"] == f"native {t}"
+    assert native["meta"]["subject"] == "s1" and native["meta"]["thread"] == "th1"
+    assert native["meta"]["headers"] == [["Urgency", "high"], ["Content-Type", "text/plain"]]
+    assert native["content_type"] == "text/plain" and native["meta"]["id"] != "old-id"
+    assert adopted["payload"] == f"foreign {t}"
+    assert adopted["content_type"] == "application/json"
+    assert adopted["meta"]["headers"] == [["unit", "C"], ["site", "lab"], ["Content-Type", "application/json"]]
+    assert adopted["meta"]["thread"] == "req-7"
+    assert "subject" not in adopted["meta"]
+    assert set(adopted["meta"]) == {"type", "to", "id", "headers", "thread"}
+
+
+def test_a_foreign_capture_needs_a_recipient(xmpp, tmp_path):
+    capture = tmp_path / "c.jsonl"
+    capture.write_text(json.dumps({"protocol": "mqtt", "address": "sensors/t1", "payload": "x"}) + "\n")
+    r = xmpp("alice", "send", "--replay", str(capture))
+    assert r.exit_code == 2
+    assert "no recipient for a mqtt message: give JID" in r.stderr
+
+
+def test_what_an_xmpp_message_carries_to_another_protocol():
+    from iotctl.message import Message, foreign
+
+    msg = Message("xmpp", "alice@localhost/r", b"21.5", "application/json",
+                  {"type": "chat", "thread": "0x00ff", "subject": "stays", "to": "bob@localhost", "id": "x",
+                   "headers": [["Content-Type", "application/json"], ["unit", "C"]]})
+    found = foreign(msg, "mqtt")
+    assert found.content_type == "application/json"
+    assert found.headers == [("unit", "C")]
+    assert found.correlation_id == b"\x00\xff"
+    assert found.reply_to is None
+    assert foreign(msg, "xmpp") is None
+
+
+# --------------------------------------------------------------------------- what users look at (issue 22)
+
+
+def test_lists_have_no_message_header_and_pipe_as_tab_separated_lines(xmpp):
+    r = xmpp("alice", "version", "-o", "pretty")
+    assert r.exit_code == 0, r.stderr
+    assert r.stdout.splitlines()[0].split() == ["name", "version", "os"]
+    assert "ct=" not in r.stdout and "xmpp" not in r.stdout and " B)" not in r.stdout
+    assert xmpp("alice", "roster", "add", "dave@localhost", "--name", "[bold]Dave").exit_code == 0
+    r = xmpp("alice", "roster", "list", "-o", "pretty")
+    assert r.stdout.splitlines()[0].split() == ["jid", "name", "subscription", "ask", "groups"]
+    assert re.search(r"^dave@localhost\s+\[bold\]Dave\s+none", r.stdout, re.M), r.stdout  # a name is not markup
+    assert "ct=" not in r.stdout
+    assert xmpp("alice", "roster", "remove", "dave@localhost").exit_code == 0
+    # piped: the row, tab-separated, nothing before it (it was "JID JID<TAB>...")
+    r = xmpp("alice", "version")
+    assert re.fullmatch(r"Prosody\t0\.12\.\d+\t\S*\n", r.stdout), r.stdout
+    r = xmpp("alice", "presence", "get", "alice@localhost")
+    assert r.stdout == "alice@localhost\tunavailable\t\t\t\n"
+
+
+def test_ping_is_one_line_a_reply_like_ping8(xmpp):
+    r = xmpp("alice", "ping", "-c", "3", "-i", "0.05", "-o", "pretty")
+    assert r.exit_code == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert len(lines) == 3, r.stdout
+    assert all(re.fullmatch(rf"reply from localhost: seq={i} time=\d+\.\d{{3}} ms", line)
+               for i, line in enumerate(lines, 1)), lines
+
+
+def test_a_name_without_domain_suggests_your_server(xmpp):
+    r = xmpp("alice", "send", "nc2", "hi")
+    assert r.exit_code == 2
+    assert r.stderr == ("iotctl: error: bad recipient 'nc2': no @domain (a bare name is a server's address)\n"
+                        "iotctl: hint: did you mean nc2@localhost?\n")
+    r = xmpp("alice", "presence", "get", "nc2")
+    assert r.exit_code == 2 and "did you mean nc2@localhost?" in r.stderr
+    # a domain is still a valid address where one makes sense
+    assert xmpp("alice", "version", "localhost").exit_code == 0
+
+
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def test_ctrl_c_ends_listen_with_0_and_send_with_130(peer, tmp_path):
+    peer("prosody")
+    env = clean_env()
+    err_path = tmp_path / "listen.err"
+    with open(err_path, "wb") as err_file:
+        listen = subprocess.Popen([sys.executable, "-m", "iotctl", "xmpp", "listen", *login("carol")],
+                                  stdout=subprocess.PIPE, stderr=err_file, env=env)
+    wait_until(lambda: listen.poll() is not None or "listening as" in err_path.read_text(), 15, "listening")
+    time.sleep(0.5)  # in the receive loop
+    listen.send_signal(signal.SIGINT)
+    listen.communicate(timeout=10)
+    err = err_path.read_text()
+    assert listen.returncode == 0, err
+    assert err.splitlines()[-1].startswith("iotctl: listening as carol@localhost/"), err  # nothing after it
+    sender = subprocess.Popen([sys.executable, "-m", "iotctl", "xmpp", "send", "carol@localhost", "-l",
+                               *login("alice")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, env=env)
+    sender.stdin.write(b"one\ntwo\n")
+    sender.stdin.flush()
+    time.sleep(2)  # logged in, both sent and acknowledged; stdin stays open
+    sender.send_signal(signal.SIGINT)
+    _, err = sender.communicate(timeout=10)
+    assert sender.returncode == 130, err
+    assert err.decode().splitlines()[-1] == ("iotctl: error: send interrupted: sent 2, acknowledged 2 "
+                                             "(--failed FILE keeps what was not acknowledged)")
+    assert run_listen_raw("carol").splitlines()[-2:] == ["one", "two"]
+
+
+# --------------------------------------------------------------------------- iotctl bridge, both ways
+
+
+def test_bridge_mqtt_into_xmpp_and_xmpp_into_mqtt(peer, tmp_path):
+    """Through the registry alone: MQTT 5 content type and user properties become
+    XEP-0131 headers, correlation data the thread; the other way the thread becomes
+    correlation data, the headers user properties; nothing else of either meta
+    crosses. An XMPP listener is an at-least-once source."""
+    peer("prosody")
+    peer("mosquitto")
+    env = clean_env()
+    t = token()
+    topic = f"iotctl-test/xmpp-{t}"
+    run_listen_raw("bob")
+
+    def start(*args):
+        err = tmp_path / f"{uuid.uuid4().hex[:6]}.err"
+        with open(err, "wb") as fh:
+            proc = subprocess.Popen([sys.executable, "-m", "iotctl", *args], stdout=subprocess.PIPE, stderr=fh,
+                                    env=env)
+        return proc, err
+
+    # MQTT -> XMPP
+    bridge, bridge_err = start("bridge", f"mqtt://127.0.0.1/{topic}/#?qos=1", url("alice", "bob@localhost"),
+                               "-C", "1", "-W", "30")
+    wait_until(lambda: "bridging" in bridge_err.read_text() or bridge.poll() is not None, 15, "bridge up")
+    subprocess.run([sys.executable, "-m", "iotctl", "mqtt", "pub", "-t", f"{topic}/a", "-m", f"to xmpp {t}", "-q", "1",
+                    "--content-type", "application/json", "--user-property", "unit=C", "--correlation-data", "c-1",
+                    "--response-topic", "r/t"], env=env, check=True, timeout=30)
+    assert bridge.wait(30) == 0, bridge_err.read_text()
+    done = subprocess.run([sys.executable, "-m", "iotctl", "-o", "jsonl", "xmpp", "listen", *login("bob"), "-C", "1",
+                           "-W", "15"], capture_output=True, env=env, timeout=30)
+    env_in = json.loads(done.stdout)
+    assert env_in["payload"] == f"to xmpp {t}" and env_in["content_type"] == "application/json"
+    assert env_in["meta"]["headers"] == [["unit", "C"], ["Content-Type", "application/json"]]
+    assert env_in["meta"]["thread"] == "c-1"
+    assert set(env_in["meta"]) == {"type", "to", "id", "delay", "headers", "thread"}
+    # XMPP -> MQTT
+    sub, _ = start("-o", "jsonl", "mqtt", "sub", "-t", f"{topic}/in", "-q", "1", "-C", "1", "-W", "30")
+    bridge, bridge_err = start("bridge", url("bob", "alice@localhost"), f"mqtt://127.0.0.1/{topic}/in?qos=1",
+                               "-C", "1", "-W", "30")
+    wait_until(lambda: "bridging" in bridge_err.read_text() or bridge.poll() is not None, 15, "bridge up")
+    assert "(at least once)" in bridge_err.read_text()
+    capture = tmp_path / "c.jsonl"
+    capture.write_text(json.dumps({"protocol": "xmpp", "address": "", "payload": f"to mqtt {t}",
+                                   "meta": {"thread": "req-9", "subject": "stays here",
+                                            "headers": [["unit", "K"]]}}) + "\n")
+    r = subprocess.run([sys.executable, "-m", "iotctl", "xmpp", "send", "bob@localhost", "--replay", str(capture),
+                        *login("alice")], capture_output=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert bridge.wait(30) == 0, bridge_err.read_text()
+    out, _ = sub.communicate(timeout=30)
+    got = json.loads(out)
+    assert got["payload"] == f"to mqtt {t}"
+    assert got["meta"]["properties"] == {"user_properties": [["unit", "K"]], "correlation_data": "req-9"}

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import click
 
-from iotctl.endpoint import Scheme
 from iotctl.errors import TimeoutError_, UsageError
 from iotctl.groups import ProtocolGroup
 from iotctl.output import run_writer
@@ -16,9 +15,8 @@ from iotctl.options import (bundle, connection_options, payload_options, receive
                             timeout_option)
 from iotctl.settings import current as settings, status
 
-# STARTTLS on 5222 always (tls=True: --cafile/--cert/--insecure apply); --direct-tls: 5223
-SCHEMES = {"xmpp": Scheme(tls=True, ws=False, port=5222)}
-DIRECT_TLS_PORT = 5223
+from iotctl.protocols.xmpp import endpoints
+from iotctl.protocols.xmpp.endpoints import DIRECT_TLS_PORT, SCHEMES
 
 
 @click.group(cls=ProtocolGroup, protocol="xmpp")
@@ -41,10 +39,11 @@ def group():
 
 
 def _xmpp_config(endpoint, resource, direct_tls, connect_timeout):
-    from iotctl.protocols.xmpp.client import XmppConfig
-
     from iotctl.endpoint import split_host_port
+    from iotctl.protocols.xmpp.client import XmppConfig
+    from iotctl.protocols.xmpp.text import check_options
 
+    check_options(jid=endpoint.username, resource=resource)
     server = click.get_current_context().params.get("server")
     if direct_tls and (not server or split_host_port(server, "--server")[1] is None):
         endpoint.port = DIRECT_TLS_PORT
@@ -86,8 +85,11 @@ def send(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload
     """Send a message (or every line of stdin) to JID.
 
     Exits once the server has taken every message: acknowledged by stream management
-    (XEP-0198) when the server offers it, else after a final round trip. With --muc
-    the messages go to the group chat ROOM (JID is then not given).
+    (XEP-0198) when the server offers it, else confirmed by a round trip. With --muc
+    the messages go to the group chat ROOM (JID is then not given). A body is text:
+    a payload that is not UTF-8 or holds control characters is refused (exit 2)
+    before anything is sent. Stopped early, it says how many were sent and
+    acknowledged; --failed FILE keeps the rest with their recipient, for --replay.
 
     \b
     iotctl xmpp send bob@example.com 'door opened'
@@ -95,45 +97,37 @@ def send(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload
     tail -f events.log | iotctl xmpp send ops@example.com -l
     iotctl xmpp send --muc ops@conference.example.com --nick sensor1 'temperature 21.5'
     """
-    from iotctl import send as sending_driver
-    from iotctl.protocols.xmpp.client import MUC, Messenger, Session, join_muc, leave_muc, parse_jid
+    from itertools import chain
 
-    if muc and peer is not None:
-        if payload.message is None:
-            payload.message, peer = peer, None
-        else:
-            raise UsageError("--muc and JID", "give one: the room is the recipient")
+    from iotctl import send as sending_driver
+    from iotctl.protocols.xmpp.text import body_text
+
+    if muc and peer is not None and payload.message is None:
+        payload.message, peer = peer, None  # `send --muc ROOM TEXT`: the positional is the message
     payload.validate()
-    if not peer and not muc and payload.replay is None:
-        raise UsageError("no recipient", "give JID (or --muc ROOM)")
-    if peer:
-        parse_jid(peer)
-    if muc:
-        parse_jid(muc, "--muc room")
-        mtype = "groupchat"
-    if sending.repeat > 1 and payload.streaming:
-        raise UsageError("--repeat", "cannot be combined with -l or --replay")
-    items = sending_driver.outgoing(payload, sending)
-    if payload.replay is not None and not peer and not muc:
-        items = _replayed(items)
-    with Session(cfg, plugins=[MUC] if muc else []) as session:
-        if muc:
-            nick = nick or session.xmpp.boundjid.user
-            join_muc(session, muc, nick, timeout)
-        messenger = Messenger(session, muc or peer, mtype, subject, thread)
+    messenger = endpoints.sink(cfg, peer, mtype, subject, thread, muc, nick, sending, timeout, payload)
+    to = messenger.address
+    # addressed: what --failed keeps says where it was going, so --replay FILE needs nothing else
+    items = sending_driver.outgoing(payload, sending, addresses=(to,) if to else None)
+    if not to:
+        items = _to_recipients(items)
+    if not payload.streaming:  # one message: refused before logging in when XMPP cannot carry it
+        first = next(items)
+        body_text(first.payload)
+        items = chain([first], items)
+    with messenger:
         result = sending_driver.run(messenger, items, "send", timeout, progress=payload.streaming,
                                     failed=sending.failed, verb="sending")
-        messenger.finish(timeout)
-        if muc:
-            leave_muc(session, muc, nick)
     status(f"sent {result.sent} message(s)", tty_only=True)
 
 
-def _replayed(items):
-    """--replay without JID: each captured message goes to its captured recipient."""
-    for out in items:
-        out.address = out.meta.get("to") or out.address
-        yield out
+def _to_recipients(items):
+    """--replay without JID: a captured XMPP message goes to its recipient (meta.to; its
+    address is the sender's JID)."""
+    for msg in items:
+        if msg.protocol == "xmpp" and isinstance(msg.meta, dict) and isinstance(msg.meta.get("to"), str):
+            msg.address = msg.meta["to"] or msg.address
+        yield msg
 
 
 # --------------------------------------------------------------------------- listen
@@ -150,13 +144,16 @@ def _replayed(items):
               help="Approve every subscription request (for devices).")
 @click.option("--priority", type=click.IntRange(-128, 127), default=0, show_default=True,
               help="Presence priority (negative: offline messages stay stored).")
-@receive_options(idle="ok")
+@receive_options(idle="ok", reconnect=True)
 def listen(cfg, senders, rooms, nick, with_presence, auto_approve, priority, receive):
     """Print incoming messages (sends presence so the server routes messages here).
 
     The address of each is the sender's full JID; meta holds type, thread, subject,
-    to, id and the delay stamp of messages stored while you were offline. Ctrl-C
-    ends it (exit 0); -C N stops after N messages, -W S gives up after S seconds.
+    to, id, XEP-0131 headers and the delay stamp of messages stored while you were
+    offline. Only what has been written is acknowledged to the server: what arrived
+    but was not printed (-C reached, Ctrl-C, a cut) stays stored for the next
+    listen. After a lost connection it logs in again (--no-reconnect: exit 3).
+    Ctrl-C ends it (exit 0); -C N stops after N messages, -W S gives up after S seconds.
 
     \b
     iotctl xmpp listen
@@ -164,18 +161,10 @@ def listen(cfg, senders, rooms, nick, with_presence, auto_approve, priority, rec
     iotctl xmpp listen --muc ops@conference.example.com --presence -o jsonl
     """
     from iotctl import receive as receiving
-    from iotctl.protocols.xmpp.client import MUC, Listener, Session, join_muc, parse_jid
 
-    for s in senders:
-        parse_jid(s, "--from JID")
-    for r in rooms:
-        parse_jid(r, "--muc room")
-    with Session(cfg, auto_approve=auto_approve, plugins=[MUC] if rooms else []) as session:
-        listener = Listener(session, senders, with_presence)
-        for room in rooms:
-            join_muc(session, room, nick or session.xmpp.boundjid.user, cfg.connect_timeout)
-        session.send_presence(priority=priority)
-        status(f"listening as {session.xmpp.boundjid.full}")
+    listener = endpoints.source(cfg, senders, rooms, nick, with_presence, auto_approve, priority, receive)
+    with listener:
+        status(f"listening as {listener.bound}")
         receiving.run(listener, receive, "listen")
 
 
@@ -202,10 +191,13 @@ def presence_set(cfg, show, status_text, priority, duration):
     """
     from iotctl import receive as receiving
     from iotctl.protocols.xmpp.client import Idle, Session
+    from iotctl.protocols.xmpp.text import check_options
+
+    check_options(status=status_text)
 
     with Session(cfg) as session:
         session.send_presence(show=show, status=status_text, priority=priority)
-        status(f"online as {session.xmpp.boundjid.full}" + (f" ({show})" if show else "")
+        status(f"online as {session.bound}" + (f" ({show})" if show else "")
                + (f" for {duration:g} s" if duration else "; Ctrl-C ends it"))
         receiving.run(Idle(session), receiving.ReceiveSpec(duration=duration), "presence set")
 
@@ -215,28 +207,45 @@ def presence_set(cfg, show, status_text, priority, duration):
 @click.argument("peer", metavar="JID")
 @timeout_option(10.0)
 def presence_get(cfg, peer, timeout):
-    """Print the current presence of each of JID's resources, or "unavailable".
-
-    You see a contact's presence only when subscribed to it (see `subscription`).
+    """Print the current presence of each of JID's resources: "available" (with show,
+    status and priority), "unavailable" (a contact you are subscribed to, offline), or
+    "unknown" when you are not subscribed to JID's presence (the server tells you
+    nothing then; stderr says so). Piped: JID, presence, show, status, priority
+    separated by tabs.
 
     \b
     iotctl xmpp presence get bob@example.com
     """
-    from iotctl.protocols.xmpp.client import Session, collect_presence, parse_jid
+    from iotctl.protocols.xmpp.client import Session, collect_presence, roster
     from iotctl.protocols.xmpp.tables import write_rows
+    from iotctl.settings import warn
 
-    bare = parse_jid(peer).bare
+    bare = endpoints.user_jid(peer, cfg).split("/", 1)[0]
     with Session(cfg) as session:
+        me = session.bound
+        own = me.split("/", 1)[0]
+        item = None
+        if bare.lower() != own.lower():
+            item = next((i for i in roster(session, timeout) if i["jid"].lower() == bare.lower()),
+                        {"subscription": "none", "ask": ""})
         got = collect_presence(session, timeout, who=bare)
     rows = {}
     for m in got:
-        if m.meta.get("presence") in ("available", "unavailable"):
+        if m.meta.get("presence") in ("available", "unavailable") and m.address != me:
             rows[m.address] = {"jid": m.address, "presence": m.meta["presence"], "show": m.meta.get("show", ""),
                                "status": m.payload.decode("utf-8", "replace"),
                                "priority": m.meta.get("priority", "")}
-    rows = [r for r in rows.values() if r["presence"] == "available"] or [
-        {"jid": bare, "presence": "unavailable", "show": "", "status": "", "priority": ""}]
-    write_rows(bare, ["jid", "presence", "show", "status", "priority"], rows, piped_default="text")
+    rows = [r for r in rows.values() if r["presence"] == "available"]
+    if not rows:
+        subscribed = item is None or item["subscription"] in ("to", "both")
+        rows = [{"jid": bare, "presence": "unavailable" if subscribed else "unknown", "show": "", "status": "",
+                 "priority": ""}]
+        if not subscribed:
+            pending = item["ask"] == "subscribe"
+            warn(f"you are not subscribed to {bare}'s presence, so the server does not say whether it is online"
+                 + ("; your request is not answered yet" if pending else
+                    f" (ask with: iotctl xmpp subscription request {bare})"))
+    write_rows(bare, ["jid", "presence", "show", "status", "priority"], rows)
 
 
 @presence.command("watch")
@@ -282,9 +291,9 @@ def subscription():
 
 def _subscription_command(name: str, ptype: str, doc: str):
     def command(cfg, peer, timeout):
-        from iotctl.protocols.xmpp.client import Session, parse_jid
+        from iotctl.protocols.xmpp.client import Session
 
-        bare = parse_jid(peer).bare
+        bare = endpoints.user_jid(peer, cfg).split("/", 1)[0]
         with Session(cfg) as session:
             session.send_presence(to=bare, ptype=ptype)
             session.round_trip(timeout)
@@ -319,7 +328,7 @@ def subscription_list(cfg, timeout):
     with Session(cfg) as session:
         items = roster(session, timeout)
         got = collect_presence(session, timeout)
-        me = session.xmpp.boundjid.bare
+        me = session.bound.split("/", 1)[0]
     rows = []
     seen = set()
     for m in got:
@@ -356,7 +365,7 @@ def roster_list(cfg, timeout):
 
     with Session(cfg) as session:
         items = roster(session, timeout)
-        me = session.xmpp.boundjid.bare
+        me = session.bound.split("/", 1)[0]
     write_rows(me, ROSTER_COLUMNS, items)
 
 
@@ -374,9 +383,12 @@ def roster_add(cfg, peer, name, groups, timeout):
     \b
     iotctl xmpp roster add sensor1@example.com --name 'Sensor 1' --group sensors
     """
-    from iotctl.protocols.xmpp.client import Session, parse_jid, roster_set
+    from iotctl.protocols.xmpp.client import Session, roster_set
+    from iotctl.protocols.xmpp.text import check_options
 
-    bare = parse_jid(peer).bare
+    check_options(name=name, group=groups)
+
+    bare = endpoints.user_jid(peer, cfg).split("/", 1)[0]
     with Session(cfg) as session:
         roster_set(session, bare, timeout, name=name, groups=groups)
     status(f"added {bare}", tty_only=True)
@@ -388,9 +400,9 @@ def roster_add(cfg, peer, name, groups, timeout):
 @timeout_option(10.0)
 def roster_remove(cfg, peer, timeout):
     """Remove JID from the contact list (this also cancels both subscriptions)."""
-    from iotctl.protocols.xmpp.client import Session, parse_jid, roster_set
+    from iotctl.protocols.xmpp.client import Session, roster_set
 
-    bare = parse_jid(peer).bare
+    bare = endpoints.user_jid(peer, cfg).split("/", 1)[0]
     with Session(cfg) as session:
         roster_set(session, bare, timeout, remove=True)
     status(f"removed {bare}", tty_only=True)
@@ -407,7 +419,7 @@ def roster_export(cfg, timeout):
 
     with Session(cfg) as session:
         items = roster(session, timeout)
-        me = session.xmpp.boundjid.bare
+        me = session.bound.split("/", 1)[0]
     doc = {"jid": me, "roster": [{"jid": i["jid"], "name": i["name"], "groups": i["groups"]} for i in items]}
     click.echo(json.dumps(doc, indent=2, ensure_ascii=False))
 
@@ -485,7 +497,7 @@ def blocklist(cfg, timeout):
 
     with Session(cfg, plugins=[BLOCKING]) as session:
         jids = get_blocklist(session, timeout)
-        me = session.xmpp.boundjid.bare
+        me = session.bound.split("/", 1)[0]
     write_rows(me, ["jid"], [{"jid": j} for j in jids])
 
 
@@ -502,7 +514,8 @@ def blocklist(cfg, timeout):
 @timeout_option(10.0, "Seconds to wait for each answer.")
 def ping(cfg, peer, count, interval, timeout):
     """XEP-0199 ping of JID (default: your server): a line per answer with the
-    round-trip time, then a summary as ping(8) prints it.
+    round-trip time (piped: 'JID seq=N time=T ms'), then a summary on stderr as
+    ping(8) prints it.
 
     Exit 5 when no answer came, 6 when JID answered with an error.
 
@@ -511,17 +524,32 @@ def ping(cfg, peer, count, interval, timeout):
     iotctl xmpp ping bob@example.com/phone -c 5
     """
     from iotctl.message import Message
+    from iotctl.output import resolve_mode
     from iotctl.protocols.xmpp.client import PING, Session, ping as do_ping
 
-    writer = run_writer(piped_default="text")
+    s = settings()
+    if resolve_mode(s.output, s.format, "text") == "pretty":  # one line a reply, as ping(8)
+        from iotctl.output import console
+
+        out = console.stdout()
+
+        def write(target, seq, ms):
+            out.print(f"reply from {target}: seq={seq} time={ms:.3f} ms", highlight=False, markup=False)
+    else:
+        writer = run_writer(piped_default="text")
+
+        def write(target, seq, ms):
+            writer.write(Message("xmpp", target, f"seq={seq} time={ms:.3f} ms".encode(), None,
+                                 {"seq": seq, "rtt_ms": round(ms, 3)}))
+            writer.flush()
     rtts: list[float] = []
     sent = 0
     with Session(cfg, plugins=[PING]) as session:
-        target = peer or session.xmpp.boundjid.domain
+        target = peer or session.domain
         try:
             for seq in range(1, count + 1):
                 if seq > 1 and interval:
-                    session.run_for(interval)
+                    session.wait(interval)
                 sent += 1
                 try:
                     rtt = do_ping(session, peer, timeout)
@@ -531,10 +559,7 @@ def ping(cfg, peer, count, interval, timeout):
                     status(f"no answer from {target} (seq={seq})")
                     continue
                 rtts.append(rtt)
-                ms = rtt * 1000
-                writer.write(Message("xmpp", target, f"seq={seq} time={ms:.3f} ms".encode(), None,
-                                     {"seq": seq, "rtt_ms": round(ms, 3)}))
-                writer.flush()
+                write(target, seq, rtt * 1000)
         except KeyboardInterrupt:
             pass
     if count > 1 or len(rtts) != sent:
@@ -592,6 +617,6 @@ def version(cfg, peer, timeout):
     from iotctl.protocols.xmpp.tables import write_rows
 
     with Session(cfg, plugins=[VERSION]) as session:
-        target = peer or session.xmpp.boundjid.domain
+        target = peer or session.domain
         found = do_version(session, target, timeout)
-    write_rows(target, ["name", "version", "os"], [found], piped_default="text")
+    write_rows(target, ["name", "version", "os"], [found])

@@ -1,36 +1,33 @@
-"""Lists (roster, blocklist, disco, presence, subscriptions) in every output mode.
+"""Lists (roster, blocklist, disco, presence, subscriptions, version) in every output mode.
 
-pretty: one message whose payload is the list as JSON ({"columns": [...], "rows":
-[[...]]}), content type TABLE, which `render` (registered in iotctl/registry.py)
-shows as a table; raw: one line per row, the columns separated by tabs; text:
-ADDRESS and that line; json/jsonl/template: one message per row, the row in meta.
+pretty: a table (column names, then a row per item; "(none)" when empty), nothing
+else: a list is not a message and gets no message header. Piped (auto) and raw: one
+line per row, the columns separated by tabs, no header line; text: the list's owner
+(ADDRESS), a space, then that line; json/jsonl/template: one message per row, the row
+in meta.
 """
 
 from __future__ import annotations
 
 from iotctl.message import Message
 
-TABLE = "application/vnd.iotctl.table+json"
-
 
 def write_rows(address: str, columns: list[str], rows: list[dict], meta: dict | None = None,
                piped_default: str = "raw") -> None:
-    import json
-
     from iotctl.output import resolve_mode, run_writer
     from iotctl.settings import current
 
     s = current()
     mode = resolve_mode(s.output, s.format, piped_default)
-    writer = run_writer(piped_default=piped_default)
     if mode == "pretty":
-        body = {"columns": columns, "rows": [[_cell(r.get(c)) for c in columns] for r in rows]}
-        writer.write(Message("xmpp", address, json.dumps(body, ensure_ascii=False).encode("utf-8"), TABLE,
-                             dict(meta or {})))
-    else:
-        for row in rows:
-            line = "\t".join(_cell(row.get(c)) for c in columns)
-            writer.write(Message("xmpp", address, line.encode("utf-8"), None, {**(meta or {}), **row}))
+        from iotctl.output import console
+
+        console.stdout().print(table([[_cell(r.get(c)) for c in columns] for r in rows], columns))
+        return
+    writer = run_writer(piped_default=piped_default)
+    for row in rows:
+        line = "\t".join(_cell(row.get(c)) for c in columns)
+        writer.write(Message("xmpp", address, line.encode("utf-8"), None, {**(meta or {}), **row}))
     writer.flush()
 
 
@@ -42,27 +39,19 @@ def _cell(value) -> str:
     return str(value)
 
 
-def render(payload: bytes):
-    """The pretty renderer for TABLE payloads."""
-    import json
-
+def table(rows: list[list[str]], columns: list[str]):
+    """A rich table of `rows` (or "(none)")."""
     from rich.table import Table
+    from rich.text import Text
 
-    try:
-        body = json.loads(payload)
-        columns, rows = body["columns"], body["rows"]
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"not a table: {exc}") from None
-    table = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
-    for c in columns:
-        table.add_column(c)
-    for row in rows:
-        table.add_row(*map(str, row))
     if not rows:
-        from rich.text import Text
-
         return Text("(none)", style="dim italic")
-    return table
+    t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
+    for c in columns:
+        t.add_column(c)
+    for row in rows:
+        t.add_row(*(Text(str(cell)) for cell in row))  # a contact's name is not rich markup
+    return t
 
 
 class LiveTable:

@@ -1,0 +1,107 @@
+"""XMPP endpoints: the source (`listen`) and the sink (`send`) that the `xmpp` commands
+and URLs both open. No slixmpp here: client.py is imported when an endpoint is built.
+
+The URL names the account in its authority and the peer in its path, after RFC 5122:
+
+    xmpp://alice:PASSWORD@localhost/bob@localhost?server=127.0.0.1:5222
+
+is the account alice@localhost (logging in with PASSWORD) talking to bob@localhost: as
+a sink, the recipient of every message; as a source, only messages from bob (without
+a path, a source takes every message). The server is the JID's domain (SRV records,
+else the domain on port 5222) unless `?server=HOST[:PORT]` names it; a port in the
+authority (`@localhost:5223`) means the domain on that port. The other parameters are
+the long options of `xmpp listen` (source) and `xmpp send` (sink): `?resource=r1`,
+`?cafile=ca.pem`, `?muc=room@conference.localhost&nick=bot`, `?type=normal&subject=alarm`.
+"""
+
+from __future__ import annotations
+
+from iotctl.endpoint import Scheme
+from iotctl.errors import UsageError
+
+# STARTTLS on 5222 always (tls=True: --cafile/--cert/--insecure apply); --direct-tls: 5223
+SCHEMES = {"xmpp": Scheme(tls=True, ws=False, port=5222)}
+DIRECT_TLS_PORT = 5223
+
+
+def address_args(url, role: str) -> list[str]:
+    """The command-line arguments a URL's address part means: --jid (and -P) from the
+    authority, --server from its port, the path as the peer (`send`'s JID, `listen`'s
+    --from)."""
+    from urllib.parse import parse_qsl, unquote, urlsplit
+
+    if not url.username:
+        raise UsageError(f"bad URL {url.shown!r}", "no account: give xmpp://USER[:PASSWORD]@DOMAIN/PEER_JID")
+    args = ["--jid", f"{url.username}@{url.host}"]
+    password = urlsplit(url.base).password
+    if password is not None:
+        args += ["-P", unquote(password)]
+    if url.port is not None:
+        names = [k for k, _ in parse_qsl(url.query or "", keep_blank_values=True)]
+        if "server" in names:
+            raise UsageError(f"bad URL {url.shown!r}", "a port in the account and ?server=: give the port in "
+                                                       "?server=HOST:PORT")
+        args += ["--server", f"{url.host}:{url.port}"]
+    peer = (url.path or "").lstrip("/")
+    if peer:
+        args += [peer] if role == "sink" else ["--from", peer]  # a source (and check) parse as listen
+    return args
+
+
+# --------------------------------------------------------------------------- source
+
+
+def source(cfg, senders=(), rooms=(), nick=None, with_presence=False, auto_approve=False, priority=0,
+           receive=None, **_ignored):
+    """The listener (a receive.Receiver, entered to log in and send presence)."""
+    from iotctl.protocols.xmpp.client import Listener, parse_jid
+    from iotctl.protocols.xmpp.text import check_options
+
+    check_options(nick=nick)
+    senders = [str(parse_jid(s, "--from JID")) for s in senders]
+    for r in rooms:
+        parse_jid(r, "--muc room")
+    if receive is not None and receive.timeout is not None:  # -W bounds the whole run, the login included
+        cfg.connect_timeout = min(cfg.connect_timeout, receive.timeout)
+    return Listener(cfg, senders, rooms, nick, with_presence, auto_approve, priority)
+
+
+# --------------------------------------------------------------------------- sink
+
+
+def sink(cfg, peer=None, mtype="chat", subject=None, thread=None, muc=None, nick=None, sending=None,
+         timeout=10.0, payload=None, **_ignored):
+    """The messenger (a send.Sender, entered to log in, and join --muc ROOM). Messages
+    go to `peer` (or the room); without either, to each message's own recipient
+    (a replayed capture)."""
+    from iotctl.protocols.xmpp.client import Messenger, parse_jid
+    from iotctl.protocols.xmpp.text import check_options
+
+    check_options(subject=subject, thread=thread, nick=nick)
+    replay = payload is not None and payload.replay is not None
+    if muc and peer:
+        raise UsageError("--muc and JID", "give one: the room is the recipient")
+    if not peer and not muc and not replay:
+        raise UsageError("no recipient", "give JID (or --muc ROOM)")
+    if peer:
+        peer = user_jid(peer, cfg, "recipient")
+    if muc:
+        muc = str(parse_jid(muc, "--muc room"))
+        mtype = "groupchat"
+    if sending is not None and payload is not None and sending.repeat > 1 and payload.streaming:
+        raise UsageError("--repeat", "cannot be combined with -l or --replay")
+    return Messenger(cfg, peer, mtype, subject, thread, muc, nick, join_timeout=timeout)
+
+
+def user_jid(text: str, cfg, what: str = "JID") -> str:
+    """A user's JID given on the command line: `nc2` alone (a name without a domain) is
+    a server's address in XMPP, and almost always a forgotten @domain."""
+    from iotctl.protocols.xmpp.client import parse_jid
+
+    jid = parse_jid(text, what)
+    own = (cfg.endpoint.username or "").split("@", 1)[-1].split("/", 1)[0].lower()
+    if not jid.user and "." not in jid.domain and jid.domain.lower() != own:
+        suggestion = f"{text}@{own}" if own else f"{text}@<your server>"
+        raise UsageError(f"bad {what} {text!r}", "no @domain (a bare name is a server's address)",
+                         hint=f"did you mean {suggestion}?")
+    return str(jid)
