@@ -15,7 +15,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "iotctl"
 # the shared layer, bottom (0) to top; a module may import its own rank or lower
 RANKS = {
     "iotctl": 0, "iotctl.errors": 0, "iotctl.settings": 0, "iotctl.registry": 0, "iotctl.message": 0,
-    "iotctl.trace": 0, "iotctl.bridge": 0, "iotctl.output.console": 0, "iotctl.aioloop": 0,
+    "iotctl.trace": 0, "iotctl.output.console": 0, "iotctl.aioloop": 0,
     "iotctl.interrupts": 0, "iotctl.deadline": 1, "iotctl.histogram": 0, "iotctl.express": 0,
     "iotctl.tls": 1, "iotctl.codecs": 1, "iotctl.background": 1, "iotctl.output.template": 1, "iotctl.topics": 1,
     "iotctl.endpoint": 2, "iotctl.payload": 2, "iotctl.output.writers": 2,
