@@ -36,7 +36,7 @@ def group():
     iotctl coap get coap://127.0.0.1/sensors/temperature -A json
     iotctl coap observe coap://127.0.0.1/time -C 3
     iotctl coap discover coap://127.0.0.1 --rt 'temperature*'
-    iotctl coap proxy --http 8080 --coap 5683
+    iotctl coap proxy --http 8080 --coap 5700
     """
 
 
@@ -490,10 +490,10 @@ def _listen_address(option: str):
 
 
 @group.command()
-@click.option("--http", "http_listen", metavar="[HOST:]PORT", callback=_listen_address("--http"),
+@click.option("--http", "http", metavar="[HOST:]PORT", callback=_listen_address("--http"),
               help="Listen for HTTP here: HTTP to CoAP (RFC 8075) and the page at / [default: 127.0.0.1:8080 "
                    "when --coap is not given either; HOST defaults to 127.0.0.1, PORT 0 is any free port].")
-@click.option("--coap", "coap_listen", metavar="[HOST:]PORT", callback=_listen_address("--coap"),
+@click.option("--coap", "coap", metavar="[HOST:]PORT", callback=_listen_address("--coap"),
               help="Listen for CoAP here (UDP): requests with Proxy-Uri http://... are carried out over HTTP.")
 @click.option("-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
               metavar="SECONDS",
@@ -521,7 +521,7 @@ def _listen_address(option: str):
 @click.option("--log", "log_file", type=click.Path(dir_okay=False), metavar="FILE",
               help="Append the request log to FILE instead of stderr [default with --background: "
                    "$XDG_STATE_HOME/iotctl/coap-proxy-PORT.log; nothing with --quiet].")
-def proxy(http_listen, coap_listen, timeout, max_size, max_body, max_requests, max_connections, max_observers,
+def proxy(http, coap, timeout, max_size, max_body, max_requests, max_connections, max_observers,
           client_timeout, cafile, background, log_file):
     """An HTTP-to-CoAP and CoAP-to-HTTP proxy, until Ctrl-C.
 
@@ -544,17 +544,17 @@ def proxy(http_listen, coap_listen, timeout, max_size, max_body, max_requests, m
     --background as `coap serve`.
 
     \b
-    iotctl coap proxy --http 8080 --coap 5683 --background
+    iotctl coap proxy --http 8080 --coap 5700 --background
     curl http://127.0.0.1:8080/hc/coap://127.0.0.1:5683/sensors/temperature
     curl -N -H 'Accept: text/event-stream' http://127.0.0.1:8080/hc/coap://127.0.0.1/time
-    coap-client-notls -P coap://127.0.0.1:5683 http://example.com/api
+    coap-client-notls -P coap://127.0.0.1:5700 http://example.com/api
     """
-    if http_listen is None and coap_listen is None:
-        http_listen = ("127.0.0.1", 8080)
+    if http is None and coap is None:
+        http = ("127.0.0.1", 8080)
     if background:
         from iotctl import background as bg
 
-        port = (http_listen or coap_listen)[1]
+        port = (http or coap)[1]
         pid = bg.start("coap proxy", log=log_file, name=f"coap-proxy-{port}")
         click.echo(pid)
         status(f"the proxy runs in the background (pid {pid}); stop it with: kill {pid}")
@@ -572,6 +572,6 @@ def proxy(http_listen, coap_listen, timeout, max_size, max_body, max_requests, m
 
         log = bg.open_log(log_file, text=True)
     proxy_server.serve(proxy_server.ProxyConfig(
-        http=http_listen, coap=coap_listen, timeout=timeout, max_size=max_size, max_body=max_body,
+        http=http, coap=coap, timeout=timeout, max_size=max_size, max_body=max_body,
         max_requests=max_requests, max_connections=max_connections, max_observers=max_observers,
         client_timeout=client_timeout, cafile=cafile, quiet=s.quiet, debug=s.debug, log=log))
