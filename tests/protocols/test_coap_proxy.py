@@ -638,3 +638,19 @@ def test_a_busy_port_is_one_error_line(tmp_path, proxy):
                        capture_output=True, env=clean_env(), timeout=30)
     assert r.returncode == 2 and b"--coap" in r.stderr
 
+
+
+def test_stopping_ends_the_streams_and_deregisters(tmp_path, device):
+    px = start_proxy(tmp_path, coap=False)
+    name = _name("stop")
+    url = px.hc(f"{device.uri}/store/{name}")
+    curl("-X", "PUT", "-H", "Content-Type: text/plain", "--data-binary", "x", url)
+    proc = _sse(url, 30)
+    px.wait_log(rf"/store/{name} -> 200 event stream")
+    started = time.monotonic()
+    assert stop(px.proc) == 0                                   # SIGTERM: exit 0
+    out, _ = proc.communicate(timeout=10)
+    assert proc.returncode == 0 and time.monotonic() - started < 5   # a stream that ended, not a cut one
+    assert parse_events(out)[-1] == {"event": "end", "data": "the proxy stopped"}
+    device.wait_log(rf"GET /store/{name} observe=1 -> 2\.05")
+    assert px.log().rstrip().endswith("iotctl: proxy stopped")

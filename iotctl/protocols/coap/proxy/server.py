@@ -230,15 +230,23 @@ class Observed:
         for slot in list(self.slots):
             slot.offer(self.latest)
 
-    def _end(self, reason: str) -> None:
+    def _end(self, reason: str, deregister: bool = False) -> None:
+        """The observation is over for its clients: `reason` is their last event. The
+        device ended it (or is gone): it is forgotten here; the proxy ends it
+        (`deregister`): the device is told (RFC 7641 3.6)."""
         if self.end is not None:
             return
         self.end = End(reason)
         self.proxy.forget(self)  # a new client starts a new observation
         for slot in list(self.slots):
             slot.offer(self.end)
-        if self.request is not None and not self.request.observation.cancelled:
-            self.request.observation.cancel()
+        request, msg = self.request, self.msg
+        self.request = self.msg = None
+        if request is not None:
+            if deregister:
+                self.proxy.spawn(client.deregister(self.ctx, request, msg))
+            elif not request.observation.cancelled:
+                request.observation.cancel()
         if self.completing is not None:
             self.completing.cancel()
 
@@ -353,7 +361,9 @@ class Observed:
         if generation != self.generation or self.end is not None or self.closed:
             return
         if isinstance(exc, coap_error.NotObservable):
-            self._end("the resource is not observable (the response carried no Observe option)")
+            # a notification without Observe: the device ended the observation (RFC 7641 3.2)
+            self._end("the device ended the observation" if self.latest is not None else
+                      "the resource is not observable (the response carried no Observe option)")
             return
         if isinstance(exc, coap_error.ObservationCancelled):
             self._end("the device ended the observation")
@@ -643,9 +653,14 @@ class Proxy:
             pass
 
     async def stop(self) -> None:
+        # event streams end with a last event (and the device hears the deregistration)
+        # before the listener closes, so their clients see a stream that ended, not a cut
+        running = list(self.observed.values())
+        for observed in running:
+            observed._end("the proxy stopped", deregister=True)
         if self.http_server is not None:
             await self.http_server.close(grace=1.0)
-        for observed in list(self.observed.values()):
+        for observed in running:
             observed.close()
         if self.tasks:
             await asyncio.wait(list(self.tasks), timeout=2.5)
