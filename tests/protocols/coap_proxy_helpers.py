@@ -93,9 +93,9 @@ class Device(Logged):
         self.uri = f"coap://127.0.0.1:{port}"
 
 
-def start_device(tmp: Path, *extra: str) -> Device:
-    port = free_udp_tcp_port()
-    log = tmp / f"device-{port}.log"
+def start_device(tmp: Path, *extra: str, port: int | None = None) -> Device:
+    port = port or free_udp_tcp_port()
+    log = tmp / f"device-{port}-{time.monotonic_ns()}.log"
     proc = subprocess.Popen([sys.executable, "-m", "iotctl", "coap", "serve", "-p", str(port), "--interval", "0.2",
                              "--log", str(log), *extra],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())

@@ -414,6 +414,29 @@ def test_a_deleted_resource_ends_the_stream(proxy, device):
     assert events[-1]["event"] == "end" and "4.04 Not Found" in events[-1]["data"]
 
 
+def test_an_observation_outlives_a_device_restart(proxy, tmp_path):
+    """The device forgets the observation when it restarts: once /time's Max-Age (1 s)
+    has passed in silence, the proxy registers again and the stream goes on."""
+    first = start_device(tmp_path)
+    second = None
+    proc = _sse(proxy.hc(f"{first.uri}/time"), 9)
+    try:
+        proxy.wait_log(rf"GET /hc/{re.escape(first.uri)}/time -> 200 event stream")
+        time.sleep(1)
+        stop(first.proc)
+        restarted = time.strftime("%H:%M:%S", time.gmtime())   # /time's values are UTC
+        second = start_device(tmp_path, port=first.port)
+        out, _ = proc.communicate(timeout=20)
+    finally:
+        stop(first.proc)
+        if second is not None:
+            stop(second.proc)
+    events = parse_events(out)
+    assert all("event" not in e for e in events), events          # never ended
+    second.wait_log(r"CON GET /time observe=0 -> 2\.05")           # registered again
+    assert events[-1]["data"][11:19] > restarted, (events[-1], restarted)   # values from the new device
+
+
 def test_an_unobservable_resource_is_one_event_then_the_end(proxy, device):
     proc = _sse(proxy.hc(f"{device.uri}/large"), 20)
     out, _ = proc.communicate(timeout=20)
