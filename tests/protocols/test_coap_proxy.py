@@ -32,7 +32,7 @@ import uuid
 import pytest
 
 from tests.helpers import clean_env
-from tests.protocols.coap_proxy_helpers import (ScriptedDevice, coap_client, curl, parse_events,
+from tests.protocols.coap_proxy_helpers import (LIBCOAP_CLIENT as LIBCOAP, ScriptedDevice, coap_client, curl, parse_events,
                                                 start_device, start_proxy, stop, uint, wait_for)
 
 NGINX = "http://127.0.0.1:18080"
@@ -677,3 +677,25 @@ def test_stopping_ends_the_streams_and_deregisters(tmp_path, device):
     assert parse_events(out)[-1] == {"event": "end", "data": "the proxy stopped"}
     device.wait_log(rf"GET /store/{name} observe=1 -> 2\.05")
     assert px.log().rstrip().endswith("iotctl: proxy stopped")
+
+
+def test_coap_requests_past_max_requests_are_5_03(tmp_path, nginx):
+    px = start_proxy(tmp_path, "-W", "4", "--max-requests", "2", http=False)
+    try:
+        slow = [subprocess.Popen([LIBCOAP, "-v", "6", "-B", "10", "-P", px.coap, f"{nginx}/slow"],
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+        end = time.monotonic() + 5
+        while True:   # until both slow ones are in progress
+            r = coap_client("-v", "6", "-P", px.coap, f"{nginx}/hello")
+            out = r.stdout + r.stderr
+            if _coap_code(out) != "2.05" or time.monotonic() > end:
+                break
+            time.sleep(0.2)
+        assert _coap_code(out) == "5.03" and b"too many requests" in out, out
+        assert b"Max-Age:1" in out
+        for proc in slow:
+            assert _coap_code(proc.communicate(timeout=20)[0]) == "5.04"
+        r = coap_client("-P", px.coap, f"{nginx}/hello")   # the slots are free again
+        assert r.stdout == b"hello\n\n"
+    finally:
+        stop(px.proc)

@@ -459,8 +459,20 @@ class HttpForward(resource.Resource):
         self.proxy = proxy
         self._block1 = BoundedSpool(proxy.cfg.max_body)
         self._block2 = BoundedCache()
+        self.active = 0   # HTTP requests in progress (at most --max-requests: past it 5.03)
 
     async def render(self, request):
+        if self.active >= self.proxy.cfg.max_requests:
+            answer = _coap_error("5.03", f"too many requests in progress (at most {self.proxy.cfg.max_requests})")
+            answer.opt.max_age = 1
+            return answer
+        self.active += 1
+        try:
+            return await self._forward(request)
+        finally:
+            self.active -= 1
+
+    async def _forward(self, request):
         opt = request.opt
         method_name = str(request.code)
         try:
@@ -825,7 +837,7 @@ class Proxy:
             base = self._device_base((query.get("device") or [""])[0])
         except MappingError as exc:
             return _own(exc.status, exc.text)
-        paths = [p for p in query.get("path", []) if p.startswith("/")][:MAX_PATHS]
+        paths = [p for p in query.get("path", []) if p.startswith("/") and _valid(base + p)][:MAX_PATHS]
         if not paths:
             return _own(400, "name the resources: ?device=coap://HOST:PORT&path=/a&path=/b")
         if self.observers + len(paths) > self.cfg.max_observers:
@@ -913,6 +925,14 @@ class Proxy:
         extra = f"{note}; " if note else ""
         self.log(f"{_now()} {request.remote} HTTP {request.method} {request.target} -> {status} "
                  f"({extra}{size} B, {seconds * 1000:.1f} ms)")
+
+
+def _valid(uri: str) -> bool:
+    try:
+        formats.check_uri(uri)
+    except UsageError:
+        return False
+    return True
 
 
 def _own(status: int, text: str, headers=()) -> ServerResponse:
