@@ -506,7 +506,8 @@ def _listen_address(option: str):
               callback=lambda c, p, v: formats.parse_size(str(v), "--max-body"),
               help="Largest request body (HTTP, or a CoAP block-wise upload): larger is 413 (4.13).")
 @click.option("--max-requests", type=click.IntRange(1, 100000), default=256, show_default=True, metavar="N",
-              help="HTTP requests in progress at once; past it 503 with Retry-After.")
+              help="Requests in progress at once, on each side; past it 503 with Retry-After (CoAP: 5.03 "
+                   "with Max-Age).")
 @click.option("--max-connections", type=click.IntRange(1, 100000), default=512, show_default=True, metavar="N",
               help="HTTP connections open at once; past it a new one gets 503 and is closed.")
 @click.option("--max-observers", type=click.IntRange(1, 100000), default=256, show_default=True, metavar="N",
