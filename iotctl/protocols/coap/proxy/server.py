@@ -230,7 +230,7 @@ class Observed:
         for slot in list(self.slots):
             slot.offer(self.latest)
 
-    def _end(self, reason: str, deregister: bool = False) -> None:
+    def finish(self, reason: str, deregister: bool = False) -> None:
         """The observation is over for its clients: `reason` is their last event. The
         device ended it (or is gone): it is forgotten here; the proxy ends it
         (`deregister`): the device is told (RFC 7641 3.6)."""
@@ -256,7 +256,7 @@ class Observed:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must end this observation, not the proxy
-            self._end(f"the observation failed: {exc!r}")
+            self.finish(f"the observation failed: {exc!r}")
             if not self.first.done():
                 self.first.set_result(IotctlError(self.spec().what, repr(exc)))
 
@@ -266,15 +266,15 @@ class Observed:
             resp = await self._register()
         except IotctlError as exc:
             self.first.set_result(exc)
-            self._end(f"{exc.what}: {exc.why}" if exc.why else exc.what)
+            self.finish(f"{exc.what}: {exc.why}" if exc.why else exc.what)
             return
         self.first.set_result(resp)
         if not resp.code.is_successful():
-            self._end(_answer_text(resp))
+            self.finish(_answer_text(resp))
             return
         self._publish(resp)
         if resp.opt.observe is None:
-            self._end("the resource is not observable (the response carried no Observe option)")
+            self.finish("the resource is not observable (the response carried no Observe option)")
             return
         while self.end is None:
             stale_in = self.heard + max(self.max_age, 1.0) + FRESHNESS_GRACE - time.monotonic()
@@ -285,17 +285,17 @@ class Observed:
             try:
                 resp = await self._register()
             except IotctlError as exc:
-                self._end(f"the device stopped answering ({exc.why or exc.what})")
+                self.finish(f"the device stopped answering ({exc.why or exc.what})")
                 return
             if not resp.code.is_successful():
-                self._end(_answer_text(resp))
+                self.finish(_answer_text(resp))
                 return
             cf = resp.opt.content_format
             if self.latest is None or (bytes(resp.payload), None if cf is None else int(cf)) != \
                     (self.latest.payload, self.latest.content_format):
                 self._publish(resp)
             if resp.opt.observe is None:
-                self._end("the resource is no longer observable")
+                self.finish("the resource is no longer observable")
                 return
 
     async def _register(self):
@@ -334,7 +334,7 @@ class Observed:
             return
         self.heard = time.monotonic()
         if not resp.code.is_successful():
-            self._end("the device ended the observation with " + _answer_text(resp))
+            self.finish("the device ended the observation with " + _answer_text(resp))
             return
         self.max_age = client.max_age(resp)
         if client.more_blocks(resp):
@@ -352,7 +352,7 @@ class Observed:
             try:
                 whole = await client.exchange(self.ctx, self._whole_spec())
             except IotctlError as exc:
-                self._end(f"the device stopped answering ({exc.why or exc.what})")
+                self.finish(f"the device stopped answering ({exc.why or exc.what})")
                 return
             if whole.code.is_successful():
                 self._publish(whole)
@@ -362,14 +362,14 @@ class Observed:
             return
         if isinstance(exc, coap_error.NotObservable):
             # a notification without Observe: the device ended the observation (RFC 7641 3.2)
-            self._end("the device ended the observation" if self.latest is not None else
+            self.finish("the device ended the observation" if self.latest is not None else
                       "the resource is not observable (the response carried no Observe option)")
             return
         if isinstance(exc, coap_error.ObservationCancelled):
-            self._end("the device ended the observation")
+            self.finish("the device ended the observation")
             return
         error = client.map_error(exc, self.spec().what)
-        self._end(f"{error.why or error.what}")
+        self.finish(f"{error.why or error.what}")
 
 
 def _leave_all(members) -> None:
@@ -669,7 +669,7 @@ class Proxy:
         # before the listener closes, so their clients see a stream that ended, not a cut
         running = list(self.observed.values())
         for observed in running:
-            observed._end("the proxy stopped", deregister=True)
+            observed.finish("the proxy stopped", deregister=True)
         if self.http_server is not None:
             await self.http_server.close(grace=1.0)
         for observed in running:
