@@ -40,7 +40,7 @@ NGINX = "http://127.0.0.1:18080"
 
 @pytest.fixture(scope="module")
 def device(tmp_path_factory):
-    dev = start_device(tmp_path_factory.mktemp("device"))
+    dev = start_device(tmp_path_factory.mktemp("device"), "--tcp")
     yield dev
     stop(dev.proc)
 
@@ -105,6 +105,12 @@ def test_the_other_target_forms(proxy, device):
     r = curl(proxy.hc(f"{device.uri}/.well-known/core?rt=temperature-c"))  # the query is the device's
     assert r.status == 200 and r.header("Content-Type") == "application/link-format"
     assert r.text.startswith("</sensors/temperature>") and "</time>" not in r.text
+
+
+def test_a_coap_over_tcp_target(proxy, device):
+    r = curl(proxy.hc(f"coap+tcp://127.0.0.1:{device.port}/sensors/humidity"), "-H", "Accept: application/json")
+    assert r.status == 200 and json.loads(r.body)["n"] == "humidity"
+    device.wait_log(r"127\.0\.0\.1:\d+ TCP GET /sensors/humidity -> 2\.05")
 
 
 @pytest.mark.parametrize("target, status, words", [
