@@ -235,8 +235,11 @@ class Bridge:
         next_report = started + 1.0
         next_upkeep = started
         interrupted = False
+        guard = interrupts.guarded()  # a Ctrl-C inside a library's sheltered frame handling waits for check()
+        guard.__enter__()
         try:
             while True:
+                interrupts.check()
                 now = time.monotonic()
                 if count is not None and stats.carried >= count:
                     break
@@ -291,6 +294,7 @@ class Bridge:
             exc.why = (f"{exc.why}; " if exc.why else "") + self._accounting()
             raise
         finally:
+            guard.__exit__(None, None, None)
             stats.inflight = len(self.window.inflight) if self.window is not None else 0
             stats.tick()
             self._close_sink()

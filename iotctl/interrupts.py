@@ -10,6 +10,14 @@ into their final report.
 
     with interrupts.deferred():
         write(batch); ack(batch)      # both, or neither
+
+Code that may run long or is a generator (the -l input chain, a protocol library's
+frame handling) cannot sit in a `deferred` block; it is registered with `shelter()`
+instead. While a driver runs inside `guarded()`, a Ctrl-C that arrives with such code
+on the stack is held, and raised by the driver's next `check()` (or at the end of a
+`deferred` block): a generator cut by KeyboardInterrupt is finished for good (the
+lines it had read would never reach --failed), a library cut between two frames
+loses its state.
 """
 
 from __future__ import annotations
@@ -20,11 +28,74 @@ import threading
 _depth = 0
 _caught = 0
 _previous: dict = {}
+_sheltered: set = set()  # code objects a Ctrl-C never cuts while guarded
+_guards = 0
 
 
 def _note(signum, frame) -> None:
+    """The handler while deferred or guarded: Ctrl-C raises at once unless a deferred
+    block is open or sheltered code is running; then it is held."""
     global _caught
+    if _depth == 0 and signum == signal.SIGINT and not _in_shelter(frame):
+        raise KeyboardInterrupt
     _caught += 1
+
+
+def _in_shelter(frame) -> bool:
+    sheltered = _sheltered
+    while frame is not None:
+        if frame.f_code in sheltered:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def shelter(*functions) -> None:
+    """Never cut these functions (or generators) in half while a driver is guarded: a
+    Ctrl-C arriving while one is running is held until the driver's next `check()`."""
+    for fn in functions:
+        _sheltered.add(getattr(fn, "__code__", fn))
+
+
+class guarded:
+    """A driver's run: Ctrl-C interrupts at once, except inside sheltered code (then
+    it is held for `check()`). A no-op outside the main thread or when SIGINT has a
+    handler of someone else's."""
+
+    __slots__ = ("installed", "counted")
+
+    def __enter__(self):
+        global _guards, _caught
+        self.installed = self.counted = False
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        current = signal.getsignal(signal.SIGINT)
+        if current is signal.default_int_handler:
+            signal.signal(signal.SIGINT, _note)
+            self.installed = True
+            _caught = 0
+        elif current is not _note:
+            return self
+        _guards += 1
+        self.counted = True
+        return self
+
+    def __exit__(self, *exc):
+        global _guards, _caught
+        if self.counted:
+            _guards -= 1
+        if self.installed:  # every deferred block inside has ended (blocks nest)
+            signal.signal(signal.SIGINT, signal.default_int_handler)
+            _caught = 0
+        return False
+
+
+def check() -> None:
+    """Raise the Ctrl-C held while sheltered code ran (a driver's safe point)."""
+    global _caught
+    if _caught and _depth == 0:
+        _caught = 0
+        raise KeyboardInterrupt
 
 
 class deferred:
@@ -44,7 +115,8 @@ class deferred:
             return self
         self.active = True
         if _depth == 0:
-            _caught = 0
+            if not _guards:
+                _caught = 0
             for sig in (signal.SIGINT, signal.SIGTERM) if self.term else (signal.SIGINT,):
                 previous = signal.getsignal(sig)
                 if previous is signal.default_int_handler or (sig == signal.SIGTERM
@@ -55,7 +127,7 @@ class deferred:
         return self
 
     def __exit__(self, *exc):
-        global _depth
+        global _depth, _caught
         if not self.active:
             return False
         _depth -= 1
@@ -63,8 +135,10 @@ class deferred:
             for sig, previous in list(_previous.items()):
                 signal.signal(sig, previous)
             _previous.clear()
-            if _caught and exc[0] is None:
-                raise KeyboardInterrupt
+            if _caught:
+                _caught = 0
+                if exc[0] is None:
+                    raise KeyboardInterrupt
         return False
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 from typing import IO, Iterator
 
-from iotctl import codecs
+from iotctl import codecs, interrupts
 from iotctl.errors import UsageError
 from iotctl.message import Message
 
@@ -197,6 +197,11 @@ def _piped(fd: int, size: int) -> Iterator[bytes | None]:
         if not chunk:
             return
         yield chunk
+
+
+# the -l input chain: a Ctrl-C never finishes these generators early (send.run checks
+# for it between messages), so what they had read still reaches --failed
+interrupts.shelter(_split, _encoded, _chunks, _piped)
 
 
 def replay(path: str, speed: float | None = None) -> Iterator[Message]:

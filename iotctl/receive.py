@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from itertools import islice, repeat
 
 from iotctl import interrupts
 from iotctl.errors import ConnectError, ConnectionLost, OutputClosed, TimeoutError_, UsageError
@@ -97,30 +98,51 @@ class Cumulative:
     """Acknowledgements for a protocol whose ack covers every earlier delivery (AMQP
     `multiple`, STOMP `client` mode): `delivered(token)` in delivery order, then
     `confirm(tokens)` returns the last token of the longest prefix now wholly
-    acknowledged (to send one cumulative ack for), or None."""
+    acknowledged (to send one cumulative ack for), or None. `given_back` are tokens
+    settled otherwise (nacked, rejected): they complete a prefix, but the returned
+    token is never one of them (a broker refuses a cumulative ack naming a delivery
+    it already took back)."""
 
-    __slots__ = ("order", "done")
+    __slots__ = ("order", "done", "back")
 
     def __init__(self) -> None:
         self.order: deque = deque()
         self.done: set = set()
+        self.back: set = set()
 
     def delivered(self, token) -> None:
         self.order.append(token)
 
-    def confirm(self, tokens) -> object | None:
-        order, done = self.order, self.done
+    def confirm(self, tokens, given_back=()) -> object | None:
+        order, done, back = self.order, self.done, self.back
+        n = len(tokens) if isinstance(tokens, list) else 0
+        if n and not done and not given_back and len(order) >= n and order[0] == tokens[0] \
+                and list(islice(order, n)) == tokens:
+            # the common case (a consumer's batch, acknowledged once written): exactly
+            # the oldest deliveries, in order
+            popleft = order.popleft
+            for _ in repeat(None, n):
+                popleft()
+            return tokens[-1]
         done.update(tokens)
+        if given_back:
+            done.update(given_back)
+            back.update(given_back)
         last = None
         while order and order[0] in done:
-            last = order.popleft()
-            done.discard(last)
+            token = order.popleft()
+            done.discard(token)
+            if back and token in back:
+                back.discard(token)
+            else:
+                last = token
         return last
 
     def forget(self) -> None:
         """After a reconnect: the old deliveries' tokens mean nothing any more."""
         self.order.clear()
         self.done.clear()
+        self.back.clear()
 
 
 def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str = "message") -> int:
@@ -153,6 +175,9 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
     last = started
     timed_out = False
     write = writer.write
+    check = interrupts.check
+    guard = interrupts.guarded()
+    guard.__enter__()
     try:
         while True:
             now = time.monotonic()
@@ -174,10 +199,12 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
                 if not (spec.reconnect and receiver.can_reconnect):
                     raise
                 _reconnect(receiver, lost, deadline)
+                last = time.monotonic()  # --idle-timeout counts from the connection's return
                 continue
-            if batch is None:
-                break
             if not batch:
+                check()  # a Ctrl-C held while the receiver's library was busy
+                if batch is None:
+                    break
                 if watch_stdout and _stdout_gone():
                     raise OutputClosed()
                 continue
@@ -212,6 +239,7 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
         try:
             flush()
         finally:
+            guard.__exit__(None, None, None)
             if saver is not None:
                 saver.out.close()
     if timed_out:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from typing import Hashable, Iterable, Iterator
 
+from iotctl import interrupts
 from iotctl.errors import IotctlError, PeerError, TimeoutError_, UsageError
 from iotctl.message import Message
 from iotctl.payload import PayloadSpec
@@ -59,11 +60,15 @@ class Sender:
         last outcomes (a round trip that brings late refusals, which go into
         `self.refused` like any other).
     refusal(reasons): the error for messages the peer refused (default: exit 6).
+    settles_at_finish: True when nothing is acknowledged before finish() (a STOMP
+        transaction, whose COMMIT confirms every message at once): until then the
+        window waits for no acknowledgement and its clock does not run.
     """
 
     protocol = ""
     window: int | None = None
     address: str | None = None
+    settles_at_finish = False
 
     def __init__(self) -> None:
         self.acked: set = set()
@@ -158,6 +163,9 @@ def addressed(items: Iterable[Message], addresses, validate=None) -> Iterator[Me
         yield from items
 
 
+interrupts.shelter(_lines_to, addressed)
+
+
 def _repeated(data: bytes, repeat: int, interval: float) -> Iterator[Message]:
     for i in range(repeat):
         if i and interval:
@@ -194,6 +202,7 @@ class Window:
         # with on_ack, settled messages are reported in the order they were offered
         self._order: dict | None = {} if on_ack is not None else None
         self.since = time.monotonic()  # last progress, or when the oldest in flight began to wait
+        self.finishing = False
 
     def offer(self, msg: Message) -> Hashable | None:
         """Send `msg` (making room first); its key, or None when no acknowledgement
@@ -255,8 +264,16 @@ class Window:
         """Service the connection for at most `wait` seconds (also while the input is
         idle) and settle what came; exit 5 when an acknowledgement is overdue."""
         self.sender.pump(wait)
-        if not self.settle() and self.inflight:
+        interrupts.check()
+        if not self.settle() and self.waiting():
             self._check_overdue(self.timeout)
+
+    def waiting(self) -> int:
+        """How many messages wait for an acknowledgement that may come now (none of a
+        sender that settles at finish() before its finish)."""
+        if self.sender.settles_at_finish and not self.finishing:
+            return 0
+        return len(self.inflight)
 
     def _check_overdue(self, limit: float) -> None:
         if time.monotonic() - self.since > limit:
@@ -268,19 +285,29 @@ class Window:
         sender = self.sender
         while True:
             self.settle()
-            if len(self.inflight) <= target and not sender.busy():
+            waiting = self.waiting()
+            if waiting <= target and not sender.busy():
                 return
             if stop_on_refusal and self.refused and target:
                 return
-            if self.inflight:
-                self._check_overdue(limit)
+            if waiting:
+                if time.monotonic() - self.since > limit:
+                    # acknowledgements may have come while nobody pumped (a steady trickle
+                    # of input fills the window without a pause): look before giving up
+                    sender.pump(0.0)
+                    if self.settle():
+                        continue
+                    self._check_overdue(limit)
                 wait = min(1.0, max(0.0, limit - (time.monotonic() - self.since)))
             else:
                 wait = min(1.0, limit)
             sender.pump(wait)
+            interrupts.check()
 
     def finish(self) -> None:
         self.drain(0)
+        self.finishing = True
+        self.since = time.monotonic()
         self.sender.finish()
         self.drain(0)
 
@@ -309,68 +336,74 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
 
     window = Window(sender, timeout, what)
     limit = window.limit
+    counted = bool(sender.window) or sender.settles_at_finish  # else sent is acknowledged
     inflight = window.inflight
     send, busy = sender.send, sender.busy
     monotonic = time.monotonic
+    check = interrupts.check
     sent = 0
     out = None
     items = iter(items)
     bar = make_progress(None, verb) if progress else None
-    try:
-        if bar is not None:
-            bar.__enter__()
-        for out in items:
-            if out is IDLE:  # the input paused: keep the connection alive meanwhile
-                window.sent = sent
-                window.pump(0.05 if inflight else 0.0)
+    with interrupts.guarded():
+        try:
+            if bar is not None:
+                bar.__enter__()
+            for out in items:
+                check()  # a Ctrl-C held while the input was read
+                if out is IDLE:  # the input paused: keep the connection alive meanwhile
+                    window.sent = sent
+                    window.pump(0.05 if inflight else 0.0)
+                    out = None
+                    if window.refused:
+                        break
+                    continue
+                if len(inflight) >= limit or busy():
+                    window.sent = sent
+                    window.drain(limit - 1, stop_on_refusal=True)
+                    if window.refused:
+                        break
+                key = send(out)
+                sent += 1
+                if key is not None:
+                    if not inflight:
+                        window.since = monotonic()
+                    inflight[key] = out
                 out = None
-                if window.refused:
-                    break
-                continue
-            if len(inflight) >= limit or busy():
-                window.sent = sent
-                window.drain(limit - 1, stop_on_refusal=True)
-                if window.refused:
-                    break
-            key = send(out)
-            sent += 1
-            if key is not None:
-                if not inflight:
+                if bar is not None and not sent % 1000:
+                    bar.advance(1000)
+            window.sent = sent
+            check()  # a Ctrl-C held while the input ended
+            if not window.refused:
+                window.finish()
+            check()
+        except (IotctlError, KeyboardInterrupt) as exc:
+            window.sent = sent
+            if isinstance(exc, (UsageError, KeyboardInterrupt)) and inflight:
+                # the input failed or the user stopped, the connection is fine: collect the
+                # acknowledgements of what was sent (briefly) so the report is exact
+                try:
                     window.since = monotonic()
-                inflight[key] = out
-            out = None
-            if bar is not None and not sent % 1000:
-                bar.advance(1000)
-        window.sent = sent
-        if not window.refused:
-            window.finish()
-    except (IotctlError, KeyboardInterrupt) as exc:
-        window.sent = sent
-        if isinstance(exc, (UsageError, KeyboardInterrupt)) and inflight:
-            # the input failed or the user stopped, the connection is fine: collect the
-            # acknowledgements of what was sent (briefly) so the report is exact
-            try:
-                window.since = monotonic()
-                window.drain(0, min(timeout, 2.0))
-            except (IotctlError, KeyboardInterrupt):
-                pass
-        window.settle()
-        if isinstance(exc, UsageError) and sent == 0 and not window.refused:
-            raise  # nothing was sent: no send report
-        acknowledged = window.acknowledged if sender.window else sent - len(inflight)
-        unsent = [out] if out is not None and out is not IDLE else []
-        note = _stopped(sender, sent, acknowledged, window, unsent, items, failed)
-        if isinstance(exc, KeyboardInterrupt):
-            from iotctl.errors import Interrupted
+                    window.drain(0, min(timeout, 2.0))
+                except (IotctlError, KeyboardInterrupt):
+                    pass
+            window.settle()
+            if isinstance(exc, UsageError) and sent == 0 and not window.refused:
+                raise  # nothing was sent: no send report
+            acknowledged = window.acknowledged if counted else sent - len(inflight)
+            unsent = [out] if out is not None and out is not IDLE else []
+            note = _stopped(sender, sent, acknowledged, window, unsent, items, failed)
+            if isinstance(exc, KeyboardInterrupt):
+                from iotctl.errors import Interrupted
 
-            raise Interrupted(f"{what} interrupted", note) from None
-        exc.why = f"{exc.why}; {note}" if exc.why else note
-        raise
-    finally:
-        if bar is not None:
-            bar.advance(sent % 1000)
-            bar.__exit__(None, None, None)
-    acknowledged = window.acknowledged if sender.window else sent
+                raise Interrupted(f"{what} interrupted", note) from None
+            exc.why = f"{exc.why}; {note}" if exc.why else note
+            raise
+        finally:
+            if bar is not None:
+                bar.advance(sent % 1000)
+                bar.__exit__(None, None, None)
+    acknowledged = window.acknowledged if counted else sent
     if window.refused:
         reasons = {i: reason for i, (_, reason) in enumerate(window.refused)}
         error = sender.refusal(reasons)
@@ -397,9 +430,8 @@ def _stopped(sender: Sender, sent: int, acknowledged: int, window: Window, unsen
 
 def write_failed(path: str, first: list[Message], rest: Iterable[Message], protocol: str = "") -> int:
     """Write messages as envelope lines that --replay sends again; a message composed
-    on the command line is written as `protocol`'s, so it replays on its own."""
-    import itertools
-
+    on the command line is written as `protocol`'s, so it replays on its own. `rest`
+    (the input not read yet) is read until it ends or pauses."""
     from iotctl.output import JsonWriter
 
     try:
@@ -407,14 +439,28 @@ def write_failed(path: str, first: list[Message], rest: Iterable[Message], proto
     except OSError as exc:
         raise UsageError(f"cannot write --failed file {path}", exc.strerror or str(exc)) from None
     n = 0
+
+    def write(msg: Message) -> None:
+        nonlocal n
+        if not msg.protocol and protocol:
+            msg = msg.copy(protocol=protocol)
+        writer.write(msg)
+        n += 1
+
     with fh:
         writer = JsonWriter(fh, lines=True)
-        for msg in itertools.chain(first, rest):
-            if msg is IDLE:
-                continue
-            if not msg.protocol and protocol:
-                msg = msg.copy(protocol=protocol)
-            writer.write(msg)
-            n += 1
+        try:
+            with interrupts.deferred():  # what was taken from the input is all written
+                for msg in first:
+                    write(msg)
+        except KeyboardInterrupt:
+            pass
+        try:
+            for msg in rest:
+                if msg is IDLE:
+                    break  # the input has nothing more for now (tail -f): that is the rest
+                write(msg)
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: the rest of the input stays unread, the report still comes
         writer.flush()
     return n

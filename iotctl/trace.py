@@ -1,7 +1,9 @@
 """Where protocol libraries' log records go: a trace on stderr with -d/--debug, nowhere
 otherwise. Every protocol client routes its library's loggers through here, and the
-trace never shows a secret: the session's own password, STOMP passcodes, SASL PLAIN
-credentials and URL passwords are replaced by ****."""
+trace never shows a secret: the session's own password is masked by its value, in
+every form a library may print it (as is, escaped the way STOMP, Python's repr, JSON,
+XML or a URL write it); STOMP passcodes, SASL PLAIN credentials and URL passwords of
+other origins are masked by pattern. Each becomes ****."""
 
 from __future__ import annotations
 
@@ -12,7 +14,9 @@ import sys
 # secrets a library may write in its protocol trace, whatever the session (compiled
 # when a trace is first shown: start-up pays nothing for them)
 _SOURCES = (
-    (r"(passcode:)[^\\\n'\"]*", r"\1****"),                      # STOMP CONNECT
+    # STOMP CONNECT, as is or inside a repr: up to the end of the line (a newline or its
+    # escape) or the quote that closes the repr; escaped characters are part of the value
+    (r"(passcode:)(?:\\\\|\\[^n]|[^\\\n])*?(?=\\n|\n|['\"](?:[,\])]|$)|$)", r"\1****"),
     (r"(mechanism=[\"']PLAIN[\"'][^>]*>)[^<]*", r"\1****"),        # SASL PLAIN
     (r"([A-Za-z][A-Za-z0-9+.-]*://[^/\s:@'\"]*:)[^/\s'\"]+@", r"\1****@"),  # URLs
 )
@@ -23,7 +27,8 @@ class Redact(logging.Filter):
 
     def __init__(self, secrets: tuple[str, ...] = ()):
         super().__init__()
-        self.secrets = tuple(s for s in secrets if s)
+        forms = {form for s in secrets if s for form in spellings(s)}
+        self.secrets = tuple(sorted(forms, key=len, reverse=True))  # the longest first
         self.patterns = [(re.compile(pattern), replacement) for pattern, replacement in _SOURCES]
 
     def filter(self, record: logging.LogRecord) -> bool:
@@ -34,6 +39,30 @@ class Redact(logging.Filter):
             text = pattern.sub(replacement, text)
         record.msg, record.args = text, None
         return True
+
+
+def spellings(secret: str) -> set[str]:
+    """Every way a trace may spell `secret`: as is; with STOMP 1.1/1.2 header escapes;
+    inside Python's repr of a str or of bytes (backslashes doubled, control characters
+    escaped, a quote escaped or not depending on the text around it); JSON-, XML- and
+    URL-encoded."""
+    import json
+    from html import escape
+    from urllib.parse import quote, quote_plus
+
+    stomp = secret.replace("\\", "\\\\").replace("\n", "\\n").replace(":", "\\c")
+    bases = {secret, stomp, stomp.replace("\r", "\\r")}
+    forms = set(bases)
+    for base in bases:
+        # with both quotes after it, repr quotes with ' and escapes every ' (the suffix
+        # \\'" is cut off again); inside a text without ', a ' is not escaped
+        for shown in (repr(base + "'\""), repr((base + "'\"").encode("utf-8", "surrogateescape"))):
+            inner = shown[shown.index("'") + 1:-4]
+            forms.update((inner, inner.replace("\\'", "'")))
+        forms.update((json.dumps(base)[1:-1], json.dumps(base, ensure_ascii=False)[1:-1], escape(base),
+                      escape(base, quote=False), quote(base, safe=""), quote_plus(base)))
+    forms.discard("")
+    return forms
 
 
 def route_logs(names: tuple[str, ...] | list[str], verbose: bool, label: str | None = None,

@@ -39,7 +39,7 @@ def names(rmq, iotctl, request):
 
     yield name
     for kind, n in made:
-        iotctl("amqp", "delete", kind, n)
+        iotctl("amqp", "delete", kind, n, "--if-exists")
 
 
 def queue(iotctl, name, *args):
@@ -64,10 +64,28 @@ def iotctl_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "iotctl", *map(str, args)]
 
 
+_STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    """Every process a test started is gone when the test ends (a failing test must
+    not leave a consumer on the shared broker)."""
+    yield
+    while _STARTED:
+        proc = _STARTED.pop()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
 def start(*args: str, **kw) -> subprocess.Popen:
     # unbuffered pipes: communicate() after a readline() must not miss read-ahead data
-    return subprocess.Popen(iotctl_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            env=clean_env(), bufsize=0, **kw)
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    proc = subprocess.Popen(iotctl_cmd(*args), env=clean_env(), bufsize=0, **kw)
+    _STARTED.append(proc)
+    return proc
 
 
 def wait_status(proc: subprocess.Popen, needle: str) -> str:
@@ -280,9 +298,17 @@ def test_mandatory_reports_each_returned_message(iotctl, names, tmp_path):
     assert depth(iotctl, q) == 1
     assert "1 message(s) were returned as unroutable" in r.stderr
     assert [json.loads(line)["address"] for line in failed.read_text().splitlines()] == ["nobody-" + q]
-    # without confirms the return is still reported
-    r = iotctl("amqp", "publish", "-r", "nobody-" + q, "--mandatory", "--no-confirm", "-m", "x")
-    assert r.exit_code == 6 and "routing key 'nobody-" in r.stderr, r
+    # without confirms each return is still reported, and reaches --failed (a round trip
+    # after the messages tells which were returned)
+    failed.unlink()
+    r = iotctl("amqp", "publish", "-r", q, "-r", "nobody-" + q, "--mandatory", "--no-confirm",
+               "-l", "--failed", str(failed), input="a\nb\n")
+    assert r.exit_code == 6, r
+    assert "2 message(s) were returned as unroutable (--mandatory)" in r.stderr
+    assert "sent 4, acknowledged 2, refused 2" in r.stderr
+    assert [(m["address"], m["payload"]) for m in map(json.loads, failed.read_text().splitlines())] == \
+        [("nobody-" + q, "a"), ("nobody-" + q, "b")]
+    assert depth(iotctl, q) == 3
 
 
 def test_no_confirm_fire_and_forget(iotctl, names):
@@ -294,13 +320,15 @@ def test_no_confirm_fire_and_forget(iotctl, names):
 
 class Proxy:
     """A TCP proxy to RabbitMQ: with `tls` (an SSLContext) it terminates TLS (an amqps
-    listener); with `swallow_acks` it drops every Basic.Ack the broker sends, so
-    publisher confirms never arrive."""
+    listener); `rewrite(frame) -> bytes` replaces each frame the broker sends (b"": drop
+    it); `swallow_acks` drops every Basic.Ack the broker sends, so publisher confirms
+    never arrive."""
 
-    def __init__(self, tls=None, swallow_acks: bool = False):
+    def __init__(self, tls=None, swallow_acks: bool = False, rewrite=None):
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
-        self.tls, self.swallow_acks = tls, swallow_acks
+        self.tls = tls
+        self.rewrite = _no_acks if swallow_acks else rewrite
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -319,18 +347,18 @@ class Proxy:
                 client.close()
                 return
         broker = socket.create_connection(("127.0.0.1", 5672))
-        threading.Thread(target=self._relay, args=(client, broker, False), daemon=True).start()
-        self._relay(broker, client, self.swallow_acks)
+        threading.Thread(target=self._relay, args=(client, broker, None), daemon=True).start()
+        self._relay(broker, client, self.rewrite)
 
     @staticmethod
-    def _relay(src, dst, filter_acks):
+    def _relay(src, dst, rewrite):
         buf = b""
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if not filter_acks:
+                if rewrite is None:
                     dst.sendall(data)
                     continue
                 buf += data
@@ -340,9 +368,7 @@ class Proxy:
                     if len(buf) < size + 8:
                         break
                     frame, buf = buf[:size + 8], buf[size + 8:]
-                    if frame[0] == 1 and frame[7:11] == b"\x00\x3c\x00\x50":  # Basic.Ack
-                        continue
-                    out += frame
+                    out += rewrite(frame)
                 if out:
                     dst.sendall(out)
         except OSError:
@@ -356,6 +382,10 @@ class Proxy:
 
     def close(self):
         self.listener.close()
+
+
+def _no_acks(frame: bytes) -> bytes:
+    return b"" if frame[0] == 1 and frame[7:11] == b"\x00\x3c\x00\x50" else frame  # Basic.Ack
 
 
 def test_nothing_confirmed_in_time_is_exit_5(iotctl, names, tmp_path):
@@ -590,6 +620,58 @@ def test_environment_and_profile_supply_connection_settings(iotctl, names, tmp_p
     assert r.exit_code == 0 and r.stdout == "0\n", r
 
 
+def test_names_over_255_bytes_are_exit_2_with_the_limit(iotctl, rmq):
+    long = "n" * 256
+    for args in (["publish", "-r", long, "-m", "x"], ["publish", "-e", long, "-r", "k", "-m", "x"],
+                 ["publish", "--queue", long, "-m", "x"], ["consume", long], ["get", long],
+                 ["consume", "--declare", "-e", "amq.topic", "-r", long], ["tap", f"amq.topic:{long}"],
+                 ["declare", "queue", long], ["bind", "queue", "q", "-e", long], ["purge", long],
+                 ["publish", "-r", "k", "--correlation-id", long, "-m", "x"],
+                 ["publish", "-r", "k", "--header", f"{long}=1", "-m", "x"]):
+        r = iotctl("amqp", *args)
+        assert r.exit_code == 2, (args, r)
+        assert "is 256 bytes; AMQP allows at most 255" in r.stderr, (args, r)
+    capture = json.dumps({"protocol": "mqtt", "address": "a/" + "b" * 300, "payload": "x"})
+    r = iotctl("amqp", "publish", "--replay", "-", input=capture + "\n")
+    assert r.exit_code == 2 and "routing key 'a/bbb" in r.stderr and "is 302 bytes" in r.stderr, r
+
+
+def test_deleting_what_does_not_exist_is_exit_6_unless_if_exists(iotctl, names):
+    q, ex = names(), names("exchange")
+    for kind, name in (("queue", q), ("exchange", ex)):
+        r = iotctl("amqp", "delete", kind, name)
+        assert r.exit_code == 6, r
+        assert r.stderr.splitlines() == [f"iotctl: error: cannot delete {kind} {name!r}: no such {kind} in vhost '/'",
+                                         "iotctl: hint: --if-exists accepts a missing one"]
+        r = iotctl("amqp", "delete", kind, name, "--if-exists")
+        assert r.exit_code == 0 and f"no {kind} {name!r}: nothing to delete" in r.stderr, r
+    queue(iotctl, q)
+    r = iotctl("amqp", "delete", "queue", q, "--if-exists")
+    assert r.exit_code == 0 and f"deleted queue {q!r}" in r.stderr, r
+    r = iotctl("amqp", "declare", "queue", q, "--passive")
+    assert r.exit_code == 6, r
+
+
+def test_tapping_a_direct_exchange_without_a_key_is_exit_2(iotctl, names):
+    ex = names("exchange")
+    assert iotctl("amqp", "declare", "exchange", ex, "-t", "direct", "--durable").exit_code == 0
+    for args, fix in (([ex], f"{ex}:KEY"), (["amq.direct"], "amq.direct:KEY"),
+                      (["amq.topic", ex], f"{ex}:KEY")):
+        r = iotctl("amqp", "tap", *args, "-W", "5")
+        assert r.exit_code == 2, r
+        assert "is a direct exchange: it routes by the exact routing key, so '#' would match only the key '#'" \
+            in r.stderr, r
+        assert f"hint: give the key to watch ({fix})" in r.stderr
+    r = iotctl("amqp", "consume", "--declare", "-e", ex, "-W", "5")
+    assert r.exit_code == 2 and "(-r KEY)" in r.stderr, r
+    # with a key, or a topic/fanout/headers exchange, it taps (nothing arrives here: exit 5)
+    for args in ([f"{ex}:k"], ["amq.topic"], ["amq.fanout"], ["amq.headers"]):
+        r = iotctl("amqp", "tap", *args, "-W", "0.5")
+        assert r.exit_code == 5 and "no message within 0.5 s" in r.stderr, (args, r)
+    # the probe changed nothing: the exchange is still durable and direct
+    assert iotctl("amqp", "declare", "exchange", ex, "-t", "direct", "--durable").exit_code == 0
+
+
 def test_usage_errors_are_exit_2(iotctl):
     r = iotctl("amqp", "publish", "-m", "x")
     assert r.exit_code == 2 and "give -r KEY" in r.stderr
@@ -669,16 +751,29 @@ def test_exclusive_consumer_keeps_others_out_and_priority_is_accepted(iotctl, na
     assert holder.returncode == 0 and out == b"mine\n", err
 
 
+def close_connection(name: str, reason: str) -> None:
+    """Close, as the broker's operator would, only the connection named `name` (a name
+    the test gave with --connection-name): never another client's."""
+    def mine() -> list[str]:
+        conns = rabbitmqctl("list_connections", "pid", "client_properties")
+        return [line.split("\t")[0] for line in conns.splitlines() if f'"{name}"' in line]
+
+    pids = wait_until(mine, 10, f"the connection {name!r} listed by rabbitmqctl")
+    assert len(pids) == 1, pids
+    rabbitmqctl("close_connection", pids[0], reason)
+
+
 def test_connection_closed_by_the_broker_is_exit_3(iotctl, names):
-    q = queue(iotctl, names())
-    proc = start("amqp", "consume", q)
+    q, other = queue(iotctl, names()), queue(iotctl, names())
+    bystander = start("amqp", "consume", other, "-C", "1", "-W", "30")  # the default name: not ours to close
+    wait_status(bystander, "consuming from")
+    name = f"iotctl-test closed-by-broker {uuid.uuid4().hex}"
+    proc = start("amqp", "consume", q, "--connection-name", name, "--no-reconnect")
     wait_status(proc, "consuming from")
-    conns = rabbitmqctl("list_connections", "pid", "client_properties")
-    pids = [line.split("\t")[0] for line in conns.splitlines() if "iotctl amqp consume" in line]
-    assert pids, conns
-    for pid in pids:  # (another run's consumer would only be closed earlier: harmless)
-        subprocess.run(["rabbitmqctl", "-q", "close_connection", pid, "closed by the test"],
-                       capture_output=True, timeout=60)
+    close_connection(name, "closed by the test")
     out, err = proc.communicate(timeout=20)
     assert proc.returncode == 3, err
     assert b"the broker closed the connection: CONNECTION_FORCED - closed by the test" in err
+    assert iotctl("amqp", "publish", "-r", other, "-m", "still here").exit_code == 0
+    out, err = bystander.communicate(timeout=20)
+    assert bystander.returncode == 0 and out == b"still here\n", err

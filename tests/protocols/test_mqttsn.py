@@ -692,3 +692,38 @@ def test_gateway_background_is_ready_when_it_returns(peer, iotctl_proc, topic, t
         assert sub.messages() == [f"{topic} at once"]
     finally:
         os.kill(pid, signal.SIGTERM)
+
+
+def test_gateway_logs_to_a_file_never_to_the_terminal_it_was_started_from(peer, iotctl_proc, topic, tmp_path):
+    """Issue 22 item 3: --background logs to --log FILE (its path said at start), and a
+    foreground --log FILE takes the whole log too."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    peer("mosquitto")
+    log = tmp_path / "gw.log"
+    started = subprocess.run([sys.executable, "-m", "iotctl", "mqttsn", "gateway", "--background", "--port", "0",
+                              "--broker", "mqtt://127.0.0.1:1883", "--log", str(log), "-v"],
+                             capture_output=True, env=clean_env(), timeout=60)
+    assert started.returncode == 0, started.stderr
+    assert f"logs to {log}" in started.stderr.decode() and "listening" not in started.stderr.decode()
+    pid = int(started.stdout)
+    try:
+        port = int(re.search(r"listening on udp 127\.0\.0\.1:(\d+)", log.read_text()).group(1))
+        r = iotctl_proc("mqttsn", "pub", "-p", str(port), "-t", topic, "-m", "logged", "-q", "1")
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: "PUBLISH" in log.read_text(), 10, "the packet in the log")
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    fg_log = tmp_path / "fg.log"
+    proc = subprocess.Popen([sys.executable, "-m", "iotctl", "mqttsn", "gateway", "--port", "0", "--broker",
+                             "mqtt://127.0.0.1:1883", "--log", str(fg_log)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=clean_env())
+    try:
+        wait_until(lambda: fg_log.exists() and "listening on udp" in fg_log.read_text(), 15, "the foreground log")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=15)
+    assert err == b"", err

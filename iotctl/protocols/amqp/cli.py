@@ -7,17 +7,14 @@ from __future__ import annotations
 
 import click
 
-from iotctl.endpoint import Scheme
 from iotctl.errors import UsageError
 from iotctl.groups import ProtocolGroup
 from iotctl.options import (bundle, connection_options, kv_option, payload_options, receive_options,
                             send_options, timeout_option)
+from iotctl.protocols.amqp import endpoints
+from iotctl.protocols.amqp.endpoints import SCHEMES
 from iotctl.settings import current as settings, status
 
-SCHEMES = {
-    "amqp": Scheme(tls=False, ws=False, port=5672),
-    "amqps": Scheme(tls=True, ws=False, port=5671),
-}
 EXCHANGE_TYPES = ("direct", "fanout", "topic", "headers")
 
 
@@ -41,7 +38,7 @@ def group():
 # --------------------------------------------------------------------------- connection
 
 
-def _amqp_config(endpoint, vhost, heartbeat, connect_timeout):
+def _amqp_config(endpoint, vhost, heartbeat, connect_timeout, connection_name):
     from urllib.parse import unquote
 
     from click.core import ParameterSource
@@ -52,7 +49,7 @@ def _amqp_config(endpoint, vhost, heartbeat, connect_timeout):
     if ctx.get_parameter_source("vhost") is not ParameterSource.COMMANDLINE and endpoint.path is not None:
         # the URL's path names the vhost: /%2f is "/", a lone "/" is the empty vhost
         vhost = unquote(endpoint.path[1:])
-    return AmqpConfig(endpoint, vhost, heartbeat, connect_timeout, settings().debug)
+    return AmqpConfig(endpoint, vhost, heartbeat, connect_timeout, settings().debug, connection_name)
 
 
 _AMQP_OPTIONS = bundle("cfg", [
@@ -62,6 +59,9 @@ _AMQP_OPTIONS = bundle("cfg", [
                  help="Heartbeat interval (0: none) [default: what the broker proposes]."),
     click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
                  show_default=True, metavar="SECONDS", help="Seconds to wait for the connection."),
+    click.option("--connection-name", metavar="NAME",
+                 help="The name the broker shows for this connection (rabbitmqctl list_connections "
+                      "client_properties, the management UI) [default: iotctl amqp COMMAND]."),
 ], _amqp_config, consumes=("endpoint",))
 
 
@@ -74,7 +74,7 @@ def amqp_options(f):
 def _session(cfg, command: str):
     from iotctl.protocols.amqp.client import Session
 
-    return Session(cfg, name=f"iotctl amqp {command}")
+    return Session(cfg, name=cfg.name(command))
 
 
 _ARG = kv_option("--arg", "arguments", help="Argument (repeatable), e.g. x-max-length:int=10, "
@@ -146,6 +146,8 @@ property_options = bundle("props", [
 @click.option("-r", "--routing-key", "routing_keys", multiple=True, metavar="KEY",
               help="Routing key (repeatable: each message is published once per key). With --replay, "
                    "the captured address is used when absent.")
+@click.option("--queue", metavar="QUEUE",
+              help="Publish to this queue: the same as -e '' -r QUEUE (a URL's ?queue=QUEUE).")
 @click.option("--mandatory", is_flag=True, default=False,
               help="Have the broker return unroutable messages: each is reported, exit 6.")
 @click.option("--confirm/--no-confirm", default=True, show_default=True,
@@ -157,7 +159,7 @@ property_options = bundle("props", [
 @send_options()
 @timeout_option(10.0, "Give up (exit 5) when no confirm arrives for this many seconds.")
 @payload_options()
-def publish(cfg, exchange, routing_keys, mandatory, confirm, window, props, sending, timeout, payload):
+def publish(cfg, exchange, routing_keys, queue, mandatory, confirm, window, props, sending, timeout, payload):
     """Publish a message, a file, stdin, or every line of stdin.
 
     With confirms (the default) it exits 0 only when the broker has confirmed every
@@ -171,24 +173,19 @@ def publish(cfg, exchange, routing_keys, mandatory, confirm, window, props, send
     seq 1 100000 | iotctl amqp publish -r load -l
     """
     from iotctl import send
-    from iotctl.protocols.amqp.client import Publisher, build_properties
+    from iotctl.protocols.amqp.client import check_name
 
     payload.validate()
-    if not routing_keys and payload.replay is None:
-        raise UsageError("no routing key", "give -r KEY (with the default exchange, a queue name)")
+    if not routing_keys and queue is None and payload.replay is None:
+        raise UsageError("no routing key", "give -r KEY (with the default exchange, a queue name) or --queue QUEUE")
     if sending.repeat > 1 and payload.streaming:
         raise UsageError("--repeat", "cannot be combined with -l or --replay")
-    fields = props.fields
-    if payload.encode in ("json", "cbor") and fields["content_type"] is None:
-        fields["content_type"] = f"application/{payload.encode}"
-    headers = props.headers
-    items = send.outgoing(payload, sending, addresses=routing_keys)
-    with _session(cfg, "publish") as session:
-        publisher = Publisher(session, exchange, build_properties(fields, headers), headers,
-                              fields, mandatory=mandatory, confirm=confirm, window=window)
+    publisher = endpoints.sink(cfg, exchange, routing_keys, queue, mandatory, confirm, window, props, payload)
+    items = send.outgoing(payload, sending, addresses=publisher.routing_keys,
+                          validate=lambda key: check_name("routing key", key))
+    with publisher:
         result = send.run(publisher, items, "publish", timeout, progress=payload.streaming,
                           failed=sending.failed, verb="publishing")
-        publisher.finish()
     status(f"published {result.sent} message(s)" + (", all confirmed" if confirm else ""), tty_only=True)
 
 
@@ -200,6 +197,8 @@ ACK_MODES = ("after-write", "auto", "none")
 @group.command()
 @amqp_options
 @click.argument("queues", nargs=-1, metavar="QUEUE...")
+@click.option("--queue", "queue_names", multiple=True, metavar="QUEUE",
+              help="A queue to consume from, as QUEUE... (repeatable; a URL's ?queue=QUEUE).")
 @click.option("--prefetch", type=click.IntRange(0, 65535), default=None,
               help="Unacknowledged deliveries the broker may send ahead [default: 1000; none "
                    "with --ack none or --requeue].")
@@ -212,18 +211,21 @@ ACK_MODES = ("after-write", "auto", "none")
 @click.option("--exclusive", is_flag=True, default=False, help="Be the queue's only consumer.")
 @click.option("--priority", "consumer_priority", type=int, default=None, help="Consumer priority (x-priority).")
 @click.option("--declare", is_flag=True, default=False,
-              help="Consume from a new exclusive, auto-delete queue bound to -e with each -r.")
-@click.option("-e", "--exchange", default="amq.topic", show_default=True, help="With --declare: exchange to bind to.")
+              help="Consume from a new exclusive, auto-delete queue bound to -e with each -r (a URL's "
+                   "?exchange=X&routing_key=K without ?queue).")
+@click.option("-e", "--exchange", default=None, help="With --declare: exchange to bind to [default: amq.topic].")
 @click.option("-r", "--routing-key", "routing_keys", multiple=True, metavar="KEY",
-              help="With --declare: binding key (repeatable) [default: #].")
-@receive_options(idle="ok")
-def consume(cfg, queues, prefetch, ack, requeue, exclusive, consumer_priority, declare, exchange,
+              help="With --declare: binding key (repeatable) [default: #; a direct exchange needs the key].")
+@receive_options(idle="ok", reconnect=True)
+def consume(cfg, queues, queue_names, prefetch, ack, requeue, exclusive, consumer_priority, declare, exchange,
             routing_keys, receive):
     """Print messages from one or more queues, acknowledging each only once written.
 
     Ctrl-C ends it (exit 0). -C N stops after N messages and leaves every other one on
     the queue; --idle-timeout S stops once the queue has been empty for S seconds;
-    -W S gives up (exit 5) when fewer than N, or none, arrived.
+    -W S gives up (exit 5) when fewer than N, or none, arrived. After a lost
+    connection (a broker restart) it connects again with backoff; what was not
+    acknowledged comes again from the queue.
 
     \b
     iotctl amqp consume jobs -C 1
@@ -231,33 +233,12 @@ def consume(cfg, queues, prefetch, ack, requeue, exclusive, consumer_priority, d
     iotctl amqp consume --declare -e amq.topic -r 'sensors.#' --idle-timeout 2
     """
     from iotctl import receive as receiving
-    from iotctl.protocols.amqp.client import Consumer
 
-    if not queues and not declare:
-        raise UsageError("no queue", "give QUEUE... (or --declare with -e/-r for a throw-away queue)")
-    if requeue and ack == "auto":
-        raise UsageError("--requeue and --ack auto", "contradict each other")
-    ctx = click.get_current_context()
-    from click.core import ParameterSource
-
-    if not declare and (routing_keys or ctx.get_parameter_source("exchange") is ParameterSource.COMMANDLINE):
-        raise UsageError("-e/-r", "only make sense with --declare")
-    if prefetch is None:
-        prefetch = 0 if (requeue or ack == "none") else 1000
-    with _session(cfg, "consume") as session:
-        names = list(queues)
-        if declare:
-            q = session.declare_queue("", exclusive=True, auto_delete=True).queue
-            for key in routing_keys or ("#",):
-                session.bind("queue", q, exchange, key)
-            names.append(q)
-        consumer = Consumer(session, ack=ack, requeue=requeue)
-        try:
-            consumer.start(names, exclusive=exclusive, priority=consumer_priority, prefetch=prefetch)
-            status(f"consuming from {', '.join(names)} on {session.where}")
-            receiving.run(consumer, receive, "consume")
-        finally:
-            consumer.finish()
+    consumer = endpoints.source(cfg, queues, queue_names, prefetch, ack, requeue, exclusive, consumer_priority,
+                                declare, exchange, routing_keys, receive)
+    with consumer:
+        status(f"consuming from {', '.join(consumer.queues)} on {consumer.where}")
+        receiving.run(consumer, receive, "consume")
 
 
 # --------------------------------------------------------------------------- get
@@ -283,12 +264,8 @@ def get(cfg, queue, count, requeue):
     from iotctl.errors import TimeoutError_
     from iotctl.protocols.amqp.client import Getter
 
-    with _session(cfg, "get") as session:
-        getter = Getter(session, queue, requeue=requeue)
-        try:
-            n = receiving.run(getter, receiving.ReceiveSpec(count), "get")
-        finally:
-            getter.finish()
+    with Getter(cfg, queue, requeue=requeue, name=cfg.name("get")) as getter:
+        n = receiving.run(getter, receiving.ReceiveSpec(count), "get")
     if n == 0:
         raise TimeoutError_(f"get from queue {queue!r}", "the queue is empty")
     if n < count:
@@ -298,27 +275,21 @@ def get(cfg, queue, count, requeue):
 # --------------------------------------------------------------------------- tap
 
 
-def _tap_spec(text: str) -> tuple[str, str]:
-    exchange, sep, key = text.partition(":")
-    if not exchange:
-        raise UsageError(f"bad tap {text!r}", "give EXCHANGE or EXCHANGE:KEY (the default exchange cannot be tapped)")
-    return exchange, key if sep else "#"
-
-
 @group.command()
 @amqp_options
 @click.argument("exchanges", nargs=-1, metavar="EXCHANGE[:KEY]...")
 @click.option("--firehose", is_flag=True, default=False,
               help=f"Read RabbitMQ's firehose ({'amq.rabbitmq.trace'}): every publish and delivery in "
                    "the vhost (needs: rabbitmqctl trace_on -p VHOST).")
-@receive_options(idle="ok")
+@receive_options(idle="ok", reconnect=True)
 def tap(cfg, exchanges, firehose, receive):
     """Watch what flows through exchanges without taking anything from anyone.
 
     Each EXCHANGE is bound (exchange-to-exchange, key KEY [default: #, which matches
     everything on topic and fanout exchanges; a direct exchange needs the exact key])
     to a temporary exchange and an exclusive auto-delete queue; the broker removes
-    them when tap ends, also on Ctrl-C or a lost connection.
+    them when tap ends, also on Ctrl-C or a lost connection (after which tap connects
+    again, with backoff, and taps anew).
 
     \b
     iotctl amqp tap amq.topic
@@ -326,36 +297,13 @@ def tap(cfg, exchanges, firehose, receive):
     iotctl amqp tap --firehose
     """
     from iotctl import receive as receiving
-    from iotctl.protocols.amqp.client import FirehoseProbe, Tap, TapConsumer
 
-    if not exchanges and not firehose:
-        raise UsageError("nothing to tap", "give EXCHANGE[:KEY]... or --firehose")
-    taps = [_tap_spec(e) for e in exchanges]
-    with _session(cfg, "tap") as session:
-        t = Tap(session)
-        probe = None
-        consumer = None
-        try:
-            if taps:
-                t.setup(taps)
-            if firehose:
-                if taps:
-                    session.bind("queue", t.queue, "amq.rabbitmq.trace", "#")
-                else:
-                    t.setup_firehose()
-                probe = FirehoseProbe(session, cfg.vhost)
-            consumer = TapConsumer(session, probe)
-            consumer.start([t.queue], exclusive=True)
-            if probe is not None:
-                probe.send()
-            shown = ", ".join([e if k == "#" else f"{e}:{k}" for e, k in taps]
-                              + (["the firehose"] if firehose else []))
-            status(f"tapping {shown} on {session.where}")
-            receiving.run(consumer, receive, "tap")
-        finally:
-            if consumer is not None:
-                consumer.finish()
-            t.close()
+    tapping = endpoints.tap(cfg, exchanges, firehose, receive)
+    with tapping:
+        shown = ", ".join([e if k is None else f"{e}:{k}" for e, k in tapping.taps]
+                          + (["the firehose"] if firehose else []))
+        status(f"tapping {shown} on {tapping.where}")
+        receiving.run(tapping, receive, "tap")
 
 
 # --------------------------------------------------------------------------- topology
@@ -464,17 +412,23 @@ group.add_command(_binding_command(True))
 @click.option("--if-unused", is_flag=True, default=False, help="Only when it has no consumers (queue) "
                                                               "or bindings (exchange); else exit 6.")
 @click.option("--if-empty", is_flag=True, default=False, help="Queue: only when it is empty; else exit 6.")
-def delete(cfg, kind, name, if_unused, if_empty):
-    """Delete a queue or an exchange.
+@click.option("--if-exists", is_flag=True, default=False,
+              help="A missing queue or exchange is fine (exit 0) [default: exit 6, no such queue].")
+def delete(cfg, kind, name, if_unused, if_empty, if_exists):
+    """Delete a queue or an exchange (one that does not exist is exit 6).
 
     \b
     iotctl amqp delete queue jobs --if-empty
     iotctl amqp delete exchange events --if-unused
+    iotctl amqp delete queue scratch --if-exists
     """
     if if_empty and kind != "queue":
         raise UsageError("--if-empty", "only applies to a queue")
     with _session(cfg, "delete") as session:
-        count = session.delete(kind, name, if_unused=if_unused, if_empty=if_empty)
+        count = session.delete(kind, name, if_unused=if_unused, if_empty=if_empty, if_exists=if_exists)
+    if count == "missing":
+        status(f"no {kind} {name!r}: nothing to delete")
+        return
     status(f"deleted {kind} {name!r}" + (f" ({count} message(s) with it)" if count is not None else ""))
 
 

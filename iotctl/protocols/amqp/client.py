@@ -7,6 +7,17 @@ with callbacks and drive the connection's I/O loop themselves (`Session.step`):
 pika's blocking `confirm_delivery` waits for each confirm in turn (a round trip per
 message) and its blocking consumer queues every delivery as an event object; neither
 is needed here.
+
+The endpoints (`Publisher`, `Consumer`, `Getter`, `Tap`) are context managers that
+open and close a session of their own; closing never waits more than `CLOSE_WAIT`
+for the broker (a frozen broker, Ctrl-C), and pika's frame handling is never cut in
+half by Ctrl-C (interrupts.shelter).
+
+Limits (README, "AMQP"): pika itself checks no incoming frame against the negotiated
+frame_max and assembles a message of any announced size; `_Bounded` refuses a frame
+larger than frame_max (131,072 bytes, what iotctl proposes and RabbitMQ's default)
+and a message announced larger than MAX_BODY (512 MiB, RabbitMQ's largest
+max_message_size), and bytes that are not AMQP frames, before buffering them.
 """
 
 from __future__ import annotations
@@ -17,12 +28,13 @@ from typing import Any, Callable
 
 import pika
 import pika.exceptions as px
-from pika import spec
+from pika import frame as pika_frame, spec
+from pika.adapters.select_connection import SelectConnection
 
-from iotctl import receive, send
-from iotctl.errors import (AuthError, ConnectError, IotctlError, PeerError, TimeoutError_, UsageError,
-                           from_os_error)
-from iotctl.message import Message
+from iotctl import interrupts, receive, send
+from iotctl.errors import (AuthError, ConnectError, ConnectionLost, IotctlError, PeerError, TimeoutError_,
+                           UsageError, from_os_error)
+from iotctl.message import Message, foreign
 from iotctl.settings import warn
 
 PROPERTY_NAMES = ("content_type", "content_encoding", "delivery_mode", "priority", "correlation_id",
@@ -30,17 +42,33 @@ PROPERTY_NAMES = ("content_type", "content_encoding", "delivery_mode", "priority
                   "cluster_id")
 DIRECT_REPLY_TO = "amq.rabbitmq.reply-to"
 FIREHOSE = "amq.rabbitmq.trace"
+FRAME_MAX = 131072          # what iotctl proposes (pika's default, RabbitMQ's default)
+MAX_BODY = 512 * 1024 * 1024  # RabbitMQ's largest max_message_size
+CLOSE_WAIT = 2.0            # the longest a close waits for the broker's CloseOk
+SHORT_MAX = 255             # AMQP short strings: names, routing keys, most properties
 
 
 class AmqpConfig:
     """Where and how to connect: the endpoint, the vhost and the connection tuning."""
 
-    __slots__ = ("endpoint", "vhost", "heartbeat", "connect_timeout", "debug")
+    __slots__ = ("endpoint", "vhost", "heartbeat", "connect_timeout", "debug", "connection_name")
 
     def __init__(self, endpoint, vhost: str = "/", heartbeat: int | None = None,
-                 connect_timeout: float = 10.0, debug: bool = False):
+                 connect_timeout: float = 10.0, debug: bool = False, connection_name: str | None = None):
         self.endpoint, self.vhost, self.heartbeat = endpoint, vhost, heartbeat
-        self.connect_timeout, self.debug = connect_timeout, debug
+        self.connect_timeout, self.debug, self.connection_name = connect_timeout, debug, connection_name
+
+    def name(self, command: str) -> str:
+        return self.connection_name or f"iotctl amqp {command}"
+
+
+def check_name(kind: str, value: str) -> str:
+    """A queue, exchange or routing key fits AMQP's 255-byte short string (exit 2)."""
+    size = len(value.encode("utf-8", "surrogateescape"))
+    if size > SHORT_MAX:
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        raise UsageError(f"{kind} {shown!r}", f"is {size} bytes; AMQP allows at most {SHORT_MAX}")
+    return value
 
 
 # --------------------------------------------------------------------------- errors
@@ -92,8 +120,8 @@ def broker_error(what: str, code: int, text: str, hint: str | None = None) -> Io
     why = text or f"reply code {code}"
     if code == 403:
         return AuthError(what, why, hint)
-    if code in (320, 541):  # CONNECTION_FORCED, INTERNAL_ERROR
-        return ConnectError(what, f"the broker closed the connection: {why}", hint)
+    if code in (320, 541):  # CONNECTION_FORCED (a broker shutting down), INTERNAL_ERROR
+        return ConnectionLost(what, f"the broker closed the connection: {why}", hint)
     return PeerError(what, why, hint)
 
 
@@ -119,20 +147,110 @@ def amqp_error(what: str, exc: BaseException, cfg: AmqpConfig | None = None) -> 
     if closed is not None:
         return broker_error(what, closed[0], closed[1])
     if isinstance(exc, px.AMQPHeartbeatTimeout):
-        return ConnectError(what, "the broker stopped answering (heartbeat timeout)")
+        return ConnectionLost(what, "the broker stopped answering (heartbeat timeout)")
     if isinstance(exc, px.IncompatibleProtocolError):
         return ConnectError(what, "the peer does not speak AMQP 0-9-1 (wrong port?)")
+    if isinstance(exc, px.ShortStringTooLong):
+        return UsageError(what, f"a name or property is longer than AMQP's {SHORT_MAX} bytes")
+    if _is_stack_timeout(exc):
+        timeout = cfg.connect_timeout if cfg is not None else None
+        return TimeoutError_(what, "no AMQP handshake" + (f" within {timeout:g} s" if timeout else ""),
+                             hint="is the host reachable, and is it an AMQP 0-9-1 server (RabbitMQ: port "
+                                  "5672, 5671 with TLS)?")
     root = _root_os_error(exc)
     if root is not None:
         return from_os_error(what, root)
     if isinstance(exc, px.StreamLostError):
-        return ConnectError(what, f"connection lost ({exc})")
+        return ConnectionLost(what, f"connection lost ({_stream_reason(exc)})")
     if isinstance(exc, (px.ConnectionClosed, px.AMQPConnectionError)):
         text = str(exc) or type(exc).__name__
         return ConnectError(what, f"connection failed: {text}")
     if isinstance(exc, px.AMQPError):
         return PeerError(what, str(exc) or type(exc).__name__)
     return IotctlError(what, str(exc) or type(exc).__name__)
+
+
+def _is_stack_timeout(exc: BaseException) -> bool:
+    from pika.adapters.utils.connection_workflow import AMQPConnectorStackTimeout
+
+    seen = 0
+    while exc is not None and seen < 10:
+        if isinstance(exc, AMQPConnectorStackTimeout):
+            return True
+        inner = [a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)]
+        exc = inner[0] if inner else None
+        seen += 1
+    return False
+
+
+def _stream_reason(exc: BaseException) -> str:
+    text = str(exc)
+    if "EOF" in text or "ConnectionResetError" in text:
+        return "the broker closed the socket"
+    return text.replace("Stream connection lost: ", "") or type(exc).__name__
+
+
+# --------------------------------------------------------------------------- bounded frames
+
+
+_decode = pika_frame.decode_frame
+_NOT_AMQP_HINT = "is it an AMQP 0-9-1 server (RabbitMQ: port 5672, 5671 with TLS)?"
+
+
+class _Bounded(SelectConnection):
+    """pika's connection with the input bounded: a frame larger than the negotiated
+    frame_max (pika waits for any announced size), a message announced larger than
+    MAX_BODY, or bytes that are not AMQP 0-9-1 frames end the connection before they
+    are buffered. A subclass is made per session (`bounded()`), which keeps the error
+    (pika turns the exception it aborts the transport with into a text). (The consume
+    hot path: a complete frame costs nothing more than in pika; the rest is looked at
+    once per read.)"""
+
+    failure: IotctlError | None = None
+    max_body = MAX_BODY
+    what = "amqp"
+
+    def _read_frame(self):
+        try:
+            consumed, value = _decode(self._frame_buffer)
+        except Exception as exc:  # an unknown method, a bad frame end, undecodable fields
+            why = (f"a method unknown to AMQP 0-9-1 ({exc.args[0]:#010x})" if isinstance(exc, KeyError)
+                   and exc.args and isinstance(exc.args[0], int) else "a malformed frame")
+            raise self._fail(ConnectError(self.what, f"the peer sent something that is not AMQP 0-9-1 ({why})",
+                                          hint=_NOT_AMQP_HINT))
+        if value is None:
+            self._incomplete()
+        return consumed, value
+
+    def _incomplete(self) -> None:
+        """A frame not complete yet: look at what it announces before buffering more."""
+        buf = self._frame_buffer
+        if len(buf) >= 7 and buf[:4] != b"AMQP":
+            if buf[0] not in (1, 2, 3, 8):
+                raise self._fail(ConnectError(
+                    self.what, f"the peer sent something that is not AMQP 0-9-1 ({bytes(buf[:16])!r}...)",
+                    hint=_NOT_AMQP_HINT))
+            size = int.from_bytes(buf[3:7], "big")
+            limit = self.params.frame_max
+            if size + 8 > limit:
+                raise self._fail(PeerError(self.what, f"the peer sent a frame larger than {limit} bytes "
+                                                      f"(frame_max): {size + 8} bytes announced"))
+
+    def _on_data_available(self, data_in) -> None:
+        super()._on_data_available(data_in)  # a read of at most 4 KiB
+        for channel in self._channels.values():  # a message being assembled
+            header = channel._content_assembler._header_frame
+            if header is not None and header.body_size > self.max_body:
+                raise self._fail(PeerError(self.what, f"the peer announced a message of {header.body_size} "
+                                                      f"bytes; iotctl takes at most {self.max_body}"))
+
+    def _fail(self, error: IotctlError) -> IotctlError:
+        type(self).failure = error
+        return error
+
+
+def bounded(what: str) -> type:
+    return type("_BoundedConnection", (_Bounded,), {"what": what, "failure": None})
 
 
 # --------------------------------------------------------------------------- values
@@ -213,9 +331,14 @@ def _captured_properties(meta: dict) -> dict:
             if name in ("delivery_mode", "priority", "timestamp"):
                 if isinstance(value, int) and not isinstance(value, bool):
                     out[name] = value
-            elif isinstance(value, str):
+            elif isinstance(value, (str, bytes)):
                 out[name] = value
     return out
+
+
+def _fits(value) -> bool:
+    data = value if isinstance(value, bytes) else str(value).encode("utf-8", "surrogateescape")
+    return len(data) <= SHORT_MAX
 
 
 # --------------------------------------------------------------------------- the session
@@ -232,6 +355,7 @@ class Session:
         self.impl = None
         self.channel_closed: BaseException | None = None
         self.conn_closed: BaseException | None = None
+        self._bounded = bounded(f"cannot connect to {self.where}")
         from iotctl.trace import route_logs
 
         route_logs(("pika",), cfg.debug, label="amqp", secrets=(cfg.endpoint.password,))
@@ -262,17 +386,28 @@ class Session:
             host=ep.host, port=ep.port, virtual_host=cfg.vhost,
             credentials=pika.PlainCredentials(ep.username if ep.username is not None else "guest",
                                               ep.password if ep.password is not None else "guest"),
-            heartbeat=cfg.heartbeat, ssl_options=ssl_options, connection_attempts=1,
+            heartbeat=cfg.heartbeat, ssl_options=ssl_options, connection_attempts=1, frame_max=FRAME_MAX,
             socket_timeout=cfg.connect_timeout, stack_timeout=cfg.connect_timeout,
             client_properties={"connection_name": self.name, "product": "iotctl"})
         try:
-            self.conn = pika.BlockingConnection(params)
+            self.conn = pika.BlockingConnection(params, _impl_class=self._bounded)
             self.channel = self.conn.channel()
-        except (px.AMQPError, OSError, ValueError) as exc:
+        except IotctlError:
+            self.abort()
+            raise
+        except (px.AMQPError, OSError, ValueError, px.AMQPConnectionError) as exc:
+            self.abort()
+            if self._bounded.failure is not None:
+                raise self._bounded.failure from None
             if isinstance(exc, ValueError) and not isinstance(exc, OSError):
                 root = _root_os_error(exc)
                 if root is None:
                     raise UsageError(what, str(exc)) from None
+            raise amqp_error(what, exc, cfg) from None
+        except Exception as exc:  # the connection workflow's own exceptions (a stack timeout)
+            self.abort()
+            if self._bounded.failure is not None:
+                raise self._bounded.failure from None
             raise amqp_error(what, exc, cfg) from None
         self.impl = self.channel._impl
         self.ioloop = self.conn._impl.ioloop
@@ -285,25 +420,66 @@ class Session:
     def _on_connection_closed(self, connection, reason) -> None:
         self.conn_closed = reason
 
-    def close(self) -> None:
+    @property
+    def usable(self) -> bool:
+        return self.conn is not None and not self.broken
+
+    @property
+    def broken(self) -> bool:
+        """The channel or the connection has closed (or the input was refused)."""
+        return (self.channel_closed is not None or self.conn_closed is not None
+                or self._bounded.failure is not None)
+
+    def close(self, wait: float = CLOSE_WAIT) -> None:
+        """Close gracefully (what was sent before is handled by the broker first), but
+        wait at most `wait` seconds for the broker, and never longer on Ctrl-C."""
+        conn = self.conn
+        if conn is None:
+            return
+        impl = conn._impl
+        try:
+            if impl is not None and impl.is_open:
+                impl.close()
+                deadline = time.monotonic() + min(wait, self.cfg.connect_timeout)
+                while not impl.is_closed:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        break
+                    self.step(min(left, 0.25))
+        except KeyboardInterrupt:
+            pass  # a second Ctrl-C: drop the connection now
+        except Exception:  # closing is best effort
+            pass
+        self.abort()
+
+    def abort(self) -> None:
+        """Drop the connection without waiting for anything (it is gone, or it must go)."""
         conn = self.conn
         self.conn = None
         if conn is None:
             return
+        impl = conn._impl
         try:
-            if conn.is_open:
-                conn.close()
-        except Exception:  # closing is best effort
-            try:
-                conn._impl._transport.abort()  # noqa: SLF001
-            except Exception:
-                pass
+            transport = getattr(impl, "_transport", None) if impl is not None else None
+            if transport is not None and not impl.is_closed:
+                sock = getattr(transport, "_sock", None)
+                transport.abort()
+                impl.ioloop.process_timeouts()  # pika closes the socket in a callback
+                if sock is not None:
+                    sock.close()  # (and when it did not get to it: the broker must see it go)
+        except Exception:
+            pass
+        try:
+            conn._cleanup()  # the I/O loop's descriptors
+        except Exception:
+            pass
 
     # ------------------------------------------------------------------ I/O
 
     def step(self, wait: float | None) -> None:
         """Do network I/O (and pika's timers: heartbeats) for at most `wait` seconds,
-        returning once something was read or written."""
+        returning once something was read or written. A Ctrl-C never cuts pika's frame
+        handling in half (sheltered): the driver raises it afterwards."""
         ioloop = self.ioloop
         timer = ioloop.call_later(max(0.0, 1.0 if wait is None else wait), _noop)
         try:
@@ -314,6 +490,9 @@ class Session:
 
     def failure(self, what: str) -> IotctlError | None:
         """The error when the channel or the connection has closed, else None."""
+        if self._bounded.failure is not None:
+            error = self._bounded.failure
+            return type(error)(what, error.why, error.hint)
         reason = self.channel_closed
         if reason is not None and not isinstance(reason, px.ChannelClosedByClient):
             if isinstance(reason, px.ChannelClosedByBroker):
@@ -324,7 +503,7 @@ class Session:
         if reason is not None and not isinstance(reason, px.ConnectionClosedByClient):
             return amqp_error(what, reason, self.cfg)
         if reason is not None or (self.conn is not None and self.conn.is_closed):
-            return ConnectError(what, "connection closed")
+            return ConnectionLost(what, "connection closed")
         return None
 
     def check(self, what: str) -> None:
@@ -347,7 +526,11 @@ class Session:
         """A blocking-channel call with pika's errors turned into iotctl errors."""
         try:
             return fn(*args, **kwargs)
+        except IotctlError:
+            raise
         except (px.AMQPError, OSError) as exc:
+            if self._bounded.failure is not None:
+                raise self.failure(what) from None
             reason = self.channel_closed
             if isinstance(reason, px.ChannelClosedByBroker) and not _closed_by_broker(exc):
                 exc = reason
@@ -360,20 +543,23 @@ class Session:
     def declare_queue(self, name: str, durable=False, exclusive=False, auto_delete=False, arguments=None,
                       passive=False):
         what = f"cannot declare queue {name!r}" if name else "cannot declare a queue"
-        ok = self.call(what, self.channel.queue_declare, name, passive=passive, durable=durable,
-                       exclusive=exclusive, auto_delete=auto_delete, arguments=arguments or None)
+        ok = self.call(what, self.channel.queue_declare, check_name("queue", name), passive=passive,
+                       durable=durable, exclusive=exclusive, auto_delete=auto_delete, arguments=arguments or None)
         return ok.method
 
     def declare_exchange(self, name: str, kind="direct", durable=False, auto_delete=False, internal=False,
                          arguments=None, passive=False) -> None:
-        self.call(f"cannot declare exchange {name!r}", self.channel.exchange_declare, name, kind,
-                  passive=passive, durable=durable, auto_delete=auto_delete, internal=internal,
+        self.call(f"cannot declare exchange {name!r}", self.channel.exchange_declare, check_name("exchange", name),
+                  kind, passive=passive, durable=durable, auto_delete=auto_delete, internal=internal,
                   arguments=arguments or None)
 
     def bind(self, kind: str, destination: str, source: str, routing_key: str = "", arguments=None,
              unbind: bool = False) -> None:
         verb = "unbind" if unbind else "bind"
         what = f"cannot {verb} {kind} {destination!r} {'from' if unbind else 'to'} exchange {source!r}"
+        check_name(kind, destination)
+        check_name("exchange", source)
+        check_name("routing key", routing_key)
         if kind == "queue":
             fn = self.channel.queue_unbind if unbind else self.channel.queue_bind
             self.call(what, fn, destination, source, routing_key=routing_key, arguments=arguments or None)
@@ -381,7 +567,37 @@ class Session:
             fn = self.channel.exchange_unbind if unbind else self.channel.exchange_bind
             self.call(what, fn, destination, source, routing_key=routing_key, arguments=arguments or None)
 
-    def delete(self, kind: str, name: str, if_unused=False, if_empty=False):
+    def exists(self, kind: str, name: str) -> bool:
+        """Whether queue or exchange `name` exists (a passive declare; a missing one
+        closes the channel, so a fresh one replaces it)."""
+        check_name(kind, name)
+        fn = self.channel.queue_declare if kind == "queue" else self.channel.exchange_declare
+        try:
+            fn(name, passive=True)
+            return True
+        except px.ChannelClosedByBroker as exc:
+            if exc.reply_code != 404:
+                raise amqp_error(f"cannot look up {kind} {name!r}", exc, self.cfg) from None
+        except (px.AMQPError, OSError) as exc:
+            raise amqp_error(f"cannot look up {kind} {name!r}", exc, self.cfg) from None
+        self._new_channel(f"cannot look up {kind} {name!r}")
+        return False
+
+    def _new_channel(self, what: str) -> None:
+        self.channel = self.call(what, self.conn.channel)
+        self.channel_closed = None
+        self.impl = self.channel._impl
+        self.impl.add_on_close_callback(self._on_channel_closed)
+
+    def delete(self, kind: str, name: str, if_unused=False, if_empty=False, if_exists=False):
+        """Delete queue or exchange `name`; None when it did not exist (with `if_exists`),
+        else the queue's message count (None for an exchange). RabbitMQ answers a delete
+        of a missing name with DeleteOk: a passive declare first tells."""
+        if not self.exists(kind, name):
+            if if_exists:
+                return "missing"
+            raise PeerError(f"cannot delete {kind} {name!r}", f"no such {kind} in vhost {self.cfg.vhost!r}",
+                            hint="--if-exists accepts a missing one")
         if kind == "queue":
             ok = self.call(f"cannot delete queue {name!r}", self.channel.queue_delete, name,
                            if_unused=if_unused, if_empty=if_empty)
@@ -390,8 +606,32 @@ class Session:
         return None
 
     def purge(self, queue: str) -> int:
-        ok = self.call(f"cannot purge queue {queue!r}", self.channel.queue_purge, queue)
+        ok = self.call(f"cannot purge queue {queue!r}", self.channel.queue_purge, check_name("queue", queue))
         return ok.method.message_count
+
+    def is_direct(self, exchange: str) -> bool | None:
+        """Whether `exchange` is a direct exchange (True/False; None when it cannot be
+        told). AMQP has no way to ask an exchange's type: on a channel of its own, an
+        exchange that exists (a passive declare) is declared again as direct with no
+        other change; the broker compares the type first, so a 406 about the 'type'
+        means another type, success or a 406 about anything else means direct."""
+        what = f"cannot look up exchange {exchange!r}"
+        if not self.exists("exchange", exchange):
+            raise PeerError(what, f"NOT_FOUND - no exchange {exchange!r} in vhost {self.cfg.vhost!r}")
+        probe = self.call(what, self.conn.channel)
+        try:
+            probe.exchange_declare(exchange, "direct", passive=False)
+        except px.ChannelClosedByBroker as exc:
+            if exc.reply_code == 406:
+                return "arg 'type'" not in exc.reply_text
+            return None  # not allowed to configure it: cannot tell
+        except (px.AMQPError, OSError) as exc:
+            raise amqp_error(what, exc, self.cfg) from None
+        try:
+            probe.close()
+        except Exception:
+            pass
+        return True
 
     # ------------------------------------------------------------------ consuming
 
@@ -400,6 +640,7 @@ class Session:
         """Basic.Consume on the underlying channel; waits for ConsumeOk."""
         done = []
         what = f"cannot consume from queue {queue!r}"
+        check_name("queue", queue)
         try:
             tag = self.impl.basic_consume(queue, on_message, auto_ack=auto_ack, exclusive=exclusive,
                                           arguments=arguments or None, callback=done.append)
@@ -416,85 +657,154 @@ def _noop() -> None:
     pass
 
 
+class _Owner:
+    """An endpoint that opens and closes a session of its own (`cfg`, `name`)."""
+
+    cfg: AmqpConfig
+    name: str
+    session: Session | None
+
+    @property
+    def where(self) -> str:
+        return self.session.where if self.session is not None else self.cfg.endpoint.display
+
+    def _connected(self) -> Session:
+        session = Session(self.cfg, self.name)
+        session.connect()
+        return session
+
+
 # --------------------------------------------------------------------------- publishing
 
 
-class Publisher(send.Sender):
+class Publisher(_Owner, send.Sender):
     """The send driver's AMQP side: Basic.Publish on the underlying channel, with
     publisher confirms (a window of outstanding delivery tags, acknowledged with
     multiple=True by the broker) unless `confirm` is off. With `mandatory` each
-    message the broker returns as unroutable is reported and counted as refused."""
+    message the broker returns as unroutable is reported and refused (--failed gets
+    it); without confirms the outcome of a window of mandatory messages is learnt
+    from a round trip (Basic.Qos: the broker sends a return before answering what
+    the channel asks next).
 
-    def __init__(self, session: Session, exchange: str | None, props, headers: dict | None,
-                 property_fields: dict, mandatory: bool = False, confirm: bool = True, window: int = 1000,
-                 buffer: int = 1 << 18):
+    Entered, it connects a session of its own. `exchange` None: a replayed AMQP
+    message goes to its captured exchange, anything else to ''. `fields`/`headers`:
+    the command line's properties, which win over a message's own. A message from
+    another protocol is adopted in one place, `_props`."""
+
+    protocol = "amqp"
+
+    def __init__(self, cfg: AmqpConfig, exchange: str | None = None, fields: dict | None = None,
+                 headers: dict | None = None, mandatory: bool = False, confirm: bool = True, window: int = 1000,
+                 name: str = "iotctl amqp publish", buffer: int = 1 << 18):
         super().__init__()
-        self.session = session
+        self.cfg, self.name = cfg, name
         self.exchange = exchange
-        self.props = props
-        self.fields, self.headers = property_fields, headers
+        self.fields = {k: v for k, v in (fields or {}).items() if v is not None}
+        self.headers = dict(headers or {})
+        self.props = build_properties(self.fields, self.headers)
         self.mandatory = mandatory
         self.confirm = confirm
-        self.window = window if confirm else None
-        self._publish = session.impl.basic_publish
+        self.synced = mandatory and not confirm  # outcomes learnt by round trips
+        self.window = window if (confirm or self.synced) else None
+        self.routing_keys: tuple[str, ...] = ()
+        self.address: str | None = None  # the URL's one routing key: for a message without an address
+        self.session: Session | None = None
+        self._limit = buffer
+        self._tag = 0
+        self._low = 1  # every tag below this is settled
+        self._returned: dict = {}  # tag -> reason, for returns whose outcome is still to come
+        self._unconfirmed: list = []  # (tag, exchange, routing key, body) with --mandatory
+        self._sync_upto = 0  # with `synced`: the last tag a round trip in flight settles
+        self.returned = 0
+        self.nacked = 0
+
+    def open(self) -> None:
+        session = self._connected()
+        try:
+            impl = session.impl
+            if self.mandatory:
+                impl.add_on_return_callback(self._on_return)
+            if self.confirm:
+                done = []
+                impl.confirm_delivery(self._on_confirm, callback=done.append)
+                session.until(lambda: bool(done), session.cfg.connect_timeout, "cannot turn on publisher confirms")
+        except BaseException:
+            session.abort()
+            raise
+        self.session = session
+        self._publish = impl.basic_publish
         self._buffered = session.conn._impl._get_write_buffer_size
         # pika queues every frame as its own buffer and sends each with its own
         # send() (three per message); pump() joins them first: one send per burst
         transport = getattr(session.conn._impl, "_transport", None)
         self._tx = getattr(transport, "_tx_buffers", None)
-        self._limit = buffer
-        self._tag = 0
-        self._low = 1  # every tag below this is settled
-        self._returned: dict = {}  # tag -> reason, for returns whose ack is still to come
-        self._unconfirmed: list = []  # (tag, exchange, routing key, body) with --mandatory
-        self.returned = 0
-        self.nacked = 0
-        impl = session.impl
-        if mandatory:
-            impl.add_on_return_callback(self._on_return)
-        if confirm:
-            done = []
-            impl.confirm_delivery(self._on_confirm, callback=done.append)
-            session.until(lambda: bool(done), session.cfg.connect_timeout, "cannot turn on publisher confirms")
 
-    def send(self, out):
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+
+    def send(self, msg):
         exchange = self.exchange
-        props = self.props
-        meta = out.meta
-        if meta:
+        if msg.meta or msg.protocol or msg.content_type:
+            exchange, props = self._props(msg)
+        else:
+            props = self.props
             if exchange is None:
-                captured = meta.get("exchange")
-                exchange = captured if isinstance(captured, str) else ""
-            props = self._replayed_props(out)
-        elif exchange is None:
-            exchange = ""
-        if out.content_type and props.content_type is None and not meta:
-            props = build_properties({**self.fields, "content_type": out.content_type}, self.headers)
+                exchange = ""
+        key = msg.address or self.address or ""
         try:
-            self._publish(exchange, out.address or "", out.payload, props, self.mandatory)
+            self._publish(exchange, key, msg.payload, props, self.mandatory)
+        except px.ShortStringTooLong:
+            raise _too_long(exchange, key, props) from None
         except px.ChannelWrongStateError:
             raise self._lost() from None
         except (px.AMQPError, OSError) as exc:
-            raise amqp_error("publish", exc, self.session.cfg) from None
+            raise amqp_error("publish", exc, self.cfg) from None
         except (ValueError, TypeError) as exc:
             raise UsageError("cannot publish", str(exc)) from None
-        if not self.confirm:
+        if self.window is None:
             return None
         self._tag += 1
         if self.mandatory:
-            self._unconfirmed.append((self._tag, exchange, out.address or "", out.payload))
+            self._unconfirmed.append((self._tag, exchange, key, msg.payload))
         return self._tag
 
-    def _replayed_props(self, out):
-        fields = _captured_properties(out.meta)
-        if out.content_type and "content_type" not in fields:
-            fields["content_type"] = out.content_type
-        fields.update({k: v for k, v in self.fields.items() if v is not None})
-        headers = out.meta.get("headers")
-        headers = dict(headers) if isinstance(headers, dict) else {}
-        if self.headers:
-            headers.update(self.headers)
-        return build_properties(fields, headers)
+    def _props(self, msg: Message):
+        """The exchange and properties of a message that brings its own (replayed or
+        bridged): an AMQP (or command-line) message's captured properties, headers and
+        exchange; from another protocol only what crosses (content type, headers,
+        correlation id, reply-to), nothing else of its meta. The command line's
+        properties win; its headers add to the message's."""
+        found = foreign(msg, "amqp")
+        meta = msg.meta if isinstance(msg.meta, dict) else {}
+        exchange = self.exchange
+        if found is None:
+            fields = _captured_properties(meta)
+            if msg.content_type and "content_type" not in fields:
+                fields["content_type"] = msg.content_type
+            captured = meta.get("headers")
+            headers = dict(captured) if isinstance(captured, dict) else {}
+            if exchange is None:
+                captured = meta.get("exchange")
+                exchange = captured if isinstance(captured, str) else ""
+        else:
+            fields = {}
+            if found.content_type and _fits(found.content_type):
+                fields["content_type"] = found.content_type
+            corr = found.correlation_id
+            if corr is not None and _fits(corr):
+                try:
+                    fields["correlation_id"] = corr.decode("utf-8")
+                except UnicodeDecodeError:
+                    fields["correlation_id"] = corr  # a short string may carry any bytes
+            if found.reply_to and _fits(found.reply_to):
+                fields["reply_to"] = found.reply_to
+            headers = {k: v for k, v in found.headers if _fits(k)}
+            if exchange is None:
+                exchange = ""
+        fields.update(self.fields)
+        headers.update(self.headers)
+        return exchange, build_properties(fields, headers)
 
     def busy(self) -> bool:
         return self._buffered() > self._limit
@@ -506,14 +816,49 @@ class Publisher(send.Sender):
             joined = b"".join(tx)
             tx.clear()
             tx.append(joined)
+        if self.synced and self._tag > self._sync_upto and not self._sync_pending:
+            self._sync()
         if not (self.acked or self.refused):
             session.step(wait)
-        if session.channel_closed is not None or session.conn_closed is not None:
+        if session.broken:
             raise self._lost()
 
+    _sync_pending = False
+
+    def _sync(self) -> None:
+        """A round trip after the mandatory messages sent so far: once it is answered,
+        each of them was either returned (refused) or routed (acknowledged)."""
+        upto = self._tag
+
+        def answered(_frame) -> None:
+            self._sync_pending = False
+            for entry in self._unconfirmed:
+                if entry[0] > upto:
+                    break
+                tag = entry[0]
+                reason = self._returned.pop(tag, None)
+                if reason is not None:
+                    self.refused[tag] = reason
+                else:
+                    self.acked.add(tag)
+            self._forget(upto, True)
+
+        self._sync_pending = True
+        self._sync_upto = upto
+        try:
+            self.session.impl.basic_qos(prefetch_count=0, callback=answered)
+        except px.AMQPError:
+            raise self._lost() from None
+
+    def finish(self) -> None:
+        """Everything was sent and settled: with --no-confirm --mandatory a last round
+        trip for anything sent since the last one (its returns go to `refused`)."""
+        if self.synced and self._tag > self._sync_upto and not self._sync_pending:
+            self._sync()
+
     def _lost(self) -> IotctlError:
-        error = self.session.failure("publish")
-        return error if error is not None else ConnectError("publish", "the channel closed")
+        error = self.session.failure("publish") if self.session is not None else None
+        return error if error is not None else ConnectionLost("publish", "the channel closed")
 
     def _on_confirm(self, frame) -> None:
         method = frame.method
@@ -562,11 +907,10 @@ class Publisher(send.Sender):
         reason = f"{method.reply_code} {method.reply_text}"
         warn(f"returned unroutable: exchange {method.exchange!r}, routing key {method.routing_key!r}: {reason}")
         self.returned += 1
-        if not self.confirm:
-            return
-        # a return comes before the confirm of its message, in publishing order: it is
-        # the oldest unconfirmed message with that exchange, routing key and body
-        for i, (tag, exchange, key, data) in enumerate(self._unconfirmed):
+        # a return comes before the confirm (or the round trip) of its message, in
+        # publishing order: it is the oldest unsettled message with that exchange,
+        # routing key and body
+        for tag, exchange, key, data in self._unconfirmed:
             if tag not in self._returned and exchange == method.exchange and key == method.routing_key \
                     and data == body:
                 self._returned[tag] = f"returned {reason}"
@@ -585,105 +929,145 @@ class Publisher(send.Sender):
             hint = "a nack means the queue would not take it (x-max-length with x-overflow=reject-publish?)"
         return PeerError("publish", " and ".join(parts), hint)
 
-    def finish(self) -> None:
-        """After the driver: with --no-confirm, report the returns that came back (a
-        Basic.Qos round trip: the broker sends a return before answering what the
-        channel asked next)."""
-        if not self.confirm and self.mandatory:
-            done = []
-            session = self.session
-            try:
-                session.impl.basic_qos(prefetch_count=0, callback=done.append)
-            except px.AMQPError as exc:
-                raise amqp_error("publish", exc, session.cfg) from None
-            session.until(lambda: bool(done), session.cfg.connect_timeout, "publish")
-            if self.returned:
-                raise PeerError("publish", f"{self.returned} message(s) were returned as unroutable (--mandatory)")
+
+def _too_long(exchange: str, key: str, props) -> IotctlError:
+    for kind, value in (("exchange", exchange), ("routing key", key)):
+        try:
+            check_name(kind, value)
+        except UsageError as exc:
+            return exc
+    return UsageError("cannot publish", f"a property or header name is longer than AMQP's {SHORT_MAX} bytes")
 
 
 # --------------------------------------------------------------------------- receiving
 
+_GENERATION = 1 << 48  # tokens: generation * _GENERATION + delivery tag
 
-class Consumer(receive.Receiver):
+
+class Consumer(_Owner, receive.Receiver):
     """Deliveries from Basic.Consume on one or more queues, for the receive driver.
 
-    ack: "after-write" acknowledges each written batch (one Basic.Ack, multiple=True),
-    "auto" lets the broker consider every delivery acknowledged, "none" never
-    acknowledges (what was shown goes back to the queue when the connection closes);
-    `requeue` rejects what was shown with requeue at the end. `accept(msg)` drops
-    deliveries (already acknowledged or automatic) for which it is false."""
+    Entered, it connects a session of its own, declares the throw-away queue of the
+    tap form (`declare`: (exchange, keys)), sets the prefetch and consumes.
 
-    def __init__(self, session: Session, ack: str = "after-write", requeue: bool = False,
+    ack: "after-write" acknowledges exactly the messages the driver gives back, with
+    one Basic.Ack multiple=True for the longest prefix of deliveries wholly
+    acknowledged (receive.Cumulative), sent as soon as they are written; "auto" lets the broker consider every delivery acknowledged; "none" never
+    acknowledges (what was shown goes back to the queue when the connection closes);
+    `requeue` rejects everything shown with requeue at the end. A message's `token`
+    is its delivery tag plus the connection's generation: the tokens of a connection
+    since replaced are ignored. `accept(msg)` drops deliveries for which it is false
+    (acknowledged, or automatic)."""
+
+    can_reconnect = True
+
+    def __init__(self, cfg: AmqpConfig, queues=(), ack: str = "after-write", requeue: bool = False,
+                 prefetch: int | None = None, exclusive: bool = False, priority: int | None = None,
+                 declare: tuple[str, tuple[str, ...]] | None = None, name: str = "iotctl amqp consume",
                  accept: Callable[[Message], bool] | None = None):
-        self.session = session
+        self.cfg, self.name = cfg, name
+        self.names = list(queues)
         self.mode = "none" if requeue else ack
         self.requeue = requeue
+        self.prefetch, self.exclusive, self.priority = prefetch, exclusive, priority
+        self.declare = declare
         self.accept = accept
-        self._batch: list[Message] = []
-        self.consumers: list[str] = []
+        self.delivery = "at-most-once" if self.mode == "auto" else "at-least-once"
+        self.session: Session | None = None
+        self.queues: list[str] = []
         self.what = "consume"
+        self._batch: list[Message] = []
+        self._base = 0
+        self._cumulative = receive.Cumulative()
+        self._delivered = self._cumulative.order.append  # Cumulative.delivered, without a call of its own
+        self._exact = self.mode == "after-write"
+        self._ack_tag = 0
+        self._unacked = 0
 
-    _interrupted = False
-    _old_sigint = None
+    def open(self) -> None:
+        session = self._connected()
+        try:
+            self.queues = self._prepare(session)
+            if self.prefetch is not None and self.mode != "auto":
+                session.qos(self.prefetch)
+            arguments = {"x-priority": self.priority} if self.priority is not None else None
+            self.session = session
+            for queue in self.queues:
+                session.consume(queue, self._on_message, auto_ack=self.mode == "auto", exclusive=self.exclusive,
+                                arguments=arguments, timeout=session.cfg.connect_timeout)
+        except BaseException:
+            self.session = None
+            session.abort()
+            raise
 
-    def start(self, queues, exclusive=False, priority=None, prefetch: int | None = None) -> None:
+    def _prepare(self, session: Session) -> list[str]:
+        """The queues to consume from (the tap form declares its own)."""
+        names = list(self.names)
+        if self.declare is not None:
+            exchange, keys = self.declare
+            if not keys:
+                refuse_direct(session, exchange, f"consume --declare -e {exchange}", "-r KEY")
+            q = session.declare_queue("", exclusive=True, auto_delete=True).queue
+            for key in keys or ("#",):
+                session.bind("queue", q, exchange, key)
+            names.append(q)
+        return names
+
+    def close(self) -> None:
+        """Acknowledge what was written; with --requeue reject (requeue) everything
+        shown; close (at most CLOSE_WAIT for the broker)."""
         session = self.session
-        if prefetch is not None and self.mode != "auto":
-            session.qos(prefetch)
-            if prefetch:  # acknowledge well before the broker stops at the prefetch window
-                self.ACK_EVERY = max(1, min(self.ACK_EVERY, prefetch // 4))
-        arguments = {"x-priority": priority} if priority is not None else None
-        for queue in queues:
-            self.consumers.append(session.consume(queue, self._on_message, auto_ack=self.mode == "auto",
-                                                  exclusive=exclusive, arguments=arguments,
-                                                  timeout=session.cfg.connect_timeout))
-        self._defer_sigint()
+        if session is None:
+            return
+        if session.usable:
+            try:
+                self._send_ack()
+                if self.requeue:
+                    session.impl.basic_nack(0, multiple=True, requeue=True)
+            except (px.AMQPError, OSError):
+                pass
+        session.close()
+
+    def reconnect(self) -> None:
+        old = self.session
+        self.session = None
+        if old is not None:
+            old.abort()
+        # deliveries of the old connection go back to the queue: not written, never acknowledged
+        self._base += _GENERATION
+        self._cumulative.forget()
+        self._batch = []
+        self._ack_tag = 0
+        self._unacked = 0
+        self.open()
 
     def _on_message(self, channel, method, props, body) -> None:
         # the consume hot path: to_message() inlined
         headers = props.headers
         key = method.routing_key
+        tag = method.delivery_tag
         msg = Message("amqp", key, body, props.content_type, {
             "exchange": method.exchange, "routing_key": key, "redelivered": method.redelivered,
-            "delivery_tag": method.delivery_tag, "properties": properties_dict(props),
+            "delivery_tag": tag, "properties": properties_dict(props),
             "headers": _plain(headers) if headers else {}})
-        if self.accept is None or self.accept(msg):
-            self._batch.append(msg)
-
-    def _defer_sigint(self) -> None:
-        """Ctrl-C must not land inside pika's frame handling (that tears the connection
-        down before the acknowledgements of what was written go out, and the broker
-        delivers those messages again): note it, and stop at the next poll."""
-        import signal
-        import threading
-
-        if threading.current_thread() is not threading.main_thread():
+        if self.mode == "auto":
+            if self.accept is None or self.accept(msg):
+                self._batch.append(msg)
             return
-        old = signal.getsignal(signal.SIGINT)
-        if old is signal.SIG_IGN:
-            return
-
-        def note(signum, frame):
-            self._interrupted = True
-
-        self._old_sigint = old
-        signal.signal(signal.SIGINT, note)
-
-    def _restore_sigint(self) -> None:
-        if self._old_sigint is not None:
-            import signal
-
-            signal.signal(signal.SIGINT, self._old_sigint)
-            self._old_sigint = None
+        msg.token = token = self._base + tag
+        if self._exact:
+            self._delivered(token)
+            if self.accept is not None and not self.accept(msg):
+                self._settle([token])  # not shown: nothing to keep it for
+                return
+        self._batch.append(msg)
 
     def poll(self, wait):
-        if self._interrupted:
-            raise KeyboardInterrupt
-        step = self.session.step
+        session = self.session
+        step = session.step
         if not self._batch:
             step(0.25 if wait is None else min(wait, 0.25))
             if not self._batch:
-                self._send_ack()  # a pause: acknowledge what was written so far
                 self._check()
                 return []
         # take what else is already readable: fewer, larger batches (writes, flushes)
@@ -700,128 +1084,198 @@ class Consumer(receive.Receiver):
 
     def _check(self) -> None:
         session = self.session
-        if session.channel_closed is not None or session.conn_closed is not None:
-            raise session.failure(self.what) or ConnectError(self.what, "the channel closed")
+        if session.broken:
+            raise session.failure(self.what) or ConnectionLost(self.what, "the channel closed")
 
     def ack(self, batch) -> None:
-        """Written and flushed: acknowledge (one Basic.Ack, multiple=True, for every
-        ACK_EVERY messages, at a pause, and at the end)."""
-        if self.mode == "after-write" and batch:
-            self._ack_tag = batch[-1].meta["delivery_tag"]
-            self._unacked += len(batch)
-            if self._unacked >= self.ACK_EVERY:
-                self._send_ack()
+        """Written and flushed: acknowledge exactly these, at once (one Basic.Ack,
+        multiple=True, for the longest prefix of deliveries wholly acknowledged: an
+        acknowledgement that waits is one a broker restart loses, and the message
+        comes twice)."""
+        if self._exact and batch:
+            base = self._base
+            self._settle([t for t in [msg.token for msg in batch] if t is not None and t > base])
 
-    ACK_EVERY = 250
-    _ack_tag = 0
-    _unacked = 0
+    def _settle(self, tokens, given_back=()) -> None:
+        """Settle tokens of this connection (the caller drops older ones)."""
+        base = self._base
+        last = self._cumulative.confirm(tokens, given_back)
+        if last is not None:
+            self._ack_tag = last - base
+            self._unacked = 1
+            self._send_ack()
+
+    def nack(self, batch) -> None:
+        """Give these back to the queue (Basic.Nack with requeue), at once."""
+        if self.mode == "auto" or self.session is None or not self.session.usable:
+            return
+        base = self._base
+        tokens = [msg.token for msg in batch if msg.token is not None and msg.token > base]
+        try:
+            for token in tokens:
+                self.session.impl.basic_nack(token - base, multiple=False, requeue=True)
+        except (px.AMQPError, OSError):
+            return  # the connection is gone: the broker requeues them anyway
+        if self.mode == "after-write":
+            self._settle((), tokens)  # settled: a later cumulative ack may pass them
 
     def _send_ack(self) -> None:
         if self._unacked:
             self._unacked = 0
             try:
                 self.session.impl.basic_ack(self._ack_tag, multiple=True)
-            except px.AMQPError:
+            except (px.AMQPError, OSError):
                 pass  # the connection is gone: the broker requeues, the next poll reports it
 
-    def finish(self) -> None:
-        """At the end: acknowledge what is written; with --requeue reject (requeue)
-        everything shown."""
-        self._restore_sigint()
-        if self.session.channel_closed is not None or self.session.conn_closed is not None:
-            return
-        self._send_ack()
-        if self.requeue:
-            try:
-                self.session.impl.basic_nack(0, multiple=True, requeue=True)
-            except px.AMQPError:
-                pass
+
+interrupts.shelter(Session.step, Publisher.send, Consumer.ack, Consumer.nack)
 
 
-class Getter(receive.Receiver):
-    """Basic.Get, one message per poll until the queue is empty (then the source ends)."""
+def refuse_direct(session: Session, exchange: str, what: str, fix: str) -> None:
+    """Binding '#' to a direct exchange matches only the routing key '#': refuse it."""
+    if exchange == "" or session.is_direct(exchange) is not True:
+        return
+    raise UsageError(f"{what}: exchange {exchange!r} is a direct exchange",
+                     "it routes by the exact routing key, so '#' would match only the key '#'",
+                     hint=f"give the key to watch ({fix})")
 
-    def __init__(self, session: Session, queue: str, requeue: bool = False, ack: bool = True):
-        self.session, self.queue, self.requeue, self.do_ack = session, queue, requeue, ack
+
+class Getter(_Owner, receive.Receiver):
+    """Basic.Get, one message per poll until the queue is empty (then the source ends);
+    each message is acknowledged once written, or all are put back (`requeue`)."""
+
+    delivery = "at-least-once"
+
+    def __init__(self, cfg: AmqpConfig, queue: str, requeue: bool = False, name: str = "iotctl amqp get"):
+        self.cfg, self.queue, self.requeue, self.name = cfg, check_name("queue", queue), requeue, name
+        self.session: Session | None = None
         self.last_tag = 0
+        self._cumulative = receive.Cumulative()
+        self._answer: list = []
+
+    def open(self) -> None:
+        self.session = session = self._connected()
+        session.impl.add_callback(lambda frame: self._answer.append(None), [spec.Basic.GetEmpty], one_shot=False)
+
+    def close(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        if session.usable and self.requeue and self.last_tag:
+            try:
+                session.impl.basic_nack(self.last_tag, multiple=True, requeue=True)
+            except (px.AMQPError, OSError):
+                pass
+        session.close()
 
     def poll(self, wait):
         session = self.session
-        method, props, body = session.call(f"cannot get from queue {self.queue!r}", session.channel.basic_get,
-                                           self.queue, auto_ack=False)
-        if method is None:
+        answer = self._answer
+        answer.clear()
+
+        def got(channel, method, props, body) -> None:
+            answer.append((method, props, body))
+
+        what = f"cannot get from queue {self.queue!r}"
+        try:
+            session.impl.basic_get(self.queue, got, auto_ack=False)
+        except (px.AMQPError, OSError) as exc:
+            raise amqp_error(what, exc, self.cfg) from None
+        session.until(lambda: bool(answer), self.cfg.connect_timeout, what)
+        if answer[0] is None:
             return None
+        method, props, body = answer[0]
         self.last_tag = method.delivery_tag
-        return [to_message(method, props, body, {"message_count": method.message_count})]
+        msg = to_message(method, props, body, {"message_count": method.message_count})
+        msg.token = method.delivery_tag
+        self._cumulative.delivered(msg.token)
+        return [msg]
 
     def ack(self, batch) -> None:
-        if not self.requeue and self.do_ack and batch:
-            self.session.impl.basic_ack(batch[-1].meta["delivery_tag"], multiple=True)
+        if self.requeue or not batch:
+            return
+        last = self._cumulative.confirm([m.token for m in batch])
+        if last is not None:
+            self.session.impl.basic_ack(last, multiple=True)
 
-    def finish(self) -> None:
-        if (self.requeue or not self.do_ack) and self.last_tag:
-            self.session.impl.basic_nack(self.last_tag, multiple=True, requeue=True)
+    def nack(self, batch) -> None:
+        for msg in batch:
+            self.session.impl.basic_nack(msg.token, multiple=False, requeue=True)
+        if not self.requeue:
+            last = self._cumulative.confirm((), [m.token for m in batch])
+            if last is not None:
+                self.session.impl.basic_ack(last, multiple=True)
 
 
 # --------------------------------------------------------------------------- tap
 
 
-class Tap:
+class Tap(Consumer):
     """What flows through exchanges, copied into a temporary queue (nothing is taken
     from anyone): an auto-delete fanout exchange bound to each tapped exchange
     (exchange-to-exchange bindings) and an exclusive, auto-delete, server-named queue
-    bound to it. The broker removes all of it when the connection ends, also when it
-    is lost; `close()` removes it at once."""
+    bound to it; with `firehose` the queue is bound to amq.rabbitmq.trace too. The
+    broker removes all of it when the connection ends (the queue with its connection,
+    the exchange with its last binding), also when it is lost. After a lost
+    connection it is made again (what flowed meanwhile is not seen)."""
 
-    def __init__(self, session: Session):
-        self.session = session
-        self.exchange = f"iotctl.tap.{uuid.uuid4().hex[:12]}"
-        self.queue = None
+    def __init__(self, cfg: AmqpConfig, taps: list[tuple[str, str | None]], firehose: bool = False,
+                 name: str = "iotctl amqp tap"):
+        super().__init__(cfg, ack="auto", name=name)
+        self.taps = taps
+        self.firehose = firehose
+        self.probe: FirehoseProbe | None = None
+        self.exchange: str | None = None
+        self.what = "tap"
+        self.exclusive = True
 
-    def setup(self, taps: list[tuple[str, str]]) -> str:
-        s = self.session
-        s.declare_exchange(self.exchange, "fanout", auto_delete=True, internal=True)
-        self.queue = s.declare_queue("", exclusive=True, auto_delete=True).queue
-        s.bind("queue", self.queue, self.exchange, "")
-        for source, key in taps:
-            s.bind("exchange", self.exchange, source, key)
-        return self.queue
+    def _prepare(self, session: Session) -> list[str]:
+        for source, key in self.taps:
+            if key is None:
+                refuse_direct(session, source, f"tap {source}", f"{source}:KEY")
+        queue = session.declare_queue("", exclusive=True, auto_delete=True).queue
+        if self.taps:
+            self.exchange = f"iotctl.tap.{uuid.uuid4().hex[:12]}"
+            session.declare_exchange(self.exchange, "fanout", auto_delete=True, internal=True)
+            session.bind("queue", queue, self.exchange, "")
+            for source, key in self.taps:
+                session.bind("exchange", self.exchange, source, "#" if key is None else key)
+        if self.firehose:
+            session.bind("queue", queue, FIREHOSE, "#")
+            if self.probe is None:
+                self.probe = FirehoseProbe(self.cfg.vhost)
+                self.accept = self.probe.accept
+        return [queue]
 
-    def setup_firehose(self) -> str:
-        s = self.session
-        self.queue = s.declare_queue("", exclusive=True, auto_delete=True).queue
-        s.bind("queue", self.queue, FIREHOSE, "#")
-        self.exchange = None
-        return self.queue
+    def open(self) -> None:
+        super().open()
+        if self.probe is not None and not self.probe.sent:
+            self.probe.send(self.session)
 
-    def close(self) -> None:
-        s = self.session
-        if s.conn is None or s.channel_closed is not None or s.conn_closed is not None:
-            return
-        try:
-            if self.queue:
-                s.channel.queue_delete(self.queue)
-            if self.exchange:
-                s.channel.exchange_delete(self.exchange)
-        except Exception:  # the broker removes them with the connection anyway
-            pass
+    def poll(self, wait):
+        probe = self.probe
+        batch = super().poll(wait if probe is None or probe.seen else min(wait or 0.25, 0.25))
+        if probe is not None:
+            probe.check()
+        return batch
 
 
 class FirehoseProbe:
     """Tells whether tracing is on: publishes one unroutable probe message; with the
     firehose on, its `publish.` trace copy arrives (and is dropped)."""
 
-    def __init__(self, session: Session, vhost: str, wait: float = 2.0):
-        self.session = session
+    def __init__(self, vhost: str, wait: float = 2.0):
         self.key = f"iotctl.firehose-probe.{uuid.uuid4().hex[:12]}"
         self.vhost = vhost
         self.seen = False
+        self.sent = False
         self.deadline = None
         self.wait = wait
         self.warned = False
 
-    def send(self) -> None:
-        self.session.impl.basic_publish("", self.key, b"", None, False)
+    def send(self, session: Session) -> None:
+        session.impl.basic_publish("", self.key, b"", None, False)
+        self.sent = True
         self.deadline = time.monotonic() + self.wait
 
     def accept(self, msg: Message) -> bool:
@@ -845,21 +1299,6 @@ def _shell_quote(text: str) -> str:
     import shlex
 
     return shlex.quote(text)
-
-
-class TapConsumer(Consumer):
-    """A Consumer that also runs the firehose probe's check while waiting."""
-
-    def __init__(self, session: Session, probe: FirehoseProbe | None):
-        super().__init__(session, ack="auto", accept=probe.accept if probe is not None else None)
-        self.probe = probe
-        self.what = "tap"
-
-    def poll(self, wait):
-        batch = super().poll(wait if self.probe is None or self.probe.seen else min(wait or 0.25, 0.25))
-        if self.probe is not None:
-            self.probe.check()
-        return batch
 
 
 # --------------------------------------------------------------------------- request
@@ -903,7 +1342,10 @@ class Reply(receive.Receiver):
 def publish_one(session: Session, exchange: str, routing_key: str, body: bytes, props,
                 mandatory: bool = False) -> None:
     try:
-        session.impl.basic_publish(exchange, routing_key, body, props, mandatory)
+        session.impl.basic_publish(check_name("exchange", exchange), check_name("routing key", routing_key),
+                                   body, props, mandatory)
+    except px.ShortStringTooLong:
+        raise _too_long(exchange, routing_key, props) from None
     except (px.AMQPError, OSError) as exc:
         raise amqp_error("publish", exc, session.cfg) from None
     except (ValueError, TypeError) as exc:

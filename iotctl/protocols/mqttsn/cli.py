@@ -203,10 +203,14 @@ def _broker(f):
               help="Messages kept for one client that sleeps or reads slowly; what comes beyond is dropped, "
                    "and the log says so.")
 @click.option("--background", is_flag=True, default=False,
-              help="Return once the gateway listens, leaving it running (its pid is printed).")
+              help="Return once the gateway listens, leaving it running (its pid is printed); "
+                   "it logs to --log FILE, never to this terminal.")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Append the gateway's log to FILE instead of stderr [default with --background: "
+                   "$XDG_STATE_HOME/iotctl/mqttsn-gateway-PORT.log; nothing with --quiet].")
 @bundle(None, _RETRY)
 def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, max_queued, retry_interval,
-            retries, background):
+            retries, background, log_file):
     """A transparent MQTT-SN gateway: one MQTT connection to the broker per client.
 
     It serves register, predefined and short topics, QoS -1 to 2 with retries,
@@ -225,12 +229,19 @@ def gateway(endpoint, bind, port, predefined, gw_id, verbose, connect_timeout, m
     if background:
         from iotctl import background as bg
 
-        pid = bg.start("mqttsn gateway")
+        pid = bg.start("mqttsn gateway", log=log_file, name=f"mqttsn-gateway-{port}")
         click.echo(pid)
         status(f"the gateway runs in the background (pid {pid}); stop it with: kill {pid}")
         return
     from iotctl import background as bg
     from iotctl.protocols.mqttsn.gateway import Gateway, GatewayConfig, read_predefined
+
+    if log_file is not None:  # the whole log (status lines, packets with -v, -d traces) goes there
+        import os
+
+        sink = bg.open_log(log_file)
+        os.dup2(sink.fileno(), 2)
+        sink.close()
 
     table = read_predefined(predefined) if predefined else {}
     for name in table.values():

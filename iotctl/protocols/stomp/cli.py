@@ -1,24 +1,20 @@
 """The `stomp` group: send and subscribe.
 
-Only option parsing lives here; stomp.py is imported by client.py, inside the commands.
+Only option parsing lives here: both commands are thin wrappers over the endpoints
+(endpoints.py) that a stomp:// URL opens too; stomp.py is imported by client.py.
 """
 
 from __future__ import annotations
 
 import click
 
-from iotctl.endpoint import Scheme
 from iotctl.errors import UsageError
 from iotctl.groups import ProtocolGroup
 from iotctl.options import bundle, connection_options, kv_option, payload_options, receive_options, \
     send_options, timeout_option
+from iotctl.protocols.stomp import endpoints
+from iotctl.protocols.stomp.endpoints import PREFETCH, SCHEMES, VERSIONS
 from iotctl.settings import current as settings, status
-
-SCHEMES = {
-    "stomp": Scheme(tls=False, ws=False, port=61613),
-    "stomp+ssl": Scheme(tls=True, ws=False, port=61614),
-}
-VERSIONS = ("1.0", "1.1", "1.2")
 
 DESTINATIONS = """\b
 Destinations are passed to the broker as given:
@@ -63,13 +59,28 @@ def _heartbeats(ctx, param, value):
     return (cx, cy)
 
 
-def _stomp_config(endpoint, vhost, stomp_version, heartbeats, connect_timeout):
+def _size(ctx, param, value):
+    """BYTES, or with a binary unit: 512k, 64M, 1G (KiB, MiB, GiB)."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip().lower()
+    for suffix in ("ib", "b"):
+        if text.endswith(suffix) and text[:-len(suffix)][-1:] in "kmg":
+            text = text[:-len(suffix)]
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}.get(text[-1:], 1)
+    digits = text[:-1] if scale > 1 else text
+    if not digits.isdigit() or int(digits) == 0:
+        raise click.BadParameter(f"{value!r} is not a size (bytes, or e.g. 512k, 64M, 1G)", ctx, param)
+    return int(digits) * scale
+
+
+def _stomp_config(endpoint, vhost, stomp_version, heartbeats, connect_timeout, max_size):
     from iotctl.protocols.stomp.client import StompConfig
 
     if stomp_version == "1.0" and heartbeats != (0, 0):
         raise UsageError("--heartbeats", "needs STOMP 1.1 or 1.2 (-V/--stomp-version)")
     return StompConfig(endpoint=endpoint, vhost=vhost or None, version=stomp_version, heartbeats=heartbeats,
-                       connect_timeout=connect_timeout, debug=settings().debug)
+                       connect_timeout=connect_timeout, debug=settings().debug, max_size=max_size)
 
 
 _STOMP_OPTIONS = bundle("cfg", [
@@ -81,6 +92,9 @@ _STOMP_OPTIONS = bundle("cfg", [
                  help="Heart-beats in ms: CX what we send, CY what we want (STOMP 1.1+) [default: 0,0]."),
     click.option("--connect-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
                  show_default=True, help="Seconds to wait for the broker to accept the connection."),
+    click.option("--max-size", metavar="SIZE", default="128M", show_default=True, callback=_size,
+                 help="The largest message body to accept from the broker (bytes, or 512k, 64M, 1G): a "
+                      "bigger one ends the command (exit 6). A frame's headers may take at most 1 MiB."),
 ], _stomp_config, consumes=("endpoint",))
 
 
@@ -90,13 +104,7 @@ def stomp_options(f):
     return connection_options(SCHEMES, "stomp", tls=True)(_STOMP_OPTIONS(f))
 
 
-_HEADER = kv_option("--header", help="Extra header (repeatable), sent as given.")
-
-
-def _check_destination(destination: str) -> str:
-    if not destination or "\n" in destination:
-        raise UsageError(f"bad destination {destination!r}", "give e.g. /queue/NAME or /topic/NAME")
-    return destination
+_HEADER = kv_option("--header", help="Extra header (repeatable); checked for what the STOMP version can carry.")
 
 
 # --------------------------------------------------------------------------- send
@@ -115,22 +123,24 @@ def _check_destination(destination: str) -> str:
               help="Discard the message after MS milliseconds: RabbitMQ's expiration and "
                    "ActiveMQ's expires (absolute time) headers.")
 @click.option("--priority", type=click.IntRange(0, 9), help="priority header (0-9).")
-@click.option("--no-receipt", is_flag=True, default=False,
-              help="Do not ask for a receipt per message (faster; only the final DISCONNECT waits).")
+@click.option("--receipt/--no-receipt", default=True, show_default=True,
+              help="Ask for a receipt per message; --no-receipt is faster: one receipt now and then "
+                   "confirms every SEND before it (when the window fills, the input pauses, at the end).")
 @click.option("--window", type=click.IntRange(min=1), default=256, show_default=True,
-              help="How many receipts may be outstanding at once.")
+              help="How many receipts may be outstanding at once (--no-receipt: 4x as many messages).")
 @click.option("--transaction", is_flag=True, default=False,
               help="Send every message in one transaction: BEGIN, SENDs, COMMIT (ABORT on failure).")
 @send_options()
 @timeout_option(10.0, "Give up (exit 5) when no receipt arrives for this many seconds.")
 @payload_options()
-def send(cfg, destination, header, content_type, persistent, reply_to, expires, priority, no_receipt, window,
+def send(cfg, destination, header, content_type, persistent, reply_to, expires, priority, receipt, window,
          transaction, sending, timeout, payload):
     """Send a message, a file, stdin, or every line of stdin to DESTINATION.
 
     Each SEND asks for a receipt, with up to --window outstanding; the command exits
     when every receipt came back (exit 5 naming how many did not, exit 6 with the
-    broker's text on an ERROR frame). --failed FILE keeps what was not confirmed.
+    broker's text on an ERROR frame). --failed FILE keeps what was not confirmed,
+    with its destination and headers: --replay FILE alone sends it again.
 
     \b
     iotctl stomp send /queue/jobs '{"job": 1}' --content-type application/json
@@ -139,55 +149,22 @@ def send(cfg, destination, header, content_type, persistent, reply_to, expires, 
     iotctl stomp send /queue/orders -f batch.txt -l --transaction
 
     """
-    import time
-
     from iotctl import send as sending_
-    from iotctl.protocols.stomp.client import Sender, Session
 
     payload.validate()
     if destination is None and payload.replay is None:
         raise UsageError("no destination", "give DESTINATION, e.g. /queue/NAME")
-    if destination is not None:
-        _check_destination(destination)
     if sending.repeat > 1 and payload.streaming:
         raise UsageError("--repeat", "cannot be combined with -l or --replay")
-    if payload.encode in ("json", "cbor") and content_type is None:
-        content_type = f"application/{payload.encode}"
-    headers = {k: str(v) for k, v in header}
-    if persistent:
-        headers["persistent"] = "true"
-    if reply_to:
-        headers["reply-to"] = reply_to
-    if priority is not None:
-        headers["priority"] = str(priority)
-    if expires is not None:
-        headers["expiration"] = str(expires)
-        headers["expires"] = str(int(time.time() * 1000) + expires)
-    items = sending_.outgoing(payload, sending)
-    with Session(cfg) as session:
-        tx = None
-        if transaction:
-            tx = f"iotctl-tx-{session.next_id('')}-{int(time.time() * 1000)}"
-            session.request("BEGIN", lambda rid: session.conn.send_frame("BEGIN", {"transaction": tx, "receipt": rid}),
-                            timeout)
-        # in a transaction the COMMIT's receipt confirms every message (brokers may hold
-        # the SENDs' own receipts until then)
-        sender = Sender(session, destination, headers, content_type, receipts=not no_receipt and not tx,
-                        window=window, transaction=tx)
-        try:
-            result = sending_.run(sender, items, "send", timeout, progress=payload.streaming,
-                                  failed=sending.failed, verb="sending")
-            if tx:
-                session.request("COMMIT", lambda rid: session.conn.send_frame(
-                    "COMMIT", {"transaction": tx, "receipt": rid}), timeout)
-        except BaseException:
-            if tx:
-                session.abort(tx)
-            raise
-        if no_receipt or tx:
-            session.finish("send", timeout)
+    sender = endpoints.sink(cfg, destination, header, content_type, persistent, reply_to, expires, priority,
+                           receipt, window, transaction, timeout, payload)
+    items = sending_.outgoing(payload, sending, addresses=(destination,) if destination else (),
+                              validate=lambda d: endpoints.check_destination(d, cfg.version))
+    with sender:
+        result = sending_.run(sender, items, "send", timeout, progress=payload.streaming,
+                              failed=sending.failed, verb="sending")
     status(f"sent {result.sent} message(s) to {destination or 'their captured destinations'}"
-           + (" in one transaction" if tx else ""), tty_only=True)
+           + (" in one transaction" if transaction else ""), tty_only=True)
 
 
 # --------------------------------------------------------------------------- subscribe
@@ -203,15 +180,15 @@ def send(cfg, destination, header, content_type, persistent, reply_to, expires, 
 @click.option("--nack", is_flag=True, default=False,
               help="Reject (NACK, not requeued) every message once written: drains what it reads.")
 @click.option("--prefetch", type=click.IntRange(min=1), metavar="N",
-              help="At most N unacknowledged messages delivered at once (RabbitMQ prefetch-count, "
-                   "ActiveMQ activemq.prefetchSize).")
+              help=f"At most N unacknowledged messages delivered at once (RabbitMQ prefetch-count, "
+                   f"ActiveMQ activemq.prefetchSize) [default: {PREFETCH}].")
 @click.option("--durable", is_flag=True, default=False,
               help="A durable topic subscription named by --id (kept while disconnected).")
 @click.option("--id", "sub_id", metavar="NAME", help="Subscription id (the durable subscription's name).")
 @click.option("--selector", metavar="EXPR", help="JMS selector, e.g. \"priority > 4 AND colour = 'red'\" "
                                                  "(ActiveMQ; RabbitMQ ignores it).")
 @_HEADER
-@receive_options(idle="ok")
+@receive_options(idle="ok", reconnect=True)
 def subscribe(cfg, destinations, ack_mode, nack, prefetch, durable, sub_id, selector, header, receive):
     """Print the messages arriving on one or more destinations, headers included.
 
@@ -219,7 +196,8 @@ def subscribe(cfg, destinations, ack_mode, nack, prefetch, durable, sub_id, sele
     that was never shown (-C reached, Ctrl-C) goes back to the queue. Ctrl-C ends
     it (exit 0); -C N stops after N messages; -W S gives up after S seconds (exit 5
     when fewer than N, or none, arrived); --idle-timeout S stops once the queue has
-    been quiet for S seconds.
+    been quiet for S seconds. A lost connection (a broker restart) is connected
+    again with backoff and the subscriptions restored; --no-reconnect exits 3.
 
     \b
     iotctl stomp subscribe /queue/jobs -C 1
@@ -228,36 +206,12 @@ def subscribe(cfg, destinations, ack_mode, nack, prefetch, durable, sub_id, sele
     iotctl stomp sub /queue/orders --selector "region = 'eu'" -V 1.1
     """
     from iotctl import receive as receiving
-    from iotctl.protocols.stomp.client import Receiver, Session
 
-    for d in destinations:
-        _check_destination(d)
-    if durable and not sub_id:
-        raise UsageError("--durable", "a durable subscription needs a name: add --id NAME")
-    ack = ack_mode or "client-individual"
-    if nack and cfg.version == "1.0":
-        raise UsageError("--nack", "STOMP 1.0 has no NACK; use -V 1.1 or 1.2")
-    if nack and ack == "auto":
-        raise UsageError("--nack and --ack auto", "contradict each other")
-    headers = {k: str(v) for k, v in header}
-    if prefetch is not None:
-        headers.setdefault("prefetch-count", str(prefetch))
-        headers.setdefault("activemq.prefetchSize", str(prefetch))
-    if selector:
-        headers["selector"] = selector
-    if durable:
-        headers.update({"durable": "true", "auto-delete": "false", "persistent": "true"})
-        cfg.client_id = cfg.client_id or sub_id
-    with Session(cfg) as session:
-        for i, dest in enumerate(destinations):
-            sid = (sub_id if i == 0 else f"{sub_id}-{i + 1}") if sub_id else f"iotctl-{i + 1}"
-            h = dict(headers)
-            if durable:
-                h["activemq.subscriptionName"] = sid
-            session.subscribe(dest, sid, ack, h, cfg.connect_timeout)
+    subscription = endpoints.source(cfg, destinations, ack_mode, nack, prefetch, durable, sub_id, selector,
+                                    header, receive)
+    with subscription:
         status(f"subscribed to {', '.join(destinations)} on {cfg.endpoint.display}")
-        receiving.run(Receiver(session, ack, nack, f"subscription to {', '.join(destinations)}"), receive,
-                      "subscribe")
+        receiving.run(subscription, receive, "subscribe")
 
 
 # the destination forms, in the help of the group and of both commands
