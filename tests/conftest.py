@@ -160,3 +160,18 @@ def certs(peer):
 def topic(request):
     """A topic no other test (or run) uses."""
     return f"iotctl-test/{request.node.name[:40]}/{uuid.uuid4().hex[:8]}"
+
+
+# --------------------------------------------------------------------------- running in parallel
+
+# scripts/test runs the suite on two workers (pytest-xdist, --dist loadgroup): a module's
+# tests stay together on one worker, and modules that share a peer's fixed accounts say
+# so with a module-level XDIST_GROUP (the XMPP modules log in as alice and bob), so they
+# never run at the same time.
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module
+        group = getattr(module, "XDIST_GROUP", None) or module.__name__
+        item.add_marker(pytest.mark.xdist_group(group))

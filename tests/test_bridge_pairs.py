@@ -218,7 +218,7 @@ def test_stomp_to_xmpp_and_xmpp_to_mqtt(peer):
     peer("rabbitmq-stomp")
     peer("mosquitto-private")
     peer("prosody")  # accounts NAME@localhost with password NAME-pw (scripts/services up prosody)
-    a_user, b_user, domain = "dave", "erin", "localhost"
+    a_user, b_user, domain = "frank", "grace", "localhost"  # no other test module logs in as them
     alice, bob, alice_pw, bob_pw = f"{a_user}@{domain}", f"{b_user}@{domain}", f"{a_user}-pw", f"{b_user}-pw"
     n = _name()
     queue = f"/queue/bridge-{n}"

@@ -18,6 +18,8 @@ import pytest
 from tests.conftest import CERTS
 from tests.helpers import clean_env, wait_until
 
+XDIST_GROUP = "prosody"  # fixed accounts: never at the same time as another module using them
+
 SERVER = "127.0.0.1:5222"
 PW = {"alice": "alice-pw", "bob": "bob-pw", "carol": "carol-pw"}
 
