@@ -90,7 +90,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              header=("subscription", "message-id"),
              schemes=("stomp", "stomp+ssl"), endpoints="iotctl.protocols.stomp.endpoints",
              source_command="subscribe", sink_command="send",
-             portable="iotctl.protocols.stomp.envelope:portable"),
+             portable="iotctl.protocols.stomp.envelope:portable", check="iotctl.protocols.stomp.check:check"),
     Protocol("xmpp", "iotctl.protocols.xmpp.cli:group",
              "XMPP: messages, presence, subscriptions, roster, blocking, ping, disco, version.",
              header=("type", "subject", "thread", "delay", "presence", "show"),
