@@ -96,7 +96,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              header=("type", "subject", "thread", "delay", "presence", "show"),
              schemes=("xmpp",), endpoints="iotctl.protocols.xmpp.endpoints",
              source_command="listen", sink_command="send",
-             portable="iotctl.protocols.xmpp.envelope:portable"),
+             portable="iotctl.protocols.xmpp.envelope:portable", check="iotctl.protocols.xmpp.check:check"),
     Protocol("http", "iotctl.protocols.http.cli:group",
              "HTTP/REST: get/post/put/patch/delete, event and NDJSON streams, a webhook listener.",
              header=("method", "status", "event", "id"), details=("reason", "timing", "http_version", "remote"),

@@ -54,7 +54,7 @@ def check(report: Report, arguments: dict, probe: bool, max_payload: int, timeou
         if probe:
             _Probe(report, session, timeout).run()
         else:
-            report.add("probe", "skipped", "not against loopback: the probe publishes (--probe to ask for it)")
+            report.add("probe", "skipped", "the probe publishes: on by default against loopback only (--probe)")
     finally:
         session.close()
 

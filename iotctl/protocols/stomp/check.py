@@ -46,7 +46,7 @@ def check(report: Report, arguments: dict, probe: bool, max_payload: int, timeou
         if probe:
             _probe(report, session, timeout)
         else:
-            report.add("probe", "skipped", "not against loopback: the probe sends (--probe to ask for it)")
+            report.add("probe", "skipped", "the probe sends: on by default against loopback only (--probe)")
     finally:
         session.close(min(timeout, 5.0))
 
