@@ -72,7 +72,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              header=("qos", "retain", "topic_id", "topic_id_type"),
              schemes=("mqttsn",), endpoints="iotctl.protocols.mqttsn.endpoints",
              source_command="subscribe", sink_command="publish",
-             portable="iotctl.protocols.mqttsn.envelope:portable"),
+             portable="iotctl.protocols.mqttsn.envelope:portable", check="iotctl.protocols.mqttsn.check:check"),
     Protocol("amqp", "iotctl.protocols.amqp.cli:group",
              "AMQP 0-9-1 (RabbitMQ): publish with confirms, consume, get, tap, declare, bind, request.",
              header=("exchange", "routing_key", "redelivered"), details=("delivery_tag",),
