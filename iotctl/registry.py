@@ -104,7 +104,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              schemes=("http", "https", "http+listen"), endpoints="iotctl.protocols.http.endpoints",
              source_command={"http": "get", "https": "get", "http+listen": "listen"}, sink_command="request",
              options_in="fragment", portable="iotctl.protocols.http.envelope:portable",
-             express="iotctl.protocols.http.express:get"),
+             express="iotctl.protocols.http.express:get", check="iotctl.protocols.http.check:check"),
 )}
 
 
