@@ -292,7 +292,7 @@ def test_stomp_activemq_uses_a_temp_queue_and_stomp_over_tls(peer):
     assert _value(rows, "server", "heart-beat") == "0,0 (asked 0,0: none)"
     assert _value(rows, "probe", "destination").startswith("/temp-queue/iotctl-check-")
     assert _status(rows, "probe", "round trip") == "ok", rows
-    tls = f"stomp+ssl://iotctl:iotctl-secret@localhost:61615?cafile="
+    tls = "stomp+ssl://iotctl:iotctl-secret@localhost:61615?cafile="
     code, rows, err = _check(tls + _ca(), "--no-probe")
     assert code == 0, err
     assert rows[("tls", "verified")] == ("chain and name localhost", "ok")

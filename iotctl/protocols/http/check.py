@@ -102,7 +102,7 @@ def _login(report: Report, url, cfg, resp) -> None:
     if resp.status in (401, 407):
         report.fail("login", "refused" if how != "none" else "needed", f"{resp.status} {resp.reason}"
                     + (f" ({challenge})" if challenge else "") + (f"; sent {how}" if how != "none" else ""))
-        code, why, hint = fields.refusal_text(resp.status, resp.reason)
+        _, why, hint = fields.refusal_text(resp.status, resp.reason)
         raise AuthError(f"{resp.method} {resp.url.shown}", why, hint=hint)
     report.ok("login", "accepted" if how != "none" else "none needed", how if how != "none" else
               "the server answered without credentials")

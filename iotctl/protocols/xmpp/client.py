@@ -390,6 +390,7 @@ class Session:
         def on_features(features) -> None:
             offers_sm[:] = [features.xml.find("{urn:xmpp:sm:3}sm") is not None]
             self.features.append(features.xml)
+            del self.features[:-4]  # one login's (before TLS, after TLS, after SASL), bounded
 
         from slixmpp.xmlstream.handler import Callback
         from slixmpp.xmlstream.matcher import MatchXPath
