@@ -28,13 +28,17 @@ class Report:
     def fail(self, section: str, name: str, value) -> None:
         self.add(section, name, value, "fail")
 
-    def tls(self, endpoint, timeout: float) -> None:
-        """The TLS rows of an endpoint that uses TLS (nothing otherwise)."""
+    def tls(self, endpoint, timeout: float, server_name: str | None = None, starttls=None) -> None:
+        """The TLS rows of an endpoint that uses TLS (nothing otherwise). `server_name`:
+        the name the certificate must carry when it is not the host connected to (an
+        XMPP domain); `starttls(sock)`: the protocol's plain-text upgrade before the
+        handshake (see tls.inspect)."""
         if not getattr(endpoint, "tls", False):
             return
         from iotctl.tls import inspect
 
-        info = inspect(endpoint.host, endpoint.port, endpoint.ssl_context(), timeout=timeout)
+        info = inspect(endpoint.host, endpoint.port, endpoint.ssl_context(), server_name=server_name,
+                       timeout=timeout, starttls=starttls)
         cert = info.get("certificate") or {}
         self.add("tls", "protocol", info.get("version"))
         self.add("tls", "cipher", info.get("cipher"))
@@ -51,7 +55,7 @@ class Report:
         if verified is None:
             self.warn("tls", "verified", "not checked (--insecure)")
         elif verified:
-            self.ok("tls", "verified", f"chain and name {endpoint.host}")
+            self.ok("tls", "verified", f"chain and name {server_name or endpoint.host}")
         else:
             self.fail("tls", "verified", info.get("verify_error") or "no")
 

@@ -32,11 +32,14 @@ def make_ssl_context(cafile: str | None = None, cert: str | None = None, key: st
     return ctx
 
 
-def inspect(host: str, port: int, ctx, server_name: str | None = None, timeout: float = 5.0) -> dict:
+def inspect(host: str, port: int, ctx, server_name: str | None = None, timeout: float = 5.0,
+            starttls=None) -> dict:
     """What `iotctl check` shows of a TLS endpoint: protocol, cipher, the certificate's
     subject, names, issuer and expiry, and whether chain and name verify with `ctx`.
     A failed verification is reported, not raised; a handshake that fails either way
-    raises TLSError (or the connection's own error)."""
+    raises TLSError (or the connection's own error). `starttls(sock)`, when given, runs
+    a protocol's plain-text upgrade on the connected socket before the handshake (XMPP's
+    STARTTLS); it raises an IotctlError when the server does not offer it."""
     import socket
     import ssl
     import time
@@ -48,6 +51,8 @@ def inspect(host: str, port: int, ctx, server_name: str | None = None, timeout: 
     out: dict = {"verified": True, "verify_error": None}
     try:
         with socket.create_connection((host, port), timeout=timeout) as raw:
+            if starttls is not None:
+                starttls(raw)
             with ctx.wrap_socket(raw, server_hostname=name) as tls:
                 out.update(_session(tls))
                 if ctx.verify_mode != ssl.CERT_NONE:
@@ -63,6 +68,8 @@ def inspect(host: str, port: int, ctx, server_name: str | None = None, timeout: 
         loose.verify_mode = ssl.CERT_NONE
         try:
             with socket.create_connection((host, port), timeout=timeout) as raw:
+                if starttls is not None:
+                    starttls(raw)
                 with loose.wrap_socket(raw, server_hostname=name) as tls:
                     out.update(_session(tls))
                     out["certificate"] = _decode_der(tls.getpeercert(binary_form=True))

@@ -43,12 +43,14 @@ PEERS = {
     "coaps-server": ("127.0.0.1", 5785, "udp"),  # its DTLS port is 5786 (PSK iotctl / iotctl-psk)
     "rabbitmq": ("127.0.0.1", 5672, "tcp"),
     "rabbitmq-stomp": ("127.0.0.1", 61613, "tcp"),
+    "rabbitmq-mqtt": ("127.0.0.1", 11887, "tcp"),  # RabbitMQ's MQTT plugin (guest/guest)
     "activemq": ("127.0.0.1", 61614, "tcp"),
     "amqp1": ("127.0.0.1", 5691, "tcp"),  # the Qpid Proton example broker; RabbitMQ's AMQP 1.0 is on 5672  # STOMP; STOMP over TLS on 61615
     "prosody": ("127.0.0.1", 5222, "tcp"),  # XMPP c2s (STARTTLS); direct TLS on 5223; domain localhost
     "nginx": ("127.0.0.1", 18080, "tcp"),  # HTTP; HTTPS on 18443 (the test CA's server.crt)
 }
-SERVICE_OF = {"coap-server": "coap", "coaps-server": "coaps", "rabbitmq-stomp": "rabbitmq-stomp"}
+SERVICE_OF = {"coap-server": "coap", "coaps-server": "coaps", "rabbitmq-stomp": "rabbitmq-stomp",
+              "rabbitmq-mqtt": "rabbitmq-mqtt"}
 
 
 @dataclass

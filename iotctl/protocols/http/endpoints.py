@@ -28,6 +28,11 @@ CONNECT_SCHEMES = {name: s for name, s in SCHEMES.items() if name in ("http", "h
 def address_args(url, role: str) -> list[str]:
     """The command-line arguments a URL's address part means."""
     if url.scheme == "http+listen":
+        if role == "check":
+            raise UsageError(f"cannot check {url.shown}", "http+listen:// is a listener (iotctl receives the "
+                                                          "requests): there is no server to check",
+                             hint="check what it listens to while it runs: iotctl check "
+                                  f"http://{url.host}:{url.port or SCHEMES['http+listen'].port}{url.path or '/'}")
         if role != "source":
             raise UsageError(f"bad URL {url.shown!r}", "http+listen:// is a source (it receives requests)")
         return ["--bind", url.host, "--port", str(url.port or SCHEMES["http+listen"].port),

@@ -95,7 +95,9 @@ def _versions(report: Report, cfg) -> tuple[list[str], object]:
             connack = session.connack[2]
         session.close()
     if not accepted:
-        raise errors[0]  # nothing answered as a broker: the usual exit status
+        # nothing let us in: the usual exit status, a refused login first (a broker
+        # without MQTT 5 drops that connection before the older versions refuse the login)
+        raise next((e for e in errors if isinstance(e, AuthError)), errors[0])
     return accepted, connack
 
 

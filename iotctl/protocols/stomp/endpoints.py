@@ -23,10 +23,14 @@ PREFETCH = 1000  # unacknowledged messages a subscription may hold when --prefet
 
 
 def address_args(url, role: str) -> list[str]:
-    """The command-line arguments a URL's address part means: the path is the destination."""
+    """The command-line arguments a URL's address part means: the path is the destination
+    (`iotctl check` parses a URL like a source and sends to a temporary destination of
+    its own: without a path, a stand-in satisfies the source command)."""
     args = ["--url", url.base]
     if url.path and url.path != "/":
         args.append(url.path)
+    elif role == "check":
+        args.append("/topic/iotctl-check")
     return args
 
 

@@ -204,6 +204,7 @@ class Session:
         self.online = False
         self.bound = ""    # the full JID bound, as text
         self.domain = ""
+        self.features: list = []  # every <stream:features/> the server sent, in order (iotctl check)
         self._gone: asyncio.Future | None = None
         self._watchers: list = []  # called (on the loop's thread) once the connection is gone
         self.before_logout: list = []  # called (on the loop's thread) before a polite logout
@@ -388,6 +389,8 @@ class Session:
 
         def on_features(features) -> None:
             offers_sm[:] = [features.xml.find("{urn:xmpp:sm:3}sm") is not None]
+            self.features.append(features.xml)
+            del self.features[:-4]  # one login's (before TLS, after TLS, after SASL), bounded
 
         from slixmpp.xmlstream.handler import Callback
         from slixmpp.xmlstream.matcher import MatchXPath
