@@ -15,9 +15,12 @@ from iotctl.options import check_options
 def command(url, checking):
     """Connect to URL and report what the server is and allows: connect round trip,
     server identity, authentication, TLS (protocol, cipher, certificate names, issuer,
-    days to expiry, whether it verifies), and the protocol's own capabilities (MQTT:
-    versions, MQTT 5 limits, and probed QoS round trips, retain, wildcards, shared
-    subscriptions, largest payload, longest topic and client id).
+    days to expiry, whether it verifies), and the protocol's own capabilities: MQTT
+    versions, limits and probed QoS round trips, retain, wildcards, shared
+    subscriptions, largest payload, longest topic and client id; AMQP server
+    properties, capabilities, frame and channel limits; STOMP server, version and
+    heart-beats; XMPP stream features and service discovery; CoAP resources and
+    block-wise transfer; the MQTT-SN gateway's id; HTTP status, server and methods.
 
     Connection settings go in the URL as for every URL endpoint ('?cafile=ca.pem').
     Exit 0 when the server answers (a limit it has is a finding, not an error); the
