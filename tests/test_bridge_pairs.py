@@ -20,6 +20,7 @@ from tests.conftest import CERTS
 from tests.faults import TcpRelay
 from tests.helpers import clean_env, free_port, wait_until
 
+XDIST_GROUP = "frank-grace"  # the XMPP accounts this module and test_crossing log in as
 MQTT = "mqtt://127.0.0.1:11883"
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2f"
 
