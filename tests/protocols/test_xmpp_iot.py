@@ -228,6 +228,21 @@ def test_json_payload_save_and_polling(device, tmp_path):
     assert dev.text().count("fields counter,setpoint,led -> 3 value(s)") == 2  # two readouts, 0.5 s apart
 
 
+def test_a_scheduled_readout_and_its_cancel(device):
+    dev = device()
+    started = time.monotonic()
+    r = reader("-o", "raw", "xmpp", "sensor", dev.jid, "--when", "+3s", "--field", "counter", "--answer-timeout", "1")
+    assert r.returncode == 0 and int(r.stdout) >= 0, r.stderr
+    assert 1.5 <= time.monotonic() - started < 10  # answered at --when (to the second), past the answer timeout
+    assert re.search(r"readout #1 momentary fields counter -> queued for \S+Z\n", dev.text())
+    # stopped before it: the device forgets it
+    r = reader("xmpp", "sensor", dev.jid, "--when", "+60s", "-W", "1.5")
+    assert r.returncode == 5 and "no value within 1.5 s" in one_line_error(r)
+    wait_until(lambda: "cancel #1 -> cancelled" in dev.text(), 5, "the cancel")
+    r = reader("xmpp", "sensor", dev.jid, "--when", "+5s", "--interval", "1")
+    assert r.returncode == 2 and "a scheduled readout is made once" in one_line_error(r)
+
+
 def test_bare_jid_needs_a_subscription_the_device_approves(device):
     dev = device()
     r = reader("xmpp", "sensor", DEVICE)

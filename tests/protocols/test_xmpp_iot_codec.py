@@ -191,6 +191,7 @@ def test_times_for_from_and_to():
     assert iot.parse_time("-1h30m", now) == "2026-01-02T01:34:05Z"
     assert iot.parse_time("-1d", now) == "2026-01-01T03:04:05Z"
     assert iot.parse_time("-1w", now) == "2025-12-26T03:04:05Z"
+    assert iot.parse_time("+30s", now) == "2026-01-02T03:04:35Z"
     assert iot.parse_time("2026-01-02T03:04:05+02:00") == "2026-01-02T01:04:05Z"
     assert iot.parse_time("2026-01-02T03:04:05Z") == "2026-01-02T03:04:05Z"
     local = datetime(2026, 1, 2, 3, 4, 5).astimezone()  # no zone: the user's local time

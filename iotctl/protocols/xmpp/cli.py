@@ -647,6 +647,9 @@ def version(cfg, peer, timeout):
 @click.option("--to", "until", metavar="TIME", help="Historical values up to TIME (as --from).")
 @click.option("--interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
               help="Read again every SECONDS until Ctrl-C, -C or -W [default: read once].")
+@click.option("--when", metavar="TIME",
+              help="Ask the device to read at TIME (as --from; +30s is in 30 seconds): it answers then. "
+                   "Stopped before, the readout is cancelled at the device.")
 @click.option("--payload", "payload_form", type=click.Choice(("value", "json")), default="value",
               show_default=True,
               help="Each message's payload: the value as the device wrote it, or a JSON object of the field's "
@@ -655,7 +658,7 @@ def version(cfg, peer, timeout):
               metavar="SECONDS", help="Give up (exit 5) when the device says nothing for this long during a readout.")
 @receive_options(reconnect=True)
 def sensor(cfg, device, fields, nodes, momentary, historical, peak, status_values, computed, identity, all_kinds,
-           since, until, interval, payload_form, answer_timeout, receive):
+           since, until, interval, when, payload_form, answer_timeout, receive):
     """Read a device's sensor data (XEP-0323): a message per value.
 
     The address is the device's full JID, the payload the value as the device wrote
@@ -679,7 +682,8 @@ def sensor(cfg, device, fields, nodes, momentary, historical, peak, status_value
     from iotctl import receive as receiving
 
     reader = endpoints.sensor(cfg, device, fields, nodes, momentary, historical, peak, status_values, computed,
-                              identity, all_kinds, since, until, interval, payload_form, answer_timeout, receive)
+                              identity, all_kinds, since, until, interval, payload_form, answer_timeout, receive,
+                              when)
     with reader:
         if interval:
             status(f"reading {reader.target} every {interval:g} s")

@@ -1491,13 +1491,14 @@ def disco_features(session: Session, jid: str, timeout: float) -> set[str]:
 class _Readout:
     """One readout request in flight (main thread)."""
 
-    __slots__ = ("seqnr", "started", "last", "count", "failures")
+    __slots__ = ("seqnr", "started", "last", "count", "failures", "queued")
 
     def __init__(self, seqnr: int):
         self.seqnr = seqnr
         self.started = self.last = time.monotonic()
         self.count = 0
         self.failures: list[str] = []
+        self.queued = False  # the device scheduled it (--when): it answers then
 
 
 class SensorReader(receive.Receiver):
@@ -1516,10 +1517,10 @@ class SensorReader(receive.Receiver):
 
     def __init__(self, cfg: XmppConfig, device: str, kinds: list[str], fields=(), nodes=(), since: str | None = None,
                  until: str | None = None, interval: float | None = None, as_json: bool = False,
-                 answer_timeout: float = 10.0):
+                 answer_timeout: float = 10.0, when: str | None = None):
         self.cfg, self.device = cfg, device
         self.kinds, self.fields, self.nodes = list(kinds), list(fields), list(nodes)
-        self.since, self.until, self.interval = since, until, interval
+        self.since, self.until, self.interval, self.when = since, until, interval, when
         self.as_json, self.answer_timeout = as_json, answer_timeout
         self.session: Session | None = None
         self.target = ""
@@ -1556,8 +1557,17 @@ class SensorReader(receive.Receiver):
         self.resource = session.bound.split("/", 1)[1] if "/" in session.bound else None
 
     def close(self) -> None:
-        if self.session is not None:
-            self.session.close()
+        session = self.session
+        if session is None:
+            return
+        current = self.current
+        if current is not None and current.queued and session.lost is None:
+            # stopped before a scheduled readout: the device forgets it (XEP-0323 cancel)
+            try:
+                session.request(lambda: self._cancel(current.seqnr), f"cancel readout #{current.seqnr}", 2.0)
+            except (IotctlError, KeyboardInterrupt):
+                pass
+        session.close()
 
     def reconnect(self) -> None:
         old, self.session = self.session, None
@@ -1571,6 +1581,15 @@ class SensorReader(receive.Receiver):
         from slixmpp.xmlstream.handler import Callback
 
         session.xmpp.register_handler(Callback("iotctl sensor data", _SensorData(), self._message))
+
+    async def _cancel(self, seqnr: int) -> None:
+        self._live.discard(str(seqnr))
+        iq = self.session.xmpp.make_iq_get(ito=self.target)
+        ET.SubElement(iq.xml, iot.SD + "cancel", seqnr=str(seqnr))
+        try:
+            await iq.send(timeout=2.0)
+        except IqError:
+            pass
 
     def _put(self, *item) -> None:
         self.session.inbox.put(item)
@@ -1609,7 +1628,8 @@ class SensorReader(receive.Receiver):
         key = str(seqnr)
         xmpp = self.session.xmpp
         iq = xmpp.make_iq_get(ito=self.target)
-        iq.xml.append(iot.readout_request(seqnr, self.kinds, self.fields, self.nodes, self.since, self.until))
+        iq.xml.append(iot.readout_request(seqnr, self.kinds, self.fields, self.nodes, self.since, self.until,
+                                          self.when))
         self._live.add(key)
         try:
             result = await iq.send(timeout=self.answer_timeout)
@@ -1634,6 +1654,7 @@ class SensorReader(receive.Receiver):
             self.stale = False
         self.seqnr += 1
         self.current = _Readout(self.seqnr)
+        self._asked_at = time.time()
         self.session.loop.soon(lambda n=self.seqnr: asyncio.ensure_future(self._ask(n)))
 
     def poll(self, wait: float | None):
@@ -1660,10 +1681,14 @@ class SensorReader(receive.Receiver):
                 left = self.next_at - now
                 wait = left if wait is None else min(wait, left)
         if self.current is not None:
-            left = self.current.last + self.answer_timeout - now
+            last = self.current.last
+            if self.current.queued:  # scheduled: the device answers at --when
+                last = max(last, self.current.started + (iot.stamp_seconds(self.when) or 0) - self._asked_at)
+            left = last + self.answer_timeout - now
             if left <= 0:
                 self._failed(TimeoutError_(self.what, f"no answer within {self.answer_timeout:g} s",
-                                           hint=_offline_hint(self.target)))
+                                           hint="the device is offline, busy or frozen "
+                                                "(--answer-timeout waits longer)"))
                 return []
             wait = left if wait is None else min(wait, left)
         out: list = []
@@ -1685,6 +1710,8 @@ class SensorReader(receive.Receiver):
                 current.failures.append(item[2])
                 if item[3]:
                     self._end_readout()
+            elif kind == "accepted":
+                current.queued = item[2]
             elif kind == "error":
                 self.error = item[2]  # reported once what came before it is written
         if self.error is not None and not out:

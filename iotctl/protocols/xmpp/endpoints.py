@@ -132,7 +132,7 @@ def user_jid(text: str, cfg, what: str = "JID") -> str:
 
 def sensor(cfg, device, fields=(), nodes=(), momentary=False, historical=False, peak=False, status_values=False,
            computed=False, identity=False, all_kinds=False, since=None, until=None, interval=None,
-           payload_form="value", answer_timeout=10.0, receive=None, **_ignored):
+           payload_form="value", answer_timeout=10.0, receive=None, when=None, **_ignored):
     """The sensor reader (a receive.Receiver, entered to log in and find the device):
     XEP-0323 readouts of `device`, once or every `interval` seconds."""
     from iotctl.protocols.xmpp import iot
@@ -148,15 +148,17 @@ def sensor(cfg, device, fields=(), nodes=(), momentary=False, historical=False, 
     if all_kinds:
         kinds = ["all"]
     times = {}
-    for name, value in (("--from", since), ("--to", until)):
+    for name, value in (("--from", since), ("--to", until), ("--when", when)):
         if value is not None:
             try:
                 times[name] = iot.parse_time(value)
             except ValueError as exc:
                 raise UsageError(f"bad {name} {value!r}", str(exc)) from None
-    if len(times) == 2 and times["--from"] > times["--to"]:
+    if "--from" in times and "--to" in times and times["--from"] > times["--to"]:
         raise UsageError("bad --from/--to", f"{since!r} is after {until!r}")
+    if when is not None and interval is not None:
+        raise UsageError("--when and --interval", "give one: a scheduled readout is made once")
     if receive is not None and receive.timeout is not None:  # -W bounds the whole run, the login included
         cfg.connect_timeout = min(cfg.connect_timeout, receive.timeout)
     return SensorReader(cfg, device, kinds or ["momentary"], fields, nodes, times.get("--from"), times.get("--to"),
-                        interval, payload_form == "json", answer_timeout)
+                        interval, payload_form == "json", answer_timeout, times.get("--when"))

@@ -66,7 +66,7 @@ _DATE = re.compile(r"(-?\d{4,})-(\d{2})-(\d{2})" + _TZ + r"\Z")
 _TIME = re.compile(r"(\d{2}):(\d{2}):(\d{2})(\.\d+)?" + _TZ + r"\Z")
 _DATETIME = re.compile(r"(-?\d{4,})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})(\.\d+)?" + _TZ + r"\Z")
 _DURATION = re.compile(r"-?P(?:(\d+)Y)?(?:(\d+)M)?(?:(\d+)D)?(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)?\Z")
-_RELATIVE = re.compile(r"-((?:\d+(?:\.\d+)?[smhdw])+)\Z")
+_RELATIVE = re.compile(r"([+-])((?:\d+(?:\.\d+)?[smhdw])+)\Z")
 _TRUE, _FALSE = ("true", "1"), ("false", "0")
 
 
@@ -206,9 +206,9 @@ def parse_param(text: str) -> tuple[str, str | None, str]:
 
 
 def parse_time(text: str, now: float | None = None) -> str:
-    """A --from/--to time as an xs:dateTime in UTC: ISO 8601 (a date, or a date and
-    time; without a zone, local time), `now`, or a time ago (`-90s`, `-15m`, `-2h`,
-    `-1d`, `-1h30m`). ValueError says why not."""
+    """A --from/--to/--when time as an xs:dateTime in UTC: ISO 8601 (a date, or a date
+    and time; without a zone, local time), `now`, a time ago (`-90s`, `-15m`, `-2h`,
+    `-1d`, `-1h30m`) or to come (`+30s`). ValueError says why not."""
     word = text.strip()
     now = time.time() if now is None else now
     if word.lower() == "now":
@@ -216,14 +216,14 @@ def parse_time(text: str, now: float | None = None) -> str:
     m = _RELATIVE.match(word)
     if m:
         seconds = 0.0
-        for amount, unit in re.findall(r"(\d+(?:\.\d+)?)([smhdw])", m.group(1)):
+        for amount, unit in re.findall(r"(\d+(?:\.\d+)?)([smhdw])", m.group(2)):
             seconds += float(amount) * {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}[unit]
-        return _utc(datetime.fromtimestamp(now - seconds, timezone.utc))
+        return _utc(datetime.fromtimestamp(now - seconds if m.group(1) == "-" else now + seconds, timezone.utc))
     try:
         when = datetime.fromisoformat(word)
     except ValueError:
         raise ValueError("give an ISO 8601 time (2026-01-02T03:04:05Z, 2026-01-02), now, "
-                         "or a time ago (-30m, -2h, -1d)") from None
+                         "a time ago (-30m, -2h, -1d) or to come (+30s)") from None
     if when.tzinfo is None:
         when = when.astimezone()  # local time, as the user's clock says
     return _utc(when)
@@ -253,9 +253,9 @@ def now_stamp(seconds: float | None = None) -> str:
 
 
 def readout_request(seqnr: int, kinds: list[str], fields=(), nodes=(), since: str | None = None,
-                    until: str | None = None) -> ET.Element:
+                    until: str | None = None, when: str | None = None) -> ET.Element:
     """<req/>: `kinds` are field types (KINDS), "historical" (every historical kind) or
-    "all"."""
+    "all"; `when` schedules the readout."""
     req = ET.Element(SD + "req", seqnr=str(seqnr))
     for kind in kinds:
         req.set(kind, "true")
@@ -263,6 +263,8 @@ def readout_request(seqnr: int, kinds: list[str], fields=(), nodes=(), since: st
         req.set("from", since)
     if until:
         req.set("to", until)
+    if when:
+        req.set("when", when)
     for node in nodes:
         ET.SubElement(req, SD + "node", nodeId=node)
     for name in fields:
