@@ -450,6 +450,48 @@ def test_device_in_the_background(peer, tmp_path):
     assert "Traceback" not in r.stderr.decode()
 
 
+def test_device_in_the_background_asks_for_the_password_here(peer, tmp_path):
+    """-P -: the question is asked on this terminal, once; the child gets the answer in
+    its environment, not on its command line."""
+    import pty
+
+    peer("prosody")
+    resource = f"tty-{uuid.uuid4().hex[:6]}"
+    log = tmp_path / "device.log"
+    child, fd = pty.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.execve(sys.executable, [sys.executable, "-m", "iotctl", "xmpp", "device", "--jid", DEVICE, "-P", "-",
+                                   "--server", SERVER, "--cafile", CA, "--resource", resource, "--background",
+                                   "--log", str(log)], clean_env())
+    said = b""
+
+    def read() -> bytes:
+        try:
+            return os.read(fd, 4096)
+        except OSError:  # EIO: the child is gone
+            return b""
+
+    while b"password for thing@localhost:" not in said:
+        chunk = read()
+        assert chunk, said
+        said += chunk
+    os.write(fd, PW["thing"].encode() + b"\n")
+    while chunk := read():
+        said += chunk
+    _, status = os.waitpid(child, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, said
+    pid = int(re.search(rb"^(\d+)\r?$", said, re.M).group(1))
+    try:
+        r = reader("-o", "raw", "xmpp", "sensor", f"{DEVICE}/{resource}", "--field", "led")
+        assert r.returncode == 0 and r.stdout == b"false\n", r.stderr
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        assert b"-P" not in cmdline and PW["thing"].encode() not in cmdline
+    finally:
+        os.kill(pid, signal.SIGTERM)
+    wait_until(lambda: "device stopped" in log.read_text(), 15, "the device stopped")
+
+
 # --------------------------------------------------------------------------- a device not written here
 
 

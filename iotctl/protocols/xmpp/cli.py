@@ -797,6 +797,7 @@ def device(cfg, node, interval, auto_approve, background, log_file):
         from iotctl import background as bg
 
         user = (cfg.endpoint.username or "device").split("@", 1)[0]
+        _prompted_password_to_child(cfg)
         pid = bg.start("xmpp device", log=log_file, name=f"xmpp-device-{user}")
         click.echo(pid)
         status(f"the simulated device runs in the background (pid {pid}); stop it with: kill {pid}")
@@ -809,3 +810,27 @@ def device(cfg, node, interval, auto_approve, background, log_file):
 
         log = bg.open_log(log_file, text=True)
     server.run(cfg, node, interval, auto_approve, log, settings().quiet)
+
+
+def _prompted_password_to_child(cfg) -> None:
+    """`-P -` asked for the password on this terminal: the background child (which has
+    none) gets it in its environment, IOTCTL_XMPP_PASSWORD, and not `-P -` again. Not
+    on its command line either, where `ps` would show it."""
+    import os
+    import sys
+
+    argv, kept, prompted = sys.argv, [], False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-P", "--password") and i + 1 < len(argv) and argv[i + 1] == "-":
+            prompted, i = True, i + 2
+            continue
+        if arg in ("-P-", "--password=-"):
+            prompted, i = True, i + 1
+            continue
+        kept.append(arg)
+        i += 1
+    if prompted and cfg.endpoint.password is not None:
+        os.environ["IOTCTL_XMPP_PASSWORD"] = cfg.endpoint.password
+        sys.argv = kept
