@@ -378,6 +378,43 @@ def test_polling_survives_the_device_going_away_and_coming_back(device):
     assert "readout #" in back.text()
 
 
+def test_device_and_reader_log_in_again_after_a_cut(peer, tmp_path):
+    """Both through a TCP relay that resets every connection: the device binds its
+    resource again, the polling reader logs in again and reads on."""
+    from tests.faults import TcpRelay
+
+    peer("prosody")
+    with TcpRelay(5222) as relay:
+        resource = f"cut-{uuid.uuid4().hex[:6]}"
+        jid = f"{DEVICE}/{resource}"
+        log = tmp_path / "device.log"
+        via = ["--server", f"127.0.0.1:{relay.port}", "--cafile", CA]
+        dev = subprocess.Popen([sys.executable, "-m", "iotctl", "xmpp", "device", "--jid", DEVICE, "-P", PW["thing"],
+                                *via, "--resource", resource, "--log", str(log), "--interval", "0.2"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env())
+        try:
+            wait_until(lambda: log.exists() and "online as" in log.read_text(), 20, "the device online")
+            proc = subprocess.Popen([sys.executable, "-m", "iotctl", "-o", "raw", "xmpp", "sensor", jid, "--jid", READER,
+                                     "-P", PW["reader"], *via, "--field", "counter", "--interval", "0.5", "-C", "8",
+                                     "-W", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+            wait_until(lambda: log.read_text().count("readout #") >= 2, 20, "two readouts")
+            relay.cut()
+            out, err = proc.communicate(timeout=60)
+            assert proc.returncode == 0, err
+            assert len(out.split()) == 8
+            assert re.search(rb"connection lost .*; reconnecting in", err) and b"reconnected to" in err, err
+            assert relay.accepted >= 4  # both logged in twice
+        finally:
+            dev.send_signal(signal.SIGTERM)
+            _, dev_err = dev.communicate(timeout=15)
+        assert dev.returncode == 0, dev_err
+        assert b"connection lost" in dev_err and b"reconnected to" in dev_err
+        text = log.read_text()
+        assert text.count("online as") == 1 and "device stopped" in text
+        after_cut = text.split("readout #")[-1]
+        assert "-> 1 value(s)" in after_cut
+
+
 # --------------------------------------------------------------------------- a source for the other commands
 
 
