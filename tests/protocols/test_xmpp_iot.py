@@ -155,6 +155,14 @@ def test_one_field_and_two_fields_are_asked_of_the_device(device):
     # the request carried the names: the device read only those
     wait_until(lambda: "fields counter,led -> 2 value(s)" in dev.text(), 5, "the device's log line")
     assert "fields humidity -> 1 value(s)" in dev.text()
+    # nodes: the device is one, named after its account; another is not found
+    r = reader("-o", "raw", "xmpp", "sensor", dev.jid, "--node", "thing", "--field", "led")
+    assert r.returncode == 0 and r.stdout == b"false\n", r.stderr
+    r = reader("xmpp", "sensor", dev.jid, "--node", "other")
+    assert r.returncode == 6
+    assert one_line_error(r) == f"iotctl: error: read {dev.jid}: item-not-found: no node other (this device is node thing)"
+    r = reader("xmpp", "sensor", dev.jid, "--field", "pressure")
+    assert r.returncode == 6 and one_line_error(r).endswith("item-not-found: no field pressure")
 
 
 def test_kinds_of_values_and_their_quality_flags(device):

@@ -288,7 +288,9 @@ class Device:
         kinds = iot.requested_kinds(req)
         fields = [f.get("name", "") for f in req.iter(iot.SD + "field")]
         nodes = [n.get("nodeId", "") for n in req.iter(iot.SD + "node")]
-        asked = " ".join(sorted(k for k in kinds)) if len(kinds) < len(iot.KINDS) else "all"
+        shown_kinds = sorted(kinds - set(iot.HISTORICAL)) + (["historical"] if set(iot.HISTORICAL) <= kinds else
+                                                           sorted(kinds & set(iot.HISTORICAL)))
+        asked = " ".join(shown_kinds) if len(kinds) < len(iot.KINDS) else "all"
         shown = f"readout #{seqnr} {asked}" + (f" fields {','.join(fields)}" if fields else "")
         unknown = [n for n in nodes if n != self.node]
         if unknown:
