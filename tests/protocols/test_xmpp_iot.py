@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 import uuid
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -160,7 +160,8 @@ def test_one_field_and_two_fields_are_asked_of_the_device(device):
     assert r.returncode == 0 and r.stdout == b"false\n", r.stderr
     r = reader("xmpp", "sensor", dev.jid, "--node", "other")
     assert r.returncode == 6
-    assert one_line_error(r) == f"iotctl: error: read {dev.jid}: item-not-found: no node other (this device is node thing)"
+    assert one_line_error(r) == (f"iotctl: error: read {dev.jid}: item-not-found: no node other "
+                                 "(this device is node thing)")
     r = reader("xmpp", "sensor", dev.jid, "--field", "pressure")
     assert r.returncode == 6 and one_line_error(r).endswith("item-not-found: no field pressure")
 
@@ -402,8 +403,8 @@ def test_device_and_reader_log_in_again_after_a_cut(peer, tmp_path):
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env())
         try:
             wait_until(lambda: log.exists() and "online as" in log.read_text(), 20, "the device online")
-            proc = subprocess.Popen([sys.executable, "-m", "iotctl", "-o", "raw", "xmpp", "sensor", jid, "--jid", READER,
-                                     "-P", PW["reader"], *via, "--field", "counter", "--interval", "0.5", "-C", "8",
+            proc = subprocess.Popen([sys.executable, "-m", "iotctl", "-o", "raw", "xmpp", "sensor", jid,
+                                     "--jid", READER, "-P", PW["reader"], *via, "--field", "counter", "--interval", "0.5", "-C", "8",
                                      "-W", "60"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
             wait_until(lambda: log.read_text().count("readout #") >= 2, 20, "two readouts")
             relay.cut()

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, datetime, timezone
 from xml.etree import ElementTree as ET
 
 from iotctl.message import Message
