@@ -60,7 +60,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              portable="iotctl.protocols.mqtt.envelope:portable", express="iotctl.protocols.mqtt.express:pub",
              check="iotctl.protocols.mqtt.check:check", retained="iotctl.protocols.mqtt.retained"),
     Protocol("coap", "iotctl.protocols.coap.cli:group",
-             "CoAP: get/put/post/delete/fetch/patch, observe, discover, serve a simulated device.",
+             "CoAP: get/put/post/delete/fetch/patch, observe, discover, serve a simulated device, proxy to and from HTTP.",
              header=("code", "observe", "location"), details=("type", "mid", "token", "options"),
              renderers={"application/link-format": "iotctl.protocols.coap.linkformat:render"},
              schemes=("coap", "coaps", "coap+tcp", "coaps+tcp", "coap+ws", "coaps+ws"),

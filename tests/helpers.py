@@ -53,3 +53,25 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def peak_rss_kib(pid: int | str = "self") -> int:
+    """The peak RSS (KiB) of a process's own memory: VmHWM of /proc/PID/status.
+
+    Not ru_maxrss: on Linux a child's ru_maxrss (RUSAGE_SELF in it, wait4's or
+    RUSAGE_CHILDREN in the parent) starts from the forking parent's high-water mark,
+    kept across exec; a child of a pytest process grown to 450 MiB reported 450 MiB."""
+    with open(f"/proc/{pid}/status") as fh:
+        for line in fh:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    raise AssertionError(f"no VmHWM for process {pid}")
+
+
+# a program that runs iotctl and reports its own peak RSS on stderr, whatever the exit code
+PEAK_RSS_PROGRAM = ("import sys\n"
+                    "from iotctl.cli import run\n"
+                    "code = run(sys.argv[1:])\n"
+                    "hwm = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')]\n"
+                    "sys.stderr.write('peak-rss-kib %s\\n' % hwm[0])\n"
+                    "sys.exit(code)\n")

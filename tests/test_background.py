@@ -103,7 +103,7 @@ def test_background_gateway_that_cannot_reach_its_broker_exits_3(tmp_path):
     r = _start("mqttsn", "gateway", "--background", "--port", str(free_port()), "--broker",
                f"mqtt://127.0.0.1:{closed}", env={"XDG_STATE_HOME": str(state)})
     assert r.returncode == 3, r
-    assert "connection refused" in (state / "iotctl" / "mqttsn-gateway.log").read_text()
+    assert "connection refused" in next((state / "iotctl").glob("mqttsn-gateway-*.log")).read_text()
     errors = [line for line in r.stderr.splitlines() if line.startswith("iotctl: error")]
     assert errors == [f"iotctl: error: mqttsn gateway in the background: cannot connect to "
                       f"mqtt://127.0.0.1:{closed}: connection refused"], r.stderr

@@ -231,9 +231,11 @@ def _replayed(iotctl, tmp_path, envelope, *extra) -> dict:
 
 def test_an_amqp_capture_sends_no_amqp_fields(iotctl, tmp_path):
     """Issue 15: replaying an AMQP capture into STOMP sent delivery_tag, exchange and
-    routing_key as STOMP headers. Only what crosses is sent."""
+    routing_key as STOMP headers. Only what crosses is sent: the content type, and the
+    correlation id and reply-to AMQP's portable reader gives."""
     headers = _replayed(iotctl, tmp_path, AMQP)
     assert headers.pop("receipt").startswith("s")
+    assert headers.pop("correlation-id", None) in (None, "c-9") and headers.pop("reply-to", None) in (None, "answers")
     assert headers == {"destination": "/queue/in", "content-type": "application/json", "content-length": "1"}
 
 

@@ -15,15 +15,10 @@ import time
 import pytest
 
 from tests.faults import TcpRelay
-from tests.helpers import clean_env
+from tests.helpers import PEAK_RSS_PROGRAM, clean_env
 from tests.protocols.test_stomp import FakeServer, broker, connected, drain, fill, queue  # noqa: F401 (fixtures)
 
-# runs iotctl and reports its peak RSS on stderr (KiB, Linux), whatever the exit code
-PEAK_RSS = ("import resource, sys\n"
-            "from iotctl.cli import run\n"
-            "code = run(sys.argv[1:])\n"
-            "sys.stderr.write('peak-rss-kib %d\\n' % resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)\n"
-            "sys.exit(code)\n")
+PEAK_RSS = PEAK_RSS_PROGRAM  # runs iotctl and reports its own peak RSS on stderr (KiB)
 
 
 def iotctl_peak(*args, timeout=60, **kw) -> tuple[subprocess.CompletedProcess, int]:

@@ -278,31 +278,15 @@ def fake_login(port: int) -> list[str]:
 
 def run_measured(args: list, timeout: float = 60, input: bytes | None = None) -> tuple[int, bytes, str, int]:
     """Run iotctl; (exit code, stdout, stderr, peak RSS in KiB of that process alone)."""
-    proc = subprocess.Popen(iotctl_cmd(*args), stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
-    out_box: dict = {}
+    from tests.helpers import PEAK_RSS_PROGRAM
 
-    def talk():
-        out_box["out"], out_box["err"] = proc.stdout.read(), proc.stderr.read()
-
-    reader = threading.Thread(target=talk, daemon=True)
-    reader.start()
-    if input is not None:
-        proc.stdin.write(input)
-        proc.stdin.close()
-    end = time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.monotonic() > end:
-            proc.kill()
-            pid, status, usage = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.02)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    reader.join(10)
-    return proc.returncode, out_box.get("out", b""), out_box.get("err", b"").decode(errors="replace"), usage.ru_maxrss
+    proc = subprocess.run([sys.executable, "-c", PEAK_RSS_PROGRAM, *map(str, args)], input=input,
+                          stdin=None if input is not None else subprocess.DEVNULL, capture_output=True,
+                          env=clean_env(), timeout=timeout)
+    lines = proc.stderr.decode(errors="replace").splitlines()
+    peak = int(next(line.split()[1] for line in lines if line.startswith("peak-rss-kib ")))
+    err = "".join(line + "\n" for line in lines if not line.startswith("peak-rss-kib "))
+    return proc.returncode, proc.stdout, err, peak
 
 
 # --------------------------------------------------------------------------- issue 21 item 1: stored messages

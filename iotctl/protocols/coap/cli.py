@@ -24,7 +24,7 @@ MULTICAST_TARGETS = ("coap://224.0.1.187/.well-known/core", "coap://[ff02::fd]/.
 
 @click.group(cls=ProtocolGroup, protocol="coap")
 def group():
-    """CoAP (RFC 7252) on aiocoap: requests, observe, discovery, and a simulated device.
+    """CoAP (RFC 7252) on aiocoap: requests, observe, discovery, a simulated device, a proxy.
 
     URIs: coap:// (UDP), coap+tcp://, coaps+tcp:// (TLS); coaps:// (DTLS, needs
     DTLSSocket) and coap+ws:// (needs websockets) where aiocoap has the modules.
@@ -36,6 +36,7 @@ def group():
     iotctl coap get coap://127.0.0.1/sensors/temperature -A json
     iotctl coap observe coap://127.0.0.1/time -C 3
     iotctl coap discover coap://127.0.0.1 --rt 'temperature*'
+    iotctl coap proxy --http 8080 --coap 5700
     """
 
 
@@ -474,3 +475,104 @@ def serve(bind, port, tcp, dir, interval, large_size, background, log_file):
     server.serve(server.ServeConfig(address=bind, port=port, tcp=tcp, directory=dir,
                                     interval=interval, large_size=large_size, quiet=s.quiet,
                                     debug=s.debug, log=log))
+
+
+# --------------------------------------------------------------------------- proxy
+
+
+def _listen_address(option: str):
+    def callback(ctx, param, value):
+        if value is None:
+            return None
+        return formats.parse_listen(value, option)
+
+    return callback
+
+
+@group.command()
+@click.option("--http", "http", metavar="[HOST:]PORT", callback=_listen_address("--http"),
+              help="Listen for HTTP here: HTTP to CoAP (RFC 8075) and the page at / [default: 127.0.0.1:8080 "
+                   "when --coap is not given either; HOST defaults to 127.0.0.1, PORT 0 is any free port].")
+@click.option("--coap", "coap", metavar="[HOST:]PORT", callback=_listen_address("--coap"),
+              help="Listen for CoAP here (UDP): requests with Proxy-Uri http://... are carried out over HTTP.")
+@click.option("-W", "--timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              metavar="SECONDS",
+              help="How long one request to a device (or an HTTP server) may take: then 504 (5.04).")
+@click.option("--max-size", metavar="SIZE", default="16MiB", show_default=True,
+              callback=lambda c, p, v: formats.parse_size(str(v), "--max-size"),
+              help="Largest response taken from a device (block-wise assembled) or an HTTP server: "
+                   "larger is 502 (5.02).")
+@click.option("--max-body", metavar="SIZE", default="1MiB", show_default=True,
+              callback=lambda c, p, v: formats.parse_size(str(v), "--max-body"),
+              help="Largest request body (HTTP, or a CoAP block-wise upload): larger is 413 (4.13).")
+@click.option("--max-requests", type=click.IntRange(1, 100000), default=256, show_default=True, metavar="N",
+              help="Requests in progress at once, on each side; past it 503 with Retry-After (CoAP: 5.03 "
+                   "with Max-Age).")
+@click.option("--max-connections", type=click.IntRange(1, 100000), default=512, show_default=True, metavar="N",
+              help="HTTP connections open at once; past it a new one gets 503 and is closed.")
+@click.option("--max-observers", type=click.IntRange(1, 100000), default=256, show_default=True, metavar="N",
+              help="Event-stream subscriptions at once (an HTTP client watching a resource); past it 503.")
+@click.option("--client-timeout", type=click.FloatRange(min=0, min_open=True), default=30.0, show_default=True,
+              metavar="SECONDS", help="Drop an HTTP client that stops reading (an event stream) for this long.")
+@click.option("--cafile", type=click.Path(dir_okay=False), metavar="FILE",
+              help="CA certificates for https:// targets of CoAP requests [default: the system's].")
+@click.option("--background", is_flag=True, default=False,
+              help="Return once the proxy listens, leaving it running (its pid is printed); "
+                   "it logs to --log FILE, never to this terminal.")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Append the request log to FILE instead of stderr [default with --background: "
+                   "$XDG_STATE_HOME/iotctl/coap-proxy-PORT.log; nothing with --quiet].")
+def proxy(http, coap, timeout, max_size, max_body, max_requests, max_connections, max_observers,
+          client_timeout, cafile, background, log_file):
+    """An HTTP-to-CoAP and CoAP-to-HTTP proxy, until Ctrl-C.
+
+    HTTP to CoAP (RFC 8075): a request to /hc/coap://HOST:PORT/PATH (or
+    /coap://HOST:PORT/PATH) is sent to that CoAP resource, with its method (GET, HEAD,
+    POST, PUT, DELETE, PATCH, FETCH, iPATCH), Content-Type and Accept as Content-Format
+    and Accept, and the answer comes back mapped: 2.05 is 200, 2.04 without a payload
+    204, 4.04 404, ... (README has the table), the diagnostic payload as the body; no
+    answer within -W is 504, an unreachable device 502, a malformed target 400.
+    With Accept: text/event-stream a GET observes the resource: each notification is a
+    server-sent event (iotctl's own mapping), and every client of a resource shares one
+    observation, deregistered when the last one goes. GET / is a page listing a
+    device's resources with their observable values live.
+
+    CoAP to HTTP (--coap): a CoAP request with Proxy-Uri http[s]://... (or Proxy-Scheme
+    http and Uri-Host) is carried out over HTTP, the answer mapped back (200 to a GET is
+    2.05, 201 2.01, 404 4.04, ...), so a CoAP-only device reaches a REST API.
+
+    One line per request is logged on stderr or --log FILE (--quiet turns it off);
+    --background as `coap serve`.
+
+    \b
+    iotctl coap proxy --http 8080 --coap 5700 --background
+    curl http://127.0.0.1:8080/hc/coap://127.0.0.1:5683/sensors/temperature
+    curl -N -H 'Accept: text/event-stream' http://127.0.0.1:8080/hc/coap://127.0.0.1/time
+    coap-client-notls -P coap://127.0.0.1:5700 http://example.com/api
+    """
+    if http is None and coap is None:
+        http = ("127.0.0.1", 8080)
+    if background:
+        from iotctl import background as bg
+
+        port = (http or coap)[1]
+        pid = bg.start("coap proxy", log=log_file, name=f"coap-proxy-{port}")
+        click.echo(pid)
+        status(f"the proxy runs in the background (pid {pid}); stop it with: kill {pid}")
+        return
+    if cafile is not None:
+        from iotctl.tls import make_ssl_context
+
+        make_ssl_context(cafile=cafile)  # an unreadable or bad file fails here (exit 2)
+    from iotctl.protocols.coap.proxy import server as proxy_server
+
+    s = settings()
+    log = None
+    if log_file is not None:
+        from iotctl import background as bg
+
+        log = bg.open_log(log_file, text=True)
+    proxy_server.serve(proxy_server.ProxyConfig(
+        http=http, coap=coap, timeout=timeout, max_size=max_size, max_body=max_body,
+        max_requests=max_requests, max_connections=max_connections, max_observers=max_observers,
+        client_timeout=client_timeout, cafile=cafile, quiet=s.quiet, debug=s.debug, log=log))

@@ -544,6 +544,35 @@ def _hold(ctx, resp) -> None:
     ctx._iotctl_peer = resp.remote
 
 
+async def open_context(uri: str, security: Security | None = None):
+    """A client context for `uri`'s scheme (on the loop's thread): what `coap proxy`
+    sends its requests through. Shut it down with `await ctx.shutdown()`."""
+    return await _context(uri, security or Security())
+
+
+async def exchange(ctx, spec: RequestSpec):
+    """One request and its whole response (block-wise transfers assembled, at most
+    spec.max_size), on the loop's thread: the aiocoap response; failures as
+    IotctlErrors (TimeoutError_ after spec.timeout, ConnectError for an unreachable
+    server, PeerError for one sending more than max_size)."""
+    return await _one(ctx, spec)
+
+
+def more_blocks(resp) -> bool:
+    """A response (or notification) that is the first block of a bigger representation."""
+    return _more_blocks(resp)
+
+
+def max_age(resp) -> float:
+    """A response's Max-Age (60 s, RFC 7252's default, when it has none)."""
+    return _max_age(resp)
+
+
+def start_transfer(max_size: int | None) -> None:
+    """Bound the block-wise responses the current task assembles from here on."""
+    _transfer.set(_Transfer(max_size))
+
+
 async def _answer(ctx, spec: RequestSpec) -> Response:
     return Response(await _one(ctx, spec), spec.uri)
 
@@ -953,31 +982,64 @@ class Observation(receive.Receiver):
         return full
 
     async def _deregister(self, ctx, request, msg, forget: bool = True) -> None:
-        """RFC 7641 3.6: a GET with Observe: 1 on the observation's token."""
-        obs = request.observation
-        if not obs.cancelled:
-            obs.cancel()
-        if not msg.token or msg.remote is None:
-            return
-        dereg = msg.copy(observe=1, mid=None)
-        dereg.token = msg.token
-        try:
-            interface = await ctx.find_remote_and_interface(dereg)
-        except Exception:
-            return
-        if not hasattr(interface, "next_token"):
-            return
-        token = msg.token
-        interface.next_token = lambda: token
-        try:
-            req = ctx.request(dereg, handle_blockwise=False)
-            async with asyncio.timeout(DEREGISTER_WAIT):
-                await req.response
-        except Exception:
-            if not forget:
-                raise
-        finally:
-            del interface.next_token
+        await deregister(ctx, request, msg, forget)
+
+
+async def deregister(ctx, request, msg, forget: bool = True) -> None:
+    """RFC 7641 3.6: end the observation `request` (made from `msg` without block-wise
+    handling) with a GET with Observe: 1 on the observation's token; `forget`: failures
+    are ignored (the server learns it from an RST to the next notification anyway).
+    Several may run at once on one context (`coap proxy`), next to other requests."""
+    obs = request.observation
+    if not obs.cancelled:
+        obs.cancel()
+    if not msg.token or msg.remote is None:
+        return
+    dereg = msg.copy(observe=1, mid=None)
+    dereg.token = msg.token
+    try:
+        interface = await ctx.find_remote_and_interface(dereg)
+    except Exception:
+        return
+    fixed = _fixed_tokens(interface)
+    if fixed is None:
+        return
+    fixed[id(dereg)] = msg.token
+    try:
+        req = ctx.request(dereg, handle_blockwise=False)
+        async with asyncio.timeout(DEREGISTER_WAIT):
+            await req.response
+    except Exception:
+        if not forget:
+            raise
+    finally:
+        fixed.pop(id(dereg), None)
+
+
+def _fixed_tokens(interface) -> dict | None:
+    """aiocoap gives every request a new token; a deregistration must reuse the
+    observation's. The interface's `request` (synchronous: it takes the token and
+    sends) is wrapped once so that a message listed here gets its own token, however
+    many deregistrations and other requests run at the same time."""
+    if not hasattr(interface, "next_token"):
+        return None
+    fixed = interface.__dict__.get("_iotctl_fixed_tokens")
+    if fixed is None:
+        fixed = interface._iotctl_fixed_tokens = {}
+        original = interface.request
+
+        def request(pipe):
+            token = fixed.pop(id(pipe.request), None)
+            if token is None:
+                return original(pipe)
+            interface.next_token = lambda: token
+            try:
+                return original(pipe)
+            finally:
+                del interface.next_token
+
+        interface.request = request
+    return fixed
 
 
 def _more_blocks(resp) -> bool:

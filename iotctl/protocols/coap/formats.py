@@ -361,3 +361,23 @@ def is_multicast_host(host: str) -> bool:
         return ipaddress.ip_address(host.split("%")[0]).is_multicast
     except ValueError:
         return False
+
+
+def parse_listen(text: str, option: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """A listening address: PORT, :PORT, HOST:PORT or [IPv6]:PORT (HOST defaults to
+    127.0.0.1; port 0 is any free port)."""
+    value = text.strip()
+    host, port = default_host, value
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0 or value[end + 1:end + 2] != ":":
+            raise UsageError(f"{option} {text!r}", "an IPv6 address is written [ADDRESS]:PORT")
+        host, port = value[1:end], value[end + 2:]
+    elif ":" in value:
+        host, _, port = value.rpartition(":")
+        host = host or default_host
+        if ":" in host:
+            raise UsageError(f"{option} {text!r}", "an IPv6 address is written [ADDRESS]:PORT")
+    if not port.isdigit() or int(port) > 65535:
+        raise UsageError(f"{option} {text!r}", "expected [HOST:]PORT with a port 0..65535")
+    return host, int(port)

@@ -578,6 +578,11 @@ def _request_line(request, code, size: int, started: float) -> str:
     path = "/" + "/".join(request.opt.uri_path)
     if request.opt.uri_query:
         path += "?" + "&".join(request.opt.uri_query)
+    if request.opt.proxy_uri is not None:  # a forward proxy's request (coap proxy): its target
+        path = request.opt.proxy_uri
+    elif request.opt.proxy_scheme is not None:
+        port = f":{request.opt.uri_port}" if request.opt.uri_port else ""
+        path = f"{request.opt.proxy_scheme}://{request.opt.uri_host or '?'}{port}{path}"
     extra = []
     if request.opt.observe is not None:
         extra.append(f"observe={request.opt.observe}")
@@ -652,7 +657,7 @@ class Device:
                     sensor.step()
 
 
-def _log_bad_request(log: Log):
+def log_bad_request(log: Log):
     """One log line for a request aiocoap cannot decode (answered 4.02 by client.py)."""
 
     def hook(remote, mtype: int, code: int, why: str) -> None:
@@ -668,7 +673,7 @@ def _log_bad_request(log: Log):
     return hook
 
 
-def _bounded_deduplication() -> None:
+def bounded_deduplication() -> None:
     """aiocoap remembers every confirmable request, with its response and a timer, for
     EXCHANGE_LIFETIME (247 s): a GET flood grew the server by ~2.8 KB per request.
     Here a GET or FETCH without Observe is not remembered at all (a duplicate is
@@ -701,7 +706,7 @@ def _bounded_deduplication() -> None:
     MessageManager._iotctl_bounded = True
 
 
-def _loop_exceptions(log: Log, debug: bool):
+def loop_exceptions(log: Log, debug: bool):
     """An exception in one of aiocoap's callbacks is one line in the log (the traceback
     with -d), never a traceback per datagram."""
 
@@ -736,10 +741,10 @@ async def start(cfg: ServeConfig) -> Running:
     from iotctl.protocols.coap import client
 
     client.fix_aiocoap()
-    _bounded_deduplication()
+    bounded_deduplication()
     device = Device(cfg)
-    client.bad_request_hook = _log_bad_request(device.log)
-    asyncio.get_running_loop().set_exception_handler(_loop_exceptions(device.log, cfg.debug))
+    client.bad_request_hook = log_bad_request(device.log)
+    asyncio.get_running_loop().set_exception_handler(loop_exceptions(device.log, cfg.debug))
     transports = ["udp6"] + (["tcpserver"] if cfg.tcp else [])
     try:
         ctx = await aiocoap.Context.create_server_context(device.site, bind=(cfg.address, cfg.port),

@@ -80,6 +80,15 @@ def text_response(status: int, text: str = "", headers=()) -> ServerResponse:
 Handler = Callable[[ServerRequest], Awaitable[ServerResponse]]
 
 
+async def _discard(reader: asyncio.StreamReader, limit: int) -> None:
+    """Read and drop what a peer sends until it closes, or `limit` bytes."""
+    while limit > 0:
+        data = await reader.read(min(limit, READ_SIZE))
+        if not data:
+            return
+        limit -= len(data)
+
+
 class HttpServer:
     """handler: the coroutine answering each request. Bounds: `max_connections` open
     at once (past it a new connection gets 503 and is closed), `max_requests` being
@@ -128,6 +137,11 @@ class HttpServer:
                 writer.write(b"HTTP/1.1 503 Service Unavailable\r\nRetry-After: 1\r\nContent-Length: 0\r\n"
                              b"Connection: close\r\n\r\n")
                 await asyncio.wait_for(writer.drain(), 1.0)
+                # closing with the client's request unread makes the kernel reset the
+                # connection, and the reset can destroy the 503 before the client reads
+                # it: say the end (FIN), take what the client sends (at most 1 s, 64 KiB)
+                writer.write_eof()
+                await asyncio.wait_for(_discard(reader, MAX_HEAD * 2), 1.0)
             except (OSError, asyncio.TimeoutError):
                 pass
             writer.close()
