@@ -1537,7 +1537,7 @@ class SensorReader(receive.Receiver):
 
     @property
     def where(self) -> str:
-        return self.target or self.device
+        return self.cfg.where
 
     @property
     def what(self) -> str:
