@@ -4,7 +4,9 @@
 # Prosody 0.12 (Debian) with a config of our own (Debian's listens on every interface,
 # ships no certificates and loads mod_limits): c2s on 127.0.0.1:5222 (STARTTLS) and
 # 127.0.0.1:5223 (direct TLS), no s2s, domain localhost with the accounts alice, bob,
-# carol, dave, erin, frank and grace (passwords NAME-pw; frank and grace are the bridge tests'), group chat on conference.localhost. The
+# carol, dave, erin, frank and grace (frank and grace are the bridge tests'), and thing and
+# reader for XMPP-IoT (a simulated device and the account that reads and controls it;
+# passwords NAME-pw), group chat on conference.localhost. The
 # certificate is the test CA's server.crt (CN=localhost). Prosody refuses to run as root
 # (and then hangs), so it runs as the prosody user, its files in a folder it owns.
 
@@ -12,7 +14,7 @@
 XMPP_PORT=5222
 XMPP_TLS_PORT=5223
 XMPP_DIR=$DIR/prosody
-XMPP_ACCOUNTS="alice:alice-pw bob:bob-pw carol:carol-pw dave:dave-pw erin:erin-pw frank:frank-pw grace:grace-pw"
+XMPP_ACCOUNTS="alice:alice-pw bob:bob-pw carol:carol-pw dave:dave-pw erin:erin-pw frank:frank-pw grace:grace-pw thing:thing-pw reader:reader-pw"
 XMPP_CONF=$XMPP_DIR/prosody.cfg.lua
 
 xmpp_conf() {
@@ -125,7 +127,7 @@ down_prosody() {
 
 status_prosody() {
     if xmpp_running && xmpp_answers; then
-        echo "prosody: up   xmpp://$HOST:$XMPP_PORT (STARTTLS) and :$XMPP_TLS_PORT (direct TLS), domain localhost, MUC conference.localhost; alice/bob/carol/dave/erin/frank/grace (password NAME-pw)"
+        echo "prosody: up   xmpp://$HOST:$XMPP_PORT (STARTTLS) and :$XMPP_TLS_PORT (direct TLS), domain localhost, MUC conference.localhost; alice/bob/carol/dave/erin/frank/grace, thing/reader for XMPP-IoT (password NAME-pw)"
         return 0
     fi
     echo "prosody: down xmpp://$HOST:$XMPP_PORT  (log $XMPP_DIR/prosody.log)"

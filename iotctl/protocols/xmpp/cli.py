@@ -620,3 +620,217 @@ def version(cfg, peer, timeout):
         target = peer or session.domain
         found = do_version(session, target, timeout)
     write_rows(target, ["name", "version", "os"], [found])
+
+
+# --------------------------------------------------------------------------- XMPP-IoT
+
+
+@group.command()
+@xmpp_options
+@click.argument("device", metavar="JID")
+@click.option("--field", "fields", multiple=True, metavar="NAME",
+              help="Only this field (repeatable) [default: every field].")
+@click.option("--node", "nodes", multiple=True, metavar="ID",
+              help="Only this node, of a device that serves several (repeatable).")
+@click.option("--momentary", is_flag=True, default=False,
+              help="Values of now (what is read when no other kind is asked for).")
+@click.option("--historical", is_flag=True, default=False,
+              help="Stored values of every period (--from/--to bound them).")
+@click.option("--peak", is_flag=True, default=False, help="Maximum and minimum values.")
+@click.option("--status", "status_values", is_flag=True, default=False, help="Status values (uptime, health...).")
+@click.option("--computed", is_flag=True, default=False, help="Computed values.")
+@click.option("--identity", is_flag=True, default=False, help="Identification values (serial numbers...).")
+@click.option("--all", "all_kinds", is_flag=True, default=False, help="Every kind of value.")
+@click.option("--from", "since", metavar="TIME",
+              help="Historical values from TIME: ISO 8601 (2026-01-02T03:04:05Z; local time without a zone), "
+                   "now, or a time ago (-30m, -2h, -1d). Implies --historical when no kind is given.")
+@click.option("--to", "until", metavar="TIME", help="Historical values up to TIME (as --from).")
+@click.option("--interval", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Read again every SECONDS until Ctrl-C, -C or -W [default: read once].")
+@click.option("--when", metavar="TIME",
+              help="Ask the device to read at TIME (as --from; +30s is in 30 seconds): it answers then. "
+                   "Stopped before, the readout is cancelled at the device.")
+@click.option("--payload", "payload_form", type=click.Choice(("value", "json")), default="value",
+              show_default=True,
+              help="Each message's payload: the value as the device wrote it, or a JSON object of the field's "
+                   "name, value, unit, type, timestamp, node and flags.")
+@click.option("--answer-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0, show_default=True,
+              metavar="SECONDS", help="Give up (exit 5) when the device says nothing for this long during a readout.")
+@receive_options(reconnect=True)
+def sensor(cfg, device, fields, nodes, momentary, historical, peak, status_values, computed, identity, all_kinds,
+           since, until, interval, when, payload_form, answer_timeout, receive):
+    """Read a device's sensor data (XEP-0323): a message per value.
+
+    The address is the device's full JID, the payload the value as the device wrote
+    it (--payload json: an object with the field's name, value and unit too); meta
+    holds field, type (numeric, int, long, boolean, string, date, time, dateTime,
+    duration, enum), unit, timestamp, node and flags (the field types: momentary,
+    peak, historicalHour... and the quality of service: automaticReadout,
+    estimates, warning, error...), and writable for a field that `xmpp control` sets.
+    JID may be bare when you are subscribed to its presence (the resource online is
+    used; `xmpp device` approves subscriptions). One readout, then exit 0; with
+    --interval, one every SECONDS (XEP-0323 has no subscriptions: it polls), a failed
+    readout then a warning once one has worked. Exit 6 when the device refuses or is
+    offline, 5 when it does not answer.
+
+    \b
+    iotctl xmpp sensor thing@example.com/dev
+    iotctl xmpp sensor thing@example.com --field temperature -o raw
+    iotctl xmpp sensor thing@example.com --historical --from -1h -o jsonl
+    iotctl xmpp sensor thing@example.com --interval 5 --payload json --save readings.jsonl
+    """
+    from iotctl import receive as receiving
+
+    reader = endpoints.sensor(cfg, device, fields, nodes, momentary, historical, peak, status_values, computed,
+                              identity, all_kinds, since, until, interval, payload_form, answer_timeout, receive,
+                              when)
+    with reader:
+        if interval:
+            status(f"reading {reader.target} every {interval:g} s")
+        n = receiving.run(reader, receive, "sensor", noun="value")
+    if not n and not interval:
+        status("the device sent no values")
+
+
+@group.command()
+@xmpp_options
+@click.argument("device", metavar="JID")
+@click.argument("params", nargs=-1, metavar="[NAME[:TYPE]=VALUE]...")
+@timeout_option(10.0, "Seconds to wait for the device's answer (exit 5 when none comes).")
+def control(cfg, device, params, timeout):
+    """Set a device's control parameters (XEP-0325), all in one request, in the order
+    given; without NAME=VALUE, list its parameters (name, type, value, label) from its
+    control form.
+
+    TYPE is one of boolean, int, long, double, string, color (RRGGBB[AA]), date
+    (2026-01-02), time (07:30:00), dateTime (2026-01-02T07:30:00Z), duration (PT30S);
+    bool, float and str as in KEY:TYPE=VALUE elsewhere. Without one, the device's
+    control form says the type (else: true/false a boolean, an integer an int, a
+    number a double, anything else a string). A value that is not of its type is
+    refused before sending (exit 2). Exit 6 when the device refuses: its error is
+    shown (a parameter it does not have, a wrong type, a value out of range), and
+    nothing is set.
+
+    \b
+    iotctl xmpp control thing@example.com/dev led=true brightness:int=80
+    iotctl xmpp control thing@example.com color:color=FF8800 wakeup:time=06:45:00
+    iotctl xmpp control thing@example.com
+    """
+    from iotctl.protocols.xmpp import iot
+    from iotctl.protocols.xmpp.client import CONTROL_FEATURE, Session, control as set_params, control_form, \
+        device_jid, parse_jid
+    from iotctl.protocols.xmpp.tables import write_rows
+    from iotctl.protocols.xmpp.text import xml_text
+    from iotctl.settings import warn
+
+    parse_jid(device, "device JID")
+    parsed = []
+    for text in params:
+        try:
+            name, kind, value = iot.parse_param(text)
+        except ValueError as exc:
+            raise UsageError("bad parameter", str(exc)) from None
+        xml_text(name, f"parameter name {name!r}")
+        xml_text(value, f"the value of {name}")
+        parsed.append((name, kind, value))
+    with Session(cfg) as session:
+        target = device_jid(session, device, CONTROL_FEATURE, timeout, f"control {device}")
+        if not parsed:
+            rows = control_form(session, target, timeout)
+        else:
+            limited = set_params(session, target, parsed, timeout)
+    if not parsed:
+        write_rows(target, ["name", "type", "value", "label"], rows)
+        return
+    if limited:
+        warn(f"{target} limited the command to: {', '.join(limited)}")
+    status(f"set {', '.join(name for name, _, _ in parsed)} on {target}", tty_only=True)
+
+
+@group.command()
+@xmpp_options
+@click.option("--node", metavar="ID", help="The node id in readouts [default: the JID's user part].")
+@click.option("--interval", type=click.FloatRange(min=0.05), default=1.0, show_default=True, metavar="SECONDS",
+              help="How often the simulated sensors change (and a historical value is kept).")
+@click.option("--auto-approve/--no-auto-approve", default=True, show_default=True,
+              help="Approve every presence subscription request, so readers can give the bare JID.")
+@click.option("--background", is_flag=True, default=False,
+              help="Return once the device is online, leaving it running (its pid is printed); "
+                   "it logs to --log FILE, never to this terminal.")
+@click.option("--log", "log_file", type=click.Path(dir_okay=False), metavar="FILE",
+              help="Append the request log to FILE instead of stderr [default with --background: "
+                   "$XDG_STATE_HOME/iotctl/xmpp-device-USER.log; nothing with --quiet].")
+def device(cfg, node, interval, auto_approve, background, log_file):
+    """Run a simulated XMPP-IoT device on your account until Ctrl-C.
+
+    It answers XEP-0323 readouts, XEP-0325 control and disco#info (both features):
+
+    \b
+    momentary   temperature (°C) and humidity (%), which drift every --interval,
+                counter (counts every --interval), and every parameter below
+    peak        temperature_max, temperature_min since the start
+    computed    dew_point          status    uptime
+    identity    serial
+    historical  temperature, humidity, counter: a value a second for the last
+                hour (historicalSecond), a value an hour for the day before
+                the start (historicalHour, historicalDay at midnight)
+    parameters  led boolean, brightness int 0..100, counter long, setpoint double
+                -10..45, name string, color color, maintenance date, wakeup time,
+                alarm dateTime, interval duration (how often the sensors change)
+
+    A control request is all or nothing: an unknown parameter (item-not-found), a
+    wrong type or a value out of range (bad-request) sets none of them. One line per
+    request is logged on stderr or --log FILE (--quiet turns it off). --background
+    returns once the device is online; it then logs to --log FILE (by default under
+    $XDG_STATE_HOME/iotctl/, the path is printed), never to this terminal. After a
+    lost connection it logs in again with the same resource.
+
+    \b
+    iotctl xmpp device --jid thing@example.com --resource dev --background
+    iotctl xmpp sensor thing@example.com/dev
+    iotctl xmpp control thing@example.com/dev led=true
+    """
+    from iotctl.protocols.xmpp.text import check_options
+
+    check_options(node=node)
+    if background:
+        from iotctl import background as bg
+
+        user = (cfg.endpoint.username or "device").split("@", 1)[0]
+        _prompted_password_to_child(cfg)
+        pid = bg.start("xmpp device", log=log_file, name=f"xmpp-device-{user}")
+        click.echo(pid)
+        status(f"the simulated device runs in the background (pid {pid}); stop it with: kill {pid}")
+        return
+    from iotctl.protocols.xmpp import server
+
+    log = None
+    if log_file is not None:
+        from iotctl import background as bg
+
+        log = bg.open_log(log_file, text=True)
+    server.run(cfg, node, interval, auto_approve, log, settings().quiet)
+
+
+def _prompted_password_to_child(cfg) -> None:
+    """`-P -` asked for the password on this terminal: the background child (which has
+    none) gets it in its environment, IOTCTL_XMPP_PASSWORD, and not `-P -` again. Not
+    on its command line either, where `ps` would show it."""
+    import os
+    import sys
+
+    argv, kept, prompted = sys.argv, [], False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg in ("-P", "--password") and i + 1 < len(argv) and argv[i + 1] == "-":
+            prompted, i = True, i + 2
+            continue
+        if arg in ("-P-", "--password=-"):
+            prompted, i = True, i + 1
+            continue
+        kept.append(arg)
+        i += 1
+    if prompted and cfg.endpoint.password is not None:
+        os.environ["IOTCTL_XMPP_PASSWORD"] = cfg.endpoint.password
+        sys.argv = kept

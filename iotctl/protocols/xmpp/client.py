@@ -1390,3 +1390,432 @@ def version(session: Session, jid: str, timeout: float) -> dict:
         return {"name": v["name"] or "", "version": v["version"] or "", "os": v["os"] or ""}
 
     return session.request(get, f"version of {jid}", timeout)
+
+
+# --------------------------------------------------------------------------- XMPP-IoT (XEP-0323, XEP-0325)
+#
+# slixmpp ships plugins for both (xep_0323, xep_0325); they are not used here. They
+# follow drafts older than the XEPs' last versions (rejections as <rejected/> and
+# <setResponse responseCode/> instead of RFC 6120 IQ errors; no int, long, date, time
+# or duration values; a <done/> message is never read), and they break in use: the
+# readout runs device callbacks on threads of their own (slixmpp objects must stay on
+# the loop's thread), a request naming several fields asks the device for the last
+# one that many times (`[f['name'] for n in ...]`), a control timeout calls its
+# handler with the wrong arguments (TypeError), and a <fields/> message with a
+# sequence number they do not know raises KeyError in the handler. The stanzas are
+# built and read here with ElementTree (iot.py), on slixmpp's stream and IQ matching.
+
+from iotctl.protocols.xmpp import iot  # noqa: E402  (no slixmpp there)
+
+DISCO_INFO = "http://jabber.org/protocol/disco#info"
+SENSOR_FEATURE, CONTROL_FEATURE = iot.NS_SENSOR, iot.NS_CONTROL
+
+
+class _SensorData:
+    """A slixmpp matcher: a <message/> with a sensor data child (fields, failure,
+    done, started)."""
+
+    def match(self, stanza) -> bool:
+        xml = stanza.xml
+        return xml.tag == "{jabber:client}message" and any(child.tag.startswith(iot.SD) for child in xml)
+
+
+def device_error(iq) -> str:
+    """The reason of a device's IQ error: its condition and text, each paramError
+    (`NAME: text`), and what the older draft puts in <rejected/>."""
+    err = iq.xml.find("{jabber:client}error")
+    params = iot.param_errors(err)
+    rejected = iq.xml.find(iot.SD + "rejected")
+    why = condition(iq)
+    if params:
+        cond = iq["error"]["condition"] or "undefined-condition"
+        why = cond + ": " + "; ".join(f"{name}: {text}" if text else name for name, text in params)
+    if rejected is not None:
+        text = (rejected.findtext(iot.SD + "error") or "").strip()
+        if text:
+            why = f"{why}: {text}" if iq["error"]["condition"] else text
+    return why
+
+
+def _offline_hint(jid: str) -> str | None:
+    if "/" in jid:
+        bare = jid.split("/", 1)[0]
+        return f"is the device online? (iotctl xmpp presence get {bare})"
+    return None
+
+
+def device_jid(session: Session, jid: str, feature: str, timeout: float, what: str) -> str:
+    """The full JID to address: JID itself when it names a resource, else the resource
+    of JID that is online (learnt from its presence, so you must be subscribed to it);
+    of several, the one whose disco#info offers `feature`."""
+    parsed = parse_jid(jid, "device JID")
+    if parsed.resource:
+        return parsed.full
+    bare = parsed.bare
+    state: dict[str, str] = {}
+    for m in collect_presence(session, timeout, who=bare):
+        if "/" in m.address and m.meta.get("presence") in ("available", "unavailable"):
+            state[m.address] = m.meta["presence"]
+    online = [j for j, p in state.items() if p == "available" and j != session.bound]
+    if not online:
+        item = next((i for i in roster(session, timeout) if i["jid"].lower() == bare.lower()), None)
+        if item is None or item["subscription"] not in ("to", "both"):
+            raise UsageError(what, f"you are not subscribed to {bare}'s presence, so which of its resources "
+                                   "is the device is unknown",
+                             hint=f"give the full JID ({bare}/RESOURCE: `xmpp device` prints it), or subscribe: "
+                                  f"iotctl xmpp subscription request {bare}")
+        raise PeerError(what, f"{bare} is offline (no resource online)")
+    if len(online) == 1:
+        return online[0]
+    offering = [j for j in online if feature in disco_features(session, j, timeout)]
+    if len(offering) == 1:
+        return offering[0]
+    if not offering:
+        raise PeerError(what, f"none of {bare}'s resources ({', '.join(sorted(online))}) offers {feature}")
+    raise UsageError(what, f"{len(offering)} resources of {bare} offer {feature}: {', '.join(sorted(offering))}",
+                     hint="give the full JID of one")
+
+
+def disco_features(session: Session, jid: str, timeout: float) -> set[str]:
+    """The features of JID's disco#info (none when it answers with an error)."""
+
+    async def get():
+        iq = session.xmpp.make_iq_get(queryxmlns=DISCO_INFO, ito=jid)
+        try:
+            result = await iq.send(timeout=timeout)
+        except IqError:
+            return set()
+        query = result.xml.find("{%s}query" % DISCO_INFO)
+        return {f.get("var", "") for f in query.iter("{%s}feature" % DISCO_INFO)} if query is not None else set()
+
+    return session.request(get, f"disco info of {jid}", timeout)
+
+
+class _Readout:
+    """One readout request in flight (main thread)."""
+
+    __slots__ = ("seqnr", "started", "last", "count", "failures", "queued")
+
+    def __init__(self, seqnr: int):
+        self.seqnr = seqnr
+        self.started = self.last = time.monotonic()
+        self.count = 0
+        self.failures: list[str] = []
+        self.queued = False  # the device scheduled it (--when): it answers then
+
+
+class SensorReader(receive.Receiver):
+    """XEP-0323 readouts of a device as a Receiver: a Message per value (iot.readouts).
+
+    Entered, it logs in and finds the device's full JID; each readout is an IQ
+    request (<req/>) answered by <accepted/>, then <fields/> messages until one says
+    done (or a <done/> message). Without `interval` one readout is made and the
+    source ends; with it, a readout every `interval` seconds (XEP-0323 has no
+    subscription: its event subscriptions stayed a ProtoXEP, so polling is what every
+    device answers). Readouts cannot be asked for twice: at most once. Once a readout
+    has succeeded, a later one that fails (the device offline, silent, refusing) is a
+    warning and the next is tried; the first one's failure is the error."""
+
+    can_reconnect = True
+
+    def __init__(self, cfg: XmppConfig, device: str, kinds: list[str], fields=(), nodes=(), since: str | None = None,
+                 until: str | None = None, interval: float | None = None, as_json: bool = False,
+                 answer_timeout: float = 10.0, when: str | None = None):
+        self.cfg, self.device = cfg, device
+        self.kinds, self.fields, self.nodes = list(kinds), list(fields), list(nodes)
+        self.since, self.until, self.interval, self.when = since, until, interval, when
+        self.as_json, self.answer_timeout = as_json, answer_timeout
+        self.session: Session | None = None
+        self.target = ""
+        self.resource = cfg.resource
+        self.seqnr = 0
+        self.current: _Readout | None = None
+        self.next_at = 0.0
+        self.done = 0          # readouts completed
+        self.finished = False  # one readout made (no interval): the source ends
+        self.error: IotctlError | None = None  # raised at the next poll (after what came with it)
+        self.stale = False     # the device's JID is to be found again before the next readout
+        self._ended = False
+        self._live: set = set()  # loop's thread: sequence numbers of the readouts in flight
+
+    @property
+    def where(self) -> str:
+        return self.cfg.where
+
+    @property
+    def what(self) -> str:
+        return f"read {self.target or self.device}"
+
+    def open(self) -> None:
+        session = Session(self.cfg, resource=self.resource)
+        session.open()
+        try:
+            self.target = device_jid(session, self.device, iot.NS_SENSOR, self.answer_timeout, f"read {self.device}")
+            self._target_jid = JID(self.target)
+            session.call(self._install, session)
+        except BaseException:
+            session.close()
+            raise
+        self.session, self._ended, self.current, self.stale = session, False, None, False
+        self.resource = session.bound.split("/", 1)[1] if "/" in session.bound else None
+
+    def close(self) -> None:
+        session = self.session
+        if session is None:
+            return
+        current = self.current
+        if current is not None and current.queued and session.lost is None:
+            # stopped before a scheduled readout: the device forgets it (XEP-0323 cancel)
+            try:
+                session.request(lambda: self._cancel(current.seqnr), f"cancel readout #{current.seqnr}", 2.0)
+            except (IotctlError, KeyboardInterrupt):
+                pass
+        session.close()
+
+    def reconnect(self) -> None:
+        old, self.session = self.session, None
+        if old is not None:
+            old.abort()
+        self.open()
+
+    # ------------------------------------------------------------------ the loop's side
+
+    def _install(self, session: Session) -> None:
+        from slixmpp.xmlstream.handler import Callback
+
+        session.xmpp.register_handler(Callback("iotctl sensor data", _SensorData(), self._message))
+
+    async def _cancel(self, seqnr: int) -> None:
+        self._live.discard(str(seqnr))
+        iq = self.session.xmpp.make_iq_get(ito=self.target)
+        ET.SubElement(iq.xml, iot.SD + "cancel", seqnr=str(seqnr))
+        try:
+            await iq.send(timeout=2.0)
+        except IqError:
+            pass
+
+    def _put(self, *item) -> None:
+        self.session.inbox.put(item)
+
+    def _message(self, stanza) -> None:
+        xml = stanza.xml
+        sender = xml.get("from", "")
+        try:
+            if JID(sender) != self._target_jid:
+                return  # only the device's answers (anyone can send a <fields/> message)
+        except InvalidJID:
+            return
+        for child in xml:
+            if not child.tag.startswith(iot.SD):
+                continue
+            name, seqnr = child.tag[len(iot.SD):], child.get("seqnr", "")
+            if seqnr not in self._live:
+                continue
+            if name == "fields":
+                self._put("fields", seqnr, iot.readouts(child, sender, self.as_json))
+                if child.get("done") in ("true", "1"):
+                    self._live.discard(seqnr)
+                    self._put("done", seqnr)
+            elif name == "failure":
+                reasons = [f"{e.get('nodeId') or 'device'}: {(e.text or '').strip() or 'failed'}"
+                           for e in child.iter(iot.SD + "error")]
+                done = child.get("done") in ("true", "1")
+                if done:
+                    self._live.discard(seqnr)
+                self._put("failure", seqnr, "; ".join(reasons) or "the readout failed", done)
+            elif name == "done":
+                self._live.discard(seqnr)
+                self._put("done", seqnr)
+
+    async def _ask(self, seqnr: int) -> None:
+        key = str(seqnr)
+        xmpp = self.session.xmpp
+        iq = xmpp.make_iq_get(ito=self.target)
+        iq.xml.append(iot.readout_request(seqnr, self.kinds, self.fields, self.nodes, self.since, self.until,
+                                          self.when))
+        self._live.add(key)
+        try:
+            result = await iq.send(timeout=self.answer_timeout)
+        except IqError as exc:
+            self._live.discard(key)
+            self._put("error", key, PeerError(f"read {self.target}", device_error(exc.iq),
+                                              hint=_offline_hint(self.target)
+                                              if exc.iq["error"]["condition"] == "service-unavailable" else None))
+            return
+        except IqTimeout:
+            return  # the main thread's answer timeout says so
+        accepted = result.xml.find(iot.SD + "accepted")
+        self._put("accepted", key, accepted is not None and accepted.get("queued") in ("true", "1"))
+
+    # ------------------------------------------------------------------ the main thread's side
+
+    def _start(self) -> None:
+        if self.stale and "/" not in self.device:
+            self.session.loop.soon(self._live.clear)
+            self.target = device_jid(self.session, self.device, iot.NS_SENSOR, self.answer_timeout, self.what)
+            self._target_jid = JID(self.target)
+            self.stale = False
+        self.seqnr += 1
+        self.current = _Readout(self.seqnr)
+        self._asked_at = time.time()
+        self.session.loop.soon(lambda n=self.seqnr: asyncio.ensure_future(self._ask(n)))
+
+    def poll(self, wait: float | None):
+        session = self.session
+        if self.error is not None:
+            error, self.error = self.error, None
+            self._failed(error)
+            return []
+        if self._ended:
+            raise session.lost or ConnectionLost(self.what, "connection lost")
+        now = time.monotonic()
+        if self.current is None:
+            if self.finished:
+                return None
+            if now >= self.next_at:
+                try:
+                    self._start()
+                except IotctlError as exc:
+                    if isinstance(exc, ConnectionLost):
+                        raise
+                    self._failed(exc)
+                    return []
+            else:
+                left = self.next_at - now
+                wait = left if wait is None else min(wait, left)
+        if self.current is not None:
+            last = self.current.last
+            if self.current.queued:  # scheduled: the device answers at --when
+                last = max(last, self.current.started + (iot.stamp_seconds(self.when) or 0) - self._asked_at)
+            left = last + self.answer_timeout - now
+            if left <= 0:
+                self._failed(TimeoutError_(self.what, f"no answer within {self.answer_timeout:g} s",
+                                           hint="the device is offline, busy or frozen "
+                                                "(--answer-timeout waits longer)"))
+                return []
+            wait = left if wait is None else min(wait, left)
+        out: list = []
+        for item in session.inbox.take(max(0.0, wait)):
+            if item is END:
+                self._ended = True
+                continue
+            current = self.current
+            if current is None or item[1] != str(current.seqnr):
+                continue  # late news of a readout given up
+            current.last = time.monotonic()
+            kind = item[0]
+            if kind == "fields":
+                out.extend(item[2])
+                current.count += len(item[2])
+            elif kind == "done":
+                self._end_readout()
+            elif kind == "failure":
+                current.failures.append(item[2])
+                if item[3]:
+                    self._end_readout()
+            elif kind == "accepted":
+                current.queued = item[2]
+            elif kind == "error":
+                self.error = item[2]  # reported once what came before it is written
+        if self.error is not None and not out:
+            error, self.error = self.error, None
+            self._failed(error)
+            return []
+        if self._ended and not out:
+            raise session.lost or ConnectionLost(self.what, "connection lost")
+        if not out and self.finished and self.current is None:
+            return None
+        return out
+
+    def _end_readout(self) -> None:
+        current, self.current = self.current, None
+        if current.failures:
+            error = PeerError(self.what, "the device reports a failure: " + "; ".join(current.failures))
+            if self.interval is None or not self.done:
+                self.error = error
+                self.finished = self.interval is None
+                return
+            from iotctl.settings import warn
+
+            warn(f"{error.what}: {error.why}")
+        self.done += 1
+        if self.interval is None:
+            self.finished = True
+        else:
+            self.next_at = current.started + self.interval
+
+    def _failed(self, error: IotctlError) -> None:
+        """A readout got no answer or an error: the error at first (or without
+        --interval), a warning once readouts have worked (the device may come back)."""
+        current, self.current = self.current, None
+        if current is not None:
+            self.session.loop.soon(self._live.discard, str(current.seqnr))
+        if self.interval is None or not self.done:
+            raise error
+        from iotctl.settings import warn
+
+        warn(f"{error.what}: {error.why}; reading again in {self.interval:g} s")
+        self.stale = True
+        self.next_at = (current.started if current is not None else time.monotonic()) + self.interval
+
+
+def control(session: Session, target: str, params: list[tuple[str, str | None, str]], timeout: float) -> list[str]:
+    """Set the control parameters (XEP-0325) in one <set/>, in the order given: a
+    parameter without a type takes the one the device's control form gives it (else
+    iot.infer_type). A device's refusal is PeerError (6) with its condition and each
+    parameter's error. Returns the parameters the device says it limited the command
+    to (empty: everything was done as asked)."""
+    what = f"control {target}"
+    if any(kind is None for _, kind, _ in params):
+        try:
+            form = {p["name"]: p["type"] for p in control_form(session, target, timeout)}
+        except PeerError as exc:
+            if "service-unavailable" in (exc.why or ""):
+                raise PeerError(what, exc.why, hint=_offline_hint(target)) from None
+            form = {}  # no control form: the value's own look decides
+        typed = []
+        for name, kind, value in params:
+            if kind is None:
+                kind = form.get(name) or iot.infer_type(value)
+                try:
+                    value = iot.check_value(kind, value)
+                except ValueError as exc:
+                    raise UsageError(f"bad value for {name}", f"{target}'s {name} is a {kind}: {value!r} is {exc}")
+            typed.append((name, kind, value))
+        params = typed
+
+    async def set_them():
+        iq = session.xmpp.make_iq_set(ito=target)
+        iq.xml.append(iot.set_request(params))
+        try:
+            result = await iq.send(timeout=timeout)
+        except IqError as exc:
+            cond = exc.iq["error"]["condition"]
+            raise PeerError(what, device_error(exc.iq),
+                            hint=_offline_hint(target) if cond == "service-unavailable" else None) from None
+        response = result.xml.find(iot.CTL + "setResponse")
+        if response is None:
+            return []
+        return [p.get("name", "") for p in response.iter(iot.CTL + "parameter")]
+
+    return session.request(set_them, what, timeout)
+
+
+def control_form(session: Session, target: str, timeout: float) -> list[dict]:
+    """The device's control parameters from its control form (XEP-0325 getForm):
+    [{name, type, value, label}]."""
+    what = f"control form of {target}"
+
+    async def get():
+        iq = session.xmpp.make_iq_get(ito=target)
+        iq.xml.append(ET.Element(iot.CTL + "getForm"))
+        try:
+            result = await iq.send(timeout=timeout)
+        except IqError as exc:
+            raise PeerError(what, device_error(exc.iq)) from None
+        form = result.xml.find(".//" + iot.XD + "x")
+        if form is None:
+            raise PeerError(what, "the answer holds no data form")
+        return iot.form_params(form)
+
+    return session.request(get, what, timeout)

@@ -12,6 +12,16 @@ else the domain on port 5222) unless `?server=HOST[:PORT]` names it; a port in t
 authority (`@localhost:5223`) means the domain on that port. The other parameters are
 the long options of `xmpp listen` (source) and `xmpp send` (sink): `?resource=r1`,
 `?cafile=ca.pem`, `?muc=room@conference.localhost&nick=bot`, `?type=normal&subject=alarm`.
+
+XMPP-IoT readouts (XEP-0323) have a scheme of their own, whose path is the device:
+
+    xmpp+iot://reader:PASSWORD@localhost/thing@localhost/dev?field=temperature&interval=5
+
+is `xmpp sensor thing@localhost/dev --field temperature --interval 5` logged in as
+reader@localhost: a value a message, a readout every 5 s. Its parameters are the long
+options of `xmpp sensor` (`?historical=true&from=-1h`, `?payload=json`). A scheme and
+not `xmpp://...?sensor=true`: a URL's parameters are one command's options, and the
+registry picks that command by scheme, so xmpp:// keeps meaning listen and send.
 """
 
 from __future__ import annotations
@@ -20,7 +30,8 @@ from iotctl.endpoint import Scheme
 from iotctl.errors import UsageError
 
 # STARTTLS on 5222 always (tls=True: --cafile/--cert/--insecure apply); --direct-tls: 5223
-SCHEMES = {"xmpp": Scheme(tls=True, ws=False, port=5222)}
+SCHEMES = {"xmpp": Scheme(tls=True, ws=False, port=5222), "xmpp+iot": Scheme(tls=True, ws=False, port=5222)}
+IOT_SCHEME = "xmpp+iot"
 DIRECT_TLS_PORT = 5223
 
 
@@ -30,8 +41,10 @@ def address_args(url, role: str) -> list[str]:
     --from)."""
     from urllib.parse import parse_qsl, unquote, urlsplit
 
+    iot = url.scheme == IOT_SCHEME
     if not url.username:
-        raise UsageError(f"bad URL {url.shown!r}", "no account: give xmpp://USER[:PASSWORD]@DOMAIN/PEER_JID")
+        raise UsageError(f"bad URL {url.shown!r}", f"no account: give {url.scheme}://USER[:PASSWORD]@DOMAIN/"
+                                                   + ("DEVICE_JID" if iot else "PEER_JID"))
     args = ["--jid", f"{url.username}@{url.host}"]
     password = urlsplit(url.base).password
     if password is not None:
@@ -43,6 +56,10 @@ def address_args(url, role: str) -> list[str]:
                                                        "?server=HOST:PORT")
         args += ["--server", f"{url.host}:{url.port}"]
     peer = (url.path or "").lstrip("/")
+    if iot:  # xmpp sensor DEVICE_JID
+        if not peer:
+            raise UsageError(f"bad URL {url.shown!r}", "no device: give xmpp+iot://USER[:PASSWORD]@DOMAIN/DEVICE_JID")
+        return args + [peer]
     if peer:
         args += [peer] if role == "sink" else ["--from", peer]  # a source (and check) parse as listen
     return args
@@ -52,8 +69,11 @@ def address_args(url, role: str) -> list[str]:
 
 
 def source(cfg, senders=(), rooms=(), nick=None, with_presence=False, auto_approve=False, priority=0,
-           receive=None, **_ignored):
-    """The listener (a receive.Receiver, entered to log in and send presence)."""
+           receive=None, device=None, **options):
+    """The listener (a receive.Receiver, entered to log in and send presence); with a
+    `device` (`xmpp sensor`, xmpp+iot://), the sensor reader."""
+    if device is not None:
+        return sensor(cfg, device, receive=receive, **options)
     from iotctl.protocols.xmpp.client import Listener, parse_jid
     from iotctl.protocols.xmpp.text import check_options
 
@@ -105,3 +125,40 @@ def user_jid(text: str, cfg, what: str = "JID") -> str:
         raise UsageError(f"bad {what} {text!r}", "no @domain (a bare name is a server's address)",
                          hint=f"did you mean {suggestion}?")
     return str(jid)
+
+
+# --------------------------------------------------------------------------- XMPP-IoT
+
+
+def sensor(cfg, device, fields=(), nodes=(), momentary=False, historical=False, peak=False, status_values=False,
+           computed=False, identity=False, all_kinds=False, since=None, until=None, interval=None,
+           payload_form="value", answer_timeout=10.0, receive=None, when=None, **_ignored):
+    """The sensor reader (a receive.Receiver, entered to log in and find the device):
+    XEP-0323 readouts of `device`, once or every `interval` seconds."""
+    from iotctl.protocols.xmpp import iot
+    from iotctl.protocols.xmpp.client import SensorReader, parse_jid
+    from iotctl.protocols.xmpp.text import check_options
+
+    parse_jid(device, "device JID")
+    check_options(field=list(fields), node=list(nodes))
+    kinds = [k for k, on in (("momentary", momentary), ("peak", peak), ("status", status_values),
+                             ("computed", computed), ("identity", identity)) if on]
+    if historical or ((since or until) and not kinds):
+        kinds.append("historical")
+    if all_kinds:
+        kinds = ["all"]
+    times = {}
+    for name, value in (("--from", since), ("--to", until), ("--when", when)):
+        if value is not None:
+            try:
+                times[name] = iot.parse_time(value)
+            except ValueError as exc:
+                raise UsageError(f"bad {name} {value!r}", str(exc)) from None
+    if "--from" in times and "--to" in times and times["--from"] > times["--to"]:
+        raise UsageError("bad --from/--to", f"{since!r} is after {until!r}")
+    if when is not None and interval is not None:
+        raise UsageError("--when and --interval", "give one: a scheduled readout is made once")
+    if receive is not None and receive.timeout is not None:  # -W bounds the whole run, the login included
+        cfg.connect_timeout = min(cfg.connect_timeout, receive.timeout)
+    return SensorReader(cfg, device, kinds or ["momentary"], fields, nodes, times.get("--from"), times.get("--to"),
+                        interval, payload_form == "json", answer_timeout, times.get("--when"))
