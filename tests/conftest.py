@@ -172,8 +172,23 @@ def topic(request):
 # never run at the same time.
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
+    grouping = bool(getattr(config.option, "loadgroup", False))
     for item in items:
         module = item.module
         group = getattr(module, "XDIST_GROUP", None) or module.__name__
         item.add_marker(pytest.mark.xdist_group(group))
+        if grouping:
+            _suffix_node_id(item, group)
+
+
+def _suffix_node_id(item, group: str) -> None:
+    """What pytest-xdist's worker does for an xdist_group mark (the node id ends in
+    @GROUP, which its scheduler groups by): xdist 3.8 writes `_nodeid`, which pytest 9.2
+    no longer reads (the id is the structured `_id`), so the groups were silently
+    ignored and the XMPP modules ran at the same time."""
+    if hasattr(item, "_id") and "@" not in str(item._id).rsplit("]", 1)[-1]:
+        from _pytest.nodeid import NodeId
+
+        item._id = NodeId.parse(f"{item._id}@{group}")
