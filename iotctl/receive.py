@@ -214,14 +214,22 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
             # a Ctrl-C waits until the batch is written and acknowledged: a message
             # printed but not acknowledged would come back to a persistent session
             with interrupts.deferred():
-                for msg in batch:
-                    write(msg)
-                n += len(batch)
-                if saver is not None:
+                try:
                     for msg in batch:
-                        saver.write(msg)
-                pending.extend(batch)
-                flush()
+                        write(msg)
+                    n += len(batch)
+                    if saver is not None:
+                        for msg in batch:
+                            saver.write(msg)
+                    pending.extend(batch)
+                    flush()
+                except OSError as exc:
+                    if isinstance(exc, BrokenPipeError):
+                        raise
+                    from iotctl.output.writers import output_error
+
+                    pending.clear()  # not written (a full disk): never acknowledged
+                    raise output_error(exc) from None
             if count is not None and n >= count:
                 return n
     except KeyboardInterrupt:

@@ -28,6 +28,8 @@ class Writer:
         except BrokenPipeError:
             _quiet_broken_pipe()
             raise OutputClosed() from None
+        except OSError as exc:
+            raise output_error(exc) from None
 
     def close(self) -> None:
         self.flush()
@@ -88,6 +90,17 @@ class TemplateWriter(Writer):
         env["hex"] = msg.payload.hex()
         env["topic"] = msg.address
         self.out.write(self.template.render(env).encode("utf-8", "surrogateescape") + b"\n")
+
+
+def output_error(exc: OSError):
+    """The one line for output that cannot be written (a full disk, a quota, an I/O
+    error): nothing unwritten is acknowledged, since the error comes before the ack."""
+    import os
+
+    from iotctl.errors import IotctlError
+
+    why = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
+    return IotctlError("cannot write output", why)
 
 
 def _quiet_broken_pipe() -> None:

@@ -100,3 +100,25 @@ def test_garbage_from_the_broker_is_one_line(tail, why):
     assert r.returncode in (4, 6), r.stderr
     assert why in lines[-1] and len([l for l in lines if "error" in l]) == 1, lines
     assert "Traceback" not in r.stderr.decode()
+
+
+def test_a_packet_over_max_size_is_refused_before_it_is_read():
+    """A hostile broker announcing a 200 MB PUBLISH: exit 6 at once, nothing buffered."""
+    fake = Garbage(b"\x30\x80\x80\x80\x60" + b"\x00\x01t" + b"x" * 1000)
+    r = subprocess.run([sys.executable, "-m", "iotctl", "mqtt", "sub", "-h", "127.0.0.1", "-p", str(fake.port),
+                        "-t", "t", "-W", "5", "--no-reconnect", "--max-size", "65536"], capture_output=True,
+                       env=clean_env(), timeout=30)
+    assert r.returncode == 6, r.stderr
+    assert r.stderr.decode().strip().splitlines()[-1].endswith("a packet larger than 65,536 bytes (--max-size)")
+
+
+def test_max_size_is_told_to_an_mqtt5_broker_which_then_drops_bigger_messages(peer, topic):
+    peer("mosquitto-private")
+    sub = subprocess.Popen([sys.executable, "-m", "iotctl", "mqtt", "sub", *PRIVATE, "-t", topic, "--max-size", "1000",
+                            "-C", "1", "-W", "10"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    sub.stderr.readline()  # subscribed
+    _pub("-t", topic, "-m", "x" * 2000)  # too big: the broker leaves it out
+    _pub("-t", topic, "-m", "small")
+    out, err = sub.communicate(timeout=30)
+    assert sub.returncode == 0, err
+    assert out == b"small\n"

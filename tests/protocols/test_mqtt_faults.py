@@ -79,3 +79,21 @@ def test_ctrl_c_resumes_exactly_after_the_last_message_printed(iotctl, broker, t
     r = iotctl("mqtt", "sub", *session, "-t", topic, "-C", "1", "-W", "10")
     assert r.stdout.splitlines() == [lines[len(got)]], (r, len(got))
     _end(iotctl, cid, topic)
+
+
+def test_a_full_disk_is_one_line_and_nothing_is_acknowledged(iotctl, broker, topic):
+    """Issue 23 item 7: output that cannot be written (/dev/full: ENOSPC) is one line,
+    exit 1, and a persistent QoS 1 session still holds the message afterwards."""
+    import subprocess
+
+    cid, session = _session(1)
+    _fill(iotctl, topic, session, 3, 1)
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "iotctl", "mqtt", "sub", *session, "-t", topic, "-C", "3", "-W", "10"],
+                           stdout=full, stderr=subprocess.PIPE, env=clean_env(), timeout=60)
+    assert r.returncode == 1
+    assert r.stderr.decode().strip().splitlines()[-1] == "iotctl: error: cannot write output: no space left on device"
+    assert "Traceback" not in r.stderr.decode() and "Exception ignored" not in r.stderr.decode()
+    again = iotctl("mqtt", "sub", *session, "-t", topic, "-C", "3", "-W", "10")
+    assert again.exit_code == 0 and again.stdout.splitlines() == ["000000", "000001", "000002"], again
+    _end(iotctl, cid, topic)

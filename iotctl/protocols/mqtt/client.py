@@ -55,8 +55,10 @@ class Will:
 class MqttConfig:
     def __init__(self, endpoint: Endpoint, version: str = "5", client_id: str | None = None,
                  keepalive: int = 60, clean_start: bool = True, session_expiry: int | None = None,
-                 will: Will | None = None, connect_timeout: float = 10.0, debug: bool = False):
+                 will: Will | None = None, connect_timeout: float = 10.0, debug: bool = False,
+                 max_packet: int | None = None):
         self.endpoint, self.version, self.client_id, self.keepalive = endpoint, version, client_id, keepalive
+        self.max_packet = max_packet  # --max-size of a subscriber: the largest packet it takes
         self.clean_start, self.session_expiry, self.will = clean_start, session_expiry, will
         self.connect_timeout, self.debug = connect_timeout, debug
 
@@ -342,6 +344,9 @@ class Session:
             if expiry:
                 props = Properties(PacketTypes.CONNECT)
                 props.SessionExpiryInterval = expiry
+            if cfg.max_packet:  # the broker then never sends us a bigger packet
+                props = props or Properties(PacketTypes.CONNECT)
+                props.MaximumPacketSize = cfg.max_packet
             kwargs["properties"] = props
         try:
             self.client.connect(ep.host, ep.port, cfg.keepalive, **kwargs)
@@ -873,7 +878,8 @@ class Subscriber(Receiver):
         sock = client.socket()
         if sock is None:
             return None
-        fast = FastReader(sock, session.v5, self.cfg.keepalive, self.manual_ack, owner=session)
+        fast = FastReader(sock, session.v5, self.cfg.keepalive, self.manual_ack, owner=session,
+                          max_packet=self.cfg.max_packet)
         fast.accept = session._accept
         return fast
 

@@ -38,8 +38,10 @@ def address_args(url, role: str) -> list[str]:
 
 
 def source(cfg, topics=(), qoss=(), no_retained=False, retained_only=False, filter_out=(), no_local=False,
-           retain_as_published=False, retain_handling=0, receive=None, **_ignored):
+           retain_as_published=False, retain_handling=0, receive=None, max_size=None, **_ignored):
     """The subscription (a receive.Receiver, entered to connect and subscribe)."""
+    if max_size is not None:
+        cfg.max_packet = max_size
     from iotctl.protocols.mqtt.client import Subscriber, Subscription
 
     if not topics:

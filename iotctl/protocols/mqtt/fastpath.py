@@ -37,12 +37,13 @@ class FastReader:
     """Reads one subscribed session's socket. `token` of a QoS 1/2 message (manual
     acks) is (self, packet id, qos), acknowledged by `ack`."""
 
-    def __init__(self, sock, v5: bool, keepalive: int, manual_ack: bool, owner=None):
+    def __init__(self, sock, v5: bool, keepalive: int, manual_ack: bool, owner=None, max_packet: int | None = None):
         self.sock = sock
         self.v5 = v5
         self.keepalive = keepalive
         self.manual_ack = manual_ack
         self.owner = owner  # whose tokens these are (the Session)
+        self.max_packet = max_packet or MAX_PACKET
         self.buf = b""
         self.accept = None
         self.last_out = time.monotonic()
@@ -137,6 +138,9 @@ class FastReader:
                     mult *= 128
                 start = i
             end = start + length
+            if length > self.max_packet:  # refused before it is read: memory stays bounded
+                raise PeerError("subscription", f"the broker sent a packet larger than {self.max_packet:,} bytes "
+                                                "(--max-size)")
             if end > n:
                 break
             pos = end
