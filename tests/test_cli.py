@@ -59,7 +59,7 @@ def _run_code(code: str) -> str:
     return done.stdout
 
 
-HEAVY = ("paho", "aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich", "h11", "asyncio", "proton")
+HEAVY = tuple(sorted(__import__("iotctl.registry").registry.libraries() | {"cbor2", "rich", "asyncio"}))
 
 PROBE = """
 import sys, json, contextlib, io

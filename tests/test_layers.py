@@ -27,7 +27,9 @@ RANKS = {
     "iotctl.resolver": 7,  # the URL endpoint resolver: builds a protocol's command context
 }
 TOP = 7  # cli, __main__, commands.*, protocols.*
-LIBRARIES = {"paho", "aiocoap", "pika", "slixmpp", "stomp", "cbor2", "rich", "h11", "proton", "cproton"}
+from iotctl.registry import libraries as _protocol_libraries
+
+LIBRARIES = _protocol_libraries() | {"cbor2", "rich"}  # each protocol names its own in the registry
 LIBRARY_MODULES = ("client.py", "server.py")  # the modules of a protocol that may import its library
 
 
