@@ -110,8 +110,6 @@ def _trace(debug: bool) -> None:
 
 
 def _error(what: str, why: str | None = None, hint: str | None = None) -> None:
-    line = f"iotctl: error: {what}" + (f": {why}" if why else "")
-    sys.stderr.write(line.replace("\n", " ") + "\n")
-    if hint:
-        sys.stderr.write(f"iotctl: hint: {hint}\n")
-    sys.stderr.flush()
+    from iotctl.express import error  # the one formatting of the error line (the express lane's too)
+
+    error(what, why, hint)

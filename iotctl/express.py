@@ -129,7 +129,8 @@ def positive(text: str | None) -> float | None:
 
 
 def error(what: str, why: str | None = None, hint: str | None = None) -> None:
-    """The normal path's error lines (cli._error)."""
+    """The error line, `iotctl: error: WHAT: WHY`, and a hint line: for the express
+    lanes and the normal path alike (cli._error)."""
     line = f"iotctl: error: {what}" + (f": {why}" if why else "")
     sys.stderr.write(line.replace("\n", " ") + "\n")
     if hint:

@@ -163,6 +163,16 @@ def jsonable(value: Any) -> Any:
     return value
 
 
+def meta_bytes(text: str) -> bytes:
+    """Bytes as meta shows them (`bytes_text`) back as bytes: `0x` and hex, or text."""
+    if text.startswith("0x"):
+        try:
+            return bytes.fromhex(text[2:])
+        except ValueError:
+            pass
+    return text.encode("utf-8")
+
+
 def bytes_text(value: bytes) -> str:
     """Metadata bytes for display: the text when printable UTF-8, else `0x` and hex."""
     try:

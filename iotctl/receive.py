@@ -16,6 +16,7 @@ from itertools import islice, repeat
 
 from iotctl import interrupts
 from iotctl.errors import ConnectError, ConnectionLost, OutputClosed, TimeoutError_, UsageError
+from iotctl.connection import Connection
 from iotctl.message import Message
 
 WAIT_SLICE = 1.0  # the longest a poll waits: a closed stdout is noticed within this
@@ -38,7 +39,7 @@ class ReceiveSpec:
         self.reconnect = reconnect
 
 
-class Receiver:
+class Receiver(Connection):
     """What a protocol implements: a source of messages.
 
     A context manager: entering connects (and subscribes, declares, observes...),
@@ -67,19 +68,6 @@ class Receiver:
     delivery = "at-most-once"
     can_reconnect = False
     where = ""  # what a status line calls the source
-
-    def __enter__(self):
-        self.open()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def open(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def poll(self, wait: float | None) -> list[Message] | None:
         raise NotImplementedError

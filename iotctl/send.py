@@ -18,6 +18,7 @@ from typing import Hashable, Iterable, Iterator
 
 from iotctl import interrupts
 from iotctl.errors import IotctlError, PeerError, TimeoutError_, UsageError
+from iotctl.connection import Connection
 from iotctl.message import Message
 from iotctl.payload import PayloadSpec
 
@@ -33,7 +34,7 @@ class SendSpec:
         self.repeat, self.interval, self.failed = repeat, interval, failed
 
 
-class Sender:
+class Sender(Connection):
     """What a protocol implements: a sink of messages.
 
     A context manager: entering connects, leaving closes (`open()`/`close()`).
@@ -73,19 +74,6 @@ class Sender:
     def __init__(self) -> None:
         self.acked: set = set()
         self.refused: dict = {}
-
-    def __enter__(self):
-        self.open()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def open(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
     def send(self, msg: Message) -> Hashable | None:
         raise NotImplementedError

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "iotctl"
 RANKS = {
     "iotctl": 0, "iotctl.errors": 0, "iotctl.settings": 0, "iotctl.registry": 0, "iotctl.message": 0,
     "iotctl.trace": 0, "iotctl.output.console": 0, "iotctl.aioloop": 0,
-    "iotctl.interrupts": 0, "iotctl.deadline": 1, "iotctl.histogram": 0, "iotctl.express": 0,
+    "iotctl.interrupts": 0, "iotctl.connection": 0, "iotctl.deadline": 1, "iotctl.histogram": 0, "iotctl.express": 0,
     "iotctl.tls": 1, "iotctl.codecs": 1, "iotctl.background": 1, "iotctl.output.template": 1, "iotctl.topics": 1,
     "iotctl.endpoint": 2, "iotctl.payload": 2, "iotctl.output.writers": 2,
     "iotctl.output.renderers": 3, "iotctl.output.pretty": 3, "iotctl.output": 3,

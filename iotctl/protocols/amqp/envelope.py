@@ -5,7 +5,7 @@ priority, expiration and the other properties stay behind."""
 
 from __future__ import annotations
 
-from iotctl.message import Message, Portable, text_pairs
+from iotctl.message import Message, Portable, text_pairs, meta_bytes
 
 
 def portable(msg: Message) -> Portable:
@@ -29,9 +29,4 @@ def _bytes(value) -> bytes | None:
         return bytes(value)
     if not isinstance(value, str):
         return None
-    if value.startswith("0x"):
-        try:
-            return bytes.fromhex(value[2:])
-        except ValueError:
-            pass
-    return value.encode("utf-8")
+    return meta_bytes(value)

@@ -47,7 +47,8 @@ from iotctl.errors import (AuthError, ConnectError, ConnectionLost, IotctlError,
                            TimeoutError_, UsageError, from_os_error)
 from iotctl.message import Message, bytes_text, foreign
 from iotctl.protocols.amqp1.config import Amqp1Config, Props
-from iotctl.protocols.amqp1.envelope import BODY_KINDS, meta_bytes
+from iotctl.message import meta_bytes
+from iotctl.protocols.amqp1.envelope import BODY_KINDS
 from iotctl.trace import route_logs
 
 SASL_CHOICES = ("auto", "plain", "anonymous", "external", "none")

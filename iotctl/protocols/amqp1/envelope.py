@@ -16,7 +16,7 @@ data section (the payload's bytes as they are).
 
 from __future__ import annotations
 
-from iotctl.message import Message, Portable, text_pairs
+from iotctl.message import Message, Portable, text_pairs, meta_bytes
 
 # the properties section's fields, in the spec's order (meta["properties"] keys)
 PROPERTY_FIELDS = ("message_id", "user_id", "to", "subject", "reply_to", "correlation_id", "content_encoding",
@@ -40,12 +40,3 @@ def portable(msg: Message) -> Portable:
     return Portable(msg.content_type, text_pairs(headers) if isinstance(headers, (dict, list)) else [],
                     corr, reply if isinstance(reply, str) and reply else None)
 
-
-def meta_bytes(text: str) -> bytes:
-    """Bytes shown in meta (message.bytes_text) back as bytes: `0x` and hex, or text."""
-    if text.startswith("0x"):
-        try:
-            return bytes.fromhex(text[2:])
-        except ValueError:
-            pass
-    return text.encode("utf-8")

@@ -741,7 +741,7 @@ class Publisher(send.Sender):
             captured = msg.meta.get("properties") if isinstance(msg.meta, dict) else None
             if isinstance(captured, dict):
                 from iotctl.message import text_pairs
-                from iotctl.protocols.mqtt.envelope import meta_bytes
+                from iotctl.message import meta_bytes
 
                 for key in ("content_type", "response_topic"):
                     if isinstance(captured.get(key), str):
@@ -803,7 +803,10 @@ class Receiver(receive.Receiver):
             raise session._lost("subscription")
         if not session._batch:
             return []
-        batch = session._take()
+        return self._cut(session._take())
+
+    def _cut(self, batch: list[Message]) -> list[Message]:
+        """The batch up to the message `until` ends the stream at (that one left out)."""
         if self.until is not None:
             for i, msg in enumerate(batch):
                 if self.until(msg):
@@ -906,12 +909,7 @@ class Subscriber(Receiver):
                 batch = fast.poll(wait)
             except ConnectionLost as lost:
                 raise ConnectionLost(f"subscription to {', '.join(self.filters)}", lost.why) from None
-        if self.until is not None:
-            for i, msg in enumerate(batch):
-                if self.until(msg):
-                    self.ended = True
-                    return batch[:i]
-        return batch
+        return self._cut(batch)
 
     def ack(self, batch) -> None:
         if self.fast is None:

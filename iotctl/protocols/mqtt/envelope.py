@@ -4,7 +4,7 @@ correlation data and response topic."""
 
 from __future__ import annotations
 
-from iotctl.message import Message, Portable, text_pairs
+from iotctl.message import Message, Portable, text_pairs, meta_bytes
 
 
 def portable(msg: Message) -> Portable:
@@ -18,12 +18,3 @@ def portable(msg: Message) -> Portable:
                     meta_bytes(corr) if isinstance(corr, str) else None,
                     reply if isinstance(reply, str) else None)
 
-
-def meta_bytes(text: str) -> bytes:
-    """Bytes shown in meta (message.bytes_text) back as bytes: `0x` and hex, or text."""
-    if text.startswith("0x"):
-        try:
-            return bytes.fromhex(text[2:])
-        except ValueError:
-            pass
-    return text.encode("utf-8")
