@@ -28,6 +28,18 @@ class Report:
     def fail(self, section: str, name: str, value) -> None:
         self.add(section, name, value, "fail")
 
+    def server(self, cfg, timeout: float):
+        """The start every broker's check shares: its connect bounded by the check's
+        timeout, the TLS rows and the address row. Returns the endpoint."""
+        cfg.connect_timeout = min(cfg.connect_timeout, timeout)
+        self.tls(cfg.endpoint, timeout)
+        self.add("server", "address", cfg.endpoint.display)
+        return cfg.endpoint
+
+    def probe_skipped(self, what: str) -> None:
+        """The row of a check run without --probe: `what` says what the probe would do."""
+        self.add("probe", "skipped", f"{what}: on by default against loopback only (--probe)")
+
     def tls(self, endpoint, timeout: float, server_name: str | None = None, starttls=None) -> None:
         """The TLS rows of an endpoint that uses TLS (nothing otherwise). `server_name`:
         the name the certificate must carry when it is not the host connected to (an

@@ -35,10 +35,7 @@ def check(report: Report, arguments: dict, probe: bool, max_payload: int, timeou
     from iotctl.protocols.amqp.client import Session
 
     cfg = arguments["cfg"]
-    cfg.connect_timeout = min(cfg.connect_timeout, timeout)
-    report.tls(cfg.endpoint, timeout)
-    ep = cfg.endpoint
-    report.add("server", "address", ep.display)
+    ep = report.server(cfg, timeout)
     session = Session(cfg, name="iotctl check")
     seen = _record(session)
     _, ms = timed(session.connect)
@@ -54,7 +51,7 @@ def check(report: Report, arguments: dict, probe: bool, max_payload: int, timeou
         if probe:
             _Probe(report, session, timeout).run()
         else:
-            report.add("probe", "skipped", "the probe publishes: on by default against loopback only (--probe)")
+            report.probe_skipped("the probe publishes")
     finally:
         session.close()
 

@@ -19,10 +19,7 @@ def check(report: Report, arguments: dict, probe: bool, max_payload: int, timeou
     from iotctl.protocols.amqp1.client import Session
 
     cfg = arguments["cfg"]
-    cfg.connect_timeout = min(cfg.connect_timeout, timeout)
-    report.tls(cfg.endpoint, timeout)
-    ep = cfg.endpoint
-    report.add("server", "address", ep.display)
+    ep = report.server(cfg, timeout)
     session = Session(cfg)
     try:
         _, ms = timed(session.connect)
@@ -36,7 +33,7 @@ def check(report: Report, arguments: dict, probe: bool, max_payload: int, timeou
         addresses = arguments.get("addresses") or ()
         address = addresses[0] if addresses and addresses[0] != PLACEHOLDER else None
         if not probe:
-            report.add("probe", "skipped", "not against loopback: the probe sends messages")
+            report.probe_skipped("the probe sends messages")
         elif address is None:
             report.add("probe", "skipped", "no address in the URL (amqp1://host/ADDRESS) to send through")
         else:

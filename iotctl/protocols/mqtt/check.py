@@ -34,10 +34,7 @@ BOOLEAN = {"retain available", "wildcard subscriptions", "shared subscriptions",
 
 def check(report: Report, arguments: dict, probe: bool, max_payload: int, timeout: float) -> None:
     cfg = arguments["cfg"]
-    cfg.connect_timeout = min(cfg.connect_timeout, timeout)
-    report.tls(cfg.endpoint, timeout)
-    ep = cfg.endpoint
-    report.add("server", "address", ep.display)
+    ep = report.server(cfg, timeout)
     report.add("server", "login", f"user {ep.username}" if ep.username else "anonymous")
     accepted, connack = _versions(report, cfg)
     if connack is not None:
@@ -47,7 +44,7 @@ def check(report: Report, arguments: dict, probe: bool, max_payload: int, timeou
     if probe:
         _Probe(report, cfg, best, max_payload, timeout).run()
     else:
-        report.add("probe", "skipped", "not against loopback: --probe publishes on a private prefix")
+        report.probe_skipped("the probe publishes on a private prefix")
 
 
 # --------------------------------------------------------------------------- connecting

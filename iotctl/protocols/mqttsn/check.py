@@ -35,7 +35,7 @@ def check(report: Report, arguments: dict, probe: bool, max_payload: int, timeou
         if probe:
             _Probe(report, client, timeout).run()
         else:
-            report.add("probe", "skipped", "the probe publishes: on by default against loopback only (--probe)")
+            report.probe_skipped("the probe publishes")
     finally:
         client.close()
 

@@ -22,10 +22,7 @@ def check(report: Report, arguments: dict, probe: bool, max_payload: int, timeou
 
     cfg = arguments["cfg"]
     check_config(cfg)
-    cfg.connect_timeout = min(cfg.connect_timeout, timeout)
-    report.tls(cfg.endpoint, timeout)
-    ep = cfg.endpoint
-    report.add("server", "address", ep.display)
+    ep = report.server(cfg, timeout)
     session = Session(cfg)
     try:
         _, ms = timed(session.connect)
@@ -46,7 +43,7 @@ def check(report: Report, arguments: dict, probe: bool, max_payload: int, timeou
         if probe:
             _probe(report, session, timeout)
         else:
-            report.add("probe", "skipped", "the probe sends: on by default against loopback only (--probe)")
+            report.probe_skipped("the probe sends")
     finally:
         session.close(min(timeout, 5.0))
 

@@ -68,7 +68,7 @@ def check(report: Report, arguments: dict, probe: bool, max_payload: int, timeou
         if probe:
             _probe(report, session, timeout)
         else:
-            report.add("probe", "skipped", "the probe sends a message: on by default against loopback only (--probe)")
+            report.probe_skipped("the probe sends a message")
     finally:
         session.close()
 
