@@ -25,6 +25,51 @@ FLAG = "--background"
 TAIL = 64 * 1024  # what is kept of a child's output before it is ready (its error line)
 
 
+class ServerLog:
+    """A server's log: one line per request (and its start and stop) on stderr or the
+    --log file; nothing with --quiet but warnings. Never raises: a closed stderr loses
+    lines, not the server."""
+
+    def __init__(self, stream, quiet: bool):
+        self.stream, self.quiet = stream, quiet
+
+    def __call__(self, line: str, always: bool = False) -> None:
+        if self.quiet and not always:
+            return
+        out = self.stream if self.stream is not None else sys.stderr
+        try:
+            out.write(line + "\n")
+            out.flush()
+        except (OSError, ValueError):
+            pass
+
+    def warning(self, text: str) -> None:
+        """Shown even with --quiet."""
+        self(f"iotctl: warning: {text}", always=True)
+
+
+def serve_forever(loop, start, stop_of, timeout: float):
+    """Run a server on the shared asyncio loop in the foreground: `start` (a coroutine)
+    binds it, a --background parent is told it is ready, then it serves until Ctrl-C or
+    SIGTERM, and `stop_of(what start returned)` (a coroutine function) is given
+    `timeout` seconds to close it. Returns what `start` returned."""
+    from iotctl import interrupts
+
+    restore = interrupts.terminate_as_interrupt()
+    try:
+        running = loop.run(start)
+        ready()
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            pass
+        loop.cleanup(stop_of(running), timeout=timeout)
+    finally:
+        restore()
+    return running
+
+
 class Failed(IotctlError):
     """The background child exited before it was ready: its error, its exit status."""
 

@@ -33,7 +33,6 @@ import asyncio
 import json
 import os
 import random
-import sys
 import time
 from dataclasses import dataclass
 from typing import IO
@@ -73,31 +72,7 @@ class ServeConfig:
     log: IO[str] | None = None   # where the request log goes [default: stderr]
 
 
-class Log:
-    """The server's log: one line per request (and its start and stop), on stderr or
-    the --log file; nothing with --quiet. Never raises (a closed stderr loses lines,
-    not the server)."""
-
-    def __init__(self, stream: IO[str] | None, quiet: bool):
-        self.stream, self.quiet = stream, quiet
-
-    def __call__(self, line: str) -> None:
-        if self.quiet:
-            return
-        out = self.stream if self.stream is not None else sys.stderr
-        try:
-            out.write(line + "\n")
-            out.flush()
-        except (OSError, ValueError):
-            pass
-
-    def warning(self, text: str) -> None:
-        """Shown even with --quiet."""
-        quiet, self.quiet = self.quiet, False
-        try:
-            self(f"iotctl: warning: {text}")
-        finally:
-            self.quiet = quiet
+Log = background.ServerLog
 
 
 def _response(payload: bytes = b"", ct: int | None = None, code=None, **opts) -> aiocoap.Message:
@@ -764,24 +739,12 @@ async def start(cfg: ServeConfig) -> Running:
 
 def serve(cfg: ServeConfig) -> None:
     """Serve in the foreground until Ctrl-C or SIGTERM (then exit 0)."""
-    from iotctl import aioloop, interrupts
+    from iotctl import aioloop
     from iotctl.trace import route_logs
 
     route_logs(("coap-server", "coap"), cfg.debug)
     # aiocoap sets SO_REUSEPORT by default: a second server on the same port would then
     # start silently and share the requests; a busy port must be an error instead
     os.environ.setdefault("AIOCOAP_REUSE_PORT", "0")
-    loop = aioloop.shared()
-    restore = interrupts.terminate_as_interrupt()
-    try:
-        running = loop.run(start(cfg))
-        background.ready()
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-        loop.cleanup(running.stop, timeout=4)
-    finally:
-        restore()
+    running = background.serve_forever(aioloop.shared(), start(cfg), lambda r: r.stop, timeout=4)
     running.device.log("iotctl: server stopped")

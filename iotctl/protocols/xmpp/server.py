@@ -12,17 +12,15 @@ from __future__ import annotations
 import asyncio
 import math
 import random
-import sys
 import time
 from collections import deque
 from datetime import datetime, timedelta, timezone
-from typing import IO
 from xml.etree import ElementTree as ET
 
 from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
-from iotctl import receive
+from iotctl import background, receive
 from iotctl.protocols.xmpp import iot
 from iotctl.protocols.xmpp.client import DISCO, END, PING, VERSION, Session, XmppConfig
 
@@ -33,22 +31,7 @@ MAX_QUEUED = 86400       # seconds ahead a scheduled readout (`when`) may be
 _C = "{jabber:client}"
 
 
-class Log:
-    """One line per request (and the start and stop) on stderr or the --log file;
-    nothing with --quiet except warnings. Never raises."""
-
-    def __init__(self, stream: IO[str] | None, quiet: bool):
-        self.stream, self.quiet = stream, quiet
-
-    def __call__(self, line: str, always: bool = False) -> None:
-        if self.quiet and not always:
-            return
-        out = self.stream if self.stream is not None else sys.stderr
-        try:
-            out.write(line + "\n")
-            out.flush()
-        except (OSError, ValueError):
-            pass
+Log = background.ServerLog
 
 
 class Param:
@@ -505,7 +488,7 @@ class _Nothing:
 
 def run(cfg: XmppConfig, node: str | None, interval: float, approve: bool, log_stream, quiet: bool) -> None:
     """The device in the foreground until Ctrl-C or SIGTERM (then exit 0)."""
-    from iotctl import background, interrupts
+    from iotctl import interrupts
 
     log = Log(log_stream, quiet)
     device = Device(cfg, node, interval, approve, log)

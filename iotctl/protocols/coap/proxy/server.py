@@ -985,23 +985,10 @@ async def start(cfg: ProxyConfig) -> Proxy:
 
 def serve(cfg: ProxyConfig) -> None:
     """Run in the foreground until Ctrl-C or SIGTERM (then exit 0)."""
-    from iotctl import interrupts
     from iotctl.trace import route_logs
 
     route_logs(("coap-server", "coap", "iotctl.http", "asyncio"), cfg.debug)
     # a second server on the same UDP port must be an error, not a silent share
     os.environ.setdefault("AIOCOAP_REUSE_PORT", "0")
-    loop = client.shared_loop()
-    restore = interrupts.terminate_as_interrupt()
-    try:
-        proxy = loop.run(start(cfg))
-        background.ready()
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
-        loop.cleanup(proxy.stop, timeout=6)
-    finally:
-        restore()
+    proxy = background.serve_forever(client.shared_loop(), start(cfg), lambda p: p.stop, timeout=6)
     proxy.log("iotctl: proxy stopped")
