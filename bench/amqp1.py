@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import IOTCTL, MINIMAL, PY, ROOT, child_env  # noqa: E402  (bench/common.py)
+from common import IOTCTL, MINIMAL, PY, ROOT, child_env, write_section  # noqa: E402  (bench/common.py)
 
 SECTION_START = "<!-- amqp1: written by bench/amqp1.py --write -->"
 SECTION_END = "<!-- /amqp1 -->"
@@ -185,11 +184,7 @@ def main() -> None:
     text = table(run(args.rounds, args.n), args.rounds, args.n)
     print(text)
     if args.write:
-        readme = ROOT / "bench" / "README.md"
-        old = readme.read_text()
-        pattern = re.compile(re.escape(SECTION_START) + ".*?" + re.escape(SECTION_END), re.S)
-        new = pattern.sub(lambda _: text, old) if pattern.search(old) else old.rstrip("\n") + "\n\n" + text + "\n"
-        readme.write_text(new)
+        write_section(text, SECTION_START, SECTION_END)
 
 
 if __name__ == "__main__":

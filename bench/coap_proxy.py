@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import IOTCTL, MINIMAL, PY, ROOT, child_env  # noqa: E402  (bench/common.py)
+from common import IOTCTL, MINIMAL, PY, ROOT, child_env, write_section  # noqa: E402  (bench/common.py)
 
 HOST = "127.0.0.1"
 SECTION_START = "<!-- coap_proxy: written by bench/coap_proxy.py --write -->"
@@ -257,16 +257,7 @@ def main() -> int:
     ])
     print(text)
     if args.write:
-        readme = ROOT / "bench" / "README.md"
-        old = readme.read_text()
-        if SECTION_START in old:
-            head, rest = old.split(SECTION_START, 1)
-            tail = rest.split(SECTION_END, 1)[1] if SECTION_END in rest else ""
-            new = head + text + tail
-        else:
-            new = old.rstrip("\n") + "\n\n" + text + "\n"
-        readme.write_text(new)
-        print(f"wrote {readme}", file=sys.stderr)
+        write_section(text, SECTION_START, SECTION_END)
     return 0
 
 

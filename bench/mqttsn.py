@@ -26,6 +26,9 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+from common import write_section  # noqa: E402  (bench/common.py)
+
 _loader = importlib.machinery.SourceFileLoader("bench_run", str(BENCH / "run"))
 _spec = importlib.util.spec_from_loader("bench_run", _loader)
 br = importlib.util.module_from_spec(_spec)
@@ -218,13 +221,7 @@ def main() -> int:
     text = "\n".join(lines) + "\n"
     print(text)
     if args.write:
-        readme = BENCH / "README.md"
-        old = readme.read_text()
-        if BEGIN in old and END in old:  # in place: the other sections stay where they are
-            readme.write_text(old[:old.index(BEGIN)] + text + old[old.index(END) + len(END) + 1:])
-        else:
-            readme.write_text(old.rstrip("\n") + "\n\n" + text)
-        print(f"wrote {readme}", file=sys.stderr)
+        write_section(text, BEGIN, END)
     return 0
 
 

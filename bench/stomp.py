@@ -30,7 +30,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import IOTCTL, MINIMAL, PY, ROOT  # noqa: E402  (bench/common.py)
+from common import IOTCTL, MINIMAL, PY, ROOT, write_section  # noqa: E402  (bench/common.py)
 
 SECTION_START = "<!-- stomp: written by bench/stomp.py --write -->"
 SECTION_END = "<!-- /stomp -->"
@@ -169,16 +169,7 @@ def main() -> int:
     ])
     print(text)
     if args.write:
-        readme = ROOT / "bench" / "README.md"
-        old = readme.read_text()
-        if SECTION_START in old:
-            head, rest = old.split(SECTION_START, 1)
-            tail = rest.split(SECTION_END, 1)[1] if SECTION_END in rest else ""
-            new = head + text + tail
-        else:
-            new = old.rstrip("\n") + "\n\n" + text + "\n"
-        readme.write_text(new)
-        print(f"wrote {readme}", file=sys.stderr)
+        write_section(text, SECTION_START, SECTION_END)
     return 0
 
 

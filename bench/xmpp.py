@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, MINIMAL, PY, ROOT, child_env  # noqa: E402  (bench/common.py)
+from common import BENCH, MINIMAL, PY, ROOT, child_env, write_section  # noqa: E402  (bench/common.py)
 
 HOST, PORT = "127.0.0.1", 5222
 PEERS = Path(os.environ.get("IOTCTL_PEERS_DIR", "/var/tmp/iotctl-peers"))
@@ -307,11 +306,7 @@ def main() -> int:
     text = run(args)
     print(text)
     if args.write:
-        readme = BENCH / "README.md"
-        old = readme.read_text()
-        block = re.compile(r"<!-- xmpp-bench.*?<!-- /xmpp-bench -->\n", re.S)
-        new = block.sub(lambda _: text, old) if block.search(old) else old.rstrip("\n") + "\n\n" + text
-        readme.write_text(new)
+        write_section(text, "<!-- xmpp-bench", "<!-- /xmpp-bench -->")
     return 0
 
 
