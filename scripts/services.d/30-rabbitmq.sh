@@ -102,3 +102,56 @@ status_rabbitmq() {
     echo "rabbitmq: down amqp://$HOST:$RMQ_PORT  (logs in /var/log/rabbitmq)"
     return 1
 }
+
+# --------------------------------------------------------------------------- plugins
+# What the plugin files (31-rabbitmq-stomp.sh, 33-amqp1.sh, 34-rabbitmq-mqtt.sh) share:
+# the running node (started here when it is not), and a plugin's TCP listener kept on
+# 127.0.0.1 only.
+
+rmq_node_up() {
+    rabbitmqctl -q status >/dev/null 2>&1 && return 0
+    if declare -F up_rabbitmq >/dev/null; then
+        up_rabbitmq
+    else
+        die "RabbitMQ is not running (start the node first: rabbitmq-server -detached)"
+    fi
+}
+
+# rmq_listener_bound PORT: the local addresses listening on PORT, one per line
+rmq_listener_bound() { ss -Hltn "sport = :$1" 2>/dev/null | awk '{print $4}'; }
+
+# rmq_listener_loopback_only PORT: something listens on PORT, on $HOST only
+rmq_listener_loopback_only() {
+    local addrs
+    addrs=$(rmq_listener_bound "$1")
+    [[ -n $addrs ]] && ! grep -qvE "^($HOST|\\[::ffff:$HOST\\]):" <<<"$addrs"
+}
+
+# rmq_plugin_listener APP KEY PORT NAME: plugin APP (e.g. rabbitmq_stomp) enabled with
+# its TCP listener on $HOST:PORT only. KEY is its rabbitmq.conf prefix (stomp, mqtt),
+# NAME what its log line calls it (STOMP, MQTT). The listener is set in the node's
+# application environment before the plugin starts (persistent) and in
+# /etc/rabbitmq/rabbitmq.conf for the next boot; a plugin found listening elsewhere
+# gets only its own application restarted (the node others use is never restarted).
+rmq_plugin_listener() {
+    local app=$1 key=$2 port=$3 name=$4
+    local conf=/etc/rabbitmq/rabbitmq.conf line="$key.listeners.tcp.1 = $HOST:$port"
+    local listener="[{\"$HOST\", $port}]"
+    rmq_node_up
+    mkdir -p /etc/rabbitmq
+    touch "$conf"
+    if ! grep -qxF "$line" "$conf"; then
+        sed -i "/^[[:space:]]*$key\\.listeners\\.tcp\\./d" "$conf"
+        printf '%s\n' "$line" >>"$conf"
+    fi
+    if ! rabbitmq-plugins -q is_enabled "$app" >/dev/null 2>&1; then
+        rabbitmqctl -q eval "application:set_env($app, tcp_listeners, $listener, [{persistent, true}])." >/dev/null
+        rabbitmq-plugins -q enable "$app" >/dev/null
+    fi
+    wait_until /var/log/rabbitmq "RabbitMQ $name on tcp $HOST:$port" rmq_listener_bound "$port"
+    if ! rmq_listener_loopback_only "$port"; then
+        log "$app: listening on $(rmq_listener_bound "$port" | tr '\n' ' ')- restarting only the $name plugin on $HOST"
+        rabbitmqctl -q eval "application:stop($app), application:set_env($app, tcp_listeners, $listener, [{persistent, true}]), application:ensure_all_started($app)." >/dev/null
+        wait_until /var/log/rabbitmq "RabbitMQ $name on tcp $HOST:$port" rmq_listener_loopback_only "$port"
+    fi
+}

@@ -63,13 +63,7 @@ amqp1_broker_build() {
 
 up_amqp1() {
     ensure_packages libqpid-proton11-dev-examples gcc pkg-config
-    if ! rabbitmqctl -q status >/dev/null 2>&1; then
-        if declare -F up_rabbitmq >/dev/null; then
-            up_rabbitmq
-        else
-            die "RabbitMQ is not running (start the node first: rabbitmq-server -detached)"
-        fi
-    fi
+    rmq_node_up
     if ! amqp1_plugin_enabled; then
         log "amqp1: enabling rabbitmq_amqp1_0 on the running node"
         rabbitmq-plugins -q enable rabbitmq_amqp1_0 >/dev/null
