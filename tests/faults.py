@@ -1,12 +1,16 @@
-"""Fault tools for tests: a TCP relay in front of a real peer that can cut every
-connection, freeze (hold every byte, connections open), thaw, or refuse new ones.
-127.0.0.1 only, bounded in time, one thread.
+"""Fault tools for tests, 127.0.0.1 only:
+
+- TcpRelay, in front of a real peer, can cut every connection, freeze (hold every
+  byte, connections open), thaw, or refuse new ones (bounded in time, one thread):
 
     with TcpRelay(1883) as relay:
         ... connect the client to 127.0.0.1:relay.port ...
         relay.cut()          # both sides see the connection drop (RST)
         relay.freeze()       # nothing moves, nothing closes
         relay.thaw()
+
+- ScriptedPeer, a TCP server of the test's own that plays a script on every
+  connection (a peer that sends garbage, never answers, or answers wrongly).
 """
 
 from __future__ import annotations
@@ -200,3 +204,50 @@ def _reset(sock: socket.socket) -> None:
     except OSError:
         pass
     sock.close()
+
+
+class ScriptedPeer:
+    """A TCP server on 127.0.0.1 (an OS-assigned `port`) that runs `handle(conn)` for
+    every connection, each in a thread of its own (an OSError ends it quietly); pass
+    `handle` or override the method. close() closes the listener and every connection
+    still open."""
+
+    def __init__(self, handle=None):
+        if handle is not None:
+            self.handle = handle
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def handle(self, conn: socket.socket) -> None:
+        raise NotImplementedError
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.conns.append(conn)
+            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
+
+    def _run(self, conn: socket.socket) -> None:
+        try:
+            self.handle(conn)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for conn in self.conns:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def __enter__(self) -> "ScriptedPeer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

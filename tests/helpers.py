@@ -4,7 +4,9 @@ readiness waits (poll until a condition holds; never a fixed sleep)."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import time
 from typing import Callable, TypeVar
 
@@ -53,6 +55,47 @@ def free_port(kind: int = socket.SOCK_DGRAM) -> int:
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def free_udp_tcp_port() -> int:
+    """A port free for both UDP and TCP on 127.0.0.1 (for servers that listen on both,
+    such as `coap serve --tcp` and `coap proxy`)."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", 0))
+            port = udp.getsockname()[1]
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+                try:
+                    tcp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def coap_answers(port: int) -> bool:
+    """Whether a CoAP server on 127.0.0.1:port answers a CoAP ping (an empty CON)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.2)
+        try:
+            sock.sendto(bytes([0x40, 0x00, 0x12, 0x34]), ("127.0.0.1", port))
+            return len(sock.recvfrom(64)[0]) >= 4
+        except OSError:
+            return False
+
+
+def stop(proc: subprocess.Popen, sig=signal.SIGTERM, timeout: float = 8.0) -> int:
+    """Send `sig` to a running process and return its exit status (-9 when it had to be
+    killed after `timeout`)."""
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            return proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            return -9
+    return proc.returncode
 
 
 def peak_rss_kib(pid: int | str = "self") -> int:

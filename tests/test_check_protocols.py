@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from tests.conftest import CERTS
-from tests.helpers import clean_env, free_port, wait_until
+from tests.helpers import clean_env, free_port, stop, wait_until
 
 
 def _check(*args: str, timeout: float = 120):
@@ -139,11 +139,11 @@ def silent_tcp():
     """A TCP port that accepts and never says a word."""
     listener = socket.create_server(("127.0.0.1", 0))
     held: list = []
-    stop = threading.Event()
+    done = threading.Event()
 
     def accept():
         listener.settimeout(0.2)
-        while not stop.is_set():
+        while not done.is_set():
             try:
                 held.append(listener.accept()[0])
             except OSError:
@@ -151,7 +151,7 @@ def silent_tcp():
 
     threading.Thread(target=accept, daemon=True).start()
     yield listener.getsockname()[1]
-    stop.set()
+    done.set()
     listener.close()
     for s in held:
         s.close()
@@ -392,12 +392,7 @@ def coap_serve():
         assert proc.poll() is None, "iotctl coap serve did not start"
         yield port
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)
 
 
 def test_coap_serve_resources_observables_formats_and_blockwise(coap_serve):
@@ -460,12 +455,7 @@ def gateway(peer):
         threading.Thread(target=proc.stderr.read, daemon=True).start()  # never let its log block it
         yield int(m.group(1))
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc, timeout=10)
 
 
 def test_mqttsn_gateway_id_connect_and_round_trips(gateway):

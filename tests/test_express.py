@@ -8,11 +8,11 @@ from __future__ import annotations
 import socket
 import subprocess
 import sys
-import threading
 import uuid
 
 import pytest
 
+from tests.faults import ScriptedPeer
 from tests.helpers import clean_env, free_port
 
 PRIVATE = ("-p", "11883")
@@ -27,37 +27,18 @@ def _both(*args: str, stdin: bytes | None = None):
     return runs
 
 
-class FakeBroker:
+class FakeBroker(ScriptedPeer):
     """A TCP peer that accepts and then answers CONNECT with `connack` bytes (None:
     nothing at all) and never acknowledges anything."""
 
     def __init__(self, connack: bytes | None):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
         self.connack = connack
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            if self.connack is not None:
-                try:
-                    conn.recv(4096)
-                    conn.sendall(self.connack)
-                except OSError:
-                    pass
-
-    def close(self):
-        self.sock.close()
-        for c in self.conns:
-            c.close()
+    def handle(self, conn):
+        if self.connack is not None:
+            conn.recv(4096)
+            conn.sendall(self.connack)
 
 
 def _topic() -> str:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -20,46 +19,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import clean_env, wait_until
+from tests.coap_wire import ACK, CON, NON, RST, code, decode, encode, uint_option as uint  # noqa: F401
+from tests.helpers import clean_env, coap_answers, free_udp_tcp_port, stop, wait_until  # noqa: F401 (re-exported)
 
 LIBCOAP_CLIENT = "coap-client-notls"
 
 
-def free_udp_tcp_port() -> int:
-    """A port the OS gave out free for both UDP and TCP on 127.0.0.1 (for `coap serve -p`)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
-def _ping(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(0.2)
-        try:
-            sock.sendto(bytes([0x40, 0x00, 0x12, 0x34]), ("127.0.0.1", port))
-            return len(sock.recvfrom(64)[0]) >= 4
-        except OSError:
-            return False
-
-
-def stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            return proc.wait(8)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return -9
-    return proc.returncode
+_ping = coap_answers
 
 
 class Logged:
@@ -211,10 +177,11 @@ def curl(*args: str, timeout: float = 30) -> Reply:
     return Reply(int(status), reason[0] if reason else "", headers, body, r.returncode)
 
 
-def parse_events(data: bytes) -> list[dict]:
-    """Server-sent events as the HTML standard's parser reads them (comments skipped)."""
+def parse_events(data: bytes, errors: str = "replace") -> list[dict]:
+    """Server-sent events as the HTML standard's parser reads them (comments skipped);
+    errors="strict" fails on a stream that is not UTF-8."""
     events = []
-    for block in data.decode("utf-8", "replace").replace("\r\n", "\n").split("\n\n"):
+    for block in data.decode("utf-8", errors).replace("\r\n", "\n").split("\n\n"):
         event: dict = {}
         for line in block.split("\n"):
             if not line or line.startswith(":"):
@@ -240,67 +207,6 @@ def coap_client(*args: str, timeout: float = 30) -> subprocess.CompletedProcess:
 
 
 # --------------------------------------------------------------------------- a scripted device
-
-CON, NON, ACK, RST = 0, 1, 2, 3
-
-
-def _nibble(value: int) -> tuple[int, bytes]:
-    if value < 13:
-        return value, b""
-    if value < 269:
-        return 13, bytes([value - 13])
-    return 14, (value - 269).to_bytes(2, "big")
-
-
-def uint(value: int) -> bytes:
-    return value.to_bytes((value.bit_length() + 7) // 8, "big") if value else b""
-
-
-def encode(mtype: int, code: int, mid: int, token: bytes, options=(), payload: bytes = b"") -> bytes:
-    out = bytearray([0x40 | mtype << 4 | len(token), code, mid >> 8 & 0xFF, mid & 0xFF]) + token
-    last = 0
-    for number, value in sorted(options, key=lambda o: o[0]):
-        delta, delta_ext = _nibble(number - last)
-        length, length_ext = _nibble(len(value))
-        out += bytes([delta << 4 | length]) + delta_ext + length_ext + value
-        last = number
-    if payload:
-        out += b"\xff" + payload
-    return bytes(out)
-
-
-def decode(data: bytes):
-    """(type, code, mid, token, [(number, value)], payload)"""
-    mtype, tkl = data[0] >> 4 & 3, data[0] & 0x0F
-    code, mid = data[1], int.from_bytes(data[2:4], "big")
-    token = data[4:4 + tkl]
-    pos, number, options = 4 + tkl, 0, []
-    while pos < len(data) and data[pos] != 0xFF:
-        values = []
-        for nibble in (data[pos] >> 4, data[pos] & 0x0F):
-            values.append(nibble)
-        pos += 1
-        ext = []
-        for nibble in values:
-            if nibble == 13:
-                ext.append(data[pos] + 13)
-                pos += 1
-            elif nibble == 14:
-                ext.append(int.from_bytes(data[pos:pos + 2], "big") + 269)
-                pos += 2
-            else:
-                ext.append(nibble)
-        number += ext[0]
-        options.append((number, data[pos:pos + ext[1]]))
-        pos += ext[1]
-    payload = data[pos + 1:] if pos < len(data) else b""
-    return mtype, code, mid, token, options, payload
-
-
-def code(text: str) -> int:
-    cls, detail = text.split(".")
-    return int(cls) << 5 | int(detail)
-
 
 @dataclass
 class Seen:
@@ -346,7 +252,9 @@ class ScriptedDevice:
                 continue
             if len(data) < 4:
                 continue
-            mtype, c, mid, token, options, payload = decode(data)
+            msg = decode(data)
+            mtype, c, mid, token, payload = msg["type"], msg["code"], msg["mid"], msg["token"], msg["payload"]
+            options = [(number, value) for number, values in msg["options"].items() for value in values]
             with self.lock:
                 self.seen.append(Seen(mtype, c, options, payload, token))
             if c == 0 or not 1 <= c <= 31:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -17,7 +16,7 @@ import uuid
 
 import pytest
 
-from tests.faults import TcpRelay
+from tests.faults import ScriptedPeer, TcpRelay
 from tests.helpers import wait_until
 from tests.protocols.test_amqp import (Proxy, close_connection, names, rabbitmqctl, rmq, start,  # noqa: F401
                                        wait_status)
@@ -29,39 +28,17 @@ def relay(rmq):
         yield r
 
 
-class FakeServer:
-    """A TCP server that is not RabbitMQ: `behaviour(conn)` runs for each connection."""
+class FakeServer(ScriptedPeer):
+    """A TCP server that is not RabbitMQ: `behaviour(conn)` runs for each connection,
+    after the client's protocol header."""
 
     def __init__(self, behaviour):
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
         self.behaviour = behaviour
-        self.conns: list[socket.socket] = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
-
-    def _run(self, conn) -> None:
-        try:
-            conn.recv(8)  # the client's protocol header
-            self.behaviour(conn)
-        except OSError:
-            pass
-
-    def close(self) -> None:
-        self.listener.close()
-        for c in self.conns:
-            try:
-                c.close()
-            except OSError:
-                pass
+    def handle(self, conn) -> None:
+        conn.recv(8)  # the client's protocol header
+        self.behaviour(conn)
 
 
 def timed(proc: subprocess.Popen, timeout: float) -> tuple[float, bytes, bytes]:

@@ -23,34 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import clean_env
+from tests.helpers import clean_env, coap_answers, free_udp_tcp_port, stop
 
 LIBCOAP_CLIENT = "coap-client-notls"
 
 
-def _free_port() -> int:
-    """A port free for both UDP and TCP on 127.0.0.1."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("127.0.0.1", 0))
-            port = udp.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-            return port
-    raise RuntimeError("no free port")
-
-
-def _ping(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.settimeout(0.2)
-        try:
-            sock.sendto(bytes([0x40, 0x00, 0x12, 0x34]), ("127.0.0.1", port))
-            return len(sock.recvfrom(64)[0]) >= 4
-        except OSError:
-            return False
+_free_port = free_udp_tcp_port
+_ping = coap_answers
 
 
 def _env() -> dict:
@@ -97,15 +76,7 @@ def _start_serve(tmp: Path, *extra: str) -> Device:
 
 
 def _stop(proc: subprocess.Popen, sig=signal.SIGTERM) -> int:
-    if proc.poll() is None:
-        proc.send_signal(sig)
-        try:
-            return proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-            return -9
-    return proc.returncode
+    return stop(proc, sig, timeout=5)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import time
 import pytest
 
 from tests.protocols.test_coap import _start_serve, _stop
-from tests.protocols.test_coap_faults import CON, NON, ACK, RST, decode, encode
+from tests.coap_wire import ACK, CON, NON, RST, decode, encode
 
 PATHS = [b"time", b"sensors", b"temperature", b"humidity", b"actuators", b"led", b"store", b"large", b"files",
          b".well-known", b"core", b"", b"..", b"\xff\xfe", b"x" * 300]

@@ -12,6 +12,7 @@ from hypothesis import given, settings, strategies as st
 
 from iotctl.protocols.coap.proxy import mapping, page
 from iotctl.protocols.coap.proxy.mapping import MappingError
+from tests.protocols.coap_proxy_helpers import parse_events
 
 
 # --------------------------------------------------------------------------- target URIs
@@ -270,30 +271,11 @@ def test_bad_proxy_urls(args, code):
 # --------------------------------------------------------------------------- server-sent events
 
 
-def _parse_events(data: bytes) -> list[dict]:
-    """A server-sent event stream as the HTML standard's parser reads it."""
-    events = []
-    for block in data.decode("utf-8").split("\n\n"):
-        event: dict = {}
-        for line in block.split("\n"):
-            if not line or line.startswith(":"):
-                continue
-            name, _, value = line.partition(":")
-            value = value[1:] if value.startswith(" ") else value
-            if name == "data":
-                event["data"] = event["data"] + "\n" + value if "data" in event else value
-            else:
-                event[name] = value
-        if event:
-            events.append(event)
-    return events
-
-
 @settings(max_examples=300, deadline=None)
 @given(st.binary(max_size=200), st.integers(min_value=0, max_value=2 ** 32))
 def test_an_event_carries_any_payload(payload, seq):
     """Text comes back as it was (line breaks normalised to LF), bytes as base64."""
-    (event,) = _parse_events(mapping.sse_event(payload, event_id=seq))
+    (event,) = parse_events(mapping.sse_event(payload, event_id=seq), errors="strict")
     assert event["id"] == str(seq)
     try:
         text = payload.decode("utf-8")
@@ -308,7 +290,7 @@ def test_an_event_carries_any_payload(payload, seq):
 
 def test_comments():
     assert mapping.sse_comment("a\nb") == b": a\n: b\n\n"
-    assert _parse_events(mapping.sse_comment("x")) == []
+    assert parse_events(mapping.sse_comment("x"), errors="strict") == []
 
 
 # --------------------------------------------------------------------------- the page

@@ -9,10 +9,10 @@ import json
 import socket
 import subprocess
 import sys
-import threading
 
 import pytest
 
+from tests.faults import ScriptedPeer
 from tests.helpers import clean_env, free_port
 
 B = "http://127.0.0.1:18080"
@@ -62,46 +62,30 @@ def test_same_both_ways_when_nothing_listens():
     assert express == normal and express[0] == 3
 
 
-class Fake:
+class Fake(ScriptedPeer):
     """A TCP server answering every connection with `answer` bytes after the request head
     (None: nothing, and the connection stays open)."""
 
     def __init__(self, answer: bytes | None, close: bool = True):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
         self.answer, self.close_after = answer, close
         self.requests = 0
-        self.conns = []
-        threading.Thread(target=self._serve, daemon=True).start()
+        super().__init__()
 
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.conns.append(conn)
-            try:
-                data = b""
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(4096)
-                    if not chunk:
-                        break
-                    data += chunk
-                self.requests += 1
-                if self.answer is not None:
-                    conn.sendall(self.answer)
-                    if self.close_after:
-                        conn.close()
-            except OSError:
-                pass
+    def handle(self, conn):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        self.requests += 1
+        if self.answer is not None:
+            conn.sendall(self.answer)
+            if self.close_after:
+                conn.close()
 
     def stop(self):
-        self.sock.close()
-        for c in self.conns:
-            c.close()
+        self.close()
 
 
 @pytest.mark.parametrize("answer", [

@@ -7,12 +7,12 @@ from __future__ import annotations
 
 import json
 import socket
-import threading
 import uuid
 
 import pytest
 
 from tests.conftest import CERTS
+from tests.faults import ScriptedPeer
 from tests.helpers import clean_env, free_port
 
 RABBIT = ("-p", "61613", "--vhost", "iotctl-stomp", "-u", "iotctl-stomp", "-P", "iotctl-stomp-secret")
@@ -265,34 +265,19 @@ class Frames:
         return cmd, dict(line.split(":", 1) for line in lines if ":" in line)
 
 
-class FakeServer:
+class FakeServer(ScriptedPeer):
     """A STOMP peer the test scripts: runs `script(conn, frames)` for every connection,
-    in a thread of its own."""
+    in a thread of its own, and closes the connection when the script ends."""
 
     def __init__(self, script):
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
         self.script = script
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._run, args=(conn,), daemon=True).start()
-
-    def _run(self, conn):
+    def handle(self, conn):
         try:
             self.script(conn, Frames(conn))
-        except OSError:
-            pass
         finally:
             conn.close()
-
-    def close(self):
-        self.sock.close()
 
 
 def connected(conn, frames):
