@@ -141,3 +141,35 @@ def test_readme_health_check_detects_a_failing_device(case, device):
             assert proc.returncode == 0, (script, proc.stdout, proc.stderr)
         else:
             assert proc.returncode != 0, (script, proc.stdout, proc.stderr)
+
+
+def test_the_amqp_examples_work_in_the_order_they_are_given(peer):
+    """Issue 22 item 6: the AMQP section published to `jobs` before anything declared it
+    (exit 0, the message dropped by the default exchange; the next `consume jobs` failed
+    with NOT_FOUND). Its block, pasted line by line up to the consume, against RabbitMQ,
+    with a queue of this test's own and 1,000 lines instead of 100,000."""
+    peer("rabbitmq")
+    block = next(b for b in _blocks(_section("AMQP")) if "amqp publish -r jobs" in b)
+    lines = [line.split("  #")[0].strip() for line in block.splitlines()]
+    lines = [line for line in lines if line.startswith(("iotctl", "seq"))]
+    upto = next(i for i, line in enumerate(lines) if line.startswith("iotctl amqp consume jobs"))
+    queue = f"iotctl-test-readme-{os.getpid()}-{free_port()}"
+    script = "\n".join(re.sub(r"\bjobs\b", queue, line).replace("seq 2 100000", "seq 2 1000")
+                       for line in lines[:upto + 1])
+    assert script.startswith(f"iotctl amqp declare queue {queue}"), block  # declared before anything is sent
+    bin_dir = Path(sys.executable).parent
+    env = clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    try:
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
+                              timeout=120, env=env)
+    finally:
+        subprocess.run([sys.executable, "-m", "iotctl", "amqp", "delete", "queue", queue], capture_output=True,
+                       env=clean_env(), timeout=30)
+    assert proc.returncode == 0, (script, proc.stderr)
+    import json
+
+    looked, _, taken = proc.stdout.partition("\n}\n")   # `get -o json`'s indented envelope, then consume's lines
+    assert json.loads(looked + "}")["payload"] == '{"id": 1}'
+    consumed = [json.loads(line) for line in taken.splitlines()]
+    assert [m["payload"] for m in consumed] == ['{"id": 1}'] + [str(n) for n in range(2, 11)], proc.stdout
+    assert consumed[0]["content_type"] == "application/json"
