@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import CERTS
-from tests.helpers import clean_env, free_port
+from tests.helpers import background_device, clean_env
 
 XDIST_GROUP = "prosody"  # logs in as alice, as the XMPP modules do: never at the same time as them
 
@@ -65,13 +65,9 @@ def in_terminal(tmp_path: Path, width: int, *argv: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def device(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("device") / "serve.log"
-    proc = subprocess.run([sys.executable, "-m", "iotctl", "coap", "serve", "--background", "-p", str(port),
-                           "--log", str(log)], capture_output=True, text=True, env=clean_env(), timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    yield f"coap://127.0.0.1:{port}"
-    os.kill(int(proc.stdout), signal.SIGTERM)
+    uri, pid = background_device(tmp_path_factory.mktemp("device") / "serve.log")
+    yield uri
+    os.kill(pid, signal.SIGTERM)
 
 
 @pytest.mark.parametrize("width", WIDTHS)
@@ -126,13 +122,19 @@ def test_amqp_properties_and_headers_are_one_per_line(iotctl, peer, tmp_path, wi
 
 
 @pytest.mark.parametrize("width", WIDTHS)
-def test_xmpp_tables_have_no_message_header(peer, tmp_path, width):
+def test_xmpp_tables_have_no_message_header(iotctl, peer, tmp_path, width):
     peer("prosody")
     lines = in_terminal(tmp_path, width, "xmpp", "version", *XMPP_LOGIN, "--quiet")
-    assert lines[0].split() == ["name", "version", "os"] and lines[1].split()[:2] == ["Prosody", lines[1].split()[1]]
+    assert lines[0].split() == ["name", "version", "os"] and lines[1].split()[0] == "Prosody", lines
     assert len(lines) == 2 and not any("ct=" in line for line in lines), lines
-    lines = in_terminal(tmp_path, width, "xmpp", "roster", "list", *XMPP_LOGIN, "--quiet")
+    contact = f"w{uuid.uuid4().hex[:8]}@localhost"
+    assert iotctl("xmpp", "roster", "add", contact, "--name", "Width test", *XMPP_LOGIN).exit_code == 0
+    try:
+        lines = in_terminal(tmp_path, width, "xmpp", "roster", "list", *XMPP_LOGIN, "--quiet")
+    finally:
+        iotctl("xmpp", "roster", "remove", contact, *XMPP_LOGIN)
     assert lines[0].split() == ["jid", "name", "subscription", "ask", "groups"], lines
+    assert any(line.split()[:3] == [contact, "Width", "test"] for line in lines), lines
     assert not any("ct=" in line or "xmpp" in line for line in lines), lines
 
 
