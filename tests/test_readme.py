@@ -44,16 +44,21 @@ def _kill_processes_under(path: Path) -> None:
                 pass
 
 
-@pytest.fixture(scope="session")
-def setup_block_run(tmp_path_factory):
-    """The README's first set-up block, pasted whole into bash, in a copy of the repository."""
-    copy = tmp_path_factory.mktemp("readme") / "iotctl"
+def _checkout_copy(copy: Path) -> Path:
+    """The repository's files (tracked and new, not ignored) copied to COPY."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, copy / name)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def setup_block_run(tmp_path_factory):
+    """The README's first set-up block, pasted whole into bash, in a copy of the repository."""
+    copy = _checkout_copy(tmp_path_factory.mktemp("readme") / "iotctl")
     block = _blocks(_section("Set up"))[0]
     # the block serves on CoAP's port 5683; here it runs on a free one (the suite never needs
     # 5683 free), and the device logs under the copy, not the user's ~/.local/state
@@ -96,6 +101,32 @@ def test_man_iotctl_is_found_after_pip_install(setup_block_run):
     found = subprocess.run(["man", "-w", "iotctl"], capture_output=True, text=True, env=env)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == str(copy / ".venv" / "share" / "man" / "man1" / "iotctl.1")
+
+
+def test_man_iotctl_is_found_after_an_editable_install_and_link_man(tmp_path):
+    """Issue 22 item 2: `pip install -e .` (what scripts/test does) leaves the pages out;
+    scripts/link-man PREFIX links them into PREFIX/share/man, where man-db looks from
+    PREFIX/bin. In a fresh copy and a fresh venv, as a developer does it."""
+    if shutil.which("man") is None:
+        pytest.fail("man is not installed; run: scripts/services up tools", pytrace=False)
+    copy = _checkout_copy(tmp_path / "iotctl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--no-deps", "-e",
+                          str(copy)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    env = clean_env(PATH=f"{venv / 'bin'}:/usr/bin:/bin")
+    env.pop("MANPATH", None)
+
+    def where() -> subprocess.CompletedProcess:
+        return subprocess.run(["man", "-w", "iotctl"], capture_output=True, text=True, env=env, timeout=30)
+
+    assert where().returncode != 0   # what the issue found: the editable install has no pages
+    linked = subprocess.run([str(copy / "scripts" / "link-man"), str(venv)], capture_output=True, text=True, timeout=60)
+    assert linked.returncode == 0, linked.stderr
+    found = where()
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()).resolve() == (copy / "man" / "iotctl.1").resolve()
 
 
 @pytest.fixture(scope="module")
