@@ -85,6 +85,8 @@ def test_setup_block_works_pasted_whole(setup_block_run):
     assert proc.returncode == 0, (block, out, proc.stderr.decode()[-3000:])
     lines = out.splitlines()
     at = next(i for i, line in enumerate(lines) if re.fullmatch(r"-?\d+\.\d+", line))  # the temperature
+    said = re.search(r"coap get \S+/sensors/temperature +# (\S+)", block).group(1)   # what the comment shows
+    assert len(said.split(".")[1]) == len(lines[at].split(".")[1]), (said, lines[at])   # issue 22 item 6: 21.4 vs 21.50
     assert len(lines[at + 1:]) >= 3 + 1, out  # three notifications, then the discovered resources
     assert "/sensors/temperature" in out
     err = proc.stderr.decode()
