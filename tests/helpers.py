@@ -118,3 +118,15 @@ PEAK_RSS_PROGRAM = ("import sys\n"
                     "hwm = [line.split()[1] for line in open('/proc/self/status') if line.startswith('VmHWM:')]\n"
                     "sys.stderr.write('peak-rss-kib %s\\n' % hwm[0])\n"
                     "sys.exit(code)\n")
+
+
+def background_device(log) -> tuple[str, int]:
+    """`iotctl coap serve --background` on a free port, logging to LOG: (its URI, its pid)."""
+    import subprocess
+    import sys
+
+    port = free_port()
+    proc = subprocess.run([sys.executable, "-m", "iotctl", "coap", "serve", "--background", "-p", str(port),
+                           "--log", str(log)], capture_output=True, text=True, env=clean_env(), timeout=30)
+    assert proc.returncode == 0, proc.stderr
+    return f"coap://127.0.0.1:{port}", int(proc.stdout)

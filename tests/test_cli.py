@@ -215,3 +215,24 @@ def test_bad_template_is_usage_error_before_connecting(iotctl, template, why):
         r = iotctl(*args)
         assert r.exit_code == 2, r
         assert why in r.stderr and len(r.stderr.splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [
+    ("mqtt", "pub", "-p", "11883", "-t", "iotctl-test/nothing-sent"),
+    ("amqp", "publish", "-r", "iotctl-test-nothing-sent"),
+    ("stomp", "send", "/queue/iotctl-test-nothing-sent"),
+    ("amqp1", "send", "iotctl-test-nothing-sent"),
+    ("coap", "put", "coap://127.0.0.1:5783/iotctl-test-nothing-sent"),
+    ("http", "post", "http://127.0.0.1:18080/echo"),
+], ids=lambda c: c[0])
+def test_a_usage_error_before_anything_was_sent_has_no_send_report(iotctl, peer, tmp_path, command):
+    """Issue 22 item 5: a missing --replay file ended with 'sent 0, acknowledged 0
+    (--failed FILE keeps ...)'. Against the real peers, so that it would show were the
+    file read after connecting: one line, exit 2, nothing written to --failed."""
+    peer({"mqtt": "mosquitto-private", "amqp": "rabbitmq", "stomp": "rabbitmq-stomp", "amqp1": "rabbitmq",
+          "coap": "coap-server", "http": "nginx"}[command[0]])
+    failed = tmp_path / "failed.jsonl"
+    r = iotctl(*command, "--replay", str(tmp_path / "missing.jsonl"), "--failed", str(failed))
+    assert (r.exit_code, r.stderr) == (2, f"iotctl: error: cannot read file {tmp_path / 'missing.jsonl'}: "
+                                          "No such file or directory\n"), r
+    assert not failed.exists() or failed.read_bytes() == b""

@@ -44,16 +44,21 @@ def _kill_processes_under(path: Path) -> None:
                 pass
 
 
-@pytest.fixture(scope="session")
-def setup_block_run(tmp_path_factory):
-    """The README's first set-up block, pasted whole into bash, in a copy of the repository."""
-    copy = tmp_path_factory.mktemp("readme") / "iotctl"
+def _checkout_copy(copy: Path) -> Path:
+    """The repository's files (tracked and new, not ignored) copied to COPY."""
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, capture_output=True,
                            text=True, check=True).stdout.split()
     for name in files:
         if (ROOT / name).is_file():
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, copy / name)
+    return copy
+
+
+@pytest.fixture(scope="session")
+def setup_block_run(tmp_path_factory):
+    """The README's first set-up block, pasted whole into bash, in a copy of the repository."""
+    copy = _checkout_copy(tmp_path_factory.mktemp("readme") / "iotctl")
     block = _blocks(_section("Set up"))[0]
     # the block serves on CoAP's port 5683; here it runs on a free one (the suite never needs
     # 5683 free), and the device logs under the copy, not the user's ~/.local/state
@@ -80,6 +85,8 @@ def test_setup_block_works_pasted_whole(setup_block_run):
     assert proc.returncode == 0, (block, out, proc.stderr.decode()[-3000:])
     lines = out.splitlines()
     at = next(i for i, line in enumerate(lines) if re.fullmatch(r"-?\d+\.\d+", line))  # the temperature
+    said = re.search(r"coap get \S+/sensors/temperature +# (\S+)", block).group(1)   # what the comment shows
+    assert len(said.split(".")[1]) == len(lines[at].split(".")[1]), (said, lines[at])   # issue 22 item 6: 21.4 vs 21.50
     assert len(lines[at + 1:]) >= 3 + 1, out  # three notifications, then the discovered resources
     assert "/sensors/temperature" in out
     err = proc.stderr.decode()
@@ -96,6 +103,32 @@ def test_man_iotctl_is_found_after_pip_install(setup_block_run):
     found = subprocess.run(["man", "-w", "iotctl"], capture_output=True, text=True, env=env)
     assert found.returncode == 0, found.stderr
     assert found.stdout.strip() == str(copy / ".venv" / "share" / "man" / "man1" / "iotctl.1")
+
+
+def test_man_iotctl_is_found_after_an_editable_install_and_link_man(tmp_path):
+    """Issue 22 item 2: `pip install -e .` (what scripts/test does) leaves the pages out;
+    scripts/link-man PREFIX links them into PREFIX/share/man, where man-db looks from
+    PREFIX/bin. In a fresh copy and a fresh venv, as a developer does it."""
+    if shutil.which("man") is None:
+        pytest.fail("man is not installed; run: scripts/services up tools", pytrace=False)
+    copy = _checkout_copy(tmp_path / "iotctl")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=120)
+    pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--disable-pip-version-check", "--no-deps", "-e",
+                          str(copy)], capture_output=True, text=True, timeout=300)
+    assert pip.returncode == 0, pip.stderr[-3000:]
+    env = clean_env(PATH=f"{venv / 'bin'}:/usr/bin:/bin")
+    env.pop("MANPATH", None)
+
+    def where() -> subprocess.CompletedProcess:
+        return subprocess.run(["man", "-w", "iotctl"], capture_output=True, text=True, env=env, timeout=30)
+
+    assert where().returncode != 0   # what the issue found: the editable install has no pages
+    linked = subprocess.run([str(copy / "scripts" / "link-man"), str(venv)], capture_output=True, text=True, timeout=60)
+    assert linked.returncode == 0, linked.stderr
+    found = where()
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()).resolve() == (copy / "man" / "iotctl.1").resolve()
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +174,35 @@ def test_readme_health_check_detects_a_failing_device(case, device):
             assert proc.returncode == 0, (script, proc.stdout, proc.stderr)
         else:
             assert proc.returncode != 0, (script, proc.stdout, proc.stderr)
+
+
+def test_the_amqp_examples_work_in_the_order_they_are_given(peer):
+    """Issue 22 item 6: the AMQP section published to `jobs` before anything declared it
+    (exit 0, the message dropped by the default exchange; the next `consume jobs` failed
+    with NOT_FOUND). Its block, pasted line by line up to the consume, against RabbitMQ,
+    with a queue of this test's own and 1,000 lines instead of 100,000."""
+    peer("rabbitmq")
+    block = next(b for b in _blocks(_section("AMQP")) if "amqp publish -r jobs" in b)
+    lines = [line.split("  #")[0].strip() for line in block.splitlines()]
+    lines = [line for line in lines if line.startswith(("iotctl", "seq"))]
+    upto = next(i for i, line in enumerate(lines) if line.startswith("iotctl amqp consume jobs"))
+    queue = f"iotctl-test-readme-{os.getpid()}-{free_port()}"
+    script = "\n".join(re.sub(r"\bjobs\b", queue, line).replace("seq 2 100000", "seq 2 1000")
+                       for line in lines[:upto + 1])
+    assert script.startswith(f"iotctl amqp declare queue {queue}"), block  # declared before anything is sent
+    bin_dir = Path(sys.executable).parent
+    env = clean_env(PATH=f"{bin_dir}:{os.environ['PATH']}")
+    try:
+        proc = subprocess.run(["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True,
+                              timeout=120, env=env)
+    finally:
+        subprocess.run([sys.executable, "-m", "iotctl", "amqp", "delete", "queue", queue], capture_output=True,
+                       env=clean_env(), timeout=30)
+    assert proc.returncode == 0, (script, proc.stderr)
+    import json
+
+    looked, _, taken = proc.stdout.partition("\n}\n")   # `get -o json`'s indented envelope, then consume's lines
+    assert json.loads(looked + "}")["payload"] == '{"id": 1}'
+    consumed = [json.loads(line) for line in taken.splitlines()]
+    assert [m["payload"] for m in consumed] == ['{"id": 1}'] + [str(n) for n in range(2, 11)], proc.stdout
+    assert consumed[0]["content_type"] == "application/json"

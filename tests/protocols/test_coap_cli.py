@@ -5,23 +5,17 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 
-from tests.helpers import clean_env, free_port
+from tests.helpers import background_device
 
 
 @pytest.fixture(scope="module")
 def device(tmp_path_factory):
-    port = free_port()
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
-    proc = subprocess.run([sys.executable, "-m", "iotctl", "coap", "serve", "--background", "-p", str(port),
-                           "--log", str(log)], capture_output=True, text=True, env=clean_env(), timeout=30)
-    assert proc.returncode == 0, proc.stderr
-    yield f"coap://127.0.0.1:{port}"
-    os.kill(int(proc.stdout), signal.SIGTERM)
+    uri, pid = background_device(tmp_path_factory.mktemp("serve") / "serve.log")
+    yield uri
+    os.kill(pid, signal.SIGTERM)
 
 
 def test_background_serve_is_ready_when_it_returns(device, iotctl):

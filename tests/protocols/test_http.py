@@ -163,6 +163,22 @@ def test_json_shorthand_checks_and_sets_headers(iotctl, nginx):
     assert r.exit_code == 2
 
 
+def test_patch_with_encode_and_httpies_follow(iotctl, nginx):
+    """Issue 16 item 1: `patch` is sent as PATCH; `--encode cbor` sends the JSON text as CBOR
+    with its content type; httpie's `--follow` is `-L` (a 307 keeps method and body)."""
+    r = iotctl("http", "patch", f"{nginx}/echo", "-m", '{"rate": 5}', "--encode", "cbor", "-o", "json")
+    assert r.exit_code == 0, r.stderr
+    env = envelope(r)
+    assert env["payload"] == "oWRyYXRlBQ==" and env["encoding"] == "base64", env   # a1 64 'rate' 05
+    headers = dict(env["meta"]["headers"])
+    assert (headers["X-Echo-Method"], headers["X-Echo-Content-Type"]) == ("PATCH", "application/cbor")
+    r = iotctl("http", "patch", f"{nginx}/redirect/307", "-m", "kept", "--follow", "-o", "json")
+    assert r.exit_code == 0, r.stderr
+    env = envelope(r)
+    assert (env["address"], env["payload"], dict(env["meta"]["headers"])["X-Echo-Method"]) == (
+        f"{nginx}/echo", "kept", "PATCH"), env
+
+
 def test_put_arrives_on_disk_then_get_and_delete(iotctl, nginx):
     name = f"t-{uuid.uuid4().hex[:10]}.json"
     url = f"{nginx}/store/{name}"

@@ -39,6 +39,49 @@ def test_v_prints_topic_and_payload_like_mosquitto_sub(iotctl, broker, topic):
     assert b"Sending" not in err  # -v is not the trace
 
 
+def _mosquitto_sub(topic: str, *args: str) -> subprocess.Popen:
+    proc = subprocess.Popen(["stdbuf", "-oL", "mosquitto_sub", "-d", "-p", "11883", "-t", topic, "-C", "2", "-W", "20",
+                             *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    for line in proc.stdout:  # -d: its trace says when the subscription is in place
+        if b"received SUBACK" in line:
+            break
+    return proc
+
+
+@pytest.mark.parametrize("mode", ["raw", "text"])
+def test_an_empty_payload_is_printed_as_mosquitto_sub_prints_it(iotctl, broker, topic, mode):
+    """Issue 22 item 7: piped, an empty payload printed an empty line where mosquitto_sub
+    prints nothing (raw), and '(null)' after the topic with -v (text)."""
+    ours = Sub("-t", topic, "-C", "2", "-o", mode)
+    theirs = _mosquitto_sub(topic, *(["-v"] if mode == "text" else []))
+    assert iotctl("mqtt", "pub", *PRIVATE, "-t", topic, "--null").exit_code == 0
+    assert iotctl("mqtt", "pub", *PRIVATE, "-t", topic, "-m", "after").exit_code == 0
+    code, out, err = ours.finish()
+    mosquitto = b"".join(line for line in theirs.communicate(timeout=30)[0].splitlines(keepends=True)
+                         if not line.startswith((b"Client ", b"Subscribed (")))   # -d's trace
+    expected = {"raw": b"after\n", "text": f"{topic} (null)\n{topic} after\n".encode()}[mode]
+    assert (code, out) == (0, expected), err
+    assert mosquitto == expected
+
+
+def test_an_empty_payload_keeps_its_exact_envelope_in_json(iotctl, broker, topic):
+    sub = Sub("-t", topic, "-C", "1", "-o", "jsonl")
+    assert iotctl("mqtt", "pub", *PRIVATE, "-t", topic, "--null").exit_code == 0
+    code, out, err = sub.finish()
+    import json
+
+    env = json.loads(out)
+    assert (code, env["address"], env["payload"], env["encoding"]) == (0, topic, "", "utf-8"), (out, err)
+
+
+def test_h_is_the_host_and_the_error_says_so(iotctl):
+    """Issue 22 item 4: `mqtt pub -h` (mosquitto's habit for help) said only that -h
+    needs an argument."""
+    r = iotctl("mqtt", "pub", "-h")
+    assert (r.exit_code, r.stderr) == (2, "iotctl: error: Option '-h' requires an argument. "
+                                          "(-h is the host here; use --help)\n"), r
+
+
 def test_d_is_the_protocol_trace(iotctl, broker, topic):
     r = iotctl("mqtt", "pub", *PRIVATE, "-t", topic, "-m", "x", "-d")
     assert r.exit_code == 0 and "Sending CONNECT" in r.stderr and "Sending PUBLISH" in r.stderr

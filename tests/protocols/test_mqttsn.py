@@ -216,6 +216,7 @@ def test_qos_minus_one_needs_no_connection(iotctl_proc, gateway, predefined, top
     assert "CONNECT" not in gateway.stderr
     r = run(iotctl_proc, gateway, "pub", "-q", "-1", "-t", topic, "-m", "x")
     assert r.returncode == 2 and b"only a predefined id (-T) or a two-character short topic" in r.stderr
+    assert b"sent 0" not in r.stderr and len(r.stderr.splitlines()) == 1, r.stderr   # no send report (issue 22 item 5)
 
 
 # --------------------------------------------------------------------------- broker -> gateway -> client

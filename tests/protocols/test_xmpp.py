@@ -355,8 +355,8 @@ def test_ping_reports_rtt_and_summary(xmpp):
     assert r.exit_code == 0, r.stderr
     lines = r.stdout.splitlines()
     assert len(lines) == 2 and all(re.fullmatch(r"localhost seq=\d time=\d+\.\d{3} ms", line) for line in lines)
-    assert re.search(r"2 sent, 2 received, 0% loss, rtt min/avg/max/mdev = [\d.]+/[\d.]+/[\d.]+/[\d.]+ ms",
-                     r.stderr)
+    assert re.search(r"iotctl: --- localhost ping statistics ---\niotctl: 2 sent, 2 received, 0% loss\n"
+                     r"iotctl: rtt min/avg/max/mdev = [\d.]+/[\d.]+/[\d.]+/[\d.]+ ms\n", r.stderr), r.stderr
     r = xmpp("alice", "ping", "-o", "json")
     assert json.loads(r.stdout)["meta"]["rtt_ms"] > 0
 

@@ -564,13 +564,14 @@ def ping(cfg, peer, count, interval, timeout):
             pass
     if count > 1 or len(rtts) != sent:
         loss = 100.0 * (sent - len(rtts)) / sent if sent else 0.0
-        line = f"--- {target} ping statistics --- {sent} sent, {len(rtts)} received, {loss:.0f}% loss"
+        # three lines, as ping(8): one was 118 columns and wrapped in an 80-column terminal
+        status(f"--- {target} ping statistics ---")
+        status(f"{sent} sent, {len(rtts)} received, {loss:.0f}% loss")
         if rtts:
             ms = [r * 1000 for r in rtts]
             avg = sum(ms) / len(ms)
             mdev = (sum((m - avg) ** 2 for m in ms) / len(ms)) ** 0.5
-            line += f", rtt min/avg/max/mdev = {min(ms):.3f}/{avg:.3f}/{max(ms):.3f}/{mdev:.3f} ms"
-        status(line)
+            status(f"rtt min/avg/max/mdev = {min(ms):.3f}/{avg:.3f}/{max(ms):.3f}/{mdev:.3f} ms")
     if not rtts:
         raise TimeoutError_(f"ping {target}", f"no answer to {sent} ping(s)")
 
