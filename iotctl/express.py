@@ -72,10 +72,11 @@ class Options:
     """A strict reader of one command's options: `take(argv)` returns the values, or
     None as soon as anything is not exactly understood (the normal path then runs)."""
 
-    def __init__(self, spec: dict[str, tuple[str, str]], positional: str | None = None):
-        # "-t"/"--topic" -> (name, kind): kind "value" or "flag"
+    def __init__(self, spec: dict[str, tuple[str, str]], positional: str | tuple[str, ...] | None = None):
+        # "-t"/"--topic" -> (name, kind): kind "value" or "flag"; positional: the names
+        # of the arguments, in order (each at most once)
         self.spec = spec
-        self.positional = positional
+        self.positional = (positional,) if isinstance(positional, str) else tuple(positional or ())
 
     def take(self, argv: list[str]) -> dict | None:
         values: dict = {}
@@ -106,9 +107,10 @@ class Options:
                         value = argv[i]
                     values[name] = value
             else:
-                if self.positional is None or self.positional in values:
+                name = next((p for p in self.positional if p not in values), None)
+                if name is None:
                     return None
-                values[self.positional] = arg
+                values[name] = arg
             i += 1
         return values
 

@@ -71,7 +71,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              schemes=("coap", "coaps", "coap+tcp", "coaps+tcp", "coap+ws", "coaps+ws"),
              endpoints="iotctl.protocols.coap.endpoints", source_command="observe", sink_command="post",
              options_in="fragment", portable="iotctl.protocols.coap.envelope:portable",
-             check="iotctl.protocols.coap.check:check",
+             check="iotctl.protocols.coap.check:check", express="iotctl.protocols.coap.express:request",
              libraries=("aiocoap",)),
     Protocol("mqttsn", "iotctl.protocols.mqttsn.cli:group",
              "MQTT-SN over UDP: publish, subscribe, a gateway to any MQTT broker, a packet dump.",
