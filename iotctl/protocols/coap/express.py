@@ -470,8 +470,8 @@ class _Exchange:
 
 def _resolve(host: str, port: int):
     """(family, sockaddr) as aiocoap's getaddrinfo_routechecked picks it: IPv6 addresses
-    first, then IPv4, skipping those without a route; None when it cannot resolve
-    (the normal path says how)."""
+    first, then IPv4, skipping those without a route; None when it cannot resolve (the
+    normal path says how) or the address is multicast or broadcast (the normal path's)."""
     import socket
 
     try:
@@ -481,6 +481,11 @@ def _resolve(host: str, port: int):
         return None
     ordered = [i for i in infos if i[0] == socket.AF_INET6] + [i for i in infos if i[0] == socket.AF_INET]
     for family, _, _, _, sockaddr in ordered:
+        packed = socket.inet_pton(family, sockaddr[0].split("%")[0])
+        if family == socket.AF_INET6 and packed[:12] == bytes(10) + b"\xff\xff":
+            packed = packed[12:]
+        if packed[0] == 0xFF or (len(packed) == 4 and packed[0] >= 224):
+            return None  # multicast (or broadcast): the normal path
         if sockaddr[0] == host:
             return family, sockaddr
         with socket.socket(family, socket.SOCK_DGRAM) as probe:
