@@ -79,7 +79,7 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
              schemes=("mqttsn",), endpoints="iotctl.protocols.mqttsn.endpoints",
              source_command="subscribe", sink_command="publish",
              portable="iotctl.protocols.mqttsn.envelope:portable", check="iotctl.protocols.mqttsn.check:check",
-             libraries=()),
+             express="iotctl.protocols.mqttsn.express:pub", libraries=()),
     Protocol("amqp", "iotctl.protocols.amqp.cli:group",
              "AMQP 0-9-1 (RabbitMQ): publish with confirms, consume, get, tap, declare, bind, request.",
              header=("exchange", "routing_key", "redelivered"), details=("delivery_tag",),
