@@ -206,10 +206,10 @@ def _target(uri: str):
         host, tail = netloc[1:close], netloc[close + 1:]
         if close < 0 or not host or "%" in host:
             return None
-        import socket
+        import _socket
 
         try:
-            socket.inet_pton(socket.AF_INET6, host)
+            _socket.inet_pton(_socket.AF_INET6, host)
         except (OSError, ValueError):
             return None
         literal = True
@@ -383,8 +383,8 @@ class _Exchange:
     and returns its response."""
 
     def __init__(self, host: str, port: int, deadline: float, timeout: float):
+        import _socket  # socket.py's wrappers (selectors, enums) are start-up time this lane saves
         import os
-        import socket
 
         self.deadline, self.timeout = deadline, timeout
         self.sock = None
@@ -392,7 +392,7 @@ class _Exchange:
         if address is None:
             raise LookupError(host)
         family, sockaddr = address
-        self.sock = socket.socket(family, socket.SOCK_DGRAM)
+        self.sock = _socket.socket(family, _socket.SOCK_DGRAM)
         self.sock.connect(sockaddr)
         self.mid = int.from_bytes(os.urandom(2), "big")
         self.token = int.from_bytes(os.urandom(2), "big")
@@ -403,15 +403,15 @@ class _Exchange:
             self.sock.close()
 
     def ask(self, code: int, options, payload: bytes = b"") -> _Message:
-        import random
-        import socket
+        import os
 
         self.mid = (self.mid + 1) & 0xFFFF
         self.token = (self.token + 1) & 0xFFFF
         mid, token = self.mid, self.token.to_bytes(2, "big")
         packet = _encode(CON, code, mid, token, options, payload)
         sock = self.sock
-        wait = ACK_TIMEOUT * random.uniform(1.0, ACK_RANDOM_FACTOR)
+        # aiocoap: ACK_TIMEOUT * random.uniform(1, ACK_RANDOM_FACTOR)
+        wait = ACK_TIMEOUT * (1.0 + (ACK_RANDOM_FACTOR - 1.0) * int.from_bytes(os.urandom(2), "big") / 0xFFFF)
         tries = 0
         acknowledged = False
         self._send(packet)
@@ -434,7 +434,7 @@ class _Exchange:
             sock.settimeout(max(0.001, until - time.monotonic()))
             try:
                 data = sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except OSError as exc:
                 raise _Failed(*connect_error("", exc)) from None
@@ -469,11 +469,20 @@ class _Exchange:
 
 
 def _resolve(host: str, port: int):
-    """(family, sockaddr) as aiocoap's getaddrinfo_routechecked picks it: IPv6 addresses
-    first, then IPv4, skipping those without a route; None when it cannot resolve (the
-    normal path says how) or the address is multicast or broadcast (the normal path's)."""
-    import socket
+    """(family, sockaddr) as aiocoap's getaddrinfo_routechecked picks it: an address as
+    it is; a name's IPv6 addresses first, then IPv4, skipping those without a route.
+    None when it cannot resolve (the normal path says how) or the address is multicast
+    or broadcast (the normal path's)."""
+    import _socket as socket
 
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        packed = socket.inet_pton(family, host)
+    except OSError:
+        packed = None
+    if packed is not None:
+        sockaddr = _unicast(family, (host, port) if family == socket.AF_INET else (host, port, 0, 0), packed)
+        return None if sockaddr is None else (family, sockaddr)
     try:
         infos = socket.getaddrinfo(host, port, socket.AF_UNSPEC, socket.SOCK_DGRAM, socket.IPPROTO_UDP,
                                    socket.AI_ADDRCONFIG)
@@ -481,23 +490,27 @@ def _resolve(host: str, port: int):
         return None
     ordered = [i for i in infos if i[0] == socket.AF_INET6] + [i for i in infos if i[0] == socket.AF_INET]
     for family, _, _, _, sockaddr in ordered:
-        packed = socket.inet_pton(family, sockaddr[0].split("%")[0])
-        if family == socket.AF_INET6 and packed[:12] == bytes(10) + b"\xff\xff":
-            packed = packed[12:]
-        if packed[0] == 0xFF or (len(packed) == 4 and packed[0] >= 224):
-            return None  # multicast (or broadcast): the normal path
-        if sockaddr[0] == host:
-            return family, sockaddr
-        with socket.socket(family, socket.SOCK_DGRAM) as probe:
-            try:
-                probe.connect(sockaddr)
-            except OSError as exc:
-                import errno
+        probe = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            probe.connect(sockaddr)
+        except OSError as exc:
+            import errno
 
-                if exc.errno == errno.ENETUNREACH:
-                    continue
-        return family, sockaddr
+            if exc.errno == errno.ENETUNREACH:
+                continue
+        finally:
+            probe.close()
+        sockaddr = _unicast(family, sockaddr, socket.inet_pton(family, sockaddr[0].split("%")[0]))
+        return None if sockaddr is None else (family, sockaddr)
     return None
+
+
+def _unicast(family: int, sockaddr: tuple, packed: bytes):
+    if len(packed) == 16 and packed[:12] == bytes(10) + b"\xff\xff":
+        packed = packed[12:]
+    if packed[0] == 0xFF or (len(packed) == 4 and packed[0] >= 224):
+        return None  # multicast (or broadcast)
+    return sockaddr
 
 
 def _whole(ex: _Exchange, code: int, options, payload: bytes, max_size: int) -> _Message:

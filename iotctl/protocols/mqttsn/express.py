@@ -321,13 +321,20 @@ class _Client:
 
 def _publish(host, port, client_id, keepalive, retry_interval, retries, topic, predefined, qos, retain, payload,
              timeout, quiet) -> int | None:
-    import socket
+    import _socket as socket  # socket.py's wrappers (selectors, enums) are start-up time this lane saves
 
     try:
-        family, _, _, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
+        socket.inet_pton(socket.AF_INET, host)
+        family, address = socket.AF_INET, (host, port)  # what getaddrinfo gives, without the idna codec
+    except OSError:
+        try:
+            family, _, _, _, address = socket.getaddrinfo(host, port, 0, socket.SOCK_DGRAM)[0]
+        except (OSError, UnicodeError):
+            return None  # the normal path says why
+    try:
         sock = socket.socket(family, socket.SOCK_DGRAM)
     except OSError:
-        return None  # the normal path says why
+        return None
     try:
         sock.connect(address)
     except OSError:
