@@ -68,6 +68,20 @@ def _write_out(text: str) -> None:
 # --------------------------------------------------------------------------- what lanes share
 
 
+def run_lane(argv: list[str], verbs: tuple[str, ...], options: "Options", job, run) -> int | None:
+    """A lane's usual entry: the command (argv[0]) one of `verbs`, the options read,
+    `job(values)` the validated settings (None: not understood), `run(*settings)` the
+    exit status. None as soon as a step declines: the normal path runs."""
+    if not argv or argv[0] not in verbs:
+        return None
+    values = options.take(argv[1:])
+    if values is None:
+        return None
+    settings = job(values)
+    return None if settings is None else run(*settings)
+
+
+
 class Options:
     """A strict reader of one command's options: `take(argv)` returns the values, or
     None as soon as anything is not exactly understood (the normal path then runs)."""

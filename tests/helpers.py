@@ -130,3 +130,20 @@ def background_device(log) -> tuple[str, int]:
                            "--log", str(log)], capture_output=True, text=True, env=clean_env(), timeout=30)
     assert proc.returncode == 0, proc.stderr
     return f"coap://127.0.0.1:{port}", int(proc.stdout)
+
+
+def express_probe(*argv: str) -> tuple[int | None, bytes, set[str]]:
+    """Run `iotctl ARGV` on the express lane alone (iotctl.express.attempt) in a fresh
+    interpreter: its exit status (None: the lane left it to the normal path), its stdout,
+    and the top-level modules it imported (the lane must not load click or the protocol's
+    library)."""
+    import json
+    import subprocess
+    import sys
+
+    probe = ("import sys, json\nfrom iotctl.express import attempt\n"
+             "code = attempt(sys.argv[1:])\n"
+             "sys.stderr.write('\\n' + json.dumps({'code': code, 'mods': sorted({m.split('.')[0] for m in sys.modules})}))")
+    done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, env=clean_env(), timeout=60)
+    result = json.loads(done.stderr.decode().strip().splitlines()[-1])
+    return result["code"], done.stdout, set(result["mods"])

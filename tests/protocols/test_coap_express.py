@@ -7,18 +7,18 @@ either path). And the lane really is taken: it imports neither click nor aiocoap
 
 from __future__ import annotations
 
-import json
 import re
 import socket
 import subprocess
 import sys
-import threading
 import uuid
 
 import pytest
 
-from tests.helpers import clean_env, free_port
+from tests.helpers import clean_env, express_probe, free_port
 from tests.protocols.test_coap import _start_serve, _stop
+from tests.protocols.test_coap_faults import (ACK, CON, CONTENT, CREATED, NON, RST, block_of, encode, endless,  # noqa: F401
+                                              piggybacked, raw_server)
 
 LIBCOAP = "coap://127.0.0.1:5783"
 VARYING = [(re.compile(rb'"ts": "[^"]*"'), b'"ts": TS'), (re.compile(rb'"mid": \d+'), b'"mid": MID'),
@@ -166,55 +166,60 @@ def test_a_refused_port_is_the_same_both_ways(verb, extra):
     assert express == normal and express[0] == 3, (express, normal)
 
 
-class Fake:
-    """A CoAP server on a UDP socket answering every request as `mode` says: `rst` a
-    reset, `separate` an empty ACK then a NON response, `separate-con` an empty ACK
-    then a CON JSON response, `bad-location` a piggybacked 2.01 whose Location-Path is
-    not UTF-8."""
-
-    def __init__(self, mode: str):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.uri = f"coap://127.0.0.1:{self.sock.getsockname()[1]}"
-        self.mode = mode
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self):
-        while True:
-            try:
-                data, peer = self.sock.recvfrom(65536)
-            except OSError:
-                return
-            if len(data) < 4 or data[1] == 0:
-                continue
-            tkl, mid, token = data[0] & 15, data[2:4], data[4:4 + (data[0] & 15)]
-            if self.mode == "rst":
-                answers = [bytes([0x70, 0]) + mid]
-            elif self.mode == "separate":
-                answers = [bytes([0x60, 0]) + mid, bytes([0x50 | tkl, 0x45, 0x12, 0x34]) + token + b"\xffseparate"]
-            elif self.mode == "separate-con":
-                answers = [bytes([0x60, 0]) + mid,
-                           bytes([0x40 | tkl, 0x45, 0x12, 0x35]) + token + b'\xc1\x32\xff{"a": 1}']
-            else:
-                answers = [bytes([0x60 | tkl, 0x41]) + mid + token + b"\x82\xff\xfe"]
-            for answer in answers:
-                self.sock.sendto(answer, peer)
-
-    def close(self):
-        self.sock.close()
+def _rst(req):
+    return [encode(RST, 0, req["mid"], b"")]
 
 
-@pytest.mark.parametrize("mode", ["rst", "separate", "separate-con", "bad-location"])
+def _separate(req):
+    return [encode(ACK, 0, req["mid"], b""), encode(NON, CONTENT, 0x1234, req["token"], (), b"separate")]
+
+
+def _separate_con(req):
+    return [encode(ACK, 0, req["mid"], b""), encode(CON, CONTENT, 0x1235, req["token"], [(12, b"\x32")], b'{"a": 1}')]
+
+
+def _bad_location(req):
+    return [piggybacked(req, CREATED, [(8, b"\xff")], b"hi")]
+
+
+def _bad_location_con(req):
+    return [encode(ACK, 0, req["mid"], b""), encode(CON, CONTENT, 0x4242, req["token"], [(8, b"\xfe")], b"late")]
+
+
+def _stalls(req):
+    return endless(req) if (block_of(req) or (0,))[0] == 0 else []
+
+
+@pytest.mark.parametrize("answer", [_rst, _separate, _separate_con, _bad_location, _bad_location_con])
 @pytest.mark.parametrize("args", [("get", "/a/b%20c/?x=1&y=%C3%BC", "-A", "json", "-o", "jsonl"),
                                   ("put", "/a", "-m", "x"), ("post", "/a/", "-o", "json")])
-def test_fake_peers_are_the_same_both_ways(mode, args):
-    fake = Fake(mode)
-    try:
-        verb, path, *rest = args
-        express, normal = both(verb, fake.uri + path, *rest, "-W", "3")
-    finally:
-        fake.close()
+def test_fake_peers_are_the_same_both_ways(raw_server, answer, args):
+    server = raw_server(answer)
+    verb, path, *rest = args
+    express, normal = both(verb, server.uri + path, *rest, "-W", "3")
     assert express == normal, (express, normal)
+
+
+@pytest.mark.parametrize("answer, args, code", [
+    (endless, ("--max-size", "64k", "-W", "30"), 6),   # an endless Block2 stopped at --max-size
+    (endless, ("--max-size", "2KiB", "-o", "json"), 6),
+    (endless, ("-W", "1", "--max-size", "1G"), 5),      # ... or at -W (the lane is fast: 16 MiB in 1 s)
+    (_stalls, ("-W", "1.5"), 5),                        # block 0, then silence
+])
+def test_hostile_block2_is_the_same_both_ways(raw_server, answer, args, code):
+    server = raw_server(answer)
+    # how much of an endless response arrives within -W is the speed of each path
+    counted = re.compile(rb"\(\d+ bytes received\)")
+    express, normal = ((c, out, counted.sub(b"(N bytes received)", err))
+                       for c, out, err in both("get", f"{server.uri}/forever", *args))
+    assert express == normal and express[0] == code, (express, normal)
+
+
+def test_an_endless_block2_asks_for_each_block_once(raw_server):
+    server = raw_server(endless)
+    assert run("get", f"{server.uri}/forever", "--max-size", "64k", "-W", "30")[0] == 6
+    # blocks 0..63 fill 64 KiB; block 64 passes the limit and ends the transfer
+    assert [block_of(m)[0] if block_of(m) else 0 for m in server.requests] == list(range(65))
 
 
 @pytest.mark.parametrize("args", [
@@ -262,12 +267,6 @@ def test_what_the_lane_does_not_know_takes_the_normal_path():
 
 
 def test_the_lane_imports_neither_click_nor_aiocoap(libcoap):
-    probe = ("import sys, json; sys.argv = ['iotctl', 'coap', 'get', %r]\n"
-             "from iotctl.express import attempt\n"
-             "code = attempt(sys.argv[1:])\n"
-             "sys.stderr.write(json.dumps({'code': code, 'mods': sorted(m.split('.')[0] for m in sys.modules)}))"
-             % f"{libcoap}/")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, env=clean_env(), timeout=30)
-    result = json.loads(done.stderr.decode().strip().splitlines()[-1])
-    assert result["code"] == 0 and done.stdout.startswith(b"This is a test server")
-    assert not {"click", "aiocoap", "asyncio", "rich"} & set(result["mods"])
+    code, out, modules = express_probe("coap", "get", f"{libcoap}/")
+    assert code == 0 and out.startswith(b"This is a test server")
+    assert not {"click", "aiocoap", "asyncio", "rich"} & modules

@@ -5,7 +5,6 @@ same. And the lane really is taken (it imports neither click nor asyncio nor h11
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import sys
 import pytest
 
 from tests.faults import ScriptedPeer
-from tests.helpers import clean_env, free_port
+from tests.helpers import clean_env, express_probe, free_port
 
 B = "http://127.0.0.1:18080"
 
@@ -119,15 +118,9 @@ def test_silent_server_times_out_the_same(tmp_path):
 
 def test_the_lane_is_taken_and_light(peer):
     peer("nginx")
-    probe = ("import sys, json, runpy; sys.argv = ['iotctl', 'http', 'get', %r]\n"
-             "from iotctl.express import attempt\n"
-             "code = attempt(sys.argv[1:])\n"
-             "sys.stderr.write(json.dumps({'code': code, 'mods': sorted(m.split('.')[0] for m in sys.modules)}))"
-             % f"{B}/hello")
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, env=clean_env(), timeout=30)
-    result = json.loads(done.stderr.decode().strip().splitlines()[-1])
-    assert result["code"] == 0 and done.stdout == b"hello\n\n"
-    assert not {"click", "asyncio", "h11"} & set(result["mods"])
+    code, out, modules = express_probe("http", "get", f"{B}/hello")
+    assert code == 0 and out == b"hello\n\n"
+    assert not {"click", "asyncio", "h11"} & modules
 
 
 def test_options_it_does_not_know_take_the_normal_path(peer):

@@ -6,7 +6,6 @@ And the lane really is taken: it imports no click."""
 
 from __future__ import annotations
 
-import json
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 
 from iotctl.protocols.mqttsn import codec as c
 from iotctl.protocols.mqttsn.codec import Packet
-from tests.helpers import clean_env, free_port
+from tests.helpers import clean_env, express_probe, free_port
 from tests.protocols.test_mqttsn import Gateway, short_topic
 
 
@@ -198,12 +197,6 @@ def test_what_the_lane_does_not_know_takes_the_normal_path():
 
 
 def test_the_lane_imports_no_click(gw, topics):
-    probe = ("import sys, json; sys.argv = ['iotctl', 'mqttsn', 'pub', '-p', %r, '-t', %r, '-m', 'y', '-q', '1']\n"
-             "from iotctl.express import attempt\n"
-             "code = attempt(sys.argv[1:])\n"
-             "sys.stderr.write(json.dumps({'code': code, 'mods': sorted(m.split('.')[0] for m in sys.modules)}))"
-             % (gw[1], f"{topics['base']}/probe"))
-    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, env=clean_env(), timeout=30)
-    result = json.loads(done.stderr.decode().strip().splitlines()[-1])
-    assert result["code"] == 0
-    assert not {"click", "rich", "paho"} & set(result["mods"])
+    code, _, modules = express_probe("mqttsn", "pub", *gw, "-t", f"{topics['base']}/probe", "-m", "y", "-q", "1")
+    assert code == 0
+    assert not {"click", "rich", "paho"} & modules

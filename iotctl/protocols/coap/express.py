@@ -450,8 +450,8 @@ class _Exchange:
                 if m.mtype == CON:  # not ours: reset it, as aiocoap does
                     self._send(_encode(RST, 0, m.mid, b"", ()))
                 continue
-            if m.mtype == CON:
-                self._send(_encode(ACK, 0, m.mid, b"", ()))
+            if m.mtype == CON:  # acknowledged; one aiocoap cannot decode is reset (client._undecodable)
+                self._send(_encode(RST if _bad_string(m) else ACK, 0, m.mid, b"", ()))
             return m
 
     def _send(self, packet: bytes) -> None:

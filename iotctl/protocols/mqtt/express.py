@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from iotctl.express import Options, connect_error, error, integer, positive, status
+from iotctl.express import Options, connect_error, error, integer, positive, run_lane, status
 
 OPTIONS = Options({
     "-h": ("host", "value"), "--host": ("host", "value"),
@@ -49,15 +49,7 @@ SEND_NOTE = " (--failed FILE keeps what was not acknowledged)"
 
 
 def pub(argv: list[str]) -> int | None:
-    if not argv or argv[0] not in ("pub", "publish"):
-        return None
-    v = OPTIONS.take(argv[1:])
-    if v is None:
-        return None
-    job = _job(v)
-    if job is None:
-        return None
-    return _publish(*job)
+    return run_lane(argv, ("pub", "publish"), OPTIONS, _job, _publish)
 
 
 def _job(v: dict):

@@ -19,7 +19,7 @@ import os
 import sys
 import time
 
-from iotctl.express import Options, error, integer, positive, status
+from iotctl.express import Options, error, integer, positive, run_lane, status
 
 OPTIONS = Options({
     "-h": ("host", "value"), "--host": ("host", "value"),
@@ -53,15 +53,7 @@ class _Fail(Exception):
 
 
 def pub(argv: list[str]) -> int | None:
-    if not argv or argv[0] not in ("pub", "publish"):
-        return None
-    v = OPTIONS.take(argv[1:])
-    if v is None:
-        return None
-    job = _job(v)
-    if job is None:
-        return None
-    return _publish(*job)
+    return run_lane(argv, ("pub", "publish"), OPTIONS, _job, _publish)
 
 
 def _job(v: dict):
