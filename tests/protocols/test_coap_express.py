@@ -17,8 +17,8 @@ import pytest
 
 from tests.helpers import clean_env, express_probe, free_port
 from tests.protocols.test_coap import _start_serve, _stop
-from tests.protocols.test_coap_faults import (ACK, CON, CONTENT, CREATED, NON, RST, block_of, encode, endless,  # noqa: F401
-                                              piggybacked, raw_server)
+from tests.coap_wire import ACK, CON, NON, RST, encode
+from tests.protocols.test_coap_faults import CONTENT, CREATED, block_of, endless, piggybacked, raw_server  # noqa: F401
 
 LIBCOAP = "coap://127.0.0.1:5783"
 VARYING = [(re.compile(rb'"ts": "[^"]*"'), b'"ts": TS'), (re.compile(rb'"mid": \d+'), b'"mid": MID'),
