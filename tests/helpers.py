@@ -147,3 +147,31 @@ def express_probe(*argv: str) -> tuple[int | None, bytes, set[str]]:
     done = subprocess.run([sys.executable, "-c", probe, *argv], capture_output=True, env=clean_env(), timeout=60)
     result = json.loads(done.stderr.decode().strip().splitlines()[-1])
     return result["code"], done.stdout, set(result["mods"])
+
+
+def interrupted_when(argv: list[str], sock, env: dict) -> tuple[int, bytes, bytes]:
+    """Run `python -m iotctl ARGV`, Ctrl-C it (SIGINT) as soon as its first datagram
+    reaches the UDP socket `sock` (it is then waiting for an answer), and return
+    (exit status, stdout, stderr)."""
+    import signal
+    import subprocess
+    import sys
+
+    sock.setblocking(False)
+    while True:  # what an earlier run left
+        try:
+            sock.recvfrom(65536)
+        except BlockingIOError:
+            break
+    proc = subprocess.Popen([sys.executable, "-m", "iotctl", *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        sock.settimeout(30)
+        sock.recvfrom(65536)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc.returncode, out, err

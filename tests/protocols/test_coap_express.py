@@ -15,7 +15,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import clean_env, express_probe, free_port
+from tests.helpers import clean_env, express_probe, free_port, interrupted_when
 from tests.protocols.test_coap import _start_serve, _stop
 from tests.coap_wire import ACK, CON, NON, RST, encode
 from tests.protocols.test_coap_faults import CONTENT, CREATED, block_of, endless, piggybacked, raw_server  # noqa: F401
@@ -161,6 +161,17 @@ def test_timeouts_are_the_same_both_ways(args):
     finally:
         silent.close()
     assert express == normal and express[0] == 5, (express, normal)
+
+
+@pytest.mark.parametrize("verb, extra", [("get", ()), ("put", ("-m", "x"))])
+def test_ctrl_c_is_the_same_both_ways(verb, extra):
+    silent = Silent()
+    try:
+        runs = [interrupted_when(["coap", verb, f"{silent.uri}/x", *extra], silent.sock, env)
+                for env in (clean_env(), clean_env(IOTCTL_EXPRESS="0"))]
+    finally:
+        silent.close()
+    assert runs[0] == runs[1] and runs[0][0] == 130, runs
 
 
 @pytest.mark.parametrize("verb, extra", [("get", ()), ("put", ("-m", "x")), ("post", ()), ("delete", ())])

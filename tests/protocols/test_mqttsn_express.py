@@ -16,7 +16,7 @@ import pytest
 
 from iotctl.protocols.mqttsn import codec as c
 from iotctl.protocols.mqttsn.codec import Packet
-from tests.helpers import clean_env, express_probe, free_port
+from tests.helpers import clean_env, express_probe, free_port, interrupted_when
 from tests.protocols.test_mqttsn import Gateway, short_topic
 
 
@@ -159,6 +159,36 @@ def test_fake_gateways_are_the_same_both_ways(script, extra, code):
     finally:
         fake.close()
     assert express == normal and express[0] == code, (express, normal)
+
+
+def test_ctrl_c_while_connecting_is_the_same_both_ways():
+    runs = []
+    for env in (clean_env(), clean_env(IOTCTL_EXPRESS="0")):
+        silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        silent.bind(("127.0.0.1", 0))
+        try:
+            runs.append(interrupted_when(["mqttsn", "pub", "-p", str(silent.getsockname()[1]), "-t", "x/y", "-m", "m"],
+                                         silent, env))
+        finally:
+            silent.close()
+    assert runs[0] == runs[1] and runs[0][0] == 130, runs
+
+
+def test_ctrl_c_while_publishing_is_the_same_both_ways():
+    """Connected, the QoS 0 message sent, its round trip (PINGREQ) never answered."""
+    runs = []
+    for env in (clean_env(), clean_env(IOTCTL_EXPRESS="0")):
+        watch, notify = socket.socket(socket.AF_INET, socket.SOCK_DGRAM), socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        watch.bind(("127.0.0.1", 0))
+        fake = FakeGateway({**CONNACK, **REGACK, **GOODBYE,
+                            c.PINGREQ: lambda p: (notify.sendto(b"!", watch.getsockname()), [])[1]})
+        try:
+            runs.append(interrupted_when(["mqttsn", "pub", "-p", str(fake.port), "-t", "x/y", "-m", "m"], watch, env))
+        finally:
+            fake.close()
+            watch.close()
+            notify.close()
+    assert runs[0] == runs[1] and runs[0][0] == 130, runs
 
 
 @pytest.mark.parametrize("args", [

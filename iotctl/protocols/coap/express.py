@@ -90,11 +90,11 @@ def request(argv: list[str]) -> int | None:
         return None
     try:
         return _run(*job)
-    except KeyboardInterrupt:
-        sys.stderr.write("\n")
+    except KeyboardInterrupt:  # as cli.main (get, delete) and the send driver (put, post) say it
         if writes:
             error(f"{verb.upper()} {v['uri']} interrupted", SEND_NOTE + FAILED_NOTE)
         else:
+            sys.stderr.write("\n\n")  # click's Abort writes one newline, cli.main another
             error("interrupted")
         return 130
 

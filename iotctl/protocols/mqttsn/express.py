@@ -335,6 +335,7 @@ def _publish(host, port, client_id, keepalive, retry_interval, retries, topic, p
     sock.setblocking(False)
     client = _Client(sock, f"{host}:{port}", client_id, keepalive, retry_interval, retries)
     sent = 0
+    sending = False  # connected: the send driver's part (its own interrupted line)
     try:
         if qos >= 0:
             try:
@@ -343,6 +344,7 @@ def _publish(host, port, client_id, keepalive, retry_interval, retries, topic, p
                 sock.close()
                 error(exc.what, exc.why, exc.hint)
                 return exc.code
+        sending = True
         try:
             key = _send(client, topic, predefined, qos, retain, payload)
             sent = 1
@@ -354,12 +356,16 @@ def _publish(host, port, client_id, keepalive, retry_interval, retries, topic, p
             return exc.code
         client.disconnect()
         sock.close()
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # as the send driver (connected) and cli.main (before) say it
+        try:
+            client.disconnect()
+        except KeyboardInterrupt:
+            pass
         sock.close()
-        if sent:
-            error("publish interrupted", f"sent 1, acknowledged 0{NOTE}")
+        if sending:
+            error("publish interrupted", f"sent {sent}, acknowledged 0{NOTE}")
         else:
-            sys.stderr.write("\n")
+            sys.stderr.write("\n\n")  # click's Abort writes one newline, cli.main another
             error("interrupted")
         return 130
     if reason is not None:
