@@ -137,6 +137,7 @@ class Result:
         self.seen: dict[str, Seen] = {}
         self.readers: set[str] = set()  # subscriber ids ("*" when shared)
         self.errors: dict[str, int] = {}
+        self.unconnected: dict[int, int] = {}  # connections that failed to open, by exit status
         self.confirming = False  # the publishers' protocol acknowledges (delivery promised once confirmed)
         self.warmup_excluded = 0
 
@@ -160,8 +161,9 @@ class Result:
                 self.seen[k] = seen
         self.readers |= other.readers
         self.refused += other.refused
-        for k, v in other.errors.items():
-            self.errors[k] = self.errors.get(k, 0) + v
+        for table, more in ((self.errors, other.errors), (self.unconnected, other.unconnected)):
+            for k, v in more.items():
+                table[k] = table.get(k, 0) + v
         self.confirming = self.confirming or other.confirming
         self.warmup_excluded += other.warmup_excluded
         return self
@@ -205,7 +207,8 @@ class Result:
                         "connect": self.connect.to_json(), "sent": {str(k): v for k, v in self.sent.items()},
                         "confirmed": {str(k): v for k, v in self.confirmed.items()},
                         "seen": {k: s.to_json() for k, s in self.seen.items()}, "readers": sorted(self.readers),
-                        "confirming": self.confirming, "refused": self.refused}}
+                        "confirming": self.confirming, "refused": self.refused,
+                        "unconnected": {str(k): v for k, v in self.unconnected.items()}}}
 
     @classmethod
     def from_json(cls, data: dict) -> "Result":
@@ -222,6 +225,7 @@ class Result:
         r.readers = set(raw.get("readers", []))
         r.confirming, r.refused = raw["confirming"], raw["refused"]
         r.errors = dict(data.get("errors", {}))
+        r.unconnected = {int(k): v for k, v in raw.get("unconnected", {}).items()}
         return r
 
 
@@ -244,11 +248,18 @@ class Bench:
         self.spec = spec
         self.open_sink, self.open_source = open_sink, open_source
         self.report = report
+        # worker processes wait for each other at two points: `subscribed` once this one's
+        # subscribers are open (no publisher anywhere connects before every subscriber is
+        # there: an http+listen:// subscriber is what the publishers connect to), `gate`
+        # once every connection is open, just before publishing (the run's clock starts after)
+        self.subscribed: Callable[[], None] | None = None
+        self.gate: Callable[[], None] | None = None
         self.result = Result(spec.run)
         self.pubs: list[_Publisher] = []
         self.subs: list = []
         self._second = {"sent": 0, "confirmed": 0, "received": 0, "latency": Histogram()}
         self._measuring_from = None
+        self._last_activity = 0.0  # the last arrival or acknowledgement (the run ends there, not after --drain)
 
     # ------------------------------------------------------------------ connections
 
@@ -265,6 +276,7 @@ class Bench:
                 open_one(i)
             except IotctlError as exc:
                 self.result.error(f"connect: {exc.why or exc.what}")
+                self.result.unconnected[int(exc.code)] = self.result.unconnected.get(int(exc.code), 0) + 1
                 continue
             self.result.connect.record((time.perf_counter() - t0) * 1e6)
 
@@ -302,6 +314,7 @@ class Bench:
         now = time.time()
         r = self.result
         r.confirmed[pub.ident] = r.confirmed.get(pub.ident, 0) + len(msgs)
+        self._last_activity = time.monotonic()
         self._second["confirmed"] += len(msgs)
         if self._measuring():
             for m in msgs:
@@ -339,6 +352,7 @@ class Bench:
             else:
                 r.warmup_excluded += 1
         self._second["received"] += len(batch)
+        self._last_activity = time.monotonic()
 
     # ------------------------------------------------------------------ the run
 
@@ -347,17 +361,23 @@ class Bench:
         try:
             if self.open_source is not None:
                 self._paced(spec.subscribers, self._open_sub)
+            if self.subscribed is not None:
+                self.subscribed()
             if self.open_sink is not None:
                 self._paced(spec.publishers, self._open_pub)
             if spec.start_at is not None:
                 delay = spec.start_at - time.time()
                 if delay > 0:
                     self._service(delay)
+            if self.gate is not None:
+                self.gate()
             started = time.monotonic()
             self._measuring_from = started + spec.warmup
             self._publish(started)
+            published = time.monotonic()
             self._finish()
-            self.result.elapsed = time.monotonic() - started
+            # to the last arrival or acknowledgement: the quiet --drain wait is not part of the rates
+            self.result.elapsed = max(published, self._last_activity) - started
         except KeyboardInterrupt:
             self.result.error("interrupted")
             self.result.elapsed = time.monotonic() - (self._measuring_from or time.monotonic())
@@ -387,6 +407,7 @@ class Bench:
             now = time.monotonic()
             if end is not None and now >= end:
                 break
+            offered = 0
             for p in active:
                 if spec.count is not None and p.seq >= spec.count:
                     p.done = True
@@ -407,6 +428,7 @@ class Bench:
                         p.done = True
                         break
                     p.seq += 1
+                    offered += 1
                     self.result.sent[p.ident] = p.seq
                     self._second["sent"] += 1
                     if key is None:
@@ -417,8 +439,13 @@ class Bench:
                             p.next_at = now  # fell more than a second behind: do not burst to catch up
                     burst += 1
             active = [p for p in active if not p.done]
-            self._service(0.0 if not gap else max(0.0, min(0.002, min(p.next_at for p in active) - now)
-                                                   if active else 0.0))
+            if gap:
+                wait = max(0.0, min(0.002, min(p.next_at for p in active) - now)) if active else 0.0
+            else:
+                # every window full: wait for an acknowledgement instead of spinning (a spin
+                # starves the protocol's own thread: a CoAP window of 1 ran 10 times slower)
+                wait = 0.0 if offered else 0.001
+            self._service(wait)
             if time.monotonic() >= next_report:
                 self._tick()
                 next_report += 1.0
@@ -427,31 +454,39 @@ class Bench:
         pass  # QoS 0, no confirms: nothing to time
 
     def _service(self, wait: float) -> None:
-        """Pump every publisher and poll every subscriber once (spending about `wait`)."""
+        """Pump every publisher and poll every subscriber (spending about `wait`). While
+        waiting, the first connection that expects something blocks in its own pump or
+        poll for at most a millisecond, so an acknowledgement or a message wakes the loop
+        at once and the protocol's threads get the CPU."""
         deadline = time.monotonic() + wait
+        block = 0.0
         while True:
             for p in self.pubs:
                 if p.window is not None and (p.window.inflight or p.sink.busy()):
                     try:
-                        p.window.pump(0)
+                        p.window.pump(block)
                     except IotctlError as exc:
                         self.result.error(f"publish: {exc.why or exc.what}")
                         p.window.inflight.clear()
+                    block = 0.0
             for entry in self.subs:
                 reader, s = entry
                 try:
-                    batch = s.poll(0)
+                    batch = s.poll(block)
                 except IotctlError as exc:
                     self.result.error(f"subscribe: {exc.why or exc.what}")
                     self.subs.remove(entry)
                     break
+                block = 0.0
                 if batch:
                     self._received(reader, batch)
                     s.ack(batch)
+            if block:
+                time.sleep(block)  # nothing to block on
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            time.sleep(min(left, 0.001))
+            block = min(left, 0.001)
 
     def _finish(self) -> None:
         """Wait for the last acknowledgements and arrivals (--drain after the last)."""

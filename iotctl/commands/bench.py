@@ -56,7 +56,8 @@ def command(urls, pub_url, sub_url, publishers, subscribers, rate, size, duratio
     carries a header (run, publisher, sequence, send time). On a terminal a line a
     second shows the progress; then a summary. -o json gives the summary (merge runs
     of several hosts with --merge), -o jsonl a line a second and the summary.
-    Exit 0; 6 when a message the broker confirmed was lost; 5 when --count was not sent.
+    Exit 0; 6 when a message the broker confirmed was lost, or the peer refused one;
+    5 when --count was not sent.
 
     \b
     iotctl bench 'mqtt://127.0.0.1/bench?qos=1' --publishers 4 --subscribers 1 --count 10000
@@ -110,10 +111,24 @@ def command(urls, pub_url, sub_url, publishers, subscribers, rate, size, duratio
         from iotctl.errors import PeerError
 
         raise PeerError("bench", f"{totals['lost_confirmed']} message(s) the broker confirmed were lost")
-    if count is not None and totals["sent"] < count * result.publishers:
+    if totals["refused"]:
+        from iotctl.errors import PeerError
+
+        reasons = sorted(k.split(": ", 1)[1] for k in result.errors if k.startswith("refused: "))
+        raise PeerError("bench", f"the peer refused {totals['refused']} message(s): {'; '.join(reasons[:3])}")
+    if result.unconnected:
+        from iotctl.errors import ExitCode, IotctlError
+
+        failed = sum(result.unconnected.values())
+        reasons = sorted(k.split(": ", 1)[1] for k in result.errors if k.startswith("connect: "))
+        error = IotctlError("bench", f"{failed} of {publishers + subscribers} connection(s) failed: "
+                                     f"{'; '.join(reasons[:3])}")
+        error.code = ExitCode(max(result.unconnected, key=result.unconnected.get))  # the commonest reason's
+        raise error
+    if count is not None and totals["sent"] < count * publishers:
         from iotctl.errors import TimeoutError_
 
-        raise TimeoutError_("bench", f"sent {totals['sent']} of {count * result.publishers}"
+        raise TimeoutError_("bench", f"sent {totals['sent']} of {count * publishers}"
                                      + (f" within {duration:g} s" if duration else ""))
 
 
@@ -155,19 +170,16 @@ def _worker(args, publishers, subscribers, first_publisher, first_subscriber):
         sys.stdout.flush()
 
     bench = _bench(args, publishers, subscribers, first_publisher, first_subscriber, report, alone=False)
-    original = bench._publish
 
-    def gated(started):
-        sys.stdout.write(json.dumps({"ready": True}) + "\n")
-        sys.stdout.flush()
-        sys.stdin.readline()
-        import time
+    def wait_for(said: str):
+        def gate():
+            sys.stdout.write(json.dumps({said: True}) + "\n")
+            sys.stdout.flush()
+            sys.stdin.readline()
+        return gate
 
-        now = time.monotonic()
-        bench._measuring_from = now + bench.spec.warmup
-        return original(now)
-
-    bench._publish = gated
+    bench.subscribed = wait_for("subscribed")
+    bench.gate = wait_for("ready")
     result = bench.run()
     sys.stdout.write(json.dumps({"result": result.to_json()}) + "\n")
     sys.stdout.flush()
@@ -204,11 +216,13 @@ def _spawn(args, publishers, subscribers, workers, mode, pub_first=0, sub_first=
     live = _live(mode)
     result = Result(args["run_id"])
     try:
-        for p in procs:  # every worker connected: then all start at once
-            _until(p, "ready", result)
-        for p in procs:
-            p.stdin.write("go\n")
-            p.stdin.flush()
+        # every worker's subscribers open, then the publishers connect; every worker
+        # connected, then all start at once
+        for step, said in (("connect", "subscribed"), ("go", "ready")):
+            running = [p for p in procs if _until(p, said, result)]
+            for p in running:
+                p.stdin.write(step + "\n")
+                p.stdin.flush()
         _collect(procs, result, live)
     except KeyboardInterrupt:
         for p in procs:
@@ -219,17 +233,20 @@ def _spawn(args, publishers, subscribers, workers, mode, pub_first=0, sub_first=
     return result
 
 
-def _until(proc, key: str, result) -> None:
+def _until(proc, key: str, result) -> bool:
+    """Read the worker's lines until it says `key` (True), or ends (False: its result,
+    if it gave one, merged)."""
     for line in proc.stdout:
         data = json.loads(line)
         if key in data:
-            return
+            return True
         if "result" in data:
             from iotctl.benching import Result
 
             result.merge(Result.from_json(data["result"]))
-            return
+            return False
     result.error("worker: ended early")
+    return False
 
 
 def _collect(procs, result, live) -> None:
