@@ -8,7 +8,7 @@ stdout once per burst rather than once per message.
 FORMAT raw:   the payload and a newline (what mosquitto_sub prints)
 FORMAT jsonl: one json.dumps() of an envelope-like dict a line
 
-    python sub.py HOST PORT TOPIC COUNT raw|jsonl
+    python sub.py HOST PORT TOPIC COUNT raw|jsonl [QOS]   (QOS of the subscription, default 0)
 """
 
 import base64
@@ -79,7 +79,7 @@ def main() -> int:
     if connack[0].is_failure:
         print(f"refused: {connack[0]}", file=sys.stderr)
         return 4
-    client.subscribe(topic, 0)
+    client.subscribe(topic, int(sys.argv[6]) if len(sys.argv) > 6 else 0)
     while not suback:
         if not pump(1.0):
             return 3
