@@ -152,59 +152,68 @@ def run_iotctl(opts, _tool, tmp: Path, topic: str) -> dict:
         return {"error": f"exit {code}: {log.read_text()[-300:]}"}
     lat = s["latency_ms"]
     return {"sent": s["sent"], "received": s["received"], "rate": steady([t["received"] for t in ticks]),
+            "pub_rate": steady([t["sent"] for t in ticks]),
             "latency": f"end to end p50 {lat['p50']:g} / p99 {lat['p99']:g} / max {lat['max']:g} ms",
             "cpu": r.cpu, "exit": code}
 
 
-def run_mqttx(opts, tool, tmp: Path, topic: str) -> dict:
-    sub_log, pub_log = tmp / "mqttx-sub.log", tmp / "mqttx-pub.log"
+def _pub_and_sub(opts, tool, tmp: Path, name: str, sub_args, subscribed: str, pub_args, received: str):
+    """A tool's subscriber (waited for until its output matches `subscribed`), then its
+    publisher; the subscriber stopped once everything arrived or nothing more comes.
+    Returns (subscriber's output, publisher's output, the Run, the publisher's exit)."""
+    sub_log, pub_log = tmp / f"{name}-sub.log", tmp / f"{name}-pub.log"
     r = Run()
-    common = ["-h", HOST, "-p", str(PORT), "-t", topic, "-q", str(opts.qos), "-v"]
     with open(sub_log, "wb") as so, open(pub_log, "wb") as po:
-        sub = r.start(tool + ["bench", "sub", "-c", "1"] + common, out=so)
-        if not wait_for(sub_log, r"All connections subscribed", 30):
+        sub = r.start(tool + sub_args, out=so)
+        if not wait_for(sub_log, subscribed, 30):
             r.stop(sub, signal.SIGKILL)
             r.wait(sub, 10)
-            return {"error": "mqttx bench sub did not subscribe: " + sub_log.read_text()[-300:]}
-        pub = r.start(tool + ["bench", "pub", "-c", str(opts.publishers), "-i", "1", "-im", str(1000 // opts.rate),
-                              "-L", str(_total(opts)), "-m", "x" * opts.size] + common, out=po)
+            raise RuntimeError(f"{name} did not subscribe: " + sub_log.read_text()[-300:])
+        pub = r.start(tool + pub_args, out=po)
         r.wait(pub, opts.seconds * 3 + 60)
-        _drain(sub_log, r"Received total: (\d+)", _total(opts))
+        _drain(sub_log, received, _total(opts))
         r.stop(sub)
         r.wait(sub, 10)
-    text = sub_log.read_text(errors="replace")
+    return sub_log.read_text(errors="replace"), pub_log.read_text(errors="replace"), r, pub.returncode
+
+
+def run_mqttx(opts, tool, tmp: Path, topic: str) -> dict:
+    common = ["-h", HOST, "-p", str(PORT), "-t", topic, "-q", str(opts.qos), "-v"]
+    try:
+        text, pub_text, r, code = _pub_and_sub(
+            opts, tool, tmp, "mqttx", ["bench", "sub", "-c", "1"] + common, r"All connections subscribed",
+            ["bench", "pub", "-c", str(opts.publishers), "-i", "1", "-im", str(1000 // opts.rate),
+             "-L", str(_total(opts)), "-m", "x" * opts.size] + common, r"Received total: (\d+)")
+    except RuntimeError as exc:
+        return {"error": str(exc)}
     counts = [int(x) for x in re.findall(r"Received total: (\d+), rate: \d+/s", text)]
     rates = [float(x) for x in re.findall(r"Received total: \d+, rate: (\d+)/s", text)]
-    sent = re.findall(r"Published total: (\d+)", pub_log.read_text(errors="replace"))
+    sent = re.findall(r"Published total: (\d+)", pub_text)
+    pub_rates = [float(x) for x in re.findall(r"Published total: \d+, message rate: (\d+)/s", pub_text)]
     return {"sent": int(sent[-1]) if sent else None, "received": counts[-1] if counts else 0, "rate": steady(rates),
-            "latency": "none reported", "cpu": r.cpu, "exit": pub.returncode}
+            "pub_rate": steady(pub_rates),
+            "latency": "none reported", "cpu": r.cpu, "exit": code}
 
 
 def run_emqtt_bench(opts, tool, tmp: Path, topic: str) -> dict:
-    sub_log, pub_log = tmp / "emqtt-sub.log", tmp / "emqtt-pub.log"
-    r = Run()
     common = ["-h", HOST, "-p", str(PORT), "-t", topic, "-q", str(opts.qos), "--payload-hdrs", "ts"]
-    with open(sub_log, "wb") as so, open(pub_log, "wb") as po:
-        sub = r.start(tool + ["sub", "-c", "1"] + common, out=so)
-        if not wait_for(sub_log, r"sub total=1\b", 30):
-            r.stop(sub, signal.SIGKILL)
-            r.wait(sub, 10)
-            return {"error": "emqtt_bench sub did not subscribe: " + sub_log.read_text()[-300:]}
+    try:
         # -F: up to 100 QoS 1 messages unacknowledged per connection (iotctl's MQTT window)
-        pub = r.start(tool + ["pub", "-c", str(opts.publishers), "-i", "1", "-I", str(1000 // opts.rate), "-L",
-                              str(_total(opts)), "-s", str(opts.size), "-F", "100"] + common, out=po)
-        r.wait(pub, opts.seconds * 3 + 60)
-        _drain(sub_log, r"recv total=(\d+)", _total(opts))
-        r.stop(sub)
-        r.wait(sub, 10)
-    text = sub_log.read_text(errors="replace")
+        text, pub_text, r, code = _pub_and_sub(
+            opts, tool, tmp, "emqtt-bench", ["sub", "-c", "1"] + common, r"sub total=1\b",
+            ["pub", "-c", str(opts.publishers), "-i", "1", "-I", str(1000 // opts.rate), "-L", str(_total(opts)),
+             "-s", str(opts.size), "-F", "100"] + common, r"recv total=(\d+)")
+    except RuntimeError as exc:
+        return {"error": str(exc)}
     counts = [int(x) for x in re.findall(r"recv total=(\d+)", text)]
     rates = [float(x) for x in re.findall(r"recv total=\d+ rate=([\d.]+)/sec", text)]
     lat = [int(x) for x in re.findall(r"publish_latency avg=(\d+)ms", text)]
-    sent = re.findall(r"pub total=(\d+)", pub_log.read_text(errors="replace"))
+    sent = re.findall(r"pub total=(\d+)", pub_text)
+    pub_rates = [float(x) for x in re.findall(r"pub total=\d+ rate=([\d.]+)/sec", pub_text)]
     return {"sent": int(sent[-1]) if sent else None, "received": counts[-1] if counts else 0, "rate": steady(rates),
-            "latency": (f"average {statistics.median(lat):g} ms (whole ms; the median of its per-second averages)" if lat
-                        else "none printed"), "cpu": r.cpu, "exit": pub.returncode}
+            "pub_rate": steady(pub_rates),
+            "latency": (f"average {statistics.median(lat):g} ms (whole ms; the median of its per-second averages)"
+                        if lat else "none printed"), "cpu": r.cpu, "exit": code}
 
 
 def _drain(log: Path, pattern: str, want: int, quiet: float = 3.0) -> None:
@@ -326,23 +335,25 @@ def report(opts, tools: dict, anchors: list[dict], ceilings: list[dict], started
         total = _total(opts)
         out += ["", f"### Equal offered load: {opts.publishers} publishers x {opts.rate} msg/s, {opts.size} B, "
                     f"QoS {opts.qos}, {total:,} messages, one subscriber (Mosquitto {HOST}:{PORT})", "",
-                "| tool | offered msg/s | arrived | sustained msg/s (subscriber) | latency as the tool reports it | "
-                "CPU s |", "|---|---|---|---|---|---|"]
+                "| tool | offered msg/s | published msg/s | arrived | sustained msg/s (subscriber) | "
+                "latency as the tool reports it | CPU s |", "|---|---|---|---|---|---|---|"]
         for name in ("iotctl", "MQTTX CLI", "emqtt-bench"):
             rows = [a[name] for a in anchors if name in a]
             if not rows:
                 why = tools.get(name, {}).get("why", "not run")
-                out.append(f"| {name} | — | — | — | {why} | — |")
+                out.append(f"| {name} | — | — | — | — | {why} | — |")
                 continue
             good = [x for x in rows if "error" not in x]
             if not good:
-                out.append(f"| {name} | — | — | — | failed: {rows[0]['error'][:120]} | — |")
+                out.append(f"| {name} | — | — | — | — | failed: {rows[0]['error'][:120]} | — |")
                 continue
             rate = statistics.median([x["rate"] for x in good if x["rate"] is not None] or [0])
+            pub_rate = statistics.median([x["pub_rate"] for x in good if x["pub_rate"] is not None] or [0])
             got = min(x["received"] for x in good)
             lat = good[len(good) // 2]["latency"]
             cpu = statistics.median(x["cpu"] for x in good)
-            out.append(f"| {name} | {opts.publishers * opts.rate:,} | {got:,} of {total:,} (fewest in a round) | "
+            out.append(f"| {name} | {opts.publishers * opts.rate:,} | {_fmt(pub_rate)} | {got:,} of {total:,} "
+                       f"(fewest in a round) | "
                        f"{_fmt(rate)} | {lat} | {cpu:.1f} |")
     if ceilings:
         out += ["", f"### iotctl's ceiling: messages/s per core, 1 publisher + 1 subscriber, {opts.messages:,} "

@@ -3,12 +3,13 @@ readiness waits (poll until a condition holds; never a fixed sleep)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import time
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -175,3 +176,24 @@ def interrupted_when(argv: list[str], sock, env: dict) -> tuple[int, bytes, byte
             proc.kill()
             proc.wait()
     return proc.returncode, out, err
+
+
+@contextlib.contextmanager
+def mqttsn_gateway(broker: str, *args: str) -> Iterator[int]:
+    """`iotctl mqttsn gateway` on a free UDP port of 127.0.0.1 forwarding to `broker`
+    (plus `args`); yields its port, stops it after."""
+    import re
+    import sys
+    import threading
+
+    proc = subprocess.Popen([sys.executable, "-m", "iotctl", "mqttsn", "gateway", "-p", "0", *args,
+                             "--broker", broker],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env(), text=True)
+    try:
+        line = proc.stderr.readline()
+        m = re.search(r"gateway listening on udp 127\.0\.0\.1:(\d+)", line)
+        assert m, line + (proc.stderr.read() if proc.poll() is not None else "")
+        threading.Thread(target=proc.stderr.read, daemon=True).start()  # never let its log block it
+        yield int(m.group(1))
+    finally:
+        stop(proc, timeout=10)

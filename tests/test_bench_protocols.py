@@ -7,16 +7,14 @@ status and the -o json summary's counts, exact, with nothing lost or duplicated.
 from __future__ import annotations
 
 import json
-import re
 import socket
 import subprocess
 import sys
-import threading
 import uuid
 
 import pytest
 
-from tests.helpers import clean_env, free_port, wait_until
+from tests.helpers import clean_env, free_port, mqttsn_gateway, wait_until
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2f"
 STOMP = "stomp://iotctl-stomp:iotctl-stomp-secret@127.0.0.1:61613"  # scripts/services.d/31-rabbitmq-stomp.sh
@@ -100,17 +98,8 @@ def test_stomp_with_receipts_counts_are_exact(peer):
 @pytest.fixture
 def gateway(peer):
     peer("mosquitto-private")
-    proc = subprocess.Popen([sys.executable, "-m", "iotctl", "mqttsn", "gateway", "-p", "0",
-                             "--broker", "mqtt://127.0.0.1:11883"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env(), text=True)
-    try:
-        line = proc.stderr.readline()
-        m = re.search(r"gateway listening on udp 127\.0\.0\.1:(\d+)", line)
-        assert m, line + (proc.stderr.read() if proc.poll() is not None else "")
-        threading.Thread(target=proc.stderr.read, daemon=True).start()  # never let its log block it
-        yield int(m.group(1))
-    finally:
-        _stop(proc)
+    with mqttsn_gateway("mqtt://127.0.0.1:11883") as port:
+        yield port
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])

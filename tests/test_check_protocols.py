@@ -21,7 +21,7 @@ import uuid
 import pytest
 
 from tests.conftest import CERTS
-from tests.helpers import clean_env, free_port, stop, wait_until
+from tests.helpers import clean_env, free_port, mqttsn_gateway, stop, wait_until
 
 
 def _check(*args: str, timeout: float = 120):
@@ -445,17 +445,8 @@ def test_coap_exit_statuses(silent_udp):
 @pytest.fixture
 def gateway(peer):
     peer("mosquitto")
-    proc = subprocess.Popen([sys.executable, "-m", "iotctl", "mqttsn", "gateway", "-p", "0", "--gw-id", "42",
-                             "--broker", "mqtt://127.0.0.1:1883"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=clean_env(), text=True)
-    try:
-        line = proc.stderr.readline()
-        m = re.search(r"gateway listening on udp 127\.0\.0\.1:(\d+)", line)
-        assert m, line + (proc.stderr.read() if proc.poll() is not None else "")
-        threading.Thread(target=proc.stderr.read, daemon=True).start()  # never let its log block it
-        yield int(m.group(1))
-    finally:
-        stop(proc, timeout=10)
+    with mqttsn_gateway("mqtt://127.0.0.1:1883", "--gw-id", "42") as port:
+        yield port
 
 
 def test_mqttsn_gateway_id_connect_and_round_trips(gateway):
