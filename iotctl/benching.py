@@ -443,7 +443,7 @@ class Bench:
                 wait = max(0.0, min(0.002, min(p.next_at for p in active) - now)) if active else 0.0
             else:
                 # every window full: wait for an acknowledgement instead of spinning (a spin
-                # starves the protocol's own thread: a CoAP window of 1 ran 10 times slower)
+                # starves the protocol's own thread: a CoAP window of 1 ran 6 times slower)
                 wait = 0.0 if offered else 0.001
             self._service(wait)
             if time.monotonic() >= next_report:
