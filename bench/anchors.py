@@ -46,7 +46,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, IOTCTL, MINIMAL, PY, ROOT, child_env  # noqa: E402  (bench/common.py)
+from common import BENCH, IOTCTL, MINIMAL, PY, child_env, write_section  # noqa: E402  (bench/common.py)
 
 HOST, PORT = "127.0.0.1", 11883
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2f"
@@ -437,15 +437,9 @@ def main() -> int:
     tool_info = {k: (v if v is not None else {"version": "not found", "why": "not installed"}) for k, v in tools.items()}
     text = report(opts, tool_info, anchors, ceilings, started, la + lb)
     print(text)
-    if opts.write:
-        readme = BENCH / "README.md"
-        body = readme.read_text()
-        begin, end = "<!-- anchors:begin -->\n", "<!-- anchors:end -->"
-        if begin in body and end in body:
-            body = body[:body.index(begin) + len(begin)] + text + body[body.index(end):]
-            readme.write_text(body)
-        else:
-            print("anchors: bench/README.md has no anchors markers; not written", file=sys.stderr)
+    if opts.write:  # only the results: the text around them (how, why) stays as written
+        write_section("<!-- anchors:begin -->\n" + text + "<!-- anchors:end -->", "<!-- anchors:begin -->",
+                      "<!-- anchors:end -->")
     shutil.rmtree(tmp, ignore_errors=True)
     return 0
 

@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from tests.helpers import clean_env, free_port, mqttsn_gateway, wait_until
+from tests.helpers import clean_env, coap_answers, free_port, mqttsn_gateway, stop, wait_until
 
 AMQP = "amqp://guest:guest@127.0.0.1:5672/%2f"
 STOMP = "stomp://iotctl-stomp:iotctl-stomp-secret@127.0.0.1:61613"  # scripts/services.d/31-rabbitmq-stomp.sh
@@ -43,15 +43,6 @@ def _exact(s: dict, sent: int, received: int, err: str) -> None:
     if received:
         assert s["latency_ms"]["count"] == received
         assert s["latency_ms"]["p50"] <= s["latency_ms"]["p99"] <= s["latency_ms"]["max"]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 # --------------------------------------------------------------------------- RabbitMQ
@@ -119,13 +110,11 @@ def coap_device():
     proc = subprocess.Popen([sys.executable, "-m", "iotctl", "coap", "serve", "-p", str(port), "--quiet"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=clean_env())
     try:
-        wait_until(lambda: proc.poll() is not None or
-                   _iotctl("coap", "get", f"coap://127.0.0.1:{port}/time", "-W", "2").returncode == 0,
-                   30, "coap serve answering")
+        wait_until(lambda: proc.poll() is not None or coap_answers(port), 30, "coap serve answering")
         assert proc.poll() is None, "coap serve exited"
         yield port
     finally:
-        _stop(proc)
+        stop(proc, timeout=10)
 
 
 def test_coap_serve_one_request_per_message(coap_device):
