@@ -186,13 +186,9 @@ def run_mqttx(opts, tool, tmp: Path, topic: str) -> dict:
              "-L", str(_total(opts)), "-m", "x" * opts.size] + common, r"Received total: (\d+)")
     except RuntimeError as exc:
         return {"error": str(exc)}
-    counts = [int(x) for x in re.findall(r"Received total: (\d+), rate: \d+/s", text)]
-    rates = [float(x) for x in re.findall(r"Received total: \d+, rate: (\d+)/s", text)]
-    sent = re.findall(r"Published total: (\d+)", pub_text)
-    pub_rates = [float(x) for x in re.findall(r"Published total: \d+, message rate: (\d+)/s", pub_text)]
-    return {"sent": int(sent[-1]) if sent else None, "received": counts[-1] if counts else 0, "rate": steady(rates),
-            "pub_rate": steady(pub_rates),
-            "latency": "none reported", "cpu": r.cpu, "exit": code}
+    return _counts(text, r"Received total: (\d+), rate: (\d+)/s", pub_text,
+                   r"Published total: (\d+), message rate: (\d+)/s") | {
+        "latency": "none reported", "cpu": r.cpu, "exit": code}
 
 
 def run_emqtt_bench(opts, tool, tmp: Path, topic: str) -> dict:
@@ -205,15 +201,19 @@ def run_emqtt_bench(opts, tool, tmp: Path, topic: str) -> dict:
              "-s", str(opts.size), "-F", "100"] + common, r"recv total=(\d+)")
     except RuntimeError as exc:
         return {"error": str(exc)}
-    counts = [int(x) for x in re.findall(r"recv total=(\d+)", text)]
-    rates = [float(x) for x in re.findall(r"recv total=\d+ rate=([\d.]+)/sec", text)]
     lat = [int(x) for x in re.findall(r"publish_latency avg=(\d+)ms", text)]
-    sent = re.findall(r"pub total=(\d+)", pub_text)
-    pub_rates = [float(x) for x in re.findall(r"pub total=\d+ rate=([\d.]+)/sec", pub_text)]
-    return {"sent": int(sent[-1]) if sent else None, "received": counts[-1] if counts else 0, "rate": steady(rates),
-            "pub_rate": steady(pub_rates),
-            "latency": (f"average {statistics.median(lat):g} ms (whole ms; the median of its per-second averages)"
-                        if lat else "none printed"), "cpu": r.cpu, "exit": code}
+    return _counts(text, r"recv total=(\d+) rate=([\d.]+)/sec", pub_text, r"pub total=(\d+) rate=([\d.]+)/sec") | {
+        "latency": (f"average {statistics.median(lat):g} ms (whole ms; the median of its per-second averages)"
+                    if lat else "none printed"), "cpu": r.cpu, "exit": code}
+
+
+def _counts(sub_text: str, sub_line: str, pub_text: str, pub_line: str) -> dict:
+    """Totals and steady rates from the per-second lines a tool prints: `sub_line` and
+    `pub_line` match (running total, rate of that second)."""
+    subs = [(int(n), float(r)) for n, r in re.findall(sub_line, sub_text)]
+    pubs = [(int(n), float(r)) for n, r in re.findall(pub_line, pub_text)]
+    return {"sent": pubs[-1][0] if pubs else None, "received": subs[-1][0] if subs else 0,
+            "rate": steady([r for _, r in subs]), "pub_rate": steady([r for _, r in pubs])}
 
 
 def _drain(log: Path, pattern: str, want: int, quiet: float = 3.0) -> None:
