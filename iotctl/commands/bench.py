@@ -57,7 +57,8 @@ def command(urls, pub_url, sub_url, publishers, subscribers, rate, size, duratio
     second shows the progress; then a summary. -o json gives the summary (merge runs
     of several hosts with --merge), -o jsonl a line a second and the summary.
     Exit 0; 6 when a message the broker confirmed was lost, or the peer refused one;
-    5 when --count was not sent.
+    when connections failed, the status of the commonest reason (3, 4, 7); 5 when
+    --count was not sent.
 
     \b
     iotctl bench 'mqtt://127.0.0.1/bench?qos=1' --publishers 4 --subscribers 1 --count 10000
@@ -218,8 +219,9 @@ def _spawn(args, publishers, subscribers, workers, mode, pub_first=0, sub_first=
     try:
         # every worker's subscribers open, then the publishers connect; every worker
         # connected, then all start at once
+        running = procs
         for step, said in (("connect", "subscribed"), ("go", "ready")):
-            running = [p for p in procs if _until(p, said, result)]
+            running = [p for p in running if _until(p, said, result)]
             for p in running:
                 p.stdin.write(step + "\n")
                 p.stdin.flush()
