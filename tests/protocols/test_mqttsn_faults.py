@@ -647,6 +647,37 @@ def test_subscribe_reconnects_to_a_gateway_that_comes_back(peer, topic):
         g2.stop()
 
 
+
+# --------------------------------------------------------------------------- issue 21 item 9: stdout closed
+
+
+def test_subscribe_notices_a_closed_stdout_while_idle(peer, topic):
+    """`mqttsn sub | head -1` after one message and then silence: the subscriber sees the
+    reader gone while nothing arrives and exits 0 at once (not at a next message, which
+    never comes here), disconnecting from the gateway."""
+    peer("mosquitto")
+    gw = Gw("-v")
+    sub = subprocess.Popen(sn(gw.port, "sub", "-t", topic, "-q", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           env=clean_env())
+    try:
+        assert b"subscribed to" in sub.stderr.readline()
+        mosq_pub(topic, "-m", "one", "-q", "1")
+        assert sub.stdout.readline() == b"one\n"
+        sub.stdout.close()  # the reader goes away; nothing more is published
+        code = sub.wait(15)
+        err = sub.stderr.read().decode()
+        assert code == 0, err
+        assert err == "", err
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+        try:
+            wait_until(lambda: re.search(r"<- 127\.0\.0\.1:\d+ DISCONNECT", gw.stderr), 10, "the client's DISCONNECT")
+        finally:
+            gw.stop()
+
+
 # --------------------------------------------------------------------------- issue 23: hostile input
 
 
