@@ -270,3 +270,32 @@ def test_sub_no_reconnect_exits_3_when_the_broker_restarts(own_broker, topic):
     assert sub.returncode == 3, err
     assert err.decode().splitlines() == [f"iotctl: error: subscription to {topic}: connection lost (the broker closed it)"]
     assert out == b""
+
+
+# --------------------------------------------------------------------------- issue 23 item 5: a payload's control bytes
+
+
+@pytest.mark.parametrize("mode", ["pretty", "raw"])
+def test_pretty_escapes_a_payloads_control_bytes_and_raw_keeps_them(broker, topic, mode):
+    """A payload that would clear the subscriber's screen, a NUL, a C1 CSI: pretty shows
+    each as an escape (NUL no longer vanishes); raw is byte-exact."""
+    payload = b"before\x1b[2J\x1b[H\x1b[31mRED after A\x00B \xc2\x9b1m"
+    sub = subprocess.Popen([sys.executable, "-m", "iotctl", "-o", mode, "mqtt", "sub", *PRIVATE, "-t", topic,
+                            "-C", "1", "-W", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        assert b"subscribed" in sub.stderr.readline()
+        pub = subprocess.run([sys.executable, "-m", "iotctl", "mqtt", "pub", *PRIVATE, "-t", topic, "-s"],
+                             input=payload, capture_output=True, env=clean_env(), timeout=30)
+        assert pub.returncode == 0, pub.stderr
+        out, err = sub.communicate(timeout=30)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    assert sub.returncode == 0, err
+    if mode == "raw":
+        assert out == payload + b"\n"
+    else:
+        lines = out.decode().splitlines()
+        assert lines[-1] == "before\\x1b[2J\\x1b[H\\x1b[31mRED after A\\x00B \\x9b1m", lines
+        assert not any(ch in out for ch in (b"\x1b", b"\x00", b"\xc2\x9b")), out

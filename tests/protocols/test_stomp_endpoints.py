@@ -360,6 +360,22 @@ def test_stomp_1_2_carries_a_line_feed_as_part_of_one_header(iotctl, broker, que
     assert meta["k"] == "v\nevil:injected" and meta["a:b"] == "c" and "evil" not in meta
 
 
+def test_pretty_shows_a_header_with_a_line_feed_or_escape_on_one_line(iotctl, broker, queue):
+    """Issue 23 item 5: in pretty output a header value's LF and ESC are escapes, so it
+    can neither print a line that looks like a header of its own nor drive the terminal;
+    the payload keeps its lines, its ESC escaped too."""
+    _, login = broker
+    r = iotctl("stomp", "send", *login, queue, "-m", "a\x1b[2Jb\nsecond line", "--header", "k=v\x1b[31m\nevil: x")
+    assert r.exit_code == 0, r
+    r = iotctl("-o", "pretty", "stomp", "sub", *login, queue, "-C", "1", "-W", "10")
+    assert r.exit_code == 0, r
+    lines = r.stdout.splitlines()
+    assert "  k: v\\x1b[31m\\x0aevil: x" in lines, lines
+    assert not any(line.startswith("evil") for line in lines), lines
+    assert lines[-2:] == ["a\\x1b[2Jb", "second line"], lines
+    assert "\x1b" not in r.stdout
+
+
 # --------------------------------------------------------------------------- issue 23 item 8: --failed replays alone
 
 
