@@ -66,8 +66,10 @@ def _publishing_when_it_freezes(relay, names, tmp_path, *options):
     return proc, q, failed
 
 
-def test_publish_honours_W_when_the_broker_freezes(relay, names, tmp_path):
-    proc, q, failed = _publishing_when_it_freezes(relay, names, tmp_path, "-W", "2")
+@pytest.mark.parametrize("heartbeat", [[], ["--heartbeat", "0"]], ids=["default", "no-heartbeat"])
+def test_publish_honours_W_when_the_broker_freezes(relay, names, tmp_path, heartbeat):
+    """-W bounds the wait with or without heartbeats (with --heartbeat 0 it never ended)."""
+    proc, q, failed = _publishing_when_it_freezes(relay, names, tmp_path, "-W", "2", *heartbeat)
     proc.stdin.write(b"b\nc\n")
     proc.stdin.close()
     took, out, err = timed(proc, 30)
@@ -78,11 +80,12 @@ def test_publish_honours_W_when_the_broker_freezes(relay, names, tmp_path):
     assert [json.loads(line)["payload"] for line in failed.read_text().splitlines()] == ["b", "c"]
 
 
-def test_consume_honours_W_and_ctrl_c_when_the_broker_freezes(relay, names):
+@pytest.mark.parametrize("heartbeat", [[], ["--heartbeat", "0"]], ids=["default", "no-heartbeat"])
+def test_consume_honours_W_and_ctrl_c_when_the_broker_freezes(relay, names, heartbeat):
     q = queue_of(names)
-    waiting = start("amqp", "consume", q, "-p", relay.port, "-W", "3")
+    waiting = start("amqp", "consume", q, "-p", relay.port, "-W", "3", *heartbeat)
     wait_status(waiting, "consuming from")
-    stopped = start("amqp", "consume", q, "-p", relay.port)
+    stopped = start("amqp", "consume", q, "-p", relay.port, *heartbeat)
     wait_status(stopped, "consuming from")
     relay.freeze()
     time.sleep(0.5)
