@@ -283,6 +283,15 @@ def test_trace_shows_frames_but_never_the_password(iotctl, queue):
     assert "iotctl-secret" not in r.stderr and "****" in r.stderr
 
 
+def test_trace_never_shows_a_password_with_quotes_and_a_backslash(iotctl, rabbit):
+    """Issue 23 item 9: Proton's frame trace writes a SASL PLAIN response's \\, ' and "
+    (and every byte that is not printable ASCII) as \\xHH: masked by value all the same."""
+    r = iotctl("amqp1", "send", "q", "-m", "x", "-u", "guest", "-P", "se\\cr\"et'Tail é", "-d")
+    assert r.exit_code == 4, r
+    assert "@sasl-init" in r.stderr and "****" in r.stderr
+    assert "Tail" not in r.stderr and "\\x5c" not in r.stderr, r.stderr
+
+
 # --------------------------------------------------------------------------- URL endpoints
 
 
