@@ -226,8 +226,9 @@ def test_sub_reconnects_across_a_broker_restart_and_loses_nothing(own_broker, to
     cid = f"iotctl-reconnect-{os.getpid()}-{time.time_ns() % 10**9}"
     err_path = tmp_path / "sub.err"
     with TcpRelay(own_broker.port) as relay, open(err_path, "wb") as errf:
-        sub = subprocess.Popen([sys.executable, "-m", "iotctl", "-o", "raw", "mqtt", "sub", *own_broker.args(relay.port),
-                                "-t", topic, "-q", "1", "-i", cid, "--no-clean-start", "-C", "6", "-W", "120"],
+        sub = subprocess.Popen([sys.executable, "-m", "iotctl", "-o", "raw", "mqtt", "sub",
+                                *own_broker.args(relay.port), "-t", topic, "-q", "1", "-i", cid, "--no-clean-start",
+                                "-C", "6", "-W", "120"],
                                stdout=subprocess.PIPE, stderr=errf, env=clean_env())
         try:
             wait_until(lambda: b"subscribed" in err_path.read_bytes() or sub.poll() is not None, 20, "subscribed")
@@ -268,7 +269,8 @@ def test_sub_no_reconnect_exits_3_when_the_broker_restarts(own_broker, topic):
             sub.kill()
             sub.wait()
     assert sub.returncode == 3, err
-    assert err.decode().splitlines() == [f"iotctl: error: subscription to {topic}: connection lost (the broker closed it)"]
+    assert err.decode().splitlines() == [
+        f"iotctl: error: subscription to {topic}: connection lost (the broker closed it)"]
     assert out == b""
 
 
