@@ -5,6 +5,7 @@ and (against a Mosquitto of the test's own, with a TcpRelay) a broker restart.""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -301,3 +302,39 @@ def test_pretty_escapes_a_payloads_control_bytes_and_raw_keeps_them(broker, topi
         lines = out.decode().splitlines()
         assert lines[-1] == "before\\x1b[2J\\x1b[H\\x1b[31mRED after A\\x00B \\x9b1m", lines
         assert not any(ch in out for ch in (b"\x1b", b"\x00", b"\xc2\x9b")), out
+
+
+# --------------------------------------------------------------------------- issue 23 item 8: --failed replays alone
+
+
+def test_failed_file_replays_on_its_own_with_the_command_lines_properties(peer, broker, topic, tmp_path):
+    """A publish refused by the limits broker (it takes no retained messages): --failed
+    keeps each message's MQTT 5 properties from the command line, so `--replay FILE`
+    alone sends them as they were meant (the file had none of them)."""
+    peer("mosquitto-limits")
+    failed = tmp_path / "rest.jsonl"
+    props = ("--content-type", "text/plain", "--user-property", "k=v", "--correlation-data", "c1",
+             "--response-topic", f"{topic}/reply")
+    r = subprocess.run([sys.executable, "-m", "iotctl", "mqtt", "pub", "-h", "127.0.0.1", "-p", "11885", "-t", topic,
+                        "-q", "1", "-r", "-l", "--failed", str(failed), *props], input=b"a\nb\n", capture_output=True,
+                       env=clean_env(), timeout=60)
+    assert r.returncode == 6, r.stderr
+    assert b"2 not acknowledged written to" in r.stderr, r.stderr
+    sub = subprocess.Popen([sys.executable, "-m", "iotctl", "-o", "jsonl", "mqtt", "sub", *PRIVATE, "-t", topic,
+                            "-C", "2", "-W", "30"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    try:
+        assert b"subscribed" in sub.stderr.readline()
+        r = subprocess.run([sys.executable, "-m", "iotctl", "mqtt", "pub", *PRIVATE, "--replay", str(failed), "-q", "1"],
+                           capture_output=True, env=clean_env(), timeout=60)
+        assert r.returncode == 0, r.stderr
+        out, err = sub.communicate(timeout=30)
+    finally:
+        if sub.poll() is None:
+            sub.kill()
+            sub.wait()
+    got = [json.loads(line) for line in out.splitlines()]
+    assert [m["payload"] for m in got] == ["a", "b"], err
+    for m in got:
+        p = m["meta"]["properties"]
+        assert (m["content_type"], p["user_properties"], p["correlation_data"], p["response_topic"]) == \
+               ("text/plain", [["k", "v"]], "c1", f"{topic}/reply"), m
