@@ -23,7 +23,7 @@ import pytest
 
 from iotctl.protocols.mqttsn import codec as c
 from iotctl.protocols.mqttsn.codec import Packet
-from tests.helpers import clean_env, free_port, wait_port, wait_until
+from tests.helpers import Running, clean_env, exits_when_its_reader_goes, free_port, wait_port, wait_until
 from tests.protocols.test_mqttsn import MosqSub, Proc, _iotctl, searchgw
 
 PRIVATE = "mqtt://127.0.0.1:11883"  # the private listener: max_queued_messages 0
@@ -657,25 +657,14 @@ def test_subscribe_notices_a_closed_stdout_while_idle(peer, topic):
     never comes here), disconnecting from the gateway."""
     peer("mosquitto")
     gw = Gw("-v")
-    sub = subprocess.Popen(sn(gw.port, "sub", "-t", topic, "-q", "1"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                           env=clean_env())
     try:
-        assert b"subscribed to" in sub.stderr.readline()
-        mosq_pub(topic, "-m", "one", "-q", "1")
-        assert sub.stdout.readline() == b"one\n"
-        sub.stdout.close()  # the reader goes away; nothing more is published
-        code = sub.wait(15)
-        err = sub.stderr.read().decode()
-        assert code == 0, err
-        assert err == "", err
+        with Running(sn(gw.port, "sub", "-t", topic, "-q", "1")) as sub:
+            assert b"subscribed to" in sub.stderr.readline()
+            mosq_pub(topic, "-m", "one", "-q", "1")
+            exits_when_its_reader_goes(sub, b"one\n")
+        wait_until(lambda: re.search(r"<- 127\.0\.0\.1:\d+ DISCONNECT", gw.stderr), 10, "the client's DISCONNECT")
     finally:
-        if sub.poll() is None:
-            sub.kill()
-            sub.wait()
-        try:
-            wait_until(lambda: re.search(r"<- 127\.0\.0\.1:\d+ DISCONNECT", gw.stderr), 10, "the client's DISCONNECT")
-        finally:
-            gw.stop()
+        gw.stop()
 
 
 # --------------------------------------------------------------------------- issue 23: hostile input
