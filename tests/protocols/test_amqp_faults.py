@@ -218,26 +218,30 @@ def test_a_pause_in_the_input_is_not_a_missing_confirm(names):
 
 def test_failed_file_replays_on_its_own_to_the_same_exchange_with_the_same_properties(names, tmp_path):
     """`publish -e EX -r KEY --persistent --header ...` refused (EX is missing): --failed
-    holds every message, sent or not yet sent, with its exchange, properties and headers,
-    so `--replay FILE` alone sends them where they were going, as they were (the file had
-    only the routing key: a replay went to the default exchange and was dropped)."""
+    holds every message, those sent and those not sent yet (a file: the rest is read to
+    its end), with its exchange, properties and headers, so `--replay FILE` alone sends
+    them where they were going, as they were (the file had only the routing key: a
+    replay went to the default exchange and was dropped)."""
     ex = names("exchange")
     failed = tmp_path / "rest.jsonl"
-    cmd = " ".join(map(_quote, start_cmd("amqp", "publish", "-e", ex, "-r", "k1", "-l", "--persistent",
-                                         "--header", "n:int=5", "--content-type", "text/plain", "--failed", failed)))
-    done = subprocess.run(["sh", "-c", f"(echo a; sleep 1; echo b) | {cmd}"], capture_output=True, timeout=60,
-                          env=_env())
+    lines = [str(i) for i in range(3000)]
+    source = tmp_path / "lines.txt"
+    source.write_text("".join(x + "\n" for x in lines))
+    with open(source, "rb") as stdin:
+        done = subprocess.run(start_cmd("amqp", "publish", "-e", ex, "-r", "k1", "-l", "--persistent", "--header",
+                                        "n:int=5", "--content-type", "text/plain", "--failed", failed),
+                              stdin=stdin, capture_output=True, timeout=60, env=_env())
     assert done.returncode == 6, done.stderr
-    assert b"2 not acknowledged written to" in done.stderr, done.stderr
+    assert b"3000 not acknowledged written to" in done.stderr, done.stderr
     assert run_ok("amqp", "declare", "exchange", ex, "-t", "direct")
     q = queue_of(names)
     assert run_ok("amqp", "bind", "queue", q, "-e", ex, "-r", "k1")
     assert run_ok("amqp", "publish", "--replay", failed)
-    got = subprocess.run(start_cmd("-o", "jsonl", "amqp", "consume", q, "-C", "2", "-W", "20"), capture_output=True,
-                         timeout=60, env=_env())
+    got = subprocess.run(start_cmd("-o", "jsonl", "amqp", "consume", q, "-C", "3000", "-W", "30"),
+                         capture_output=True, timeout=120, env=_env())
     assert got.returncode == 0, got.stderr
     envelopes = [json.loads(line) for line in got.stdout.splitlines()]
-    assert [e["payload"] for e in envelopes] == ["a", "b"]
+    assert [e["payload"] for e in envelopes] == lines
     for e in envelopes:
         assert e["meta"]["exchange"] == ex and e["meta"]["routing_key"] == "k1"
         assert e["meta"]["properties"]["delivery_mode"] == 2
