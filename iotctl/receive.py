@@ -262,7 +262,8 @@ def _reconnect(receiver: Receiver, lost: ConnectionLost, deadline: float | None)
         delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
         if deadline is not None and time.monotonic() + delay >= deadline:
             raise lost
-        status(f"connection lost ({why}); reconnecting in {delay:g} s" + (f" (attempt {attempt + 1})" if attempt else ""))
+        lost_line = why if why.startswith("connection lost") else f"connection lost ({why})"  # said once
+        status(f"{lost_line}; reconnecting in {delay:g} s" + (f" (attempt {attempt + 1})" if attempt else ""))
         time.sleep(delay)
         attempt += 1
         try:

@@ -14,7 +14,7 @@ A protocol supplies a `Sender`.
 from __future__ import annotations
 
 import time
-from typing import Hashable, Iterable, Iterator
+from typing import Callable, Hashable, Iterable, Iterator
 
 from iotctl import interrupts
 from iotctl.errors import IotctlError, PeerError, TimeoutError_, UsageError
@@ -61,6 +61,10 @@ class Sender(Connection):
         last outcomes (a round trip that brings late refusals, which go into
         `self.refused` like any other).
     refusal(reasons): the error for messages the peer refused (default: exit 6).
+    composed(msg): a message composed on the command line (no protocol of its own) as
+        --failed writes it, so that it replays on its own: by default it takes the
+        protocol's name; a protocol adds what the command line gave it (an AMQP
+        exchange and properties, STOMP headers).
     settles_at_finish: True when nothing is acknowledged before finish() (a STOMP
         transaction, whose COMMIT confirms every message at once): until then the
         window waits for no acknowledgement and its clock does not run.
@@ -90,6 +94,9 @@ class Sender(Connection):
     def refusal(self, refused: dict) -> IotctlError:
         reasons = sorted(set(map(str, refused.values())))
         return PeerError("send", f"the peer refused {len(refused)} message(s): {'; '.join(reasons[:3])}")
+
+    def composed(self, msg: Message) -> Message:
+        return msg.copy(protocol=self.protocol) if self.protocol else msg
 
 
 # --------------------------------------------------------------------------- the messages to send
@@ -411,15 +418,17 @@ def _stopped(sender: Sender, sent: int, acknowledged: int, window: Window, unsen
     if failed is None:
         return ", ".join(parts) + " (--failed FILE keeps what was not acknowledged)"
     first = [m for m, _ in window.refused] + window.unsettled() + unsent
-    n = write_failed(failed, first, rest, sender.protocol)
+    n = write_failed(failed, first, rest, sender.protocol, sender.composed)
     parts.append(f"{n} not acknowledged written to {failed}")
     return ", ".join(parts)
 
 
-def write_failed(path: str, first: list[Message], rest: Iterable[Message], protocol: str = "") -> int:
+def write_failed(path: str, first: list[Message], rest: Iterable[Message], protocol: str = "",
+                 composed: Callable[[Message], Message] | None = None) -> int:
     """Write messages as envelope lines that --replay sends again; a message composed
-    on the command line is written as `protocol`'s, so it replays on its own. `rest`
-    (the input not read yet) is read until it ends or pauses."""
+    on the command line is written as `protocol`'s (`composed`: as the sender says), so
+    it replays on its own. `rest` (the input not read yet) is read until it ends or
+    pauses."""
     from iotctl.output import JsonWriter
 
     try:
@@ -430,8 +439,11 @@ def write_failed(path: str, first: list[Message], rest: Iterable[Message], proto
 
     def write(msg: Message) -> None:
         nonlocal n
-        if not msg.protocol and protocol:
-            msg = msg.copy(protocol=protocol)
+        if not msg.protocol:
+            if composed is not None:
+                msg = composed(msg)
+            elif protocol:
+                msg = msg.copy(protocol=protocol)
         writer.write(msg)
         n += 1
 

@@ -2,8 +2,8 @@
 otherwise. Every protocol client routes its library's loggers through here, and the
 trace never shows a secret: the session's own password is masked by its value, in
 every form a library may print it (as is, escaped the way STOMP, Python's repr, JSON,
-XML or a URL write it); STOMP passcodes, SASL PLAIN credentials and URL passwords of
-other origins are masked by pattern. Each becomes ****."""
+XML, a URL or Qpid Proton's frame trace write it); STOMP passcodes, SASL PLAIN
+credentials and URL passwords of other origins are masked by pattern. Each becomes ****."""
 
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def spellings(secret: str) -> set[str]:
     """Every way a trace may spell `secret`: as is; with STOMP 1.1/1.2 header escapes;
     inside Python's repr of a str or of bytes (backslashes doubled, control characters
     escaped, a quote escaped or not depending on the text around it); JSON-, XML- and
-    URL-encoded."""
+    URL-encoded; as Qpid Proton shows a binary."""
     import json
     from html import escape
     from urllib.parse import quote, quote_plus
@@ -61,6 +61,10 @@ def spellings(secret: str) -> set[str]:
             forms.update((inner, inner.replace("\\'", "'")))
         forms.update((json.dumps(base)[1:-1], json.dumps(base, ensure_ascii=False)[1:-1], escape(base),
                       escape(base, quote=False), quote(base, safe=""), quote_plus(base)))
+    raw = secret.encode("utf-8", "surrogateescape")
+    # Qpid Proton's frame trace of a binary (SASL PLAIN's initial response): printable
+    # ASCII but \\, " and ' as it is, every other byte as \\xHH
+    forms.add("".join(chr(b) if 32 <= b < 127 and b not in b"\\\"'" else f"\\x{b:02x}" for b in raw))
     forms.discard("")
     return forms
 

@@ -197,3 +197,31 @@ def mqttsn_gateway(broker: str, *args: str) -> Iterator[int]:
         yield int(m.group(1))
     finally:
         stop(proc, timeout=10)
+
+
+class Running:
+    """A subprocess (stdout and stderr piped) for the length of a `with`: killed on the
+    way out if it is still running."""
+
+    def __init__(self, argv: list, env: dict | None = None):
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env or clean_env())
+
+    def __enter__(self) -> subprocess.Popen:
+        return self.proc
+
+    def __exit__(self, *exc) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def exits_when_its_reader_goes(proc: subprocess.Popen, first: bytes, timeout: float = 15) -> None:
+    """A receiver that printed nothing yet gets one message from the caller, prints
+    `first`; then its reader of stdout goes away (`| head -1`) and nothing more comes:
+    it must see that while idle and exit 0 with nothing on stderr (issue 21 item 9)."""
+    assert proc.stdout.readline() == first
+    proc.stdout.close()
+    code = proc.wait(timeout)
+    err = proc.stderr.read().decode()
+    assert code == 0, err
+    assert err == "", err

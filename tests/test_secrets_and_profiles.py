@@ -184,7 +184,8 @@ def _stomp_escaped(text):
 def _renderings(secret):
     """How protocol libraries print a password in their traces: stomp.py's CONNECT
     (str() of a list of bytes lines, unescaped), a frame repr after STOMP escaping, a
-    str repr, bytes of SASL PLAIN, JSON, XML, a URL."""
+    str repr, bytes of SASL PLAIN (Python's repr, Qpid Proton's frame trace), JSON, XML,
+    a URL."""
     import json
     from html import escape
     from urllib.parse import quote
@@ -195,6 +196,8 @@ def _renderings(secret):
         repr(b"SEND\nx-token:" + _stomp_escaped(secret).encode() + b"\n\n\x00"),
         repr(("me", secret)),
         repr(b"\x00me\x00" + secret.encode("utf-8", "surrogateescape")),
+        'initial-response=b"\\x00me\\x00' + "".join(chr(b) if 32 <= b < 127 and b not in b"\\\"'" else f"\\x{b:02x}"
+                                                     for b in secret.encode("utf-8", "surrogateescape")) + '"]',
         json.dumps({"password": secret}),
         f"<password>{escape(secret)}</password>",
         f"amqp://me:{quote(secret, safe='')}@host/",

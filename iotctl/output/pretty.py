@@ -107,11 +107,13 @@ def _fit(fields, size: str, room: int):
 
 
 def safe(text: str) -> str:
-    """Text for a terminal: control characters (escape sequences, NUL, DEL, C1) shown
-    as escapes, never sent as they are (a payload could clear the screen)."""
+    """Text for one line of a terminal (the header, a metadata line): control characters
+    (escape sequences, NUL, DEL, C1, and line feeds: a header value or an address with
+    one would print a line of its own, looking like iotctl's) shown as escapes, never
+    sent as they are (they could clear the screen)."""
     if text.isprintable():
         return text
-    return "".join(ch if ch.isprintable() or ch in "\n\t" else _escape(ch) for ch in text)
+    return "".join(ch if ch.isprintable() or ch == "\t" else _escape(ch) for ch in text)
 
 
 def _escape(ch: str) -> str:

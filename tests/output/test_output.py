@@ -178,6 +178,17 @@ def test_pretty_shows_control_characters_escaped_and_properties_one_per_line(cap
     assert "  properties:" in out.splitlines() and '    user_properties: [["k", "v\\u0007"]]' in out.splitlines()
 
 
+def test_pretty_keeps_an_address_and_a_metadata_value_on_their_one_line(capsys, monkeypatch):
+    """A line feed in an address or a header value is an escape: printed as it is, it
+    would start a line that looks like a header or a field of its own."""
+    monkeypatch.setenv("COLUMNS", "120")
+    msg = Message("stomp", "/queue/a\n01:00:00.000 stomp /queue/fake", b"body", None,
+                  {"k": "v\nevil: injected", "t": "a\tb"}, ts=0.0)
+    lines = pretty(msg, capsys).splitlines()
+    assert lines[0].endswith("/queue/a\\x0a01:00:00.000 stomp /queue/fake (4 B)"), lines
+    assert lines[1:] == ["  k: v\\x0aevil: injected", "  t: a  b", "body"], lines  # (rich: a tab as spaces)
+
+
 def test_pretty_messages_are_separated_without_colour(capsys):
     from iotctl.output import console
 

@@ -283,6 +283,15 @@ def test_trace_shows_frames_but_never_the_password(iotctl, queue):
     assert "iotctl-secret" not in r.stderr and "****" in r.stderr
 
 
+def test_trace_never_shows_a_password_with_quotes_and_a_backslash(iotctl, rabbit):
+    """Issue 23 item 9: Proton's frame trace writes a SASL PLAIN response's \\, ' and "
+    (and every byte that is not printable ASCII) as \\xHH: masked by value all the same."""
+    r = iotctl("amqp1", "send", "q", "-m", "x", "-u", "guest", "-P", "se\\cr\"et'Tail é", "-d")
+    assert r.exit_code == 4, r
+    assert "@sasl-init" in r.stderr and "****" in r.stderr
+    assert "Tail" not in r.stderr and "\\x5c" not in r.stderr, r.stderr
+
+
 # --------------------------------------------------------------------------- URL endpoints
 
 
@@ -489,6 +498,30 @@ def test_rejected_released_modified_are_refusals_exit_6_and_go_to_failed(iotctl,
     assert "sent 6, acknowledged 3, refused 3" in line
     assert sorted(e["payload"] for e in jsonl(failed.read_text())) == ["modify", "reject", "release"]
     assert outcomes.received == [b"ok1", b"reject", b"ok2", b"release", b"modify", b"ok3"]
+
+
+def test_failed_file_replays_on_its_own_with_the_command_lines_properties(iotctl, outcomes, queue, tmp_path):
+    """Issue 23 item 8: what --failed keeps of a message composed on the command line
+    carries its address and the command line's properties, headers and annotations, so
+    `--replay FILE` alone (here into RabbitMQ) sends it the same way (the file had only
+    the address and payload)."""
+    failed = tmp_path / "failed.jsonl"
+    options = ("--subject", "s1", "--durable", "--priority", "7", "--header", "k=v", "--content-type", "text/plain",
+               "--annotation", "x-opt-a=b")
+    r = iotctl("amqp1", "send", addr(queue), "-p", outcomes.port, "-l", "--failed", failed, *options,
+               input="reject\n")
+    assert r.exit_code == 6, r
+    kept = jsonl(failed.read_text())
+    assert [(e["protocol"], e["address"], e["payload"]) for e in kept] == [("amqp1", addr(queue), "reject")]
+    r = iotctl("amqp1", "send", "--replay", failed)
+    assert r.exit_code == 0, r
+    r = iotctl("-o", "jsonl", "amqp1", "receive", addr(queue), "-C", "1", "-W", "20")
+    assert r.exit_code == 0, r
+    got = jsonl(r.stdout)[0]
+    meta = got["meta"]
+    assert (got["payload"], got["content_type"], meta["properties"]["subject"], meta["durable"], meta["priority"],
+            meta["headers"], meta["annotations"].get("x-opt-a")) == ("reject", "text/plain", "s1", True, 7,
+                                                                     {"k": "v"}, "b"), got
 
 
 def test_sasl_external_with_a_client_certificate(iotctl):

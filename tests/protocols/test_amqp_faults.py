@@ -66,8 +66,10 @@ def _publishing_when_it_freezes(relay, names, tmp_path, *options):
     return proc, q, failed
 
 
-def test_publish_honours_W_when_the_broker_freezes(relay, names, tmp_path):
-    proc, q, failed = _publishing_when_it_freezes(relay, names, tmp_path, "-W", "2")
+@pytest.mark.parametrize("heartbeat", [[], ["--heartbeat", "0"]], ids=["default", "no-heartbeat"])
+def test_publish_honours_W_when_the_broker_freezes(relay, names, tmp_path, heartbeat):
+    """-W bounds the wait with or without heartbeats (with --heartbeat 0 it never ended)."""
+    proc, q, failed = _publishing_when_it_freezes(relay, names, tmp_path, "-W", "2", *heartbeat)
     proc.stdin.write(b"b\nc\n")
     proc.stdin.close()
     took, out, err = timed(proc, 30)
@@ -78,11 +80,12 @@ def test_publish_honours_W_when_the_broker_freezes(relay, names, tmp_path):
     assert [json.loads(line)["payload"] for line in failed.read_text().splitlines()] == ["b", "c"]
 
 
-def test_consume_honours_W_and_ctrl_c_when_the_broker_freezes(relay, names):
+@pytest.mark.parametrize("heartbeat", [[], ["--heartbeat", "0"]], ids=["default", "no-heartbeat"])
+def test_consume_honours_W_and_ctrl_c_when_the_broker_freezes(relay, names, heartbeat):
     q = queue_of(names)
-    waiting = start("amqp", "consume", q, "-p", relay.port, "-W", "3")
+    waiting = start("amqp", "consume", q, "-p", relay.port, "-W", "3", *heartbeat)
     wait_status(waiting, "consuming from")
-    stopped = start("amqp", "consume", q, "-p", relay.port)
+    stopped = start("amqp", "consume", q, "-p", relay.port, *heartbeat)
     wait_status(stopped, "consuming from")
     relay.freeze()
     time.sleep(0.5)
@@ -207,6 +210,43 @@ def test_a_pause_in_the_input_is_not_a_missing_confirm(names):
     done = subprocess.run(["sh", "-c", cmd], capture_output=True, timeout=30, env=_env())
     assert done.returncode == 0, done.stderr
     assert drain(q) == ["a", "b"]
+
+
+
+# --------------------------------------------------------------------------- issue 23 item 8: --failed replays alone
+
+
+def test_failed_file_replays_on_its_own_to_the_same_exchange_with_the_same_properties(names, tmp_path):
+    """`publish -e EX -r KEY --persistent --header ...` refused (EX is missing): --failed
+    holds every message, those sent and those not sent yet (a file: the rest is read to
+    its end), with its exchange, properties and headers, so `--replay FILE` alone sends
+    them where they were going, as they were (the file had only the routing key: a
+    replay went to the default exchange and was dropped)."""
+    ex = names("exchange")
+    failed = tmp_path / "rest.jsonl"
+    lines = [str(i) for i in range(3000)]
+    source = tmp_path / "lines.txt"
+    source.write_text("".join(x + "\n" for x in lines))
+    with open(source, "rb") as stdin:
+        done = subprocess.run(start_cmd("amqp", "publish", "-e", ex, "-r", "k1", "-l", "--persistent", "--header",
+                                        "n:int=5", "--content-type", "text/plain", "--failed", failed),
+                              stdin=stdin, capture_output=True, timeout=60, env=_env())
+    assert done.returncode == 6, done.stderr
+    assert b"3000 not acknowledged written to" in done.stderr, done.stderr
+    assert run_ok("amqp", "declare", "exchange", ex, "-t", "direct")
+    q = queue_of(names)
+    assert run_ok("amqp", "bind", "queue", q, "-e", ex, "-r", "k1")
+    assert run_ok("amqp", "publish", "--replay", failed)
+    got = subprocess.run(start_cmd("-o", "jsonl", "amqp", "consume", q, "-C", "3000", "-W", "30"),
+                         capture_output=True, timeout=120, env=_env())
+    assert got.returncode == 0, got.stderr
+    envelopes = [json.loads(line) for line in got.stdout.splitlines()]
+    assert [e["payload"] for e in envelopes] == lines
+    for e in envelopes:
+        assert e["meta"]["exchange"] == ex and e["meta"]["routing_key"] == "k1"
+        assert e["meta"]["properties"]["delivery_mode"] == 2
+        assert e["meta"]["properties"]["content_type"] == "text/plain"
+        assert e["meta"]["headers"] == {"n": 5}
 
 
 # --------------------------------------------------------------------------- issue 21 item 9: stdout closed while idle

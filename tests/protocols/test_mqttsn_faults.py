@@ -23,7 +23,7 @@ import pytest
 
 from iotctl.protocols.mqttsn import codec as c
 from iotctl.protocols.mqttsn.codec import Packet
-from tests.helpers import clean_env, free_port, wait_port, wait_until
+from tests.helpers import Running, clean_env, exits_when_its_reader_goes, free_port, wait_port, wait_until
 from tests.protocols.test_mqttsn import MosqSub, Proc, _iotctl, searchgw
 
 PRIVATE = "mqtt://127.0.0.1:11883"  # the private listener: max_queued_messages 0
@@ -645,6 +645,26 @@ def test_subscribe_reconnects_to_a_gateway_that_comes_back(peer, topic):
         assert len(ids) >= 2 and len(set(ids)) == 1, ids
     finally:
         g2.stop()
+
+
+
+# --------------------------------------------------------------------------- issue 21 item 9: stdout closed
+
+
+def test_subscribe_notices_a_closed_stdout_while_idle(peer, topic):
+    """`mqttsn sub | head -1` after one message and then silence: the subscriber sees the
+    reader gone while nothing arrives and exits 0 at once (not at a next message, which
+    never comes here), disconnecting from the gateway."""
+    peer("mosquitto")
+    gw = Gw("-v")
+    try:
+        with Running(sn(gw.port, "sub", "-t", topic, "-q", "1")) as sub:
+            assert b"subscribed to" in sub.stderr.readline()
+            mosq_pub(topic, "-m", "one", "-q", "1")
+            exits_when_its_reader_goes(sub, b"one\n")
+        wait_until(lambda: re.search(r"<- 127\.0\.0\.1:\d+ DISCONNECT", gw.stderr), 10, "the client's DISCONNECT")
+    finally:
+        gw.stop()
 
 
 # --------------------------------------------------------------------------- issue 23: hostile input

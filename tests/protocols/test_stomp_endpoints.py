@@ -360,26 +360,46 @@ def test_stomp_1_2_carries_a_line_feed_as_part_of_one_header(iotctl, broker, que
     assert meta["k"] == "v\nevil:injected" and meta["a:b"] == "c" and "evil" not in meta
 
 
+def test_pretty_shows_a_header_with_a_line_feed_or_escape_on_one_line(iotctl, broker, queue):
+    """Issue 23 item 5: in pretty output a header value's LF and ESC are escapes, so it
+    can neither print a line that looks like a header of its own nor drive the terminal;
+    the payload keeps its lines, its ESC escaped too."""
+    _, login = broker
+    r = iotctl("stomp", "send", *login, queue, "-m", "a\x1b[2Jb\nsecond line", "--header", "k=v\x1b[31m\nevil: x")
+    assert r.exit_code == 0, r
+    r = iotctl("-o", "pretty", "stomp", "sub", *login, queue, "-C", "1", "-W", "10")
+    assert r.exit_code == 0, r
+    lines = r.stdout.splitlines()
+    assert "  k: v\\x1b[31m\\x0aevil: x" in lines, lines
+    assert not any(line.startswith("evil") for line in lines), lines
+    assert lines[-2:] == ["a\\x1b[2Jb", "second line"], lines
+    assert "\x1b" not in r.stdout
+
+
 # --------------------------------------------------------------------------- issue 23 item 8: --failed replays alone
 
 
-def test_failed_file_replays_on_its_own(iotctl, broker, queue, tmp_path):
+@pytest.mark.parametrize("n", [2, 3000])
+def test_failed_file_replays_on_its_own(iotctl, broker, queue, tmp_path, n):
     """The file keeps each message's destination and the command line's headers:
-    `--replay FILE` alone sends it again (it said 'no destination')."""
+    `--replay FILE` alone sends it again (it said 'no destination'). With 3,000 lines
+    most were never sent when the refusal came: they keep the headers too (they had
+    none, and replayed without them)."""
     name, login = broker
     reader = BROKERS[name][2]
     failed = tmp_path / "failed.jsonl"
+    lines = [f"m{i}" for i in range(n)]
     r = iotctl("stomp", "send", *reader, queue, "-l", "--failed", failed, "--header", "x-k=v",
-               "--content-type", "text/plain", input="a\nb\n")
+               "--content-type", "text/plain", input="".join(x + "\n" for x in lines))
     assert r.exit_code == 6, r
     kept = [json.loads(line) for line in failed.read_text().splitlines()]
-    assert [(m["protocol"], m["address"], m["payload"]) for m in kept] == [("stomp", queue, "a"), ("stomp", queue, "b")]
+    assert [(m["protocol"], m["address"], m["payload"]) for m in kept] == [("stomp", queue, x) for x in lines]
+    assert all(m["meta"] == {"x-k": "v"} and m["content_type"] == "text/plain" for m in kept)
     r = iotctl("stomp", "send", *login, "--replay", failed)
     assert r.exit_code == 0, r
-    r = iotctl("stomp", "sub", *login, queue, "-C", "2", "-W", "10", "-o", "jsonl")
+    r = iotctl("stomp", "sub", *login, queue, "-C", n, "-W", "30", "-o", "jsonl")
     got = [json.loads(line) for line in r.stdout.splitlines()]
-    assert [(m["payload"], m["meta"]["x-k"], m["content_type"]) for m in got] == \
-           [("a", "v", "text/plain"), ("b", "v", "text/plain")]
+    assert [(m["payload"], m["meta"]["x-k"], m["content_type"]) for m in got] == [(x, "v", "text/plain") for x in lines]
 
 
 # --------------------------------------------------------------------------- issue 23 item 9: the trace

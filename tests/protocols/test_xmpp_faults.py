@@ -680,7 +680,7 @@ def test_a_bad_line_of_stdin_is_exit_2_naming_it(peer):
 def test_a_cut_send_says_one_line_and_its_failed_file_replays_on_its_own(relay, background, tmp_path):
     """Cut mid-way, `send -l` prints one error line (it printed 92 lines of asyncio's
     "socket.send() raised exception." first), and --failed FILE holds the recipient:
-    `--replay FILE` alone sends the rest."""
+    `--replay FILE` alone sends the rest, with the command line's --subject and --thread."""
     drain("carol")
     listener = background("-o", "raw", "xmpp", "listen", *login("carol"), "--from", "alice@localhost")
     t = token()
@@ -691,7 +691,8 @@ def test_a_cut_send_says_one_line_and_its_failed_file_replays_on_its_own(relay, 
     source.write_text("".join(line + "\n" for line in lines))
     with open(source, "rb") as stdin:  # a file: what was not read yet goes to --failed too
         proc = subprocess.Popen(iotctl_cmd("xmpp", "send", "carol@localhost", "-l",
-                                           *login("alice", f"127.0.0.1:{r.port}"), "--failed", str(failed)),
+                                           *login("alice", f"127.0.0.1:{r.port}"), "--failed", str(failed),
+                                           "--subject", f"s {t}", "--thread", f"t {t}"),
                                 stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
     wait_until(lambda: len(listener.lines.lines) > 500 or proc.poll() is not None, 60, "a good part sent")
     r.cut()
@@ -703,6 +704,8 @@ def test_a_cut_send_says_one_line_and_its_failed_file_replays_on_its_own(relay, 
                         r"\d+ not acknowledged written to .*\n", err), err
     rest = [json.loads(line) for line in failed.read_text().splitlines()]
     assert rest and all(e["address"] == "carol@localhost" for e in rest)
+    # the command line's subject and thread too: the replay alone sends them the same way
+    assert all(e["meta"].get("subject") == f"s {t}" and e["meta"].get("thread") == f"t {t}" for e in rest)
     done = run("xmpp", "send", "--replay", str(failed), *login("alice"), timeout=120)
     assert done.returncode == 0, done.stderr
     wait_until(lambda: set(lines) <= set(listener.lines.lines), 60, "every line at carol's")

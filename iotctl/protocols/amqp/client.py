@@ -718,6 +718,18 @@ class Publisher(_Owner, send.Sender):
         self.returned = 0
         self.nacked = 0
 
+    def composed(self, msg: Message) -> Message:
+        """As a capture has it: the exchange and the command line's properties and
+        headers go with a message into --failed, so `--replay FILE` alone sends it to
+        the same place, the same way (it went to the default exchange)."""
+        meta = dict(msg.meta) if isinstance(msg.meta, dict) else {}
+        meta.setdefault("exchange", self.exchange or "")
+        if self.fields:
+            meta.setdefault("properties", dict(self.fields))
+        if self.headers:
+            meta.setdefault("headers", dict(self.headers))
+        return msg.copy(protocol=self.protocol, meta=meta)
+
     def open(self) -> None:
         session = self._connected()
         try:

@@ -801,6 +801,29 @@ class Sender(send.Sender):
         m.body = None
         return m.encode()
 
+    def composed(self, msg: Message) -> Message:
+        """As a capture has it: the command line's properties, headers and annotations
+        go with a message into --failed, so `--replay FILE` alone sends it the same way."""
+        p = self.props
+        meta = dict(msg.meta) if isinstance(msg.meta, dict) else {}
+        props = {key: getattr(p, key) for key in ("message_id", "subject", "reply_to", "to", "content_encoding")
+                 if getattr(p, key) is not None}
+        if p.correlation_id is not None:
+            corr = p.correlation_id
+            props["correlation_id"] = bytes_text(corr) if isinstance(corr, bytes) else corr
+        if props:
+            meta.setdefault("properties", props)
+        if p.durable:
+            meta.setdefault("durable", True)
+        for key in ("priority", "ttl", "body"):
+            if getattr(p, key) is not None:
+                meta.setdefault(key, getattr(p, key))
+        if p.headers:
+            meta.setdefault("headers", dict(p.headers))
+        if p.annotations:
+            meta.setdefault("annotations", dict(p.annotations))
+        return msg.copy(protocol=self.protocol, meta=meta, content_type=msg.content_type or p.content_type)
+
     def _fields(self, msg: Message | None) -> dict:
         """The message's fields: what it brings (an AMQP 1.0 capture's own meta, or what
         crosses from another protocol: content type, headers, correlation id, reply-to),

@@ -730,6 +730,30 @@ class Publisher(send.Sender):
 
         return send
 
+    def composed(self, msg: Message) -> Message:
+        """As a capture has it: the command line's MQTT 5 properties go with a message
+        into --failed, so `--replay FILE` alone sends it the same way (QoS and retain
+        come from -q/-r on a replay, as for any capture)."""
+        from iotctl.message import bytes_text
+
+        meta = dict(msg.meta) if isinstance(msg.meta, dict) else {}
+        meta.setdefault("qos", self.qos)
+        meta.setdefault("retain", self.retain)
+        cli = self.cli_props
+        if cli is not None and not cli.empty() and "properties" not in meta:
+            props: dict = {}
+            for key, name in (("content_type", "content_type"), ("response_topic", "response_topic"),
+                              ("message_expiry", "message_expiry_interval"),
+                              ("payload_format_indicator", "payload_format_indicator")):
+                if getattr(cli, key) is not None:
+                    props[name] = getattr(cli, key)
+            if cli.correlation_data is not None:
+                props["correlation_data"] = bytes_text(cli.correlation_data)
+            if cli.user_properties:
+                props["user_properties"] = [list(pair) for pair in cli.user_properties]
+            meta["properties"] = props
+        return msg.copy(protocol=self.protocol, meta=meta)
+
     def _properties(self, msg: Message):
         """The PUBLISH properties of a message that brings its own (replayed or bridged):
         an MQTT message's properties as captured; from another protocol, what crosses

@@ -584,6 +584,12 @@ class Sender(send.Sender):
         self._confirmed = 0       # the last key confirmed
         self._commit: str | None = None
 
+    def composed(self, msg: Message) -> Message:
+        """Also a message the input had given but that was not sent yet keeps the
+        command line's headers and content type in --failed (a sent one has them)."""
+        return msg.copy(protocol=self.protocol, meta=msg.meta or dict(self._kept),
+                        content_type=msg.content_type or self.content_type)
+
     @property
     def what(self) -> str:
         return f"send to {self.destination or 'the replayed destinations'}"

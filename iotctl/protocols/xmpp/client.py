@@ -587,6 +587,16 @@ class Messenger(send.Sender):
     def where(self) -> str:
         return self.cfg.where
 
+    def composed(self, msg: Message) -> Message:
+        """Into --failed with its recipient and the command line's --subject and
+        --thread, so `--replay FILE` alone sends it the same way."""
+        meta = dict(msg.meta) if isinstance(msg.meta, dict) else {}
+        if self.subject is not None:
+            meta.setdefault("subject", self.subject)
+        if self.thread is not None:
+            meta.setdefault("thread", self.thread)
+        return msg.copy(protocol=self.protocol, address=msg.address or self.address or "", meta=meta)
+
     # ------------------------------------------------------------------ life cycle
 
     def open(self) -> None:
