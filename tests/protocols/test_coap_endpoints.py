@@ -243,6 +243,28 @@ def test_lines_timeout_reports_and_keeps_the_rest(raw_server, iotctl, tmp_path):
     assert [json.loads(line)["payload"] for line in failed.read_text().splitlines()] == ["b", "c"]
 
 
+@pytest.mark.parametrize("given, kept", [("application/json", {"content_type": "application/json"}),
+                                         ("65000", {"meta": {"options": {"Content-Format": 65000}}})])
+def test_a_failed_file_keeps_the_content_format_and_replays_on_its_own(raw_server, iotctl, tmp_path, given, kept):
+    """Issue 23 item 8: what --failed keeps of a line is what a capture would have, -t
+    included, so `--replay FILE` alone sends the same Content-Format."""
+    server = raw_server(lambda req: [])  # never answers
+    failed = tmp_path / "failed.jsonl"
+    r = iotctl("coap", "post", f"{server.uri}/x", "-l", "-t", given, "-W", "1", "--failed", str(failed),
+               input="a\n")
+    assert r.exit_code == 5, r
+    (env,) = [json.loads(line) for line in failed.read_text().splitlines()]
+    assert env["protocol"] == "coap" and env["payload"] == "a"
+    assert {k: env[k] for k in kept} == kept, env
+    answering = raw_server(lambda req: [piggybacked(req, CHANGED)])
+    r = iotctl("coap", "post", f"{answering.uri}/x", "--replay", str(failed))
+    assert r.exit_code == 0, r
+    (request,) = answering.requests
+    assert request["payload"] == b"a"
+    assert request["options"][12] == [int(kept.get("meta", {}).get("options", {}).get("Content-Format", 50))
+                                      .to_bytes(1 if given != "65000" else 2, "big")]
+
+
 def test_lines_ctrl_c_reports_what_was_acknowledged(device, tmp_path):
     name = _name("ctrl-c")
     failed = tmp_path / "failed.jsonl"

@@ -670,6 +670,17 @@ class Requests(send.Sender):
                                             content_type)
         return number
 
+    def composed(self, msg: Message) -> Message:
+        """As a capture has it: the command line's -t goes with a message into --failed
+        as its content type, so `--replay FILE` alone sends the same Content-Format."""
+        number = self.spec.content_format
+        if number is None or msg.content_type:
+            return msg.copy(protocol=self.protocol)
+        name = formats.content_format_name(number)
+        if name is None:  # a number without a media type: as a capture keeps it
+            return msg.copy(protocol=self.protocol, meta={"options": {"Content-Format": number}})
+        return msg.copy(protocol=self.protocol, content_type=name)
+
     def send(self, msg: Message) -> int:
         uri = self.target(msg.address)
         self.sent += 1
