@@ -75,8 +75,11 @@ def run(argv: list[str] | None = None) -> int:
         _trace(debug)
         _error(exc.format_message())
         return ExitCode.ERROR
-    except (KeyboardInterrupt, click.Abort):
-        sys.stderr.write("\n")
+    except (KeyboardInterrupt, click.Abort) as exc:
+        # the line after the terminal's ^C; click's main has written it when it turned
+        # a KeyboardInterrupt into Abort
+        if not isinstance(exc.__cause__ or exc.__context__, (KeyboardInterrupt, EOFError)):
+            sys.stderr.write("\n")
         _error("interrupted")
         return ExitCode.INTERRUPTED
     except BrokenPipeError:

@@ -94,7 +94,7 @@ def request(argv: list[str]) -> int | None:
         if writes:
             error(f"{verb.upper()} {v['uri']} interrupted", SEND_NOTE + FAILED_NOTE)
         else:
-            sys.stderr.write("\n\n")  # click's Abort writes one newline, cli.main another
+            sys.stderr.write("\n")  # the line after the terminal's ^C, as on the normal path
             error("interrupted")
         return 130
 

@@ -365,7 +365,7 @@ def _publish(host, port, client_id, keepalive, retry_interval, retries, topic, p
         if sending:
             error("publish interrupted", f"sent {sent}, acknowledged 0{NOTE}")
         else:
-            sys.stderr.write("\n\n")  # click's Abort writes one newline, cli.main another
+            sys.stderr.write("\n")  # the line after the terminal's ^C, as on the normal path
             error("interrupted")
         return 130
     if reason is not None:
