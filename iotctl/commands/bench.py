@@ -252,30 +252,38 @@ def _until(proc, key: str, result) -> bool:
 
 
 def _collect(procs, result, live) -> None:
-    import selectors
+    """Every worker's ticks (summed into the live view once each worker gave one) and
+    results, until they all end. A thread per worker reads its lines: a select on the
+    pipes would miss lines already read ahead into a pipe's buffer."""
+    import queue
+    import threading
 
     from iotctl.benching import Result
 
-    sel = selectors.DefaultSelector()
+    lines: queue.Queue = queue.Queue()
+
+    def read(proc) -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
     for p in procs:
-        sel.register(p.stdout, selectors.EVENT_READ, p)
+        threading.Thread(target=read, args=(p,), daemon=True).start()
     ticks: list[dict] = []
     open_ = len(procs)
     while open_:
-        for key, _ in sel.select(1.0):
-            line = key.fileobj.readline()
-            if not line:
-                sel.unregister(key.fileobj)
-                open_ -= 1
-                continue
-            data = json.loads(line)
-            if "tick" in data:
-                ticks.append(data["tick"])
-                if len(ticks) >= open_ and live is not None:
-                    live(_sum_ticks(ticks))
-                    ticks = []
-            elif "result" in data:
-                result.merge(Result.from_json(data["result"]))
+        line = lines.get()
+        if line is None:
+            open_ -= 1
+            continue
+        data = json.loads(line)
+        if "tick" in data:
+            ticks.append(data["tick"])
+            if len(ticks) >= open_ and live is not None:
+                live(_sum_ticks(ticks))
+                ticks = []
+        elif "result" in data:
+            result.merge(Result.from_json(data["result"]))
     for p in procs:
         p.wait()
 
