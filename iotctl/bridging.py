@@ -13,6 +13,7 @@ connection is opened again with backoff and what was in flight is sent again; af
 from __future__ import annotations
 
 import time
+from collections import deque
 from typing import Callable
 
 from iotctl import interrupts
@@ -102,7 +103,8 @@ class Bridge:
         self.window: Window | None = None
         self._failed_fh = None
         self._saver = None
-        self._pending_ack: list[Message] = []
+        self._flushed = 0.0
+        self._waiting: deque[Message] = deque()  # taken from the source, not yet sent (the window was full)
 
     # ------------------------------------------------------------------ settled messages
 
@@ -123,6 +125,9 @@ class Bridge:
                     self._saver.write(msg)
                 self._saver.flush()
             self.source.ack(messages)
+        if now - self._flushed >= 0.005:  # the source's peer sees the acks while the target is the slow side
+            self._flushed = now
+            self.source.flush()
 
     def _refused(self, refused: list[tuple[Message, str]]) -> None:
         from iotctl.settings import warn
@@ -191,6 +196,8 @@ class Bridge:
         """Open the target again (backoff, --retries) and send what was in flight again."""
         from iotctl.settings import status
 
+        if self.window is not None:
+            self.window.settle()  # outcomes the target reported before the loss (a refusal, then closed)
         pending = self.window.unsettled() if self.window is not None else []
         self._close_sink(abort=True)
         why = error.why or error.what
@@ -246,7 +253,8 @@ class Bridge:
                 if deadline is not None and now >= deadline:
                     raise TimeoutError_("bridge", f"carried {stats.carried}"
                                         + (f" of {count}" if count else "") + f" within {spec.timeout:g} s")
-                if spec.idle_timeout and now - last_arrival >= spec.idle_timeout and not self.window.inflight:
+                if (spec.idle_timeout and now - last_arrival >= spec.idle_timeout and not self.window.inflight
+                        and not self._waiting):
                     break
                 if self.report is not None and now >= next_report:
                     stats.inflight = len(self.window.inflight)
@@ -254,10 +262,14 @@ class Bridge:
                     self.report(stats, False)
                     next_report = now + 1.0
                 window = self.window
+                waiting = self._waiting
+                while waiting and len(window.inflight) < window.limit and not self.sink.busy():
+                    self._carry(waiting.popleft())  # taken from the source, sent as the window has room
+                    window = self.window
                 busy = bool(window.inflight)
                 room = window.limit - len(window.inflight)
                 wanted = None if count is None else count - stats.received
-                if room > 0 and (wanted is None or wanted > 0):
+                if not waiting and room > 0 and (wanted is None or wanted > 0):
                     try:
                         batch = source.poll(0.002 if busy else 0.2)
                     except ConnectionLost as lost:
@@ -274,10 +286,11 @@ class Bridge:
                             batch = batch[:wanted]
                         stats.received += len(batch)
                         address = spec.address
-                        for msg in batch:
-                            if address is not None:
+                        if address is not None:
+                            for msg in batch:
                                 msg.address = address(msg)
-                            self._carry(msg)
+                        waiting.extend(batch)
+                        continue  # sent at the top, as far as the window has room
                 try:
                     if self.window.inflight or self.sink.busy():
                         self.window.pump(0.002 if room > 0 else 0.05)
@@ -343,11 +356,15 @@ class Bridge:
             self.window.settle()
 
     def _accounting(self) -> str:
+        """Where every message taken from the source is: confirmed at the target, left
+        unacknowledged at the source (in flight, or taken and not sent yet), refused and
+        kept by the source, in --failed, dropped or given back."""
         s = self.stats
-        inflight = len(self.window.inflight) if self.window is not None else 0
-        parts = [f"carried {s.carried}", f"{inflight} left unacknowledged at the source"]
-        if self.spec.on_refused == "stop" and s.refused:
-            parts.append(f"{s.refused} refused (kept by the source)")
+        kept = s.refused - s.failed - s.dropped - s.requeued if self.spec.on_refused == "stop" else 0
+        unacknowledged = s.received - s.carried - s.failed - s.dropped - s.requeued - kept
+        parts = [f"carried {s.carried}", f"{unacknowledged} left unacknowledged at the source"]
+        if kept:
+            parts.append(f"{kept} refused (kept by the source)")
         if s.failed:
             parts.append(f"{s.failed} in {self.spec.failed}")
         if s.dropped:

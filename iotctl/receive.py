@@ -61,6 +61,10 @@ class Receiver(Connection):
     reconnect(): after ConnectionLost, connect again and restore the subscription
         (raise an IotctlError when it cannot yet). `can_reconnect` says whether it is
         implemented.
+    flush(): send what ack()/nack() left in a buffer, without waiting (a protocol whose
+        library writes only when polled); a bridge calls it while the target is the
+        slow side and the source is not polled, so the peer sees the acknowledgements
+        (and delivers more: a queue's prefetch) without a pause. Default: nothing.
     delivery: "at-least-once" when a message not acknowledged comes again (a
         persistent session, a queue), else "at-most-once".
     """
@@ -80,6 +84,9 @@ class Receiver(Connection):
 
     def reconnect(self) -> None:
         raise NotImplementedError
+
+    def flush(self) -> None:
+        pass
 
 
 class Cumulative:

@@ -6,6 +6,8 @@ Nothing is imported from here: modules are named as strings and loaded on use.
 
 from __future__ import annotations
 
+import functools
+
 
 class Protocol:
     """name: the group's name and the profile table's; group: "module:attribute" of its
@@ -156,8 +158,10 @@ def all_schemes() -> list[str]:
     return [s for p in PROTOCOLS.values() for s in p.schemes]
 
 
+@functools.lru_cache(maxsize=None)
 def portable_reader(name: str):
-    """The function reading a `name` message's portable fields, or None."""
+    """The function reading a `name` message's portable fields, or None (looked up once:
+    a bridge asks for every message)."""
     p = PROTOCOLS.get(name)
     if p is None or p.portable is None:
         return None

@@ -17,7 +17,7 @@ import time
 from typing import Callable, Hashable, Iterable, Iterator
 
 from iotctl import interrupts
-from iotctl.errors import IotctlError, PeerError, TimeoutError_, UsageError
+from iotctl.errors import ConnectionLost, IotctlError, PeerError, TimeoutError_, UsageError
 from iotctl.connection import Connection
 from iotctl.message import Message
 from iotctl.payload import PayloadSpec
@@ -385,6 +385,9 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
             window.settle()
             if isinstance(exc, UsageError) and sent == 0 and not window.refused:
                 raise  # nothing was sent: no send report
+            if isinstance(exc, ConnectionLost) and window.refused:
+                # the peer refused, then closed the connection (STOMP's ERROR): the refusal is the outcome
+                exc = sender.refusal({i: reason for i, (_, reason) in enumerate(window.refused)})
             acknowledged = window.acknowledged if counted else sent - len(inflight)
             unsent = [out] if out is not None and out is not IDLE else []
             note = _stopped(sender, sent, acknowledged, window, unsent, items, failed)
@@ -393,7 +396,7 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
 
                 raise Interrupted(f"{what} interrupted", note) from None
             exc.why = f"{exc.why}; {note}" if exc.why else note
-            raise
+            raise exc
         finally:
             if bar is not None:
                 bar.advance(sent % 1000)

@@ -70,6 +70,9 @@ class TcpRelay:
             return len(self._pairs) // 2
 
     def close(self) -> None:
+        """Stop relaying and listening (new connections are refused); again: nothing."""
+        if self._stop:
+            return
         self._stop = True
         self._command("cut")
         self._thread.join(5)

@@ -66,13 +66,14 @@ def _wait_started(proc: subprocess.Popen) -> None:
     assert "bridging" in line, line + proc.stderr.read().decode() if proc.poll() is not None else line
 
 
-def test_carries_every_message_with_an_address_template_and_prints_what_it_carried(broker):
+def test_carries_every_message_with_an_address_template_and_prints_what_it_carried(broker, tmp_path):
     n = _name()
     src, dst = f"src/{n}", f"dst/{n}"
     _session(f"dst-{n}", f"{dst}/#")
     lines = [f"{i:05d}" for i in range(300)]
+    save = tmp_path / "carried.jsonl"
     bridge = _spawn("bridge", f"{SRC}/{src}/#?qos=1", f"{SRC}?qos=1", "--address", "dst/" + n + "/{topic}",
-                    "-C", "300", "-W", "30", "-o", "jsonl")
+                    "-C", "300", "-W", "30", "-o", "jsonl", "--save", str(save))
     _wait_started(bridge)
     _publish(f"{src}/a", lines)
     out, err = bridge.communicate(timeout=60)
@@ -82,6 +83,7 @@ def test_carries_every_message_with_an_address_template_and_prints_what_it_carri
     assert carried[0]["address"] == f"dst/{n}/{src}/a" and carried[0]["protocol"] == "mqtt"
     assert "carried 300" in err.decode()
     assert _collect(f"dst-{n}", f"{dst}/#") == lines
+    assert [json.loads(line)["payload"] for line in save.read_text().splitlines()] == lines  # --save: a copy
 
 
 def test_start_up_line_says_at_most_once_without_a_persistent_session(broker):
@@ -177,6 +179,101 @@ def test_refused_messages_go_to_failed_and_the_bridge_goes_on(peer, broker, tmp_
     assert [k["payload"] for k in kept] == ["a", "b", "c"]
     assert kept[0]["address"] == f"denied/{n}" and kept[0]["protocol"] == "mqtt"
     assert "written to" in err.decode()
+
+
+def test_refused_messages_are_dropped_with_a_warning_when_asked(peer, broker):
+    peer("mosquitto-auth")
+    n = _name()
+    src = f"src/{n}"
+    bridge = _spawn("bridge", f"{SRC}/{src}/#?qos=1", f"mqtt://reader:reader-secret@127.0.0.1:1884/denied/{n}?qos=1",
+                    "--on-refused", "drop", "--idle-timeout", "2", "-W", "30")
+    _wait_started(bridge)
+    _publish(f"{src}/x", ["a", "b", "c"])
+    out, err = bridge.communicate(timeout=60)
+    assert bridge.returncode == 0, err
+    err = err.decode()
+    assert err.count("iotctl: warning: the target refused 1 message(s) (Not authorized (0x87)): dropped") == 3, err
+    # Mosquitto closes the connection after each refusing PUBACK: connected again each time
+    assert err.strip().splitlines()[-1].startswith("iotctl: bridge: carried 0, in flight 0, 0/s, refused 3"), err
+
+
+def _stats(proc: subprocess.Popen) -> dict:
+    line = proc.stderr.readline().decode()
+    return json.loads(line) if line.startswith("{") else {}
+
+
+def test_a_target_gone_for_good_is_exit_3_with_every_message_accounted_for(broker):
+    """--retries reconnections, then exit 3: the carried ones are at the target, the rest
+    (in flight, and taken but not sent for lack of room: --max-inflight) stay with the
+    source, which delivers them again."""
+    n = _name()
+    src, dst = f"src/{n}", f"dst/{n}"
+    cid = f"br-{n}"
+    _session(cid, f"{src}/#")
+    _session(f"dst-{n}", f"{dst}/#")
+    with TcpRelay(PRIVATE_PORT) as relay:
+        bridge = _spawn("bridge", f"{SRC}/{src}/%23?qos=1&client_id={cid}&clean_start=false&session_expiry=300",
+                        f"mqtt://127.0.0.1:{relay.port}/{dst}/x?qos=1", "--max-inflight", "3", "--retries", "2",
+                        "--stats", "--stats-format", "jsonl")
+        _wait_started(bridge)
+        _publish(f"{src}/x", ["a1", "a2", "a3", "a4", "a5"])
+        wait_until(lambda: _stats(bridge).get("carried") == 5, 30, "five carried")
+        relay.freeze()
+        _publish(f"{src}/x", ["b1", "b2", "b3", "b4", "b5"])
+        wait_until(lambda: _stats(bridge).get("in_flight") == 3, 30, "three in flight")
+        for _ in range(2):  # the window stays at --max-inflight: the other two wait
+            assert _stats(bridge)["in_flight"] == 3
+        relay.close()  # the connections cut, the port refusing
+        out, err = bridge.communicate(timeout=60)
+    assert bridge.returncode == 3, err
+    err = err.decode()
+    assert "retrying in 0.5 s (attempt 1 of 2)" in err and "attempt 2 of 2" in err, err
+    last = [line for line in err.splitlines() if line.startswith("iotctl: error:")]
+    assert last == ["iotctl: error: bridge: the target stayed unreachable after 2 retries (connection refused); "
+                    "carried 5, 5 left unacknowledged at the source"], err
+    assert _collect(f"dst-{n}", f"{dst}/#") == ["a1", "a2", "a3", "a4", "a5"]
+    assert _collect(cid, f"{src}/#") == ["b1", "b2", "b3", "b4", "b5"]
+
+
+def test_stats_piped_are_a_line_a_second_then_the_summary(broker):
+    n = _name()
+    r = _run("bridge", f"{SRC}/s/{n}", f"{SRC}/d/{n}", "--stats", "--idle-timeout", "2.5")
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.decode().splitlines()
+    assert lines[0].startswith("iotctl: bridging")
+    assert len(lines) >= 4 and "\r" not in r.stderr.decode() and "\x1b" not in r.stderr.decode()
+    assert all(line == "iotctl: bridge: carried 0, in flight 0, 0/s" for line in lines[1:]), lines
+    r = _run("bridge", f"{SRC}/s/{n}", f"{SRC}/d/{n}", "--stats", "--stats-format", "jsonl", "--idle-timeout", "1.5")
+    stats = [json.loads(line) for line in r.stderr.decode().splitlines()[1:]]
+    assert stats[-1]["final"] is True and all("final" not in s for s in stats[:-1]) and len(stats) >= 2
+    assert set(stats[0]) == {"elapsed", "received", "carried", "in_flight", "refused", "requeued", "failed",
+                             "dropped", "retried", "rate", "latency_ms"}
+
+
+def test_stats_on_a_terminal_by_default_refreshed_in_place(broker):
+    import pty
+
+    n = _name()
+    child, fd = pty.fork()
+    if child == 0:  # pragma: no cover (the child)
+        os.execve(sys.executable, [sys.executable, "-m", "iotctl", "bridge", f"{SRC}/s/{n}", f"{SRC}/d/{n}",
+                                   "--idle-timeout", "2.5"], clean_env())
+    said = b""
+    while True:
+        try:
+            chunk = os.read(fd, 4096)
+        except OSError:  # EIO: the child is gone
+            break
+        if not chunk:
+            break
+        said += chunk
+    _, status = os.waitpid(child, 0)
+    os.close(fd)
+    assert os.waitstatus_to_exitcode(status) == 0, said
+    text = said.decode()
+    assert text.count("\r\x1b[Kiotctl: bridge: carried 0, in flight 0, 0/s") >= 3, text  # the last one: the summary
+    assert text.rstrip().endswith("\r\x1b[Kiotctl: bridge: carried 0, in flight 0, 0/s"), text
+    assert text.split("\n", 1)[1].count("\n") == 1, text  # after the start-up line: one line, rewritten
 
 
 def test_ctrl_c_acknowledges_nothing_the_target_did_not_confirm(broker):

@@ -1131,6 +1131,13 @@ class Consumer(_Owner, receive.Receiver):
         if self.mode == "after-write":
             self._settle((), tokens)  # settled: a later cumulative ack may pass them
 
+    def flush(self) -> None:
+        """The acks pika buffered go out now (pika writes only inside its I/O loop's
+        poll; deliveries read meanwhile wait for the next poll)."""
+        session = self.session
+        if session is not None and session.usable and session.conn._impl._get_write_buffer_size():
+            session.step(0)
+
     def _send_ack(self) -> None:
         if self._unacked:
             self._unacked = 0

@@ -273,7 +273,7 @@ class Session:
 
     def _on_publish(self, client, userdata, mid, reason_code, properties):
         if reason_code.is_failure:
-            self._refused[mid] = (reason_code.value, str(reason_code))
+            self._refused[mid] = Refusal((reason_code.value, str(reason_code)))
         else:
             self._acked.add(mid)
 
@@ -650,6 +650,14 @@ class Session:
         self.client.publish(self.probe_topic(), b"", 0, False)
 
 
+class Refusal(tuple):
+    """A refusing PUBACK/PUBREC: (reason code, reason); shown as 'Not authorized (0x87)'
+    where only the reason is read (a bridge's warning)."""
+
+    def __str__(self) -> str:
+        return f"{self[1]} (0x{self[0]:02x})"
+
+
 class Publisher(send.Sender):
     """The send driver's MQTT side: PUBLISH with a window of unacknowledged QoS 1/2
     messages (at most the broker's receive maximum, capped at 100: paho's in-flight
@@ -779,6 +787,8 @@ class Publisher(send.Sender):
             if msg.content_type and "content_type" not in fields:
                 fields["content_type"] = msg.content_type
         else:
+            if not (found.content_type or found.headers or found.correlation_id is not None or found.reply_to):
+                return self.paho_props  # nothing crosses (a bridge's plain message): the command line's alone
             fields = {"content_type": found.content_type, "user_properties": found.headers,
                       "correlation_data": found.correlation_id}
             if found.reply_to:

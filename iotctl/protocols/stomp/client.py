@@ -179,6 +179,7 @@ class _Listener(stomp.ConnectionListener):
     def __init__(self):
         self.connected = None          # the CONNECTED frame's headers
         self.errors: list = []         # ERROR frames
+        self.refusal: str | None = None  # an ERROR counted as a refused SEND (the connection closes after it)
         self.receipts: deque = deque()
         self.messages: deque = deque()
         self.arrived = 0               # body bytes queued, ever (written by the reader thread only)
@@ -416,6 +417,8 @@ class Session:
                 raise ConnectionLost(what, f"the broker closed the connection: {text}")
             raise PeerError(what, f"the broker answered with an ERROR: {text}")
         if listener.disconnected or not transport.running:
+            if listener.refusal:
+                raise ConnectionLost(what, f"the broker closed the connection after refusing a message ({listener.refusal})")
             raise ConnectionLost(what, "the broker closed the connection")
 
     def wait(self, seconds: float, ready=None) -> None:
@@ -583,6 +586,7 @@ class Sender(send.Sender):
         self._asked = 0           # the last key a checkpoint asked about
         self._confirmed = 0       # the last key confirmed
         self._commit: str | None = None
+        self._receipted: str | None = None  # the last receipt-id (receipts come in the order of the SENDs)
 
     def composed(self, msg: Message) -> Message:
         """Also a message the input had given but that was not sent yet keeps the
@@ -650,11 +654,14 @@ class Sender(send.Sender):
                     out.meta = self._kept
                 if self.content_type:
                     out.content_type = self.content_type
+            self._last = n
             if self.receipts:
-                self._write(b"%scontent-length:%d\nreceipt:s%d\n\n%s\0" % (self._prefix, len(body), n, body))
+                try:
+                    self._write(b"%scontent-length:%d\nreceipt:s%d\n\n%s\0" % (self._prefix, len(body), n, body))
+                except PeerError:
+                    self._lost_after_refusal()
                 return f"s{n}"
             self._write(b"%scontent-length:%d\n\n%s\0" % (self._prefix, len(body), body))
-            self._last = n
             if n - self._asked >= self._every:
                 self._checkpoint()
             return n
@@ -666,12 +673,15 @@ class Sender(send.Sender):
         headers["destination"] = destination
         if content_type:
             headers["content-type"] = content_type
-        n = next(self._ids)
+        n = self._last = next(self._ids)
         if self.receipts:
             headers["receipt"] = key = f"s{n}"
         else:
-            key = self._last = n
-        self._write(self.session.encode("SEND", headers, body), self.what)
+            key = n
+        try:
+            self._write(self.session.encode("SEND", headers, body), self.what)
+        except PeerError:
+            self._lost_after_refusal()
         if not out.protocol and not out.meta:  # composed here: --failed keeps the headers
             out.meta = self._kept
             out.content_type = out.content_type or self.content_type
@@ -713,13 +723,19 @@ class Sender(send.Sender):
         arrived = self._arrived
         if not self.receipts and not self.transaction and self._last > self._asked:
             self._checkpoint()
+        errors = self.session.listener.errors
+        if self.receipts and errors:
+            self._take_receipts()
+            if self._sends_refused():
+                return  # settled first; then (RabbitMQ closes after an ERROR) the connection is lost
         if not arrived and not self._commit_refused():
             self._check(self.what)
             self._wait(wait, arrived.__len__)
         acked = self.acked
         if self.receipts:
-            while arrived:
-                acked.add(arrived.popleft())
+            self._take_receipts()
+            if errors and self._sends_refused():
+                return
         else:
             while arrived:
                 rid = arrived.popleft()
@@ -728,8 +744,60 @@ class Sender(send.Sender):
                     if n > self._confirmed:
                         acked.update(range(self._confirmed + 1, n + 1))
                         self._confirmed = n
-        if not acked and not self._commit_refused():
+        if not acked and not self.refused and not self._commit_refused():
             self._check(self.what)
+
+    def _lost_after_refusal(self) -> None:
+        """A SEND could not be written because the broker closed the connection after an
+        ERROR: when that ERROR refused an earlier SEND of ours, that one is refused and the
+        connection is lost (the rest can go again on a new one); else the ERROR ends it."""
+        if self.receipts:
+            self._take_receipts()
+            if self._sends_refused():
+                raise ConnectionLost(self.what, "the broker closed the connection after refusing a message "
+                                                f"({self.session.listener.refusal})") from None
+        raise
+
+    def _take_receipts(self) -> None:
+        arrived, acked = self._arrived, self.acked
+        while arrived:
+            rid = arrived.popleft()
+            acked.add(rid)
+            self._receipted = rid
+
+    def _sends_refused(self) -> bool:
+        """The ERROR frames that refuse a SEND of ours, as refusals; True if any."""
+        errors = self.session.listener.errors
+        before = len(self.refused)
+        while errors and self._send_refused():
+            pass
+        return len(self.refused) > before
+
+    def _send_refused(self) -> bool:
+        """An ERROR refusing a SEND (a destination the user may not write): that message
+        is refused, like any other refusal (--failed, a bridge's --on-refused). RabbitMQ
+        then closes the connection (the next pump is ConnectionLost: a bridge sends the
+        rest again on a new one); ActiveMQ goes on. The refused SEND is the ERROR's receipt-id (ActiveMQ names it) or else the one
+        after the last receipt (RabbitMQ names none; it answers a connection's frames in
+        order, so every SEND before the refused one has its receipt already)."""
+        listener = self.session.listener
+        frame = listener.errors[0]
+        reason = error_text(frame)
+        if any(word in reason.lower() for word in _CLOSING_WORDS):
+            return False
+        rid = frame.headers.get("receipt-id")
+        if not (rid and rid[0] == "s" and rid[1:].isdigit()):
+            last = self._receipted
+            n = int(last[1:]) + 1 if last and last[0] == "s" and last[1:].isdigit() else 1
+            rid = f"s{n}"
+        if int(rid[1:]) > self._last or rid in self.refused:
+            return False  # not about a SEND of ours: _check ends the run with it
+        listener.errors.pop(0)
+        listener.refusal = reason  # check(): the connection it closes is lost, not an error of the run
+        self.refused[rid] = reason
+        self.acked.discard(rid)
+        self._receipted = rid  # the next refusal without a receipt-id is about a later SEND
+        return True
 
     def _commit_refused(self) -> bool:
         """An ERROR after the COMMIT refuses the transaction: every message is refused
