@@ -244,3 +244,92 @@ def test_stomp_to_xmpp_and_xmpp_to_mqtt(peer):
         for proc in (to_xmpp, to_mqtt):
             if proc.poll() is None:
                 proc.kill()
+
+
+def test_an_amqp_routing_key_becomes_an_mqtt_topic_by_default(peer):
+    """No --address, no topic in the target URL: the routing key a.b.c is the topic a/b/c
+    (as RabbitMQ's MQTT plugin maps them; the other way round is in test_amqp_endpoints)."""
+    peer("mosquitto-private")
+    peer("rabbitmq")
+    n = _name()
+    cid = f"dst-{n}"
+    _mqtt_session(cid, f"keys/{n}/#")
+    bridge = _spawn("bridge", f"{AMQP}?exchange=amq.topic&routing_key=keys.{n}.%23", f"{MQTT}?qos=1",
+                    "-C", "2", "-W", "60")
+    _started(bridge)
+    for key, payload in ((f"keys.{n}.dev1.t", "21.5"), (f"keys.{n}.dev2", "on")):
+        _ok(_iotctl("amqp", "publish", "-e", "amq.topic", "-r", key, "-m", payload))
+    out, err = bridge.communicate(timeout=90)
+    assert bridge.returncode == 0, err
+    r = _iotctl("mqtt", "sub", "-p", "11883", "-i", cid, "--no-clean-start", "--session-expiry", "300", "-q", "1",
+                "-t", f"keys/{n}/#", "-v", "--idle-timeout", "2", "-W", "60")
+    assert sorted(r.stdout.decode().splitlines()) == [f"keys/{n}/dev1/t 21.5", f"keys/{n}/dev2 on"], r.stderr
+
+
+STOMP_READERS = {  # a user who may read but not write: RabbitMQ closes the connection after the ERROR, ActiveMQ not
+    "rabbitmq-stomp": "stomp://iotctl-stomp-reader:reader-secret@127.0.0.1:61613{dest}?vhost=iotctl-stomp",
+    "activemq": "stomp://reader:reader-secret@127.0.0.1:61614{dest}",
+}
+
+
+@pytest.mark.parametrize("broker", sorted(STOMP_READERS))
+def test_a_stomp_destination_the_user_may_not_write(peer, tmp_path, broker):
+    """Each refused SEND is a refusal of that message: --failed keeps it and the bridge
+    goes on (connecting again where the broker closed the connection); without
+    --failed the bridge stops (exit 6) and the source keeps the messages."""
+    peer("mosquitto-private")
+    peer(broker)
+    n = _name()
+    src, cid = f"pairs/{n}", f"br-{n}"
+    target = STOMP_READERS[broker].format(dest=f"/queue/bridge-{n}")
+    failed = tmp_path / "refused.jsonl"
+    bridge = _spawn("bridge", f"{MQTT}/{src}/a?qos=1", target, "--failed", str(failed), "--idle-timeout", "3",
+                    "-W", "60")
+    _started(bridge)
+    _ok(_iotctl("mqtt", "pub", "-p", "11883", "-t", f"{src}/a", "-q", "1", "-l", input=b"m0\nm1\nm2\n"))
+    out, err = bridge.communicate(timeout=90)
+    assert bridge.returncode == 0, err
+    assert [json.loads(line)["payload"] for line in failed.read_text().splitlines()] == ["m0", "m1", "m2"]
+    err = err.decode()
+    import re
+
+    assert sum(map(int, re.findall(r"warning: the target refused (\d+) message\(s\)", err))) == 3, err
+    assert "refused 3" in err.strip().splitlines()[-1], err
+    # the default: stop at the first refusal, nothing acknowledged at the source
+    _mqtt_session(cid, f"{src}/b")
+    _ok(_iotctl("mqtt", "pub", "-p", "11883", "-t", f"{src}/b", "-q", "1", "-l", input=b"k0\nk1\n"))
+    r = _iotctl("bridge", f"{MQTT}/{src}/b?qos=1&client_id={cid}&clean_start=false&session_expiry=300", target,
+                "-W", "60")
+    assert r.returncode == 6, r.stderr
+    error, hint = r.stderr.decode().strip().splitlines()[-2:]
+    assert error.startswith("iotctl: error: bridge: the target refused ") and "refused (kept by the source)" in error
+    assert hint == "iotctl: hint: --on-refused requeue|failed|drop keeps the bridge going"
+    assert sorted(_mqtt_collect(cid, f"{src}/b")) == ["k0", "k1"]
+
+
+def test_on_refused_requeue_gives_the_refused_back_to_the_queue(peer):
+    """--on-refused requeue: a queue that refuses (x-max-length, reject-publish) gets its 5,
+    the rest goes back to the source queue again and again; Ctrl-C then ends it with
+    nothing lost."""
+    peer("rabbitmq")
+    n = _name()
+    source = _queue(f"bridge-{n}-in", "--durable")
+    target = _queue(f"bridge-{n}-out", "--arg", "x-max-length:int=5", "--arg", "x-overflow=reject-publish")
+    _ok(_iotctl("amqp", "publish", "-r", source, "-l", input=b"".join(f"m{i}\n".encode() for i in range(12))))
+    bridge = _spawn("bridge", f"{AMQP}?queue={source}", f"{AMQP}?queue={target}", "--on-refused", "requeue",
+                    "--max-inflight", "1", "--stats", "--stats-format", "jsonl")
+    _started(bridge)
+
+    def requeued() -> bool:
+        line = bridge.stderr.readline().decode()
+        stats = json.loads(line) if line.startswith("{") else {}
+        return stats.get("carried") == 5 and stats.get("requeued", 0) >= 14  # each of the 7 at least twice
+
+    wait_until(requeued, 60, "the refused given back twice")
+    bridge.send_signal(signal.SIGINT)
+    out, err = bridge.communicate(timeout=30)
+    assert bridge.returncode == 0, err
+    assert "given back to the source" in err.decode()
+    into = _drain_queue(target)
+    back = _drain_queue(source)
+    assert len(into) == 5 and sorted(into + back) == sorted(f"m{i}" for i in range(12)), (into, back)
