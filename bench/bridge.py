@@ -27,8 +27,9 @@ more; the AMQP → MQTT queue is empty and session D holds exactly N distinct me
 Memory: one bridge of M messages (--memory-messages, default 1,000,000) each way,
 run as `python -c PEAK_RSS_PROGRAM` (tests/helpers.py: iotctl in-process, its own
 VmHWM printed at exit; an exec starts a fresh high-water mark, which ru_maxrss would
-not); VmHWM is also read from /proc/PID/status at the first `--stats` line with
-10,000 or more carried. Target: flat (≤ +5 % or ≤ +1 MiB).
+not); VmHWM is also read from /proc/PID/status at the first `--stats` lines with
+10,000 and 100,000 or more carried. Target: flat from 10k to the end (≤ +5 % or
+≤ +1 MiB).
 
 Peers: Mosquitto's private listener 127.0.0.1:11883 and RabbitMQ 127.0.0.1:5672
 (`scripts/services up mosquitto rabbitmq`); mosquitto_sub counts. Only the standard
@@ -210,9 +211,9 @@ def vmhwm_kib(pid: int) -> int:
     raise SystemExit(f"no VmHWM for process {pid}")
 
 
-def memory(setup: Setup, direction: str, lines: Path, m: int, early: int = 10_000) -> dict:
-    """One bridge of `m` messages: VmHWM at the first --stats line with `early` or more
-    carried, and at the end (the program's own, at exit)."""
+def memory(setup: Setup, direction: str, lines: Path, m: int, marks: tuple[int, ...] = (10_000, 100_000)) -> dict:
+    """One bridge of `m` messages: VmHWM at the first --stats line with each of `marks`
+    or more carried, and at the end (the program's own, at exit)."""
     if direction == "mqtt→amqp":
         setup.mqtt_pub(lines, m)
         args = setup.mqtt_to_amqp_cmd(m)
@@ -223,7 +224,7 @@ def memory(setup: Setup, direction: str, lines: Path, m: int, early: int = 10_00
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             env=ENV)
-    sample: dict = {}
+    samples: dict = {}
     final: dict = {}
     tail: list[str] = []
 
@@ -236,11 +237,13 @@ def memory(setup: Setup, direction: str, lines: Path, m: int, early: int = 10_00
                 stats = json.loads(line)
                 if stats.get("final"):
                     final.update(stats)
-                elif not sample and stats["carried"] >= early:
-                    try:
-                        sample.update(carried=stats["carried"], kib=vmhwm_kib(proc.pid))
-                    except OSError:
-                        pass
+                else:
+                    for mark in marks:
+                        if mark not in samples and mark < m and stats["carried"] >= mark:
+                            try:
+                                samples[mark] = {"carried": stats["carried"], "kib": vmhwm_kib(proc.pid)}
+                            except OSError:
+                                pass
             elif line.startswith("peak-rss-kib "):
                 final["kib"] = int(line.split()[1])
 
@@ -249,13 +252,13 @@ def memory(setup: Setup, direction: str, lines: Path, m: int, early: int = 10_00
     rc = proc.wait(timeout=7200)
     took = time.perf_counter() - t0
     reader.join(10)
-    if rc or "kib" not in final or not sample:
+    if rc or "kib" not in final or marks[0] not in samples:
         raise SystemExit(f"memory run {direction}: exit {rc}: {' | '.join(tail)}")
     if direction == "mqtt→amqp":
         setup.check_mqtt_to_amqp(m)
     else:
         setup.check_amqp_to_mqtt(m)
-    return {"early": sample, "end_kib": final["kib"], "carried": final["carried"], "rate": m / took,
+    return {"samples": samples, "end_kib": final["kib"], "carried": final["carried"], "rate": m / took,
             "p50": final["latency_ms"]["p50"], "p99": final["latency_ms"]["p99"]}
 
 
@@ -320,17 +323,25 @@ def section(args, rates: dict, mem: dict, took: float, info: dict) -> str:
                      f"{slower:,.0f}/s) | {ratio:.2f}× | {'met' if ratio >= 0.8 else '**not met**'} |")
     if mem:
         lines += ["", "| memory, one bridge of " + f"{args.memory_messages:,} messages | peak RSS at ~10k carried "
-                  "| peak RSS at the end | growth | msg/s | latency p50 / p99 | flat (≤ +5 % or ≤ +1 MiB) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| at ~100k | at the end | growth 10k → end | growth 100k → end | msg/s | latency p50 / p99 "
+                  "| flat 10k → end (≤ +5 % or ≤ +1 MiB) |",
+                  "|---|---|---|---|---|---|---|---|---|"]
+
+        def growth(a: int, b: int) -> tuple[str, bool]:
+            return f"{(b - a) / a * 100:+.1f} % ({(b - a) / 1024:+.1f} MiB)", b - a <= 1024 or b <= a * 1.05
+
         for k, label in (("mqtt→amqp", "MQTT → AMQP"), ("amqp→mqtt", "AMQP → MQTT")):
             if k not in mem:
                 continue
             r = mem[k]
-            a, b = r["early"]["kib"], r["end_kib"]
-            flat = b - a <= 1024 or b <= a * 1.05
-            lines.append(f"| {label} | {a / 1024:.1f} MiB ({r['early']['carried']:,} carried) | {b / 1024:.1f} MiB | "
-                         f"{(b - a) / a * 100:+.1f} % ({(b - a) / 1024:+.1f} MiB) | {r['rate']:,.0f} | "
-                         f"{r['p50']:g} / {r['p99']:g} ms | {'met' if flat else '**not met**'} |")
+            first, b = r["samples"][10_000], r["end_kib"]
+            hundred = r["samples"].get(100_000)
+            g1, flat = growth(first["kib"], b)
+            g2 = growth(hundred["kib"], b)[0] if hundred else "—"
+            at100 = f"{hundred['kib'] / 1024:.1f} MiB ({hundred['carried']:,})" if hundred else "—"
+            lines.append(f"| {label} | {first['kib'] / 1024:.1f} MiB ({first['carried']:,}) | {at100} | "
+                         f"{b / 1024:.1f} MiB | {g1} | {g2} | {r['rate']:,.0f} | {r['p50']:g} / {r['p99']:g} ms | "
+                         f"{'met' if flat else '**not met**'} |")
     lines += [
         "",
         "- Rate = N ÷ the wall time of the process (start-up, connecting and the last confirmation included). "
@@ -342,8 +353,8 @@ def section(args, rates: dict, mem: dict, took: float, info: dict) -> str:
         "with `iotctl mqtt sub --idle-timeout 2`; not `mosquitto_sub -C N`, which at QoS 1 leaves thousands of its "
         "last messages unacknowledged when it stops).",
         "- Memory: the bridge runs in `python -c PEAK_RSS_PROGRAM` (tests/helpers.py), which prints its own "
-        "VmHWM at exit; the early sample is VmHWM from /proc/PID/status when the first `--stats` line (one a "
-        "second) showed 10,000 or more carried. Both are the process's own high-water mark (an exec starts a "
+        "VmHWM at exit; the other samples are VmHWM from /proc/PID/status when the first `--stats` line (one a "
+        "second) showed 10,000 (100,000) or more carried (the count in brackets). Both are the process's own high-water mark (an exec starts a "
         "fresh one; ru_maxrss would start from the parent's).",
         END,
     ]

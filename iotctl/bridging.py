@@ -125,9 +125,6 @@ class Bridge:
                     self._saver.write(msg)
                 self._saver.flush()
             self.source.ack(messages)
-        if now - self._flushed >= 0.005:  # the source's peer sees the acks while the target is the slow side
-            self._flushed = now
-            self.source.flush()
 
     def _refused(self, refused: list[tuple[Message, str]]) -> None:
         from iotctl.settings import warn
@@ -291,6 +288,11 @@ class Bridge:
                                 msg.address = address(msg)
                         waiting.extend(batch)
                         continue  # sent at the top, as far as the window has room
+                if room <= 0 and now - self._flushed >= 0.02:
+                    # the window is full: while the target confirms, the source's peer gets the acks
+                    # (and sends more: a queue's prefetch) without a pause in the target's pipeline
+                    self._flushed = now
+                    source.flush()
                 try:
                     if self.window.inflight or self.sink.busy():
                         self.window.pump(0.002 if room > 0 else 0.05)

@@ -1077,6 +1077,8 @@ class Consumer(_Owner, receive.Receiver):
     def poll(self, wait):
         session = self.session
         step = session.step
+        if self._unacked:
+            self._send_ack()
         if not self._batch:
             step(0.25 if wait is None else min(wait, 0.25))
             if not self._batch:
@@ -1114,8 +1116,8 @@ class Consumer(_Owner, receive.Receiver):
         last = self._cumulative.confirm(tokens, given_back)
         if last is not None:
             self._ack_tag = last - base
-            self._unacked = 1
-            self._send_ack()
+            self._unacked = 1  # one Basic.Ack (multiple) for all of them, made when the I/O comes:
+            # the next poll(), flush() or close() (pika would only buffer it until then anyway)
 
     def nack(self, batch) -> None:
         """Give these back to the queue (Basic.Nack with requeue), at once."""
@@ -1135,7 +1137,11 @@ class Consumer(_Owner, receive.Receiver):
         """The acks pika buffered go out now (pika writes only inside its I/O loop's
         poll; deliveries read meanwhile wait for the next poll)."""
         session = self.session
-        if session is not None and session.usable and session.conn._impl._get_write_buffer_size():
+        if session is None or not session.usable:
+            return
+        if self._unacked:
+            self._send_ack()
+        if session.conn._impl._get_write_buffer_size():
             session.step(0)
 
     def _send_ack(self) -> None:
