@@ -6,8 +6,9 @@
     bench/bridge.py --quick               # 1 round of 20,000, memory runs of 100,000
     bench/bridge.py --write               # also replace the bridge section of bench/README.md
 
-Rates (messages/s = N ÷ the wall time of one process, start-up included), every
-round in the same run, the two directions alternating which goes first:
+Rates (messages/s = N ÷ the wall time of one process, start-up included); each
+round runs the two pubs, then the two bridges (each pair's order alternating from
+round to round):
 - `iotctl mqtt pub -q 1 -l` of N stdin lines into a persistent QoS 1 session
   (it exits once every PUBACK came);
 - `iotctl amqp publish -r Q -l` of N lines into a queue with publisher confirms
@@ -182,19 +183,21 @@ class Setup:
 def rounds(setup: Setup, lines: Path, n: int, count: int) -> dict[str, list[float]]:
     rates: dict[str, list[float]] = {k: [] for k in ("mqtt pub", "amqp pub", "mqtt→amqp", "amqp→mqtt")}
     for r in range(count + 1):  # round 0 is untimed: .pyc files, the queues' processes
-        mqtt_first = r % 2 == 0
-        for direction in (("mqtt", "amqp") if mqtt_first else ("amqp", "mqtt")):
-            if direction == "mqtt":
-                t_pub = setup.mqtt_pub(lines, n)
-                t_bridge = setup.mqtt_to_amqp(n)
-                keys = ("mqtt pub", "mqtt→amqp")
-            else:
-                t_pub = setup.amqp_pub(lines, n)
-                t_bridge = setup.amqp_to_mqtt(n)
-                keys = ("amqp pub", "amqp→mqtt")
+        # the two pubs, then the two bridges taking what they left: four runs close together,
+        # each pair's order alternating from round to round
+        pubs = [("mqtt pub", setup.mqtt_pub), ("amqp pub", setup.amqp_pub)]
+        bridges = [("mqtt→amqp", setup.mqtt_to_amqp), ("amqp→mqtt", setup.amqp_to_mqtt)]
+        if r % 2:
+            pubs.reverse()
+            bridges.reverse()
+        for key, contender in pubs:
+            took = contender(lines, n)
             if r:
-                rates[keys[0]].append(n / t_pub)
-                rates[keys[1]].append(n / t_bridge)
+                rates[key].append(n / took)
+        for key, contender in bridges:
+            took = contender(n)
+            if r:
+                rates[key].append(n / took)
         if r:
             slower = min(rates["mqtt pub"][-1], rates["amqp pub"][-1])
             print(f"round {r}/{count}: " + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in rates.items())
@@ -301,7 +304,7 @@ def section(args, rates: dict, mem: dict, took: float, info: dict) -> str:
         f"(private listener 127.0.0.1:{MQTT_PORT}, max_queued_messages 0); RabbitMQ {info['rabbitmq']}",
         f"- nproc {os.cpu_count()}, load average {load}: the machine is shared with the two brokers and with "
         "other jobs (other helpers' test suites ran during this run), so absolute rates move from round to "
-        "round; each ratio is taken within one round, where a side's `pub -l` and its bridge ran seconds apart.",
+        "round; each ratio is taken within one round, where the pubs and the bridges ran within a minute of each other.",
         "",
         f"| {n:,} messages, QoS 1 / publisher confirms | msg/s (median of {args.rounds}) | each round |",
         "|---|---|---|",
