@@ -333,3 +333,22 @@ def test_on_refused_requeue_gives_the_refused_back_to_the_queue(peer):
     into = _drain_queue(target)
     back = _drain_queue(source)
     assert len(into) == 5 and sorted(into + back) == sorted(f"m{i}" for i in range(12)), (into, back)
+
+
+def test_an_http_ndjson_stream_into_mqtt(peer):
+    """An HTTP stream source (`http get --stream`: a message per NDJSON line) into an MQTT
+    session: at most once (a stream is not delivered again)."""
+    peer("nginx")
+    peer("mosquitto-private")
+    n = _name()
+    store = Path("/var/tmp/iotctl-peers/nginx/store") / f"stream-{n}.ndjson"
+    store.write_text('{"t": 1}\n{"t": 2}\n{"t": 3}\n')
+    dst, cid = f"pairs/{n}", f"dst-{n}"
+    _mqtt_session(cid, f"{dst}/#")
+    try:
+        r = _ok(_iotctl("bridge", f"http://127.0.0.1:18080/store/stream-{n}.ndjson", f"{MQTT}/{dst}/t?qos=1",
+                        "-C", "3", "-W", "60"))
+    finally:
+        store.unlink()
+    assert "(at most once: the source cannot deliver a message again)" in r.stderr.decode()
+    assert _mqtt_collect(cid, f"{dst}/#") == ['{"t": 1}', '{"t": 2}', '{"t": 3}']
