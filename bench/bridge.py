@@ -53,7 +53,7 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, IOTCTL, PY, ROOT, child_env  # noqa: E402  (bench/common.py)
+from common import IOTCTL, PY, ROOT, child_env, write_section  # noqa: E402  (bench/common.py)
 
 sys.path.insert(0, str(ROOT))
 from tests.helpers import PEAK_RSS_PROGRAM  # noqa: E402  (the same program the tests use)
@@ -295,7 +295,7 @@ NOTES = [
     "its CPU time): on 2 CPUs shared with both brokers it gets about two thirds of `pub -l`'s rate in this "
     "direction (0.47–1.18× by round in the run above), and the 0.8× target is not met. MQTT → AMQP is faster than `mqtt pub -l` itself: Mosquitto delivers the stored "
     "backlog at its own pace and the AMQP publisher writes a burst of frames in one `send()`.",
-    "- Two bottlenecks of iotctl's own were found by that profile and fixed (commit 8787665): the AMQP source's "
+    "- Two bottlenecks of iotctl's own were found by that profile and fixed (commit 1141713): the AMQP source's "
     "acknowledgements were written only when the source was polled, so the queue's prefetch ran dry once per batch "
     "and the MQTT window waited (30,000 messages took 11–12 s against `pub -l`'s 6–7 s at the time); written at "
     "every confirmation instead, each write cost about 2 ms of wall time (pika's `send()` waking RabbitMQ on a loaded "
@@ -417,13 +417,7 @@ def main() -> int:
     text = section(args, rates, mem, time.monotonic() - t0, versions())
     print(text)
     if args.write:
-        readme = BENCH / "README.md"
-        old = readme.read_text()
-        if BEGIN in old and END in old:
-            readme.write_text(old[:old.index(BEGIN)] + text + old[old.index(END) + len(END) + 1:])
-        else:
-            readme.write_text(old.rstrip("\n") + "\n\n" + text)
-        print(f"wrote {readme}", file=sys.stderr)
+        write_section(text, BEGIN, END)
     return 0
 
 
