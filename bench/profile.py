@@ -223,8 +223,10 @@ def main() -> int:
                  "- Each receiver ran once under cProfile (every thread, start-up to exit: "
                  "bench/profiling/sitecustomize.py), in the benchmark's own set-up. Own time of every function, "
                  "summed by origin; the shares are of the time the process was busy (not waiting in select, "
-                 "a lock or sleep). cProfile charges every Python call, so per-message Python looks bigger "
-                 "than it is and the seconds are not real times: compare the shares.\n\n"
+                 "a lock or sleep). A blocking `recv()` in a reader thread, or a write or flush to a full pipe, "
+                 "counts under system calls: that part of the I/O row is waiting too. cProfile charges every "
+                 "Python call, so per-message Python looks bigger than it is and the seconds are not real "
+                 "times: compare the shares.\n\n"
                  + "\n\n".join(parts) + f"\n{END}\n")
         readme = BENCH / "README.md"
         text = readme.read_text()

@@ -5,7 +5,9 @@ then (iotctl, the minimal scripts, the load generators) runs under cProfile from
 start-up on, one profiler per thread (the main thread and every threading.Thread: the
 asyncio loop thread, stomp.py's reader, ...), and at exit writes the merged statistics
 to BENCH_PROFILE_DIR/PID.prof with its command line in BENCH_PROFILE_DIR/PID.argv.
-A process killed by a signal writes nothing. Without BENCH_PROFILE_DIR this does nothing.
+SIGTERM (how the benchmarks stop a receiver that has not exited yet) exits through
+SystemExit so that the profile is written, unless the program sets its own handler;
+a process killed otherwise writes nothing. Without BENCH_PROFILE_DIR this does nothing.
 """
 
 import os
@@ -51,6 +53,13 @@ if _DIR:
         stats.dump_stats(os.path.join(_DIR, f"{pid}.prof"))
         with open(os.path.join(_DIR, f"{pid}.argv"), "w") as fh:
             fh.write("\0".join(sys.argv))
+
+    import signal
+
+    def _terminated(signum, frame):
+        sys.exit(128 + signum)
+
+    signal.signal(signal.SIGTERM, _terminated)
 
     _main = cProfile.Profile()
     _profiles.append(_main)
