@@ -33,7 +33,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import BENCH, PY, ROOT  # noqa: E402  (bench/common.py)
+from common import BENCH, PY, ROOT, write_section  # noqa: E402  (bench/common.py)
 
 BENCHES = ("sub", "amqp", "stomp", "xmpp")
 BEGIN = "<!-- profile:begin (bench/profile.py --write) -->"
@@ -228,16 +228,7 @@ def main() -> int:
                  "Python call, so per-message Python looks bigger than it is and the seconds are not real "
                  "times: compare the shares.\n\n"
                  + "\n\n".join(parts) + f"\n{END}\n")
-        readme = BENCH / "README.md"
-        text = readme.read_text()
-        if BEGIN in text and END in text:
-            a, b = text.index(BEGIN), text.index(END) + len(END) + 1
-            text = text[:a] + block + text[b:]
-        else:
-            mark = "<!-- sections below: other bench scripts; bench/run --write keeps them -->"
-            text = text.replace(mark, block + "\n" + mark) if mark in text else text + "\n" + block
-        readme.write_text(text)
-        print(f"wrote {readme}", file=sys.stderr)
+        write_section(block, BEGIN, END)
     return 0
 
 
