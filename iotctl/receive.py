@@ -169,7 +169,7 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
     idle = spec.idle_timeout
     last = started
     timed_out = False
-    write = writer.write
+    write = writer.write_batch
     check = interrupts.check
     guard = interrupts.guarded()
     guard.__enter__()
@@ -210,8 +210,7 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
             # printed but not acknowledged would come back to a persistent session
             with interrupts.deferred():
                 try:
-                    for msg in batch:
-                        write(msg)
+                    write(batch)
                     n += len(batch)
                     if saver is not None:
                         for msg in batch:

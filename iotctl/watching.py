@@ -27,6 +27,7 @@ from collections import OrderedDict
 
 from iotctl.errors import UsageError
 from iotctl.message import Message
+from iotctl.output.writers import Writer
 
 _time = time.time
 
@@ -586,12 +587,11 @@ def tree_for(watched: Watched, spec: WatchSpec, retained=None) -> Tree:
                 flag=retained.flag if retained is not None else None)
 
 
-class _Into:
+class _Into(Writer):
     """The receive driver's writer: every message goes into the tree."""
 
-    out = None
-
     def __init__(self, tree: Tree):
+        super().__init__(None)
         self.write = tree.add
 
     def flush(self) -> None:

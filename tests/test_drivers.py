@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from iotctl import receive, send
+from iotctl.output.writers import Writer
 from iotctl.errors import ConnectionLost, PeerError, TimeoutError_, UsageError
 from iotctl.histogram import Histogram
 from iotctl.message import Message
@@ -175,8 +176,9 @@ class FakeReceiver(receive.Receiver):
         self.reconnects += 1
 
 
-class ListWriter:
+class ListWriter(Writer):
     def __init__(self, fail_after=None):
+        super().__init__(None)
         self.written: list[bytes] = []
         self.fail_after = fail_after
 

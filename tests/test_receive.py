@@ -7,6 +7,7 @@ import time
 from iotctl import receive
 from iotctl.errors import ConnectionLost
 from iotctl.message import Message
+from iotctl.output.writers import Writer
 
 
 class Flaky(receive.Receiver):
@@ -33,8 +34,9 @@ class Flaky(receive.Receiver):
         self.back = time.monotonic()
 
 
-class Collect:
+class Collect(Writer):
     def __init__(self):
+        super().__init__(None)
         self.got = []
 
     def write(self, msg):

@@ -17,9 +17,14 @@ class Writer:
     def write(self, msg: Message) -> None:
         raise NotImplementedError
 
-    def write_all(self, msgs) -> None:
+    def write_batch(self, msgs) -> None:
+        """A batch of messages, unflushed; a writer whose lines are plain bytes makes
+        them one write (one system call per batch when it is larger than the buffer)."""
         for msg in msgs:
             self.write(msg)
+
+    def write_all(self, msgs) -> None:
+        self.write_batch(msgs)
         self.flush()
 
     def flush(self) -> None:
@@ -42,6 +47,9 @@ class RawWriter(Writer):
     def write(self, msg: Message) -> None:
         if msg.payload:
             self.out.write(msg.payload + b"\n")
+
+    def write_batch(self, msgs) -> None:
+        self.out.write(b"".join([m.payload + b"\n" for m in msgs if m.payload]))
 
 
 class HexWriter(Writer):

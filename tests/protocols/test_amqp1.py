@@ -21,6 +21,7 @@ import pytest
 from tests.conftest import CERTS
 from tests.faults import TcpRelay
 from tests.helpers import clean_env, free_port, wait_port, wait_until
+from iotctl.output.writers import Writer
 
 RABBIT = 5672
 BROKER2 = 5691
@@ -310,8 +311,9 @@ def test_url_endpoint_source_and_sink(queue):
     assert [(m.payload, m.meta["durable"], m.meta["properties"]["subject"]) for m in got] == [(b"u1", True, "s")]
 
 
-class _ListWriter:
+class _ListWriter(Writer):
     def __init__(self, out):
+        super().__init__(None)
         self.out_list = out
 
     def write(self, msg):

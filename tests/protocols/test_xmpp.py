@@ -17,6 +17,7 @@ import pytest
 
 from tests.conftest import CERTS
 from tests.helpers import clean_env, wait_until
+from iotctl.output.writers import Writer
 
 XDIST_GROUP = "prosody"  # fixed accounts: never at the same time as another module using them
 
@@ -533,7 +534,10 @@ def test_url_sink_and_source_are_the_commands(peer):
     source = resolver.source(url("bob", "alice@localhost", "idle_timeout=1"))
     got = []
 
-    class Collect:
+    class Collect(Writer):
+        def __init__(self):
+            super().__init__(None)
+
         def write(self, msg):
             got.append(msg)
 

@@ -21,6 +21,7 @@ from slixmpp.xmlstream.handler import Callback
 from slixmpp.xmlstream.matcher import MatchXPath
 
 from iotctl import background, receive
+from iotctl.output.writers import Writer
 from iotctl.protocols.xmpp import iot
 from iotctl.protocols.xmpp.client import DISCO, END, PING, VERSION, Session, XmppConfig
 
@@ -476,10 +477,16 @@ class Runner(receive.Receiver):
         return []
 
 
-class _Nothing:
+class _Nothing(Writer):
     """The writer of a run that prints nothing."""
 
+    def __init__(self):
+        super().__init__(None)
+
     def write(self, msg) -> None:
+        pass
+
+    def write_batch(self, msgs) -> None:
         pass
 
     def flush(self) -> None:
