@@ -10,6 +10,7 @@ in meta.
 from __future__ import annotations
 
 from iotctl.message import Message
+from iotctl.output.writers import Writer
 
 
 def write_rows(address: str, columns: list[str], rows: list[dict], meta: dict | None = None,
@@ -54,10 +55,11 @@ def table(rows: list[list[str]], columns: list[str]):
     return t
 
 
-class LiveTable:
+class LiveTable(Writer):
     """A Writer for `presence watch` on a terminal: one live table row per full JID."""
 
     def __init__(self) -> None:
+        super().__init__(None)
         from rich.live import Live
 
         from iotctl.output import console
