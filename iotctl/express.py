@@ -161,9 +161,34 @@ def status(text: str, quiet: bool) -> None:
         sys.stderr.flush()
 
 
+def tcp_connect(host: str, port: int, timeout: float):
+    """A connected TCP socket, as socket.create_connection makes one (every address
+    getaddrinfo gives, in its order, until one connects; OSError as it raises), on
+    _socket: socket.py's wrappers and the IDNA codec that a host name given as text
+    pulls in (getaddrinfo of a str encodes it with it) cost a lane start-up time and
+    memory; an ASCII name is given as bytes."""
+    import _socket
+
+    try:
+        name = host.encode("ascii")
+    except UnicodeEncodeError:
+        name = host.encode("idna")
+    last = None
+    for family, kind, proto, _, address in _socket.getaddrinfo(name, port, 0, _socket.SOCK_STREAM):
+        sock = _socket.socket(family, kind, proto)
+        try:
+            sock.settimeout(timeout)
+            sock.connect(address)
+            return sock
+        except OSError as exc:
+            last = exc
+            sock.close()
+    raise last if last is not None else OSError("getaddrinfo returns an empty list")
+
+
 def connect_error(what: str, exc: OSError) -> tuple[int, str, str | None]:
     """errors.from_os_error for plain sockets: (exit status, why, hint)."""
-    import socket
+    import _socket as socket
 
     if isinstance(exc, socket.gaierror):
         return 3, f"cannot resolve host: {exc.strerror}", None

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 
-from iotctl.express import Options, connect_error, error, integer, positive, run_lane, status
+from iotctl.express import Options, connect_error, error, integer, positive, run_lane, status, tcp_connect
 
 OPTIONS = Options({
     "-h": ("host", "value"), "--host": ("host", "value"),
@@ -191,13 +191,13 @@ class Reader:
 
 def _publish(host, port, topic, payload, qos, retain, client_id, user, password, keepalive, version, timeout,
              connect_timeout, quiet) -> int:
-    import socket
+    import _socket as socket
     import time
 
     shown = f"mqtt://{f'[{host}]' if ':' in host else host}:{port}"
     what = f"cannot connect to {shown}"
     try:
-        sock = socket.create_connection((host, port), timeout=connect_timeout)
+        sock = tcp_connect(host, port, connect_timeout)
     except OSError as exc:
         code, why, hint = connect_error(what, exc)
         error(what, why, hint)
@@ -275,7 +275,7 @@ def _acknowledged(sock, reader: Reader, mid: int, qos: int, v5: bool, timeout: f
 
 def _close(sock, v5: bool) -> None:
     """DISCONNECT, half-close, close (client.Session._disconnect for a publisher)."""
-    import socket
+    import _socket as socket
 
     try:
         sock.sendall(b"\xe0\x01\x00" if v5 else b"\xe0\x00")
