@@ -20,23 +20,10 @@ from iotctl import receive, resolver, send
 from iotctl.errors import IotctlError, UsageError
 from iotctl.message import Message
 from tests.helpers import clean_env, wait_until
-from tests.protocols.test_coap import _one_error_line, _start_serve, _stop
+from tests.protocols.test_coap import _one_error_line, device, libcoap  # noqa: F401 (fixtures)
 from tests.protocols.test_coap_faults import CHANGED, CREATED, piggybacked, raw_server  # noqa: F401 (fixture)
 
 BAD_REQUEST = 0x80
-
-
-@pytest.fixture(scope="module")
-def device(tmp_path_factory):
-    dev = _start_serve(tmp_path_factory.mktemp("coap-endpoints"))
-    yield dev
-    _stop(dev.proc)
-
-
-@pytest.fixture
-def libcoap(peer) -> str:
-    host, port = peer("coap-server")
-    return f"coap://{host}:{port}"
 
 
 def _name(prefix: str) -> str:
