@@ -1116,8 +1116,11 @@ class Consumer(_Owner, receive.Receiver):
         last = self._cumulative.confirm(tokens, given_back)
         if last is not None:
             self._ack_tag = last - base
-            self._unacked = 1  # one Basic.Ack (multiple) for all of them, made when the I/O comes:
-            # the next poll(), flush() or close() (pika would only buffer it until then anyway)
+            self._unacked = 1
+            # made now (pika buffers it until its next I/O: the next poll(), flush() or
+            # close()): an ack left for close() was lost when Ctrl-C found the session
+            # unusable, and everything printed came back (seen in CI)
+            self._send_ack()
 
     def nack(self, batch) -> None:
         """Give these back to the queue (Basic.Nack with requeue), at once."""
