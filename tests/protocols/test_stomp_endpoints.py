@@ -391,7 +391,11 @@ def test_failed_file_replays_on_its_own(iotctl, broker, queue, tmp_path, n):
     lines = [f"m{i}" for i in range(n)]
     r = iotctl("stomp", "send", *reader, queue, "-l", "--failed", failed, "--header", "x-k=v",
                "--content-type", "text/plain", input="".join(x + "\n" for x in lines))
-    assert r.exit_code == 6, r
+    # RabbitMQ closes the connection right after its ERROR: with 3,000 lines still being
+    # written, the reset can reach the client before the ERROR frame is read (TCP drops
+    # what was unread), so the run ends as a lost connection (exit 3) instead of a
+    # refusal (exit 6); either way nothing was acknowledged and the file keeps it all
+    assert r.exit_code == 6 or (n > 2 and name == "rabbitmq" and r.exit_code == 3 and "connection" in r.stderr), r
     kept = [json.loads(line) for line in failed.read_text().splitlines()]
     assert [(m["protocol"], m["address"], m["payload"]) for m in kept] == [("stomp", queue, x) for x in lines]
     assert all(m["meta"] == {"x-k": "v"} and m["content_type"] == "text/plain" for m in kept)
