@@ -608,6 +608,16 @@ class Session:
 
     # ------------------------------------------------------------------ the loop
 
+    def between_packets(self):
+        """paho's socket once paho is between packets and has written everything it
+        queued (a fast path may then take the socket over), else None."""
+        client = self.client
+        deadline = time.monotonic() + self.cfg.connect_timeout
+        while client._in_packet["command"] != 0 or client.want_write():
+            if time.monotonic() > deadline or not self._pump(0.05):
+                return None
+        return client.socket()
+
     def hold_writes(self) -> None:
         """A publisher's packets go out a batch at a time: paho makes one send() per
         packet (a system call per message, a third of `pub -l`'s time); held, they
@@ -766,6 +776,7 @@ class Publisher(send.Sender):
         self.session = session
         self.owned = session is None
         self.window = None
+        self.fast = None  # the FastWriter of a session of its own (fastsend.py)
         if session is not None:
             self._ready()
 
@@ -786,6 +797,9 @@ class Publisher(send.Sender):
 
     def close(self) -> None:
         if self.owned and self.session is not None:
+            if self.fast is not None:
+                self.fast.drain(2.0)  # what is buffered goes before paho's DISCONNECT
+                self.fast = None
             self.session.close()
             self.session = None
 
@@ -798,10 +812,56 @@ class Publisher(send.Sender):
         # with on_publish set, paho builds a reason code and properties object for
         # every QoS 0 message too: only listen for acknowledgements when there are any
         self.client.on_publish = session._on_publish if qos else None
+        self.fast = self._fast() if self.owned else None
+        if self.fast is not None:  # this command's own session, written by iotctl's codec
+            self.busy = self.fast.busy
+            self.send = self._fast_sender()
+            return
         if self.owned:
-            session.hold_writes()  # this command's own session: its PUBLISHes leave a batch at a time
+            session.hold_writes()  # its PUBLISHes leave a batch at a time
         self.busy = self.client.want_write
         self.send = self._sender()
+
+    def _fast(self):
+        """The send fast path (fastsend.py) over this session's socket, unless it is a
+        websocket, --debug wants paho's packet trace, or IOTCTL_MQTT_PAHO_SEND=1."""
+        from iotctl.protocols.mqtt.fastsend import FastWriter
+
+        cfg = self.cfg
+        if cfg.endpoint.ws or cfg.debug or os.environ.get("IOTCTL_MQTT_PAHO_SEND") == "1":
+            return None
+        session = self.session
+        sock = session.between_packets()
+        if sock is None:
+            return None
+        return FastWriter(sock, session.v5, session.client._keepalive, self.acked, self.refused, Refusal)
+
+    def _fast_sender(self):
+        """send(msg) on the fast path: the hot loop of `pub -l` and of a bridge into MQTT."""
+        from iotctl.protocols.mqtt.fastsend import BadPublish, encode_properties
+
+        publish, qos, retain = self.fast.publish, self.qos, self.retain
+        props = self._publish_props
+        v5 = self.session.v5
+        default = self.address or ""
+        try:
+            wire = encode_properties(self.cli_props) if v5 else b""
+        except BadPublish as exc:
+            raise UsageError("bad MQTT 5 properties", str(exc)) from None
+
+        def send(msg):
+            p = wire
+            address = msg.address or default
+            try:
+                if v5 and (msg.meta or msg.content_type or msg.protocol):
+                    own = props(msg)
+                    if own is not None:
+                        p = encode_properties(own)
+                return publish(address, msg.payload, qos, retain, p)
+            except BadPublish as exc:
+                raise UsageError(f"cannot publish to {address!r}", str(exc)) from None
+
+        return send
 
     def _sender(self):
         """send(msg) as a closure over what stays fixed for the run: the hot loop of
@@ -850,6 +910,11 @@ class Publisher(send.Sender):
         return msg.copy(protocol=self.protocol, meta=meta)
 
     def _properties(self, msg: Message):
+        """paho's PUBLISH properties for `msg` (see _publish_props)."""
+        own = self._publish_props(msg)
+        return self.paho_props if own is None else own.to_paho()
+
+    def _publish_props(self, msg: Message) -> PublishProps | None:
         """The PUBLISH properties of a message that brings its own (replayed or bridged):
         an MQTT message's properties as captured; from another protocol, what crosses
         (content type, user properties from its headers, correlation data, response
@@ -875,7 +940,7 @@ class Publisher(send.Sender):
                 fields["content_type"] = msg.content_type
         else:
             if not (found.content_type or found.headers or found.correlation_id is not None or found.reply_to):
-                return self.paho_props  # nothing crosses (a bridge's plain message): the command line's alone
+                return None  # nothing crosses (a bridge's plain message): the command line's alone
             fields = {"content_type": found.content_type, "user_properties": found.headers,
                       "correlation_data": found.correlation_id}
             if found.reply_to:
@@ -891,12 +956,16 @@ class Publisher(send.Sender):
                     fields[key] = getattr(cli, key)
             if cli.user_properties:
                 fields["user_properties"] = list(fields.get("user_properties") or []) + list(cli.user_properties)
-        return PublishProps(**{k: v for k, v in fields.items() if v is not None}).to_paho()
+        return PublishProps(**{k: v for k, v in fields.items() if v is not None})
 
     def pump(self, wait: float) -> None:
         # outcomes read before the connection went are reported first (Mosquitto 2.0
         # closes the connection right after a PUBACK refusing a message)
-        if not self.session._pump(wait) and not self.acked and not self.refused:
+        fast = self.fast
+        if fast is not None:
+            if not fast.pump(wait) and not self.acked and not self.refused:
+                raise fast.error
+        elif not self.session._pump(wait) and not self.acked and not self.refused:
             raise self.session._lost("publish")
 
     def refusal(self, refused: dict) -> IotctlError:
@@ -994,12 +1063,7 @@ class Subscriber(Receiver):
 
         if self.cfg.endpoint.ws or os.environ.get("IOTCTL_MQTT_PAHO_RECEIVE") == "1":
             return None
-        client = session.client
-        deadline = time.monotonic() + self.cfg.connect_timeout
-        while client._in_packet["command"] != 0 or client.want_write():
-            if time.monotonic() > deadline or not session._pump(0.05):
-                return None
-        sock = client.socket()
+        sock = session.between_packets()
         if sock is None:
             return None
         fast = FastReader(sock, session.v5, self.cfg.keepalive, self.manual_ack, owner=session,
