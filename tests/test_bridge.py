@@ -317,3 +317,27 @@ def test_bad_urls_are_one_line_and_exit_2(iotctl, url, why):
 def test_on_refused_failed_needs_a_file(iotctl):
     r = iotctl("bridge", "mqtt://127.0.0.1/a", "mqtt://127.0.0.1/b", "--on-refused", "failed")
     assert r.exit_code == 2 and "needs --failed FILE" in r.stderr
+
+
+@pytest.mark.parametrize("side", ["source", "target"])
+def test_timeout_bounds_connecting_to_a_silent_peer(broker, side):
+    """-W bounds the run, connecting included: a peer that accepts and never answers
+    (an AMQP source, an MQTT target) ends it within -W (exit 5), one line each."""
+    from tests.faults import ScriptedPeer
+
+    silent = ScriptedPeer(lambda conn: conn.recv(65536) and time.sleep(30))
+    try:
+        if side == "source":
+            urls = (f"amqp://guest:guest@127.0.0.1:{silent.port}/%2f?queue=q", f"{SRC}/br/{_name()}")
+        else:
+            urls = (f"{SRC}/br/{_name()}", f"mqtt://127.0.0.1:{silent.port}/x")
+        started = time.monotonic()
+        r = _run("bridge", *urls, "-W", "1.5")
+        took = time.monotonic() - started
+    finally:
+        silent.close()
+    assert r.returncode == 5, r.stderr
+    assert 1.4 < took < 6, took
+    err = r.stderr.decode()
+    assert "Traceback" not in err and f"127.0.0.1:{silent.port}" in err.splitlines()[0], err
+    assert "within 1.5 s" in err.splitlines()[0], err

@@ -63,8 +63,14 @@ def command(source_url, target_url, address_template, receive, max_inflight, on_
         on_refused = "failed" if failed else "stop"
     if on_refused == "failed" and not failed:
         raise UsageError("--on-refused failed", "needs --failed FILE")
-    source_target = resolver.resolve(source_url, "source")
+    # -W bounds the whole run, connecting to either end included (the source's own -W
+    # bounds its connection; the target's -W is an acknowledgement timeout: --ack-timeout)
+    source_target = resolver.resolve(source_url, "source",
+                                     **({} if receive.timeout is None else {"timeout": receive.timeout}))
     sink_target = resolver.resolve(target_url, "sink")
+    cfg = sink_target.arguments.get("cfg")
+    if receive.timeout is not None and isinstance(getattr(cfg, "connect_timeout", None), (int, float)):
+        cfg.connect_timeout = min(cfg.connect_timeout, receive.timeout)
     source = source_target.open()
     probe = sink_target.open()  # the sink's fixed address and window, before connecting
     address = _addresser(address_template, getattr(probe, "address", None), source_target.protocol,
