@@ -123,15 +123,23 @@ def foreign(msg: Message, protocol: str) -> Portable | None:
     `portable` entry), so no shared module knows any protocol's meta."""
     if not msg.protocol or msg.protocol == protocol:
         return None
-    from iotctl.registry import portable_reader
-
-    reader = portable_reader(msg.protocol)
+    reader = _portable_reader(msg.protocol)
     if reader is None:
         return Portable(msg.content_type)
     found = reader(msg)
     if found.content_type is None:
         found.content_type = msg.content_type
     return found
+
+
+def _portable_reader(name: str):
+    """registry.portable_reader, imported at the first foreign message (a bridge asks
+    for every message)."""
+    global _portable_reader
+    from iotctl.registry import portable_reader
+
+    _portable_reader = portable_reader
+    return portable_reader(name)
 
 
 def text_pairs(value) -> list[tuple[str, str]]:

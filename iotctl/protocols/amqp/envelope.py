@@ -17,7 +17,7 @@ def portable(msg: Message) -> Portable:
     reply = props.get("reply_to")
     headers = meta.get("headers")
     return Portable(content_type if isinstance(content_type, str) else msg.content_type,
-                    text_pairs(headers) if isinstance(headers, dict) else [],
+                    text_pairs(headers) if isinstance(headers, dict) and headers else [],
                     _bytes(corr),
                     reply if isinstance(reply, str) and reply else None)
 
