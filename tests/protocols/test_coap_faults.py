@@ -45,18 +45,20 @@ def block_of(msg: dict, number: int = 23) -> tuple[int, bool, int] | None:
 
 
 class RawServer:
-    """A UDP socket on 127.0.0.1 answering each request with `answer(request)` (a list
-    of datagrams, possibly empty: silence). Records every request it got."""
+    """A UDP socket on 127.0.0.1 (`port`, or a free one) answering each request with
+    `answer(request)` (a list of datagrams, possibly empty: silence). Records every
+    request it got."""
 
-    def __init__(self, answer):
+    def __init__(self, answer, port: int = 0):
         self.answer = answer
         self.requests: list[dict] = []
         self.received: list[dict] = []   # everything, acknowledgements and resets too
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(("127.0.0.1", port))
         self.port = self.sock.getsockname()[1]
         self.uri = f"coap://127.0.0.1:{self.port}"
+        self.closed = False
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -65,6 +67,8 @@ class RawServer:
             try:
                 data, addr = self.sock.recvfrom(70000)
             except OSError:
+                return
+            if self.closed:
                 return
             msg = decode(data)
             self.received.append(msg)
@@ -75,6 +79,14 @@ class RawServer:
                 self.sock.sendto(out, addr)
 
     def close(self):
+        """Gone at once: the port refuses the next datagram (ICMP port unreachable)
+        rather than the reading thread taking one more."""
+        self.closed = True
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)  # wakes the thread blocked in recvfrom
+        except OSError:
+            pass
+        self.thread.join(2)
         self.sock.close()
 
 

@@ -19,6 +19,9 @@ aiocoap 0.4.17 quirks handled here:
   how it finds a server gone (ICMP port unreachable or no answer: ConnectionLost, so
   the receive driver reconnects with backoff);
 - an ICMP error from a remote fails every request to that remote, observations too;
+  a registration that fails so (the server still away) also tells its observation
+  NotObservable: `Observation` tags what reaches its inbox with the registration it
+  belongs to and drops what an earlier one left there;
 - a request to a multicast address returns only the first response; multicast
   discovery sends its own NON request and collects every answer until the timeout;
 - its UDP transport reads datagrams into a 4,096-byte buffer and silently truncates
@@ -754,7 +757,13 @@ class Observation(receive.Receiver):
     shows as ConnectionLost (ICMP port unreachable, or no answer within the request
     timeout), which the driver answers with `reconnect()` and backoff. A
     re-registration's response is delivered only when it differs from the last
-    message delivered (it is a freshness check, not a change of the resource)."""
+    message delivered (it is a freshness check, not a change of the resource).
+
+    Every registration is a generation: the inbox holds (generation, item) pairs, and
+    poll drops those of an earlier generation. Only the current registration's server
+    ends the observation (RFC 7641: a response without Observe, or an error code,
+    on its token); a refused registration's own error, or a notification still being
+    completed when the observation registered again, is dropped however late it comes."""
 
     can_reconnect = True
 
@@ -766,7 +775,7 @@ class Observation(receive.Receiver):
         self.inbox = None
         self.request = None        # the current registration's aiocoap request and message
         self.msg = None
-        self.generation = 0        # callbacks of older registrations are ignored
+        self.generation = 0        # the current registration: what older ones send is ignored
         self.backlog: list = []    # notifications waiting behind one that needs its other blocks
         self.draining = False
         self.pending: list[Message] = []   # delivered by the next poll
@@ -808,7 +817,9 @@ class Observation(receive.Receiver):
                 return self._delivered(self._refresh())
             wait = stale_in if wait is None else min(wait, stale_in)
         out: list[Message] = []
-        for item in self.inbox.take(wait):
+        for generation, item in self.inbox.take(wait):
+            if generation != self.generation:
+                continue  # an earlier registration's (a refused one's NotObservable, say)
             if isinstance(item, Message):
                 out.append(item)
                 continue
@@ -938,7 +949,7 @@ class Observation(receive.Receiver):
             self.backlog.append(resp)
             self._drain()
         else:
-            self.inbox.put(self._item(resp))
+            self.inbox.put((generation, self._item(resp, generation)))
 
     def _failed(self, exc, generation: int) -> None:
         if generation != self.generation:
@@ -947,13 +958,14 @@ class Observation(receive.Receiver):
             self.backlog.append(_End(exc))
             self._drain()
         else:
-            self.inbox.put(_End(exc))
+            self.inbox.put((generation, _End(exc)))
 
-    def _item(self, resp):
+    def _item(self, resp, generation: int):
         if not resp.code.is_successful():
             return _End(error=PeerError(self.what, "the server ended the observation with " + _code_text(resp.code)
                                         + (f": {diagnostic(bytes(resp.payload))}" if resp.payload else "")))
-        self.max_age = _max_age(resp)
+        if generation == self.generation:
+            self.max_age = _max_age(resp)
         return to_message(resp, self.spec.uri, observe=True)
 
     def _drain(self) -> None:
@@ -969,14 +981,15 @@ class Observation(receive.Receiver):
                 while self.backlog and generation == self.generation:
                     item = self.backlog.pop(0)
                     if isinstance(item, _End):
-                        self.inbox.put(item)
+                        self.inbox.put((generation, item))
                         continue
                     try:
                         item = await self._complete(item)
                     except Exception as exc:
-                        self.inbox.put(_End(exc))
+                        self.inbox.put((generation, _End(exc)))
                         continue
-                    self.inbox.put(self._item(item))
+                    # the observation may have registered again meanwhile: then poll drops it
+                    self.inbox.put((generation, self._item(item, generation)))
             finally:
                 self.draining = False
 
