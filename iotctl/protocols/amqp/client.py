@@ -800,6 +800,9 @@ class Publisher(_Owner, send.Sender):
                 captured = meta.get("exchange")
                 exchange = captured if isinstance(captured, str) else ""
         else:
+            if not (found.content_type or found.headers or found.correlation_id is not None or found.reply_to):
+                # nothing crosses (a bridge's plain message): the command line's properties alone
+                return ("" if exchange is None else exchange), self.props
             fields = {}
             if found.content_type and _fits(found.content_type):
                 fields["content_type"] = found.content_type
