@@ -110,7 +110,8 @@ def _corpus() -> list:
     """(properties, body): every BasicProperties field, headers of every AMQP type pika
     writes (nested tables and arrays, byte arrays, decimals, timestamps, void, a key
     that is not UTF-8), short strings that are not UTF-8, empty bodies, bodies of one
-    full frame, of two and three frames, and of 3 MB."""
+    full frame, of two and three frames, and of 3 MB; the last two repeat earlier
+    properties and headers byte for byte."""
     import pika
 
     p = pika.BasicProperties
@@ -140,6 +141,8 @@ def _corpus() -> list:
         (p(delivery_mode=1), b"0123456789" * 300_000),
         (p(), "text: température, 温度".encode()),
         (p(), b"\x00\x01\x02 binary"),
+        (p(**every, headers=headers), b"the same properties and headers again (decoded once)"),
+        (p(content_type="text/plain", headers={"k": "v"}), b"and these"),
     ]
 
 
@@ -197,6 +200,7 @@ def test_the_same_envelopes_as_pika(names):
     assert every["meta"]["headers"]["ts"] == "2026-01-02T03:04:05+00:00"
     assert envelopes[6]["meta"]["properties"]["message_id"] == "0xfffe"
     assert [len(e["payload"]) for e in envelopes[7:11]] == [174752, 174756, 409600, 3_000_000]
+    assert envelopes[-2]["meta"]["headers"] == every["meta"]["headers"]
     assert depth_of(fast_q) == depth_of(pika_q) == 0
 
 

@@ -301,29 +301,46 @@ def properties_dict(props) -> dict:
     return {k: v for k, v in values.items() if v is not None and k != "headers"}
 
 
-_RAW_PROPS: dict = {}
+_RAW_PROPS: dict = {}  # property bytes without headers -> (content type, properties, None): shared
+_RAW_HEADERS: dict = {}  # property bytes with headers -> the same with headers: copied for each message
 
 
 def decode_properties(raw: bytes):
     """A content header's property bytes as the consumer's envelope has them:
     (content type, properties_dict(), headers through _plain() or None when there
     are none), decoded by pika; None when pika's decoder refuses them. (The fast
-    path's hot path: property bytes without headers are decoded once and shared,
-    as properties_dict() shares them.)"""
+    path's hot path: the same bytes are decoded once. Without headers the result
+    is shared, as properties_dict() shares it; with headers each message gets
+    its own dicts and lists, as on pika's path.)"""
     found = _RAW_PROPS.get(raw)
     if found is not None:
         return found
-    try:
-        props = spec.BasicProperties().decode(raw)
-    except Exception:  # a malformed header: pika's own path reports it
-        return None
-    headers = props.headers
-    if headers is None:
-        if len(_RAW_PROPS) > 256:
-            _RAW_PROPS.clear()
-        found = _RAW_PROPS[raw] = (props.content_type, properties_dict(props), None)
-        return found
-    return props.content_type, properties_dict(props), (_plain(headers) if headers else {})
+    found = _RAW_HEADERS.get(raw)
+    if found is None:
+        try:
+            props = spec.BasicProperties().decode(raw)
+        except Exception:  # a malformed header: pika's own path reports it
+            return None
+        headers = props.headers
+        cache = _RAW_PROPS if headers is None else _RAW_HEADERS
+        if len(cache) > 256:
+            cache.clear()
+        found = cache[raw] = (props.content_type, properties_dict(props),
+                              None if headers is None else (_plain(headers) if headers else {}))
+        if headers is None:
+            return found
+    content_type, properties, headers = found
+    return content_type, dict(properties), _fresh(headers)
+
+
+def _fresh(value):
+    """A copy of _plain()'s dicts and lists (the rest is immutable)."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _fresh(v) for k, v in value.items()}
+    if kind is list:
+        return [_fresh(v) for v in value]
+    return value
 
 
 def to_message(method, props, body: bytes, extra: dict | None = None) -> Message:
