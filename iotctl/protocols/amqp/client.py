@@ -22,6 +22,7 @@ max_message_size), and bytes that are not AMQP frames, before buffering them.
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
 from typing import Any, Callable
@@ -35,6 +36,7 @@ from iotctl import interrupts, receive, send
 from iotctl.errors import (AuthError, ConnectError, ConnectionLost, IotctlError, PeerError, TimeoutError_,
                            UsageError, from_os_error)
 from iotctl.message import Message, foreign
+from iotctl.protocols.amqp.fastpath import FastReader, ack_frame, nack_frame
 from iotctl.settings import warn
 
 PROPERTY_NAMES = ("content_type", "content_encoding", "delivery_mode", "priority", "correlation_id",
@@ -299,6 +301,48 @@ def properties_dict(props) -> dict:
     return {k: v for k, v in values.items() if v is not None and k != "headers"}
 
 
+_RAW_PROPS: dict = {}  # property bytes without headers -> (content type, properties, None): shared
+_RAW_HEADERS: dict = {}  # property bytes with headers -> the same with headers: copied for each message
+
+
+def decode_properties(raw: bytes):
+    """A content header's property bytes as the consumer's envelope has them:
+    (content type, properties_dict(), headers through _plain() or None when there
+    are none), decoded by pika; None when pika's decoder refuses them. (The fast
+    path's hot path: the same bytes are decoded once. Without headers the result
+    is shared, as properties_dict() shares it; with headers each message gets
+    its own dicts and lists, as on pika's path.)"""
+    found = _RAW_PROPS.get(raw)
+    if found is not None:
+        return found
+    found = _RAW_HEADERS.get(raw)
+    if found is None:
+        try:
+            props = spec.BasicProperties().decode(raw)
+        except Exception:  # a malformed header: pika's own path reports it
+            return None
+        headers = props.headers
+        cache = _RAW_PROPS if headers is None else _RAW_HEADERS
+        if len(cache) > 256:
+            cache.clear()
+        found = cache[raw] = (props.content_type, properties_dict(props),
+                              None if headers is None else (_plain(headers) if headers else {}))
+        if headers is None:
+            return found
+    content_type, properties, headers = found
+    return content_type, dict(properties), _fresh(headers)
+
+
+def _fresh(value):
+    """A copy of _plain()'s dicts and lists (the rest is immutable)."""
+    kind = type(value)
+    if kind is dict:
+        return {k: _fresh(v) for k, v in value.items()}
+    if kind is list:
+        return [_fresh(v) for v in value]
+    return value
+
+
 def to_message(method, props, body: bytes, extra: dict | None = None) -> Message:
     """A delivery (Basic.Deliver or Basic.GetOk) as an envelope; the address is the
     routing key, the exchange and the rest of the delivery are in meta."""
@@ -358,7 +402,7 @@ class Session:
         self._bounded = bounded(f"cannot connect to {self.where}")
         from iotctl.trace import route_logs
 
-        route_logs(("pika",), cfg.debug, label="amqp", secrets=(cfg.endpoint.password,))
+        route_logs(("pika", "iotctl.amqp"), cfg.debug, label="amqp", secrets=(cfg.endpoint.password,))
 
     @property
     def where(self) -> str:
@@ -956,6 +1000,29 @@ def _too_long(exchange: str, key: str, props) -> IotctlError:
 
 # --------------------------------------------------------------------------- receiving
 
+
+def _log():
+    import logging
+
+    return logging.getLogger("iotctl.amqp")
+
+
+def _why_left(stop, rest: bytes) -> str:
+    """What ended the fast path, for the -d trace."""
+    if stop is None:
+        return "closing"
+    if stop.error is not None:
+        return f"socket error ({stop.error})"
+    if stop.eof:
+        return "the stream ended"
+    if stop.dead:
+        return "nothing from the broker for longer than the heartbeat allows"
+    if len(rest) >= 11 and rest[0] == 1:
+        return (f"a method frame it does not take (class {int.from_bytes(rest[7:9], 'big')}, method "
+                f"{int.from_bytes(rest[9:11], 'big')}, channel {int.from_bytes(rest[1:3], 'big')})")
+    return f"a frame it does not take ({bytes(rest[:16])!r})"
+
+
 _GENERATION = 1 << 48  # tokens: generation * _GENERATION + delivery tag
 
 
@@ -972,9 +1039,17 @@ class Consumer(_Owner, receive.Receiver):
     `requeue` rejects everything shown with requeue at the end. A message's `token`
     is its delivery tag plus the connection's generation: the tokens of a connection
     since replaced are ignored. `accept(msg)` drops deliveries for which it is false
-    (acknowledged, or automatic)."""
+    (acknowledged, or automatic).
+
+    Once consuming, the socket is read by the fast path (fastpath.py, `fast`) rather
+    than pika, over plain TCP and TLS alike; the first frame it does not take (any
+    but a delivery on this channel or a heartbeat), the end of the stream or a socket
+    error hands the connection back to pika for good (`_leave_fast`), so pika reports
+    every failure as before. IOTCTL_AMQP_PIKA_RECEIVE=1 keeps pika's receive path
+    (differential tests)."""
 
     can_reconnect = True
+    fast = None  # the FastReader while the fast path reads the socket
 
     def __init__(self, cfg: AmqpConfig, queues=(), ack: str = "after-write", requeue: bool = False,
                  prefetch: int | None = None, exclusive: bool = False, priority: int | None = None,
@@ -1010,10 +1085,16 @@ class Consumer(_Owner, receive.Receiver):
             for queue in self.queues:
                 session.consume(queue, self._on_message, auto_ack=self.mode == "auto", exclusive=self.exclusive,
                                 arguments=arguments, timeout=session.cfg.connect_timeout)
+            self._consuming(session)
+            self.fast = self._fast(session)
         except BaseException:
             self.session = None
+            self.fast = None
             session.abort()
             raise
+
+    def _consuming(self, session: Session) -> None:
+        """Consuming, before the fast path takes over (Tap sends its probe here)."""
 
     def _prepare(self, session: Session) -> list[str]:
         """The queues to consume from (the tap form declares its own)."""
@@ -1028,12 +1109,140 @@ class Consumer(_Owner, receive.Receiver):
             names.append(q)
         return names
 
+    # ------------------------------------------------------------------ the fast path
+
+    def _fast(self, session: Session):
+        """The FastReader, once pika is between deliveries and has written all it
+        queued (its loop runs until then, at most connect_timeout); None when pika
+        keeps reading (IOTCTL_AMQP_PIKA_RECEIVE=1, or it never got there)."""
+        if os.environ.get("IOTCTL_AMQP_PIKA_RECEIVE") == "1":
+            return None
+        impl = session.conn._impl
+        transport = getattr(impl, "_transport", None)
+        sock = getattr(transport, "_sock", None)
+        if sock is None:
+            return None
+        deadline = time.monotonic() + session.cfg.connect_timeout
+        while (impl._get_write_buffer_size()
+               or any(c._content_assembler._method_frame is not None for c in impl._channels.values())):
+            if session.broken or time.monotonic() > deadline:
+                return None
+            session.step(0.05)
+        if session.broken or not session.impl.is_open:
+            return None
+        buffered = impl._frame_buffer  # the start of a frame pika has not got whole (taken over)
+        impl._frame_buffer = b""
+        _log().debug("consuming: iotctl reads the socket from now on (the fast path; "
+                     "IOTCTL_AMQP_PIKA_RECEIVE=1 leaves it to pika)")
+        return FastReader(sock, session.impl.channel_number, impl.params.frame_max, impl.params.heartbeat,
+                          impl.max_body, session.impl._consumers.keys(), decode_properties, _RAW_PROPS,
+                          bytes(buffered))
+
+    def _leave_fast(self) -> None:
+        """pika reads the connection again, for good: it gets what the fast path has
+        not taken (written acks still queued go to its output first), as its
+        transport would have given it (4 KiB at a time), and then the reason the
+        fast path stopped: the end of the stream and a socket error as its
+        transport meets them, a broker silent past the heartbeat as its heartbeat
+        checker ends the connection. pika's byte counters are brought up to date
+        (its heartbeat checker compares them)."""
+        fast, self.fast = self.fast, None
+        session = self.session
+        if fast is None or session is None or session.conn is None:
+            return
+        impl = session.conn._impl
+        transport = getattr(impl, "_transport", None)
+        stop = fast.stop
+        rest = stop.rest if stop is not None else fast.buffered()
+        _log().debug("pika reads the socket again: %s", _why_left(stop, rest))
+        impl.bytes_received += fast.consumed
+        impl.bytes_sent += fast.sent
+        if transport is None:
+            return
+        if fast.out:
+            transport.write(bytes(fast.out))
+            fast.out.clear()
+        active = transport._STATE_ACTIVE
+        try:
+            for i in range(0, len(rest), 4096):
+                if transport._state != active:
+                    return
+                transport._protocol.data_received(rest[i:i + 4096])
+        except Exception as exc:  # what pika's transport does when its protocol refuses the data
+            if transport._state == active:
+                transport._initiate_abort(exc)
+            return
+        if stop is None or transport._state != active:
+            return
+        if stop.error is not None:
+            transport._initiate_abort(stop.error)
+        elif stop.dead:
+            checker = impl._heartbeat_checker
+            if checker is not None:
+                checker._close_connection()
+            else:
+                transport._initiate_abort(px.AMQPHeartbeatTimeout("the broker stopped answering"))
+        # eof: pika's transport reads it again from the socket
+
+    def _took(self, batch: list[Message]) -> list[Message]:
+        """The fast path's deliveries, as _on_message keeps them (tokens, delivery
+        order for the cumulative acknowledgement, accept)."""
+        accept = self.accept
+        if self.mode == "auto":  # nothing to acknowledge: no token, as _on_message leaves it
+            for msg in batch:
+                msg.token = None
+            return batch if accept is None else [m for m in batch if accept(m)]
+        base = self._base
+        delivered = self._delivered
+        exact = self._exact
+        if accept is None:
+            for msg in batch:
+                msg.token = token = base + msg.token
+                if exact:
+                    delivered(token)
+            return batch
+        kept = []
+        for msg in batch:
+            msg.token = token = base + msg.token
+            if exact:
+                delivered(token)
+                if not accept(msg):
+                    self._settle([token])  # not shown: nothing to keep it for
+                    continue
+            kept.append(msg)
+        return kept
+
+    def _fast_poll(self, fast, wait) -> list[Message]:
+        """poll() on the fast path (sheltered as Session.step is: a Ctrl-C waits at most
+        the 0.25 s of a wait, never cuts a read or its bookkeeping in half)."""
+        if self._batch:  # read by pika before the fast path took over
+            batch, self._batch = self._batch, []
+            return batch
+        batch = []
+        if fast.wait(0.25 if wait is None else min(wait, 0.25)):
+            got = fast.read()
+            if got:
+                batch = self._took(got)
+        if fast.stop is not None:
+            self._leave_fast()  # (pika may deliver what came after: in order, after these)
+            if self._batch:
+                batch = batch + self._batch
+                self._batch = []
+            if not batch:
+                return self.poll(0)
+        return batch
+
+    # ------------------------------------------------------------------ the receive driver's side
+
     def close(self) -> None:
         """Acknowledge what was written; with --requeue reject (requeue) everything
         shown; close (at most CLOSE_WAIT for the broker)."""
         session = self.session
         if session is None:
             return
+        if self.fast is not None:
+            self._send_ack()
+            self._leave_fast()
         if session.usable:
             try:
                 self._send_ack()
@@ -1046,6 +1255,7 @@ class Consumer(_Owner, receive.Receiver):
     def reconnect(self) -> None:
         old = self.session
         self.session = None
+        self.fast = None
         if old is not None:
             old.abort()
         # deliveries of the old connection go back to the queue: not written, never acknowledged
@@ -1078,6 +1288,9 @@ class Consumer(_Owner, receive.Receiver):
         self._batch.append(msg)
 
     def poll(self, wait):
+        fast = self.fast
+        if fast is not None:
+            return self._fast_poll(fast, wait)
         session = self.session
         step = session.step
         if self._unacked:
@@ -1127,23 +1340,43 @@ class Consumer(_Owner, receive.Receiver):
 
     def nack(self, batch) -> None:
         """Give these back to the queue (Basic.Nack with requeue), at once."""
-        if self.mode == "auto" or self.session is None or not self.session.usable:
+        if self.mode == "auto" or self.session is None:
+            return
+        fast = self.fast
+        if fast is None and not self.session.usable:
             return
         base = self._base
         tokens = [msg.token for msg in batch if msg.token is not None and msg.token > base]
-        try:
-            for token in tokens:
-                self.session.impl.basic_nack(token - base, multiple=False, requeue=True)
-        except (px.AMQPError, OSError):
-            return  # the connection is gone: the broker requeues them anyway
+        if fast is not None:
+            channel = fast.channel
+            fast.write(b"".join(nack_frame(channel, token - base, False, True) for token in tokens))
+            if fast.stop is not None:
+                self._leave_fast()
+        else:
+            try:
+                for token in tokens:
+                    self.session.impl.basic_nack(token - base, multiple=False, requeue=True)
+            except (px.AMQPError, OSError):
+                return  # the connection is gone: the broker requeues them anyway
         if self.mode == "after-write":
             self._settle((), tokens)  # settled: a later cumulative ack may pass them
 
     def flush(self) -> None:
         """The acks pika buffered go out now (pika writes only inside its I/O loop's
-        poll; deliveries read meanwhile wait for the next poll)."""
+        poll; deliveries read meanwhile wait for the next poll). On the fast path:
+        what is queued, and a heartbeat when one is due."""
         session = self.session
-        if session is None or not session.usable:
+        if session is None:
+            return
+        fast = self.fast
+        if fast is not None:
+            if self._unacked:
+                self._send_ack()
+            fast.upkeep()
+            if fast.stop is not None:
+                self._leave_fast()
+            return
+        if not session.usable:
             return
         if self._unacked:
             self._send_ack()
@@ -1153,13 +1386,20 @@ class Consumer(_Owner, receive.Receiver):
     def _send_ack(self) -> None:
         if self._unacked:
             self._unacked = 0
+            fast = self.fast
+            if fast is not None:
+                fast.write(ack_frame(fast.channel, self._ack_tag, True))
+                if fast.stop is not None:
+                    self._leave_fast()
+                return
             try:
                 self.session.impl.basic_ack(self._ack_tag, multiple=True)
             except (px.AMQPError, OSError):
                 pass  # the connection is gone: the broker requeues, the next poll reports it
 
 
-interrupts.shelter(Session.step, Publisher.send, Consumer.ack, Consumer.nack)
+interrupts.shelter(Session.step, Publisher.send, Consumer.ack, Consumer.nack, Consumer._leave_fast,
+                   Consumer._took, Consumer._fast_poll, FastReader.read, FastReader.flush, FastReader.upkeep)
 
 
 def refuse_direct(session: Session, exchange: str, what: str, fix: str) -> None:
@@ -1278,10 +1518,9 @@ class Tap(Consumer):
                 self.accept = self.probe.accept
         return [queue]
 
-    def open(self) -> None:
-        super().open()
+    def _consuming(self, session: Session) -> None:
         if self.probe is not None and not self.probe.sent:
-            self.probe.send(self.session)
+            self.probe.send(session)  # (written by pika before the fast path takes over)
 
     def poll(self, wait):
         probe = self.probe
