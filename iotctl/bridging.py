@@ -24,6 +24,10 @@ from iotctl.receive import BACKOFF, Receiver, _reconnect
 from iotctl.send import Sender, Window
 
 
+ACK_BATCH = 256  # confirmed messages acknowledged to the source at once, at most
+ACK_DELAY = 0.005  # seconds a confirmed message waits for others before it is acknowledged
+
+
 class BridgeSpec:
     __slots__ = ("count", "timeout", "idle_timeout", "address", "max_inflight", "on_refused", "retries",
                  "ack_timeout", "failed", "save", "reconnect")
@@ -105,6 +109,8 @@ class Bridge:
         self._saver = None
         self._flushed = 0.0
         self._waiting: deque[Message] = deque()  # taken from the source, not yet sent (the window was full)
+        self._confirmed_unacked: list[Message] = []  # confirmed at the target, acknowledged to the source soon
+        self._ack_by = 0.0
 
     # ------------------------------------------------------------------ settled messages
 
@@ -124,7 +130,23 @@ class Bridge:
                 for msg in messages:
                     self._saver.write(msg)
                 self._saver.flush()
-            self.source.ack(messages)
+        # acknowledged to the source a batch at a time (ACK_BATCH, or ACK_DELAY after the
+        # first): a target confirms a few messages at a time (an MQTT broker's receive
+        # maximum), and a write per confirmation cost the source's peer a wake-up each
+        pending = self._confirmed_unacked
+        if not pending:
+            self._ack_by = time.monotonic() + ACK_DELAY
+        pending.extend(messages)
+        if len(pending) >= ACK_BATCH:
+            self._ack_source()
+
+    def _ack_source(self) -> None:
+        """Acknowledge to the source what the target confirmed so far."""
+        pending = self._confirmed_unacked
+        if pending:
+            self._confirmed_unacked = []
+            with interrupts.deferred():
+                self.source.ack(pending)
 
     def _refused(self, refused: list[tuple[Message, str]]) -> None:
         from iotctl.settings import warn
@@ -142,6 +164,7 @@ class Bridge:
                             hint="--on-refused requeue|failed|drop keeps the bridge going")
         if mode == "requeue" and self.source.delivery == "at-least-once":
             stats.requeued += len(messages)
+            self._ack_source()
             self.source.nack(messages)
             warn(f"the target refused {len(messages)} message(s) ({'; '.join(reasons[:3])}): given back to the source")
             return
@@ -153,6 +176,7 @@ class Bridge:
         else:
             stats.dropped += len(messages)
             warn(f"the target refused {len(messages)} message(s) ({'; '.join(reasons[:3])}): dropped")
+        self._ack_source()
         self.source.ack(messages)  # kept in the file, or dropped as asked: not again from the source
 
     def _write_failed(self, messages: list[Message]) -> None:
@@ -258,6 +282,8 @@ class Bridge:
                     stats.tick()
                     self.report(stats, False)
                     next_report = now + 1.0
+                if self._confirmed_unacked and now >= self._ack_by:
+                    self._ack_source()
                 window = self.window
                 waiting = self._waiting
                 while waiting and len(window.inflight) < window.limit and not self.sink.busy():
@@ -276,6 +302,8 @@ class Bridge:
                         continue
                     if batch is None:
                         break
+                    if not batch and self._confirmed_unacked:
+                        self._ack_source()  # the source has nothing: it may be waiting for these
                     if batch:
                         last_arrival = time.monotonic()
                         if wanted is not None and len(batch) > wanted:
@@ -292,6 +320,7 @@ class Bridge:
                     # the window is full: while the target confirms, the source's peer gets the acks
                     # (and sends more: a queue's prefetch) without a pause in the target's pipeline
                     self._flushed = now
+                    self._ack_source()
                     source.flush()
                 try:
                     if self.window.inflight or self.sink.busy():
@@ -309,6 +338,10 @@ class Bridge:
             exc.why = (f"{exc.why}; " if exc.why else "") + self._accounting()
             raise
         finally:
+            try:
+                self._ack_source()  # what the target confirmed, however the run ends
+            except Exception:  # the source's connection is gone: it delivers them again
+                pass
             guard.__exit__(None, None, None)
             stats.inflight = len(self.window.inflight) if self.window is not None else 0
             stats.tick()
