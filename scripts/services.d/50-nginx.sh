@@ -16,6 +16,7 @@
 #   /files/10m.bin (10 MiB), /files/events.ndjson, /files/events.sse   static files
 #   /sse /sse/slow /ndjson          event and NDJSON streams, paced by echo_sleep
 #   /slow                           answers after 30 s
+#   /late                           4 KiB of text after 0.4 s (more than one CoAP block, not at once)
 #   /store/NAME                     WebDAV PUT/DELETE (GET reads it back): what arrived, on disk
 # The master runs as root, workers as www-data; state in $DIR/nginx.
 
@@ -144,6 +145,7 @@ http {
             echo '{"n": 3}';
         }
         location = /slow { echo_sleep 30; echo "late"; }
+        location = /late { echo_sleep 0.4; echo_duplicate 512 "0123456\n"; }
         location /store/ {
             root @D@;
             dav_methods PUT DELETE;

@@ -2,7 +2,13 @@
 installed by `scripts/services up tools`), driven over its DevTools protocol with a
 few lines of our own (websocket-client, which stomp.py already depends on): the page
 lists a device's resources, and an observed value changes on screen when the device's
-resource changes."""
+resource changes.
+
+Every navigation (Page.navigate, the form's submission) is waited for by its DevTools
+events: the main frame's `load` lifecycle event of the new document's loader. Nothing is
+evaluated while a navigation is under way: a Runtime.evaluate still unanswered when the
+new document commits is answered "Inspected target navigated or closed" (Chromium ends
+the old document's pending evaluations), which a loaded machine makes likely."""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import os
 import shutil
 import signal
 import subprocess
+import time
 import urllib.request
 import uuid
 
@@ -42,20 +49,60 @@ class Browser:
             targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=10))
             (page,) = [t for t in targets if t["type"] == "page"]
             self.ws = websocket.create_connection(page["webSocketDebuggerUrl"], timeout=15, suppress_origin=True)
+            self.n = 0
+            self.events: list[dict] = []   # events not yet looked at, oldest first
+            self.call("Page.enable")
+            self.call("Page.setLifecycleEventsEnabled", enabled=True)
+            self.frame = self.call("Page.getFrameTree")["frameTree"]["frame"]["id"]
         except BaseException:
             self.close()
             raise
-        self.n = 0
+
+    def _receive(self, timeout: float) -> dict:
+        import websocket
+
+        self.ws.settimeout(max(timeout, 0.001))
+        try:
+            return json.loads(self.ws.recv())
+        except websocket.WebSocketTimeoutException:
+            raise AssertionError(f"no word from chromium's DevTools within {timeout:g} s") from None
+        finally:
+            self.ws.settimeout(15)
 
     def call(self, method: str, **params) -> dict:
         self.n += 1
         self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
         while True:
-            message = json.loads(self.ws.recv())
+            message = self._receive(15)
             if message.get("id") == self.n:
                 if "error" in message:
                     raise AssertionError(f"{method}: {message['error']}")
                 return message["result"]
+            if "method" in message:
+                self.events.append(message)
+
+    def wait_event(self, match, timeout: float, what: str) -> dict:
+        """The first event (already received or still to come) that `match` accepts;
+        the events before it are dropped."""
+        end = time.monotonic() + timeout
+        while True:
+            for i, event in enumerate(self.events):
+                if match(event):
+                    del self.events[:i + 1]
+                    return event
+            self.events.clear()
+            remaining = end - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{what} did not happen within {timeout:g} s")
+            message = self._receive(remaining)
+            if "method" in message:
+                self.events.append(message)
+
+    def _loaded(self, loader: str, what: str) -> None:
+        """Wait for the main frame's `load` of the document that `loader` brings."""
+        self.wait_event(lambda e: e["method"] == "Page.lifecycleEvent" and e["params"]["name"] == "load"
+                        and e["params"]["frameId"] == self.frame and e["params"]["loaderId"] == loader,
+                        15, f"the load of {what}")
 
     def evaluate(self, expression: str):
         result = self.call("Runtime.evaluate", expression=expression, returnByValue=True)
@@ -64,9 +111,22 @@ class Browser:
         return result["result"].get("value")
 
     def open(self, url: str) -> None:
-        self.call("Page.navigate", url=url)
-        wait_for(lambda: self.evaluate("document.readyState") == "complete"
-                 and self.evaluate("location.href") == url, 15, f"the page {url}")
+        self.events.clear()
+        result = self.call("Page.navigate", url=url)
+        if result.get("errorText"):
+            raise AssertionError(f"{url}: {result['errorText']}")
+        self._loaded(result["loaderId"], url)
+        assert self.evaluate("location.href") == url
+
+    def navigate_by(self, script: str, what: str) -> None:
+        """Run `script`, which makes the page navigate (a form's submission), and wait
+        until the new document has loaded. The script runs from a task of its own, so
+        the evaluation that schedules it has answered before the navigation starts."""
+        self.events.clear()
+        self.evaluate(f"setTimeout(() => {{ {script} }}, 0)")
+        navigated = self.wait_event(lambda e: e["method"] == "Page.frameNavigated"
+                                    and e["params"]["frame"]["id"] == self.frame, 15, f"the navigation to {what}")
+        self._loaded(navigated["params"]["frame"]["loaderId"], what)
 
     def cell(self, path: str) -> dict | None:
         return self.evaluate(f"""(() => {{
@@ -151,9 +211,9 @@ def test_a_resource_that_is_not_observable_is_fetched_by_its_button(proxy, devic
 def test_the_form_names_the_device(proxy, device, browser):
     browser.open(f"{proxy.http}/")
     assert browser.evaluate("document.querySelectorAll('tr[data-path]').length") == 0
-    browser.evaluate(f"document.querySelector('input[name=device]').value = '{device.uri}';"
-                     "document.querySelector('form').submit()")
-    wait_for(lambda: browser.evaluate("document.querySelectorAll('tr[data-path]').length") >= 7, 15, "the list")
+    browser.navigate_by(f"document.querySelector('input[name=device]').value = '{device.uri}';"
+                        "document.querySelector('form').submit()", "the device's page")
+    assert browser.evaluate("document.querySelectorAll('tr[data-path]').length") >= 7
     assert browser.evaluate("location.search") == "?device=" + device.uri.replace(":", "%3A").replace("/", "%2F")
 
 

@@ -16,7 +16,8 @@ a request crosses from one to the other without a thread or a second loop:
 - `GET /` serves page.py's page: a device's resources, observable values live.
 - CoAP to HTTP (RFC 7252 10.1): the CoAP listener (`--coap`) takes requests with
   Proxy-Uri `http[s]://...` (or Proxy-Scheme and Uri-Host/Port/Path/Query) and carries
-  them out with iotctl's HTTP client (redirects followed, at most --max-size).
+  them out with iotctl's HTTP client (redirects followed, at most --max-size). An
+  answer that is ready within PIGGYBACK_WINDOW rides on the request's ACK (see there).
 
 Bounded: request bodies (--max-body: 413 / 4.13), requests in progress (--max-requests:
 503 with Retry-After), connections, event-stream subscriptions (--max-observers: 503),
@@ -55,6 +56,16 @@ from iotctl.protocols.http.client import (Client, HttpConfig, HttpServer, Server
                                           parse_url)
 
 KEEPALIVE = 15.0        # seconds between comments on a silent event stream
+# How long an answer of the CoAP listener may take and still be piggybacked on the ACK of
+# its confirmable request; after it, an empty ACK goes out and the answer follows as a
+# separate response. aiocoap waits 0.1 s, less than an HTTP exchange often takes, and
+# libcoap's clients before 4.3.5 (Debian 12 ships 4.3.1) drop a separate response that
+# starts a block-wise transfer ("large body receive internal issue", libcoap commit
+# 0fbe59fc) and then wait out their -B time with nothing said: any body over one block
+# whose HTTP server took more than 0.1 s never arrived. Half of RFC 7252's ACK_TIMEOUT
+# (2 s) still lets the empty ACK reach a client with default parameters before it
+# retransmits (RFC 7252 4.8.2 allows a processing delay up to ACK_TIMEOUT).
+PIGGYBACK_WINDOW = 1.0
 FRESHNESS_GRACE = 2.0   # seconds past a notification's Max-Age before registering again
 MAX_PATHS = 64          # resources one page stream observes
 MAX_LINKS = 500         # links the page shows
@@ -658,6 +669,7 @@ class Proxy:
             raise IotctlError(f"cannot listen on {host} port {port} (--coap)", str(exc)) from None
         self.coap_ctx = ctx
         self.coap_port = port
+        _piggyback_window(ctx, PIGGYBACK_WINDOW)
         try:
             sock = ctx.request_interfaces[0].token_interface.message_interface.transport.get_extra_info("socket")
             self.coap_port = sock.getsockname()[1]
@@ -944,6 +956,32 @@ def _own(status: int, text: str, headers=()) -> ServerResponse:
 def _static(text: str, content_type: str) -> ServerResponse:
     return ServerResponse(200, [("Content-Type", content_type), ("Cache-Control", "no-cache"),
                                 ("X-Content-Type-Options", "nosniff")], text.encode("utf-8"))
+
+
+def _piggyback_window(ctx, seconds: float) -> None:
+    """Let the requests of this server context (only) wait `seconds` for their answer
+    before aiocoap sends the empty ACK (its EMPTY_ACK_DELAY, read from each incoming
+    request's transport tuning when the request is processed)."""
+    try:
+        from aiocoap.numbers import TransportTuning
+    except ImportError:  # an aiocoap without per-message tuning keeps its own delay
+        return
+
+    class Tuning(TransportTuning):
+        EMPTY_ACK_DELAY = seconds
+
+    tuning = Tuning()
+    for interface in ctx.request_interfaces:
+        manager = getattr(interface, "token_interface", None)
+        process = getattr(manager, "_process_request", None)
+        if process is None:
+            continue
+
+        def _process_request(request, process=process):
+            request.transport_tuning = tuning
+            process(request)
+
+        manager._process_request = _process_request
 
 
 def _url(scheme: str, host: str, port: int) -> str:
