@@ -117,9 +117,7 @@ class Bridge:
     def _confirmed(self, messages: list[Message]) -> None:
         now = time.time()
         stats = self.stats
-        record = stats.latency.record
-        for msg in messages:
-            record((now - msg.ts) * 1e6)
+        stats.latency.record_many([(now - msg.ts) * 1e6 for msg in messages])
         stats.carried += len(messages)
         with interrupts.deferred():
             if self.writer is not None:
@@ -284,11 +282,10 @@ class Bridge:
                     next_report = now + 1.0
                 if self._confirmed_unacked and now >= self._ack_by:
                     self._ack_source()
-                window = self.window
                 waiting = self._waiting
-                while waiting and len(window.inflight) < window.limit and not self.sink.busy():
-                    self._carry(waiting.popleft())  # taken from the source, sent as the window has room
-                    window = self.window
+                if waiting:
+                    self._carry_waiting()  # taken from the source, sent as the window has room
+                window = self.window
                 busy = bool(window.inflight)
                 room = window.limit - len(window.inflight)
                 wanted = None if count is None else count - stats.received
@@ -355,21 +352,50 @@ class Bridge:
         stats.interrupted = interrupted  # type: ignore[attr-defined]
         return stats
 
-    def _carry(self, msg: Message) -> None:
+    def _carry_waiting(self) -> None:
+        """Send what waits, as far as the window has room (the hot loop: the sender's
+        buffer is looked at every 32 messages; it holds a quarter MiB before busy())."""
+        waiting = self._waiting
+        window = self.window
+        put, busy, inflight, limit = window.put, self.sink.busy, window.inflight, window.limit
+        if busy():
+            return
+        n = 0
+        while waiting and len(inflight) < limit:
+            msg = waiting.popleft()
+            try:
+                if put(msg) is None:
+                    self._confirmed([msg])  # the target acknowledges nothing: sent is done
+            except ConnectionLost as lost:
+                self._carry_lost(msg, lost)
+                return
+            n += 1
+            if not n & 31 and busy():
+                return
+
+    def _carry_lost(self, msg: Message, lost: ConnectionLost) -> None:
+        was_in_flight = any(m is msg for m in self.window.inflight.values())
+        self._target_lost(lost)
+        if not was_in_flight:
+            self._carry(msg, room=False)  # after a reconnect the window may be full again
+
+    def _carry(self, msg: Message, room: bool = True) -> None:
         """Send one message, through lost target connections: after a reconnect it is
         sent again unless it was in flight (then the reconnect sent it again already)."""
         while True:
             try:
-                self._send(msg)
+                self._send(msg, room=room)
                 return
             except ConnectionLost as lost:
                 was_in_flight = any(m is msg for m in self.window.inflight.values())
                 self._target_lost(lost)
                 if was_in_flight:
                     return
+                room = False
 
-    def _send(self, msg: Message) -> None:
-        if self.window.offer(msg) is None:
+    def _send(self, msg: Message, room: bool = False) -> None:
+        """Send one message (`room`: the loop made room for it already)."""
+        if (self.window.put(msg) if room else self.window.offer(msg)) is None:
             # the target acknowledges nothing (QoS 0, no confirms): sent is done
             self._confirmed([msg])
 

@@ -50,6 +50,29 @@ class Histogram:
         if self.max is None or value > self.max:
             self.max = value
 
+    def record_many(self, values) -> None:
+        """record() for each value (a batch: one bridge confirmation)."""
+        counts = self.counts
+        get = counts.get
+        lo, hi, n, total = self.min, self.max, 0, 0
+        for value in values:
+            value = int(value) if value > 0 else 0
+            if value < SUB:
+                i = value
+            else:
+                shift = value.bit_length() - SUB_BITS - 1
+                i = ((shift + 1) << SUB_BITS) + ((value >> shift) - SUB)
+            counts[i] = get(i, 0) + 1
+            n += 1
+            total += value
+            if lo is None or value < lo:
+                lo = value
+            if hi is None or value > hi:
+                hi = value
+        self.total += n
+        self.sum += total
+        self.min, self.max = lo, hi
+
     def merge(self, other: "Histogram") -> "Histogram":
         for i, n in other.counts.items():
             self.counts[i] = self.counts.get(i, 0) + n

@@ -202,9 +202,13 @@ class Window:
     def offer(self, msg: Message) -> Hashable | None:
         """Send `msg` (making room first); its key, or None when no acknowledgement
         will come for it (sent is done)."""
-        inflight = self.inflight
-        if len(inflight) >= self.limit or self.sender.busy():
+        if len(self.inflight) >= self.limit or self.sender.busy():
             self.drain(self.limit - 1)
+        return self.put(msg)
+
+    def put(self, msg: Message) -> Hashable | None:
+        """offer() when the caller made room already (the bridge's loop)."""
+        inflight = self.inflight
         key = self.sender.send(msg)
         self.sent += 1
         if key is not None:
