@@ -195,7 +195,8 @@ class Window:
         self.refused: list[tuple[Message, str]] = []
         self.on_ack, self.on_refuse = on_ack, on_refuse
         # with on_ack, settled messages are reported in the order they were offered
-        self._order: dict | None = {} if on_ack is not None else None
+        # (inflight's insertion order)
+        self._order = on_ack is not None
         self.since = time.monotonic()  # last progress, or when the oldest in flight began to wait
         self.finishing = False
 
@@ -215,8 +216,6 @@ class Window:
             if not inflight:
                 self.since = time.monotonic()
             inflight[key] = msg
-            if self._order is not None:
-                self._order[key] = self.sent
         return key
 
     def settle(self) -> bool:
@@ -230,16 +229,25 @@ class Window:
         if acked:
             done = []
             pop = inflight.pop
-            if order is not None:
-                acked = sorted((k for k in acked if k in order), key=order.__getitem__)
+            if order:
+                # in the order they were offered: inflight's own (insertion) order, walked
+                # from the oldest until every acknowledged one was found (acknowledgements
+                # mostly come oldest first: a few steps)
+                wanted = len(acked) if len(acked) <= len(inflight) else len(acked & inflight.keys())
+                keys = []
+                if wanted:
+                    for key in inflight:
+                        if key in acked:
+                            keys.append(key)
+                            if len(keys) == wanted:
+                                break
+                done = [pop(key) for key in keys]
+                acked.clear()
+            else:
                 for key in acked:
-                    del order[key]
-                sender.acked.clear()
-            for key in acked:
-                msg = pop(key, None)
-                if msg is not None:
-                    done.append(msg)
-            if order is None:
+                    msg = pop(key, None)
+                    if msg is not None:
+                        done.append(msg)
                 acked.clear()
             self.acknowledged += len(done)
             if done and self.on_ack is not None:
@@ -248,8 +256,6 @@ class Window:
             bad = []
             for key, reason in refused_keys.items():
                 msg = inflight.pop(key, None)
-                if order is not None:
-                    order.pop(key, None)
                 if msg is not None:
                     bad.append((msg, reason))
             refused_keys.clear()
