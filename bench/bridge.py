@@ -286,25 +286,29 @@ def versions() -> dict:
 
 # what profiling found (kept with the tables: --write rewrites them, not this)
 NOTES = [
-    "- Profile of AMQP → MQTT (cProfile, 30,000 messages, 2026-12-05, a quiet moment: 6.4 s wall, 4.3 s CPU under "
-    "the profiler), top entries by own time: socket `send` (paho's PUBLISH writes) 0.58 s, paho's `Properties` built "
-    "for every PUBACK 0.52 s, pika's `decode_frame` 0.31 s (0.71 s with what it calls; `_on_data_available`, the "
-    "queue's deliveries, 1.83 s), paho's `_packet_read` 0.20 s (1.80 s with what it calls); iotctl's own entries are "
-    "each under 0.25 s (the AMQP envelope's portable fields 0.21 s, `foreign` 0.10 s, the latency histogram 0.16 s). "
-    "The bridge does the work of `mqtt pub -l` plus that of consuming the queue (pika's frame decoding, about 40 % of "
-    "its CPU time): on 2 CPUs shared with both brokers it gets about two thirds of `pub -l`'s rate in this "
-    "direction (0.47–1.18× by round in the run above), and the 0.8× target is not met. MQTT → AMQP is faster than `mqtt pub -l` itself: Mosquitto delivers the stored "
-    "backlog at its own pace and the AMQP publisher writes a burst of frames in one `send()`.",
-    "- Two bottlenecks of iotctl's own were found by that profile and fixed (commit 1141713): the AMQP source's "
-    "acknowledgements were written only when the source was polled, so the queue's prefetch ran dry once per batch "
-    "and the MQTT window waited (30,000 messages took 11–12 s against `pub -l`'s 6–7 s at the time); written at "
-    "every confirmation instead, each write cost about 2 ms of wall time (pika's `send()` waking RabbitMQ on a loaded "
-    "machine) in the middle of the MQTT window. Now one `Basic.Ack` (multiple) goes out at most every 20 ms, while "
-    "the window is full and the bridge waits anyway: 4.1–7.3 s against `pub -l`'s 2.9–6.8 s in the same minutes.",
+    "- Since the run of 2026-12-05 01:56 (AMQP → MQTT 0.66×, MQTT → AMQP 1.92× against `mqtt pub -l`, then the "
+    "slower side at 17,325/s), both sides of a bridge and `mqtt pub -l` itself left their libraries' per-message "
+    "Python: an MQTT publisher's own session is written by iotctl's codec (iotctl/protocols/mqtt/fastsend.py), an "
+    "AMQP consumer reads its deliveries with iotctl's frame parser (iotctl/protocols/amqp/fastpath.py), and the "
+    "bridge acknowledges its source a batch at a time (256 messages, or 5 ms) and sends what waits without a call "
+    "per message for room. `mqtt pub -q 1 -l` went from 17,000 to about 90,000/s, so the slower side is now "
+    "`amqp publish -l` (pika's `basic_publish`, about 20 µs a message, is most of its CPU time).",
+    "- AMQP → MQTT (one profile, 30,000 messages, before the batched source acks): 2.1 s of 4.5 s were `send()` "
+    "calls, half of them an acknowledgement to RabbitMQ for every handful of PUBACKs (Mosquitto's receive maximum "
+    "is 20); batched, the direction went from 0.40× to 0.94×. The bridge process now uses about 1.7 s user and "
+    "0.45 s system CPU for 100,000 messages over about 2.9 s: the rest of the two CPUs go to RabbitMQ delivering "
+    "and Mosquitto taking them, and a bridge from a source that costs nothing reaches 63,000/s into the same "
+    "Mosquitto.",
+    "- MQTT → AMQP is short of the target against `amqp publish -l`: it does all of that command's work (pika's "
+    "`basic_publish` and the confirms: 2.1–2.3 s user CPU for 100,000) plus taking the messages from Mosquitto "
+    "(iotctl's receive fast path) and the bridge's bookkeeping, 2.85 s user CPU in all, while Mosquitto needs CPU "
+    "to deliver the backlog on the same two CPUs. 0.8× would need the bridge's own share (about 7 µs a message) "
+    "to shrink by half, or a cheaper AMQP publish path — which `amqp publish -l` would then use too, raising "
+    "the bar by as much (and AMQP → MQTT would be measured against it).",
     "- Memory: the peak is reached within the first tens of thousands of messages — the window (1,000), what is "
     "taken from the source and waits for room, and what the source delivers ahead (a queue's prefetch of 1,000; "
-    "an MQTT session's burst, up to a few thousand here) — and then stays; it does not grow with the number "
-    "carried (sampled every 2 s over 300,000 MQTT → AMQP: 38.6 MiB at 20k, 39.6 at 63k, 39.7 from 200k to the end).",
+    "an MQTT session's burst: one read of up to 256 KiB) — and then stays; it does not grow with the number "
+    "carried.",
 ]
 
 
@@ -326,8 +330,8 @@ def section(args, rates: dict, mem: dict, took: float, info: dict) -> str:
         f"{args.memory_messages}`; took {took:.0f} s; iotctl at commit {info['commit']}",
         f"- Python {info['python']}, paho-mqtt {info['paho']}, pika {info['pika']}; {info['mosquitto']} "
         f"(private listener 127.0.0.1:{MQTT_PORT}, max_queued_messages 0); RabbitMQ {info['rabbitmq']}",
-        f"- nproc {os.cpu_count()}, load average {load}: the machine is shared with the two brokers and with "
-        "other jobs (other helpers' test suites ran during this run), so absolute rates move from round to "
+        f"- nproc {os.cpu_count()}, load average {load}: the machine is shared with the two brokers "
+        "(and with other jobs when the load says so), so absolute rates move from round to "
         "round; each ratio is taken within one round, where the pubs and the bridges ran within a minute of each other.",
         "",
         f"| {n:,} messages, QoS 1 / publisher confirms | msg/s (median of {args.rounds}) | each round |",
