@@ -109,7 +109,7 @@ def test_a_stream_split_anywhere_gives_the_same_deliveries():
 def _corpus() -> list:
     """(properties, body): every BasicProperties field, headers of every AMQP type pika
     writes (nested tables and arrays, byte arrays, decimals, timestamps, void, a key
-    that is not UTF-8), short strings that are not UTF-8, empty bodies, bodies of one
+    that is not UTF-8), short strings that are not UTF-8 (the content type too), empty bodies, bodies of one
     full frame, of two and three frames, and of 3 MB; the last two repeat earlier
     properties and headers byte for byte."""
     import pika
@@ -134,7 +134,7 @@ def _corpus() -> list:
         (p(), b""),
         (p(content_type="text/plain", headers={"k": "v"}), b""),
         (p(message_id=b"\xff\xfe", correlation_id=b"\x80abc", type=b"\xc3\x28", app_id=b"ok", reply_to=b"\xe2\x82",
-           content_encoding=b"\xfa"), b"short strings that are not UTF-8"),
+           content_encoding=b"\xfa", content_type=b"\xfe\xff/x"), b"short strings that are not UTF-8"),
         (p(), (pattern * 600)[:frame_body]),
         (p(), (pattern * 600)[:frame_body + 1]),
         (p(headers={"n": 1}), pattern * 1200),
@@ -199,6 +199,7 @@ def test_the_same_envelopes_as_pika(names):
     assert every["meta"]["headers"]["arr"] == [1, "two", [3, {"four": 4}], "0xfe", -0.5]
     assert every["meta"]["headers"]["ts"] == "2026-01-02T03:04:05+00:00"
     assert envelopes[6]["meta"]["properties"]["message_id"] == "0xfffe"
+    assert envelopes[6]["content_type"] == "0xfeff2f78"  # not UTF-8: shown as bytes are (it crashed -o jsonl)
     assert [len(e["payload"]) for e in envelopes[7:11]] == [174752, 174756, 409600, 3_000_000]
     assert envelopes[-2]["meta"]["headers"] == every["meta"]["headers"]
     assert depth_of(fast_q) == depth_of(pika_q) == 0

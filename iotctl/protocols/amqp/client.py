@@ -325,7 +325,7 @@ def decode_properties(raw: bytes):
         cache = _RAW_PROPS if headers is None else _RAW_HEADERS
         if len(cache) > 256:
             cache.clear()
-        found = cache[raw] = (props.content_type, properties_dict(props),
+        found = cache[raw] = (_text(props.content_type), properties_dict(props),
                               None if headers is None else (_plain(headers) if headers else {}))
         if headers is None:
             return found
@@ -343,6 +343,16 @@ def _fresh(value):
     return value
 
 
+def _text(value):
+    """A short string pika left as bytes (not UTF-8) as the envelope shows bytes: text,
+    or `0x` and hex (a message's content type is text everywhere)."""
+    if isinstance(value, bytes):
+        from iotctl.message import bytes_text
+
+        return bytes_text(value)
+    return value
+
+
 def to_message(method, props, body: bytes, extra: dict | None = None) -> Message:
     """A delivery (Basic.Deliver or Basic.GetOk) as an envelope; the address is the
     routing key, the exchange and the rest of the delivery are in meta."""
@@ -354,7 +364,7 @@ def to_message(method, props, body: bytes, extra: dict | None = None) -> Message
             "headers": _plain(headers) if headers else {}}
     if extra:
         meta.update(extra)
-    return Message("amqp", key, body, props.content_type, meta)
+    return Message("amqp", key, body, _text(props.content_type), meta)
 
 
 def build_properties(fields: dict, headers: dict | None):
@@ -1271,7 +1281,7 @@ class Consumer(_Owner, receive.Receiver):
         headers = props.headers
         key = method.routing_key
         tag = method.delivery_tag
-        msg = Message("amqp", key, body, props.content_type, {
+        msg = Message("amqp", key, body, _text(props.content_type), {
             "exchange": method.exchange, "routing_key": key, "redelivered": method.redelivered,
             "delivery_tag": tag, "properties": properties_dict(props),
             "headers": _plain(headers) if headers else {}})
