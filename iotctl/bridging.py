@@ -374,28 +374,22 @@ class Bridge:
                 return
 
     def _carry_lost(self, msg: Message, lost: ConnectionLost) -> None:
-        was_in_flight = any(m is msg for m in self.window.inflight.values())
-        self._target_lost(lost)
-        if not was_in_flight:
-            self._carry(msg, room=False)  # after a reconnect the window may be full again
-
-    def _carry(self, msg: Message, room: bool = True) -> None:
-        """Send one message, through lost target connections: after a reconnect it is
-        sent again unless it was in flight (then the reconnect sent it again already)."""
+        """`msg` met a lost target: connect again (what was in flight is sent again) and
+        send it unless it was in flight, as long as the target keeps being lost."""
         while True:
-            try:
-                self._send(msg, room=room)
+            was_in_flight = any(m is msg for m in self.window.inflight.values())
+            self._target_lost(lost)
+            if was_in_flight:
                 return
-            except ConnectionLost as lost:
-                was_in_flight = any(m is msg for m in self.window.inflight.values())
-                self._target_lost(lost)
-                if was_in_flight:
-                    return
-                room = False
+            try:
+                self._send(msg)
+                return
+            except ConnectionLost as again:
+                lost = again
 
-    def _send(self, msg: Message, room: bool = False) -> None:
-        """Send one message (`room`: the loop made room for it already)."""
-        if (self.window.put(msg) if room else self.window.offer(msg)) is None:
+    def _send(self, msg: Message) -> None:
+        """Send one message, making room first (after a reconnect the window may be full)."""
+        if self.window.offer(msg) is None:
             # the target acknowledges nothing (QoS 0, no confirms): sent is done
             self._confirmed([msg])
 

@@ -196,7 +196,7 @@ class Window:
         self.on_ack, self.on_refuse = on_ack, on_refuse
         # with on_ack, settled messages are reported in the order they were offered
         # (inflight's insertion order)
-        self._order = on_ack is not None
+        self._ordered = on_ack is not None
         self.since = time.monotonic()  # last progress, or when the oldest in flight began to wait
         self.finishing = False
 
@@ -225,11 +225,11 @@ class Window:
         if not acked and not refused_keys:
             return False
         inflight = self.inflight
-        order = self._order
+        ordered = self._ordered
         if acked:
             done = []
             pop = inflight.pop
-            if order:
+            if ordered:
                 # in the order they were offered: inflight's own (insertion) order, walked
                 # from the oldest until every acknowledged one was found (acknowledgements
                 # mostly come oldest first: a few steps)

@@ -260,16 +260,22 @@ def _run_one(peer, *args, stdin=None, env=None):
         peer.close()
 
 
+def _one_line_then_pause(recorder: Recorder, keepalive: int) -> subprocess.Popen:
+    """`pub -l -q 1 -k KEEPALIVE` to the recorder, one line written, stdin left open."""
+    proc = subprocess.Popen([sys.executable, "-m", "iotctl", "mqtt", "pub", "-h", "127.0.0.1", "-p",
+                             str(recorder.port), "-t", "k", "-l", "-q", "1", "-k", str(keepalive)],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env())
+    proc.stdin.write(b"one\n")
+    proc.stdin.flush()
+    return proc
+
+
 def test_an_unanswered_keepalive_ping_is_exit_3():
     """The input pauses; the publisher pings (at 3/4 of -k) and the broker never
     answers: the connection is given up after 1.5 × -k, one line."""
     recorder = Recorder(pingresp=False)
-    proc = subprocess.Popen([sys.executable, "-m", "iotctl", "mqtt", "pub", "-h", "127.0.0.1", "-p",
-                             str(recorder.port), "-t", "k", "-l", "-q", "1", "-k", "2"], stdin=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=clean_env())
+    proc = _one_line_then_pause(recorder, keepalive=2)
     try:
-        proc.stdin.write(b"one\n")
-        proc.stdin.flush()
         started = time.monotonic()
         err = proc.stderr.read()
         took = time.monotonic() - started
@@ -285,12 +291,8 @@ def test_an_unanswered_keepalive_ping_is_exit_3():
 
 def test_a_paused_input_is_kept_alive_by_pings():
     recorder = Recorder()
-    proc = subprocess.Popen([sys.executable, "-m", "iotctl", "mqtt", "pub", "-h", "127.0.0.1", "-p",
-                             str(recorder.port), "-t", "k", "-l", "-q", "1", "-k", "1"], stdin=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=clean_env())
+    proc = _one_line_then_pause(recorder, keepalive=1)
     try:
-        proc.stdin.write(b"one\n")
-        proc.stdin.flush()
         time.sleep(3.5)
         proc.stdin.write(b"two\n")
         proc.stdin.close()

@@ -102,7 +102,8 @@ def _valid_topic(topic: str) -> bool:
 # --------------------------------------------------------------------------- the wire
 
 
-def _varint(n: int) -> bytes:
+def varint(n: int) -> bytes:
+    """An MQTT variable byte integer (a remaining length; fastsend.py's too)."""
     out = bytearray()
     while True:
         byte, n = n & 0x7F, n >> 7
@@ -116,7 +117,7 @@ def _s(data: bytes) -> bytes:
 
 
 def _packet(first: int, body: bytes) -> bytes:
-    return bytes([first]) + _varint(len(body)) + body
+    return bytes([first]) + varint(len(body)) + body
 
 
 def _connect(client_id: bytes, user, password, keepalive: int, version: str) -> bytes:

@@ -123,20 +123,13 @@ class FastReader:
             if b < 128:
                 length, start = b, pos + 2
             else:
-                length, mult, i = b & 127, 128, pos + 2
-                while True:
-                    if i >= n:
-                        self.buf = buf[pos:]
-                        return out
-                    if i - pos > 4:  # at most four length bytes
-                        raise PeerError("subscription", "malformed packet from the broker (remaining length)")
-                    b = buf[i]
-                    length += (b & 127) * mult
-                    i += 1
-                    if b < 128:
-                        break
-                    mult *= 128
-                start = i
+                found = long_length(buf, pos, n)
+                if found is None:
+                    self.buf = buf[pos:]
+                    return out
+                if found is BAD_LENGTH:
+                    raise PeerError("subscription", "malformed packet from the broker (remaining length)")
+                length, start = found
             end = start + length
             if length > self.max_packet:  # refused before it is read: memory stays bounded
                 raise PeerError("subscription", f"the broker sent a packet larger than {self.max_packet:,} bytes "
@@ -209,6 +202,27 @@ class FastReader:
                 data += _ack_packet(token[1], token[2])
         if data:
             self._write(bytes(data))
+
+
+BAD_LENGTH = (-1, -1)  # long_length: more than four length bytes
+
+
+def long_length(buf, pos: int, n: int):
+    """The remaining length of the packet at buf[pos] when it takes more than one byte:
+    (length, where the packet's body starts); None when its bytes have not all come
+    yet (buf[:n]); BAD_LENGTH when it runs past four bytes (a malformed packet)."""
+    length, mult, i = buf[pos + 1] & 127, 128, pos + 2
+    while True:
+        if i >= n:
+            return None
+        if i - pos > 4:
+            return BAD_LENGTH
+        b = buf[i]
+        length += (b & 127) * mult
+        i += 1
+        if b < 128:
+            return length, i
+        mult *= 128
 
 
 def _ack_packet(mid: int, qos: int) -> bytes:

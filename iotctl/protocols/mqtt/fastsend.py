@@ -18,7 +18,8 @@ import select
 import time
 
 from iotctl.errors import AuthError, ConnectionLost, IotctlError, PeerError
-from iotctl.protocols.mqtt.fastpath import DISCONNECT_REASONS, RECV
+from iotctl.protocols.mqtt.express import varint as remaining_length
+from iotctl.protocols.mqtt.fastpath import BAD_LENGTH, DISCONNECT_REASONS, RECV, long_length
 
 LIMIT = 64 << 10  # a batch of PUBLISH packets leaves once this much gathered
 MAX_REMAINING = 268_435_455
@@ -35,18 +36,6 @@ except ImportError:  # pragma: no cover - Python without ssl
 class BadPublish(ValueError):
     """A message this connection cannot carry (the topic, the size): the caller's
     usage error, as paho's ValueError was."""
-
-
-def remaining_length(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 127
-        n >>= 7
-        if n:
-            out.append(byte | 128)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _utf8(value: str, what: str) -> bytes:
@@ -282,21 +271,14 @@ class FastWriter:
             if b < 128:
                 length, start = b, pos + 2
             else:
-                length, mult, i = b & 127, 128, pos + 2
-                while True:
-                    if i >= n:
-                        self.buf = buf[pos:]
-                        return
-                    if i - pos > 4:
-                        self.error = PeerError("publish", "malformed packet from the broker (remaining length)")
-                        return
-                    b = buf[i]
-                    length += (b & 127) * mult
-                    i += 1
-                    if b < 128:
-                        break
-                    mult *= 128
-                start = i
+                found = long_length(buf, pos, n)
+                if found is None:
+                    self.buf = buf[pos:]
+                    return
+                if found is BAD_LENGTH:
+                    self.error = PeerError("publish", "malformed packet from the broker (remaining length)")
+                    return
+                length, start = found
             if length > RECV * 4:  # nothing a publisher is sent is this large: a hostile peer
                 self.error = PeerError("publish", f"the broker sent a packet of {length:,} bytes to a publisher")
                 return
