@@ -10,9 +10,44 @@ from iotctl.errors import OutputClosed
 from iotctl.message import Message
 
 
+class Whole:
+    """A binary stream whose write() writes all it is given (or raises).
+
+    CPython's BufferedWriter (seen with 3.11.7) returns a short count, and drops the
+    rest, when a signal handler that does not raise runs during a write larger than its
+    buffer to a pipe that is full. That is a Ctrl-C held by interrupts.deferred() while
+    `sub` waits for its reader: the batch's messages were acknowledged, and the output
+    ended mid-line with thousands of them missing."""
+
+    __slots__ = ("stream", "flush", "close", "fileno")
+
+    def __init__(self, stream: IO[bytes]):
+        self.stream = stream
+        self.flush, self.close, self.fileno = stream.flush, stream.close, stream.fileno
+
+    def write(self, data) -> int:
+        n = self.stream.write(data)
+        if n is not None and n < len(data):
+            write_rest(self.stream, data, n)
+        return len(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
+
+
+def write_rest(stream: IO[bytes], data, done: int) -> None:
+    """What a short write() left of `data` (from `done` on)."""
+    view = memoryview(data)[done:]
+    while view:
+        n = stream.write(view)
+        if n is None:  # a non-blocking stream that is full
+            raise BlockingIOError(11, "write could not complete without blocking")
+        view = view[n:]
+
+
 class Writer:
     def __init__(self, out: IO[bytes]):
-        self.out = out
+        self.out = out if out is None or type(out) is Whole else Whole(out)
 
     def write(self, msg: Message) -> None:
         raise NotImplementedError

@@ -203,3 +203,48 @@ def test_pretty_messages_are_separated_without_colour(capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[1] == "one" and lines[2] == "" and lines[4] == "two"
     assert lines[0].endswith("a qos=0 (3 B)") and lines[3].endswith("b qos=1 retain (3 B)")
+
+
+WRITES_A_BATCH_WHILE_CTRL_C_WAITS = """
+import sys
+from iotctl import interrupts
+from iotctl.message import Message
+from iotctl.output import make_writer
+
+writer = make_writer("raw")
+batch = [Message("mqtt", "t", b"%06d" % i, None, {}) for i in range(40000)]
+with interrupts.guarded():
+    try:
+        with interrupts.deferred():  # as the receive driver writes a batch it then acknowledges
+            sys.stderr.write("writing\\n")
+            sys.stderr.flush()
+            writer.write_batch(batch)
+            writer.flush()
+            sys.stderr.write("written\\n")
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted after the batch\\n")
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_a_ctrl_c_while_the_reader_lags_cuts_nothing_out_of_a_batch(attempt):
+    """A Ctrl-C held while a batch is written to a full pipe: every byte of the batch
+    arrives. CPython's BufferedWriter returned a short count when the signal came and
+    dropped the rest (the batch was acknowledged: `sub` lost thousands of messages and
+    printed its last line cut in half)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import clean_env
+
+    proc = subprocess.Popen([sys.executable, "-c", WRITES_A_BATCH_WHILE_CTRL_C_WAITS], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=clean_env())
+    assert proc.stderr.readline() == b"writing\n"
+    time.sleep(0.3)  # the pipe (64 KiB) is full long before 280,000 bytes: the write blocks
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert err == b"written\ninterrupted after the batch\n"
+    assert out == b"".join(b"%06d\n" % i for i in range(40000))

@@ -642,7 +642,11 @@ def _show(resp: _Message, uri: str, code_text: str, mode: str, template: str | N
         out = None
     try:
         if out is not None:
-            sys.stdout.buffer.write(out)
+            n = sys.stdout.buffer.write(out)
+            if n < len(out):  # a signal during a large write to a full pipe (output/writers.py: Whole)
+                from iotctl.output.writers import write_rest
+
+                write_rest(sys.stdout.buffer, out, n)
         else:
             _envelope(resp, uri, code_text, location, mode, template)
         sys.stdout.buffer.flush()

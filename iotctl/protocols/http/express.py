@@ -128,7 +128,12 @@ def _run(url, head: bytes, timeout: float, quiet: bool, fields) -> int:
         status(f"GET {url.shown}: {status_code} {reason}", quiet)
         return 0
     try:
-        sys.stdout.buffer.write(body + b"\n")
+        data = body + b"\n"
+        n = sys.stdout.buffer.write(data)
+        if n < len(data):  # a signal during a large write to a full pipe (output/writers.py: Whole)
+            from iotctl.output.writers import write_rest
+
+            write_rest(sys.stdout.buffer, data, n)
         sys.stdout.buffer.flush()
     except BrokenPipeError:
         from iotctl.output.writers import _quiet_broken_pipe
