@@ -59,6 +59,14 @@ class ConnectionLost(ConnectError):
     """A connection that was up is gone (exit 3, unless a receiver reconnects)."""
 
 
+class SubscriptionEnded(ConnectionLost):
+    """The peer ended a subscription on a connection that stays up (RabbitMQ cancels a
+    consumer whose queue was deleted or whose node went down). A receiver subscribes
+    again as after a lost connection; where it cannot, exit 6 (the peer said so)."""
+
+    code = ExitCode.PEER
+
+
 class AuthError(IotctlError):
     code = ExitCode.AUTH
 

@@ -258,7 +258,7 @@ BACKOFF = (0.5, 1, 2, 4, 8, 15, 30)
 def _reconnect(receiver: Receiver, lost: ConnectionLost, deadline: float | None) -> None:
     """Connect again with backoff, a status line for the loss and for the recovery;
     within -W when one was given (then the loss is the error)."""
-    from iotctl.errors import IotctlError
+    from iotctl.errors import IotctlError, SubscriptionEnded
     from iotctl.settings import status
 
     why = lost.why or lost.what
@@ -268,7 +268,10 @@ def _reconnect(receiver: Receiver, lost: ConnectionLost, deadline: float | None)
         delay = BACKOFF[min(attempt, len(BACKOFF) - 1)]
         if deadline is not None and time.monotonic() + delay >= deadline:
             raise lost
-        lost_line = why if why.startswith("connection lost") else f"connection lost ({why})"  # said once
+        if why.startswith("connection lost") or isinstance(lost, SubscriptionEnded):
+            lost_line = why  # said once
+        else:
+            lost_line = f"connection lost ({why})"
         status(f"{lost_line}; reconnecting in {delay:g} s" + (f" (attempt {attempt + 1})" if attempt else ""))
         time.sleep(delay)
         attempt += 1

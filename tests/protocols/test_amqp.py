@@ -83,7 +83,8 @@ def start(*args: str, **kw) -> subprocess.Popen:
     # unbuffered pipes: communicate() after a readline() must not miss read-ahead data
     kw.setdefault("stdout", subprocess.PIPE)
     kw.setdefault("stderr", subprocess.PIPE)
-    proc = subprocess.Popen(iotctl_cmd(*args), env=clean_env(), bufsize=0, **kw)
+    kw.setdefault("env", clean_env())
+    proc = subprocess.Popen(iotctl_cmd(*args), bufsize=0, **kw)
     _STARTED.append(proc)
     return proc
 

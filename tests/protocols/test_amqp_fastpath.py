@@ -200,6 +200,7 @@ def test_the_same_envelopes_as_pika(names):
     assert every["meta"]["properties"]["cluster_id"] == "cl-1"
     assert every["meta"]["headers"]["arr"] == [1, "two", [3, {"four": 4}], "0xfe", -0.5]
     assert every["meta"]["headers"]["ts"] == "2026-01-02T03:04:05+00:00"
+    assert every["meta"]["headers"]["0xff6b6579"] == "the value of a key that is not UTF-8"  # was "b'\\xffkey'"
     assert envelopes[6]["meta"]["properties"]["message_id"] == "0xfffe"
     assert envelopes[6]["content_type"] == "0xfeff2f78"  # not UTF-8: shown as bytes are (it crashed -o jsonl)
     assert [len(e["payload"]) for e in envelopes[7:11]] == [174752, 174756, 409600, 3_000_000]

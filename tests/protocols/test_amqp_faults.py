@@ -319,6 +319,31 @@ def test_consume_and_tap_reconnect_with_backoff_while_the_broker_is_away(relay, 
 # --------------------------------------------------------------------------- issue 23 item 1: bounded input
 
 
+@pytest.mark.parametrize("pika_reads", [False, True], ids=["fast-path", "pika"])
+def test_a_deleted_queue_is_one_line_saying_so_and_exit_6(names, pika_reads):
+    """RabbitMQ cancels the consumer of a deleted queue (Basic.Cancel): the status line says
+    so (it said `connection lost (KeyError('ctag1...'))`: pika's BlockingChannel did not know
+    the consumer), consuming again finds no queue: one error line, exit 6."""
+    from tests.helpers import clean_env
+
+    q = queue_of(names)
+    env = clean_env()
+    if pika_reads:
+        env["IOTCTL_AMQP_PIKA_RECEIVE"] = "1"
+    proc = start("amqp", "consume", q, "-W", "60", env=env)
+    wait_status(proc, "consuming from")
+    assert run_ok("amqp", "publish", "-r", q, "-m", "before")
+    assert proc.stdout.readline() == b"before\n"
+    assert run_ok("amqp", "delete", "queue", q)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 6, err
+    assert out == b""
+    assert err.decode().splitlines() == [
+        f"iotctl: the broker cancelled the consumer of queue {q!r} (the queue was deleted, or its node went "
+        "down); reconnecting in 0.5 s",
+        f"iotctl: error: cannot consume from queue {q!r}: NOT_FOUND - no queue {q!r} in vhost '/'"]
+
+
 def test_a_frame_larger_than_frame_max_is_refused_before_it_is_buffered(rmq):
     def huge(conn):
         conn.sendall(bytes([1, 0, 0]) + (1 << 31).to_bytes(4, "big"))

@@ -33,8 +33,8 @@ from pika import frame as pika_frame, spec
 from pika.adapters.select_connection import SelectConnection
 
 from iotctl import interrupts, receive, send
-from iotctl.errors import (AuthError, ConnectError, ConnectionLost, IotctlError, PeerError, TimeoutError_,
-                           UsageError, from_os_error)
+from iotctl.errors import (AuthError, ConnectError, ConnectionLost, IotctlError, PeerError, SubscriptionEnded,
+                           TimeoutError_, UsageError, from_os_error)
 from iotctl.message import Message, foreign
 from iotctl.protocols.amqp.fastpath import FastReader, ack_frame, nack_frame
 from iotctl.settings import warn
@@ -263,8 +263,9 @@ def _plain(value: Any) -> Any:
     decimals as numbers, timestamps as ISO text)."""
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, dict):  # a key that is not UTF-8 (pika leaves it bytes) as bytes are shown
+        return {(k if isinstance(k, str) else _text(k) if isinstance(k, bytes) else str(k)): _plain(v)
+                for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     if isinstance(value, (bytes, bytearray)):
@@ -408,6 +409,8 @@ class Session:
         self.channel = None
         self.impl = None
         self.channel_closed: BaseException | None = None
+        self.consumers: dict[str, str] = {}  # consumer tag -> queue, of those started by consume()
+        self.cancelled: str | None = None  # the queue whose consumer the broker cancelled
         self.conn_closed: BaseException | None = None
         self._bounded = bounded(f"cannot connect to {self.where}")
         from iotctl.trace import route_logs
@@ -463,10 +466,30 @@ class Session:
             if self._bounded.failure is not None:
                 raise self._bounded.failure from None
             raise amqp_error(what, exc, cfg) from None
-        self.impl = self.channel._impl
         self.ioloop = self.conn._impl.ioloop
-        self.impl.add_on_close_callback(self._on_channel_closed)
+        self._adopt_channel()
         self.conn._impl.add_on_close_callback(self._on_connection_closed)
+
+    def _adopt_channel(self) -> None:
+        """The channel's callbacks: its close, and a consumer the broker cancels. pika's
+        BlockingChannel knows only the consumers started through it, not those started on
+        its channel (`consume`): for one of ours its cancel handler raised KeyError, which
+        pika took for a broken stream ("connection lost (KeyError('ctag1...'))")."""
+        channel = self.channel
+        self.impl = impl = channel._impl
+        self.channel_closed = None
+        self.cancelled = None
+        impl.add_on_close_callback(self._on_channel_closed)
+        theirs = channel._on_consumer_cancelled_by_broker
+        if self.conn._impl.callbacks.remove(impl.channel_number, spec.Basic.Cancel, theirs):
+            def on_cancel(frame) -> None:
+                tag = frame.method.consumer_tag
+                if tag in channel._consumer_infos:
+                    theirs(frame)
+                elif tag in self.consumers:
+                    self.cancelled = self.consumers[tag]
+
+            impl.add_on_cancel_callback(on_cancel)
 
     def _on_channel_closed(self, channel, reason) -> None:
         self.channel_closed = reason
@@ -481,7 +504,7 @@ class Session:
     @property
     def broken(self) -> bool:
         """The channel or the connection has closed (or the input was refused)."""
-        return (self.channel_closed is not None or self.conn_closed is not None
+        return (self.channel_closed is not None or self.conn_closed is not None or self.cancelled is not None
                 or self._bounded.failure is not None)
 
     def close(self, wait: float = CLOSE_WAIT) -> None:
@@ -547,6 +570,9 @@ class Session:
         if self._bounded.failure is not None:
             error = self._bounded.failure
             return type(error)(what, error.why, error.hint)
+        if self.cancelled is not None:
+            return SubscriptionEnded(what, f"the broker cancelled the consumer of queue {self.cancelled!r} (the "
+                                           "queue was deleted, or its node went down)")
         reason = self.channel_closed
         if reason is not None and not isinstance(reason, px.ChannelClosedByClient):
             if isinstance(reason, px.ChannelClosedByBroker):
@@ -639,9 +665,7 @@ class Session:
 
     def _new_channel(self, what: str) -> None:
         self.channel = self.call(what, self.conn.channel)
-        self.channel_closed = None
-        self.impl = self.channel._impl
-        self.impl.add_on_close_callback(self._on_channel_closed)
+        self._adopt_channel()
 
     def delete(self, kind: str, name: str, if_unused=False, if_empty=False, if_exists=False):
         """Delete queue or exchange `name`; None when it did not exist (with `if_exists`),
@@ -701,6 +725,7 @@ class Session:
         except (px.AMQPError, ValueError) as exc:
             raise amqp_error(what, exc, self.cfg) from None
         self.until(lambda: bool(done), timeout, what)
+        self.consumers[tag] = queue
         return tag
 
     def qos(self, prefetch: int) -> None:
