@@ -307,7 +307,7 @@ NOTES = [
     "the bar by as much (and AMQP → MQTT would be measured against it).",
     "- Memory: the peak is reached within the first tens of thousands of messages — the window (1,000), what is "
     "taken from the source and waits for room, and what the source delivers ahead (a queue's prefetch of 1,000; "
-    "an MQTT session's burst: one read of up to 256 KiB) — and then stays; it does not grow with the number "
+    "an MQTT session's burst: one read of up to 64 KiB) — and then stays; it does not grow with the number "
     "carried.",
 ]
 
