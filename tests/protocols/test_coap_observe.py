@@ -210,3 +210,55 @@ def test_observe_count_1_of_a_non_observable_resource_warns(tmp_path, iotctl):
         f"iotctl: observing {dev.uri}/large",
         f"iotctl: warning: observe {dev.uri}/large: the resource is not observable "
         "(the response carried no Observe option)"], r.stderr
+
+
+def test_a_notification_queued_while_an_old_registrations_drain_ends_is_still_delivered():
+    """A notification bigger than one block waits in the backlog while its whole
+    representation is fetched. When the observation registered again during such a fetch,
+    the new registration's own large notification came while the old fetch still held the
+    drain: it waited for a further notification, maybe for ever. Here the fetch is held
+    open by the test (aiocoap's real messages; no peer: the order of events is the point)."""
+    import asyncio
+
+    from aiocoap import CONTENT, Message as CoapMessage
+    from aiocoap.optiontypes import BlockOption
+
+    from iotctl.protocols.coap.client import Observation
+
+    class Inbox(list):
+        put = list.append
+
+    def notification(text: str) -> CoapMessage:
+        resp = CoapMessage(code=CONTENT, payload=text.encode())
+        resp.opt.block2 = BlockOption.BlockwiseTuple(0, True, 6)  # more blocks follow
+        resp.opt.observe = 7
+        return resp
+
+    obs = Observation(type("Spec", (), {"uri": "coap://127.0.0.1/big"})())
+    obs.inbox = Inbox()
+    gate = asyncio.Event()
+
+    async def complete(resp):  # the fetch of the whole representation
+        await gate.wait()
+        whole = CoapMessage(code=CONTENT, payload=bytes(resp.payload) + b" (whole)")
+        whole.opt.observe = resp.opt.observe
+        return whole
+
+    obs._complete = complete
+
+    async def scenario():
+        obs.generation = 1
+        obs._notified(notification("first registration"), 1)  # its fetch starts, and waits
+        await asyncio.sleep(0.01)
+        obs.generation = 2  # registered again (what _register does first)
+        obs.backlog.clear()
+        obs._notified(notification("second registration"), 2)
+        gate.set()
+        for _ in range(100):
+            if any(gen == 2 for gen, _ in obs.inbox):
+                break
+            await asyncio.sleep(0.01)
+
+    asyncio.run(scenario())
+    delivered = [(gen, item.payload) for gen, item in obs.inbox]
+    assert (2, b"second registration (whole)") in delivered, delivered

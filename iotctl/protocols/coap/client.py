@@ -992,6 +992,8 @@ class Observation(receive.Receiver):
                     self.inbox.put((generation, self._item(item, generation)))
             finally:
                 self.draining = False
+                if self.backlog and generation != self.generation:
+                    self._drain()  # the new registration's, queued while this one held the drain
 
         asyncio.ensure_future(drain())
 
