@@ -118,16 +118,14 @@ class Bridge:
         now = time.time()
         stats = self.stats
         stats.latency.record_many([(now - msg.ts) * 1e6 for msg in messages])
-        stats.carried += len(messages)
         with interrupts.deferred():
+            # -o and --save first: a copy that cannot be written (a full disk) ends the run
+            # with these left unacknowledged at the source (they come again)
             if self.writer is not None:
-                for msg in messages:
-                    self.writer.write(msg)
-                self.writer.flush()
+                self.writer.write_all(messages)
             if self._saver is not None:
-                for msg in messages:
-                    self._saver.write(msg)
-                self._saver.flush()
+                self._saver.write_all(messages)
+        stats.carried += len(messages)
         # acknowledged to the source a batch at a time (ACK_BATCH, or ACK_DELAY after the
         # first): a target confirms a few messages at a time (an MQTT broker's receive
         # maximum), and a write per confirmation cost the source's peer a wake-up each
@@ -186,9 +184,8 @@ class Bridge:
             except OSError as exc:
                 raise UsageError(f"cannot write --failed file {self.spec.failed}", exc.strerror or str(exc)) from None
             self._failed_fh = JsonWriter(fh, lines=True)
-        for msg in messages:
-            self._failed_fh.write(msg)
-        self._failed_fh.flush()
+            self._failed_fh.what = f"--failed file {self.spec.failed}"
+        self._failed_fh.write_all(messages)
 
     # ------------------------------------------------------------------ the target's connection
 
@@ -344,9 +341,9 @@ class Bridge:
             stats.tick()
             self._close_sink()
             if self._failed_fh is not None:
-                self._failed_fh.out.close()
+                self._failed_fh.release()
             if self._saver is not None:
-                self._saver.out.close()
+                self._saver.release()
             if self.report is not None:
                 self.report(stats, True)
         stats.interrupted = interrupted  # type: ignore[attr-defined]

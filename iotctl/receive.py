@@ -243,7 +243,7 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
         finally:
             guard.__exit__(None, None, None)
             if saver is not None:
-                saver.out.close()
+                saver.release()
     if timed_out:
         if count is not None and n < count:
             raise TimeoutError_(what, f"received {n} of {count} messages within {spec.timeout:g} s")
@@ -318,4 +318,6 @@ def _saver(path: str | None):
         fh = open(path, "ab")
     except OSError as exc:
         raise UsageError(f"cannot write --save file {path}", exc.strerror or str(exc)) from None
-    return JsonWriter(fh, lines=True)
+    writer = JsonWriter(fh, lines=True)
+    writer.what = f"--save file {path}"
+    return writer

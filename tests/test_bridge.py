@@ -86,6 +86,34 @@ def test_carries_every_message_with_an_address_template_and_prints_what_it_carri
     assert [json.loads(line)["payload"] for line in save.read_text().splitlines()] == lines  # --save: a copy
 
 
+@pytest.mark.parametrize("copy", ["--save", "-o"])
+def test_a_copy_that_cannot_be_written_is_one_line_and_the_source_keeps_the_messages(broker, copy):
+    """--save /dev/full, or -o with stdout on /dev/full (ENOSPC): one line, exit 1, and the
+    source session still holds what the copy missed (it said `unexpected OSError` from the
+    close of the --save file, and a write of -o raised past the output handling)."""
+    n = _name()
+    src, dst = f"src/{n}", f"dst/{n}"
+    cid = f"br-{n}"
+    _session(cid, f"{src}/#")
+    lines = [f"{i:05d}" for i in range(5)]
+    _publish(f"{src}/x", lines)
+    source = f"{SRC}/{src}/%23?qos=1&client_id={cid}&clean_start=false&session_expiry=300"
+    bridge = ["bridge", source, f"{SRC}/{dst}/x?qos=1", "-C", "5", "-W", "30"]
+    cmd = [*bridge, "--save", "/dev/full"] if copy == "--save" else ["-o", "raw", *bridge]
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "iotctl", *cmd], stdout=full, stderr=subprocess.PIPE,
+                           env=clean_env(), timeout=60)
+    err = r.stderr.decode()
+    assert r.returncode == 1, err
+    what = "--save file /dev/full" if copy == "--save" else "output"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"iotctl: error: cannot write {what}: no space left on device; carried 0, "), err
+    assert "left unacknowledged at the source" in last and "Traceback" not in err, err
+    again = _run("bridge", source, f"{SRC}/{dst}/x?qos=1", "-C", "5", "-W", "30", "-o", "raw")
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.decode().splitlines() == lines
+
+
 def test_start_up_line_says_at_most_once_without_a_persistent_session(broker):
     n = _name()
     r = _run("bridge", f"{SRC}/s/{n}", f"{SRC}/d/{n}", "-W", "0.5")

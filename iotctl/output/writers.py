@@ -46,6 +46,8 @@ def write_rest(stream: IO[bytes], data, done: int) -> None:
 
 
 class Writer:
+    what = "output"  # in the error when it cannot be written: "cannot write output"
+
     def __init__(self, out: IO[bytes]):
         self.out = out if out is None or type(out) is Whole else Whole(out)
 
@@ -59,7 +61,15 @@ class Writer:
             self.write(msg)
 
     def write_all(self, msgs) -> None:
-        self.write_batch(msgs)
+        """The batch, written and flushed; output that cannot be written is one error
+        (OutputClosed when the reader has gone, else "cannot write output", exit 1)."""
+        try:
+            self.write_batch(msgs)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+            raise OutputClosed() from None
+        except OSError as exc:
+            raise output_error(exc, self.what) from None
         self.flush()
 
     def flush(self) -> None:
@@ -69,10 +79,18 @@ class Writer:
             _quiet_broken_pipe()
             raise OutputClosed() from None
         except OSError as exc:
-            raise output_error(exc) from None
+            raise output_error(exc, self.what) from None
 
     def close(self) -> None:
         self.flush()
+
+    def release(self) -> None:
+        """Close the stream at the end of a run, quietly: every batch was flushed, so a
+        close that fails is one whose last flush failed, and that was reported."""
+        try:
+            self.out.close()
+        except OSError:
+            pass
 
 
 class RawWriter(Writer):
@@ -135,7 +153,7 @@ class TemplateWriter(Writer):
         self.out.write(self.template.render(env).encode("utf-8", "surrogateescape") + b"\n")
 
 
-def output_error(exc: OSError):
+def output_error(exc: OSError, what: str = "output"):
     """The one line for output that cannot be written (a full disk, a quota, an I/O
     error): nothing unwritten is acknowledged, since the error comes before the ack."""
     import os
@@ -143,7 +161,7 @@ def output_error(exc: OSError):
     from iotctl.errors import IotctlError
 
     why = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
-    return IotctlError("cannot write output", why)
+    return IotctlError(f"cannot write {what}", why)
 
 
 def _quiet_broken_pipe() -> None:
