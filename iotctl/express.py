@@ -154,6 +154,28 @@ def error(what: str, why: str | None = None, hint: str | None = None) -> None:
     sys.stderr.flush()
 
 
+def emit(data: bytes) -> int:
+    """A response's bytes on stdout, all of them (output.writers.Whole says why a write
+    may come back short): 0; a reader that has gone is a quiet 0, output that cannot be
+    written (a full disk) the error line and 1, as on the normal path."""
+    out = sys.stdout.buffer
+    try:
+        n = out.write(data)
+        if n < len(data):
+            from iotctl.output.writers import write_rest
+
+            write_rest(out, data, n)
+        out.flush()
+    except BrokenPipeError:
+        from iotctl.output.writers import _quiet_broken_pipe
+
+        _quiet_broken_pipe()
+    except OSError as exc:
+        error("cannot write output", (os.strerror(exc.errno) if exc.errno else str(exc)).lower())
+        return 1
+    return 0
+
+
 def status(text: str, quiet: bool) -> None:
     """settings.status(text, tty_only=True)."""
     if not quiet and sys.stderr.isatty():

@@ -208,22 +208,14 @@ def run(receiver: Receiver, spec: ReceiveSpec, what: str, writer=None, noun: str
                 batch = batch[: count - n]
             # a Ctrl-C waits until the batch is written and acknowledged: a message
             # printed but not acknowledged would come back to a persistent session
+            # (output that cannot be written raises before the acknowledgement: Writer)
             with interrupts.deferred():
-                try:
-                    write(batch)
-                    n += len(batch)
-                    if saver is not None:
-                        for msg in batch:
-                            saver.write(msg)
-                    pending.extend(batch)
-                    flush()
-                except OSError as exc:
-                    if isinstance(exc, BrokenPipeError):
-                        raise
-                    from iotctl.output.writers import output_error
-
-                    pending.clear()  # not written (a full disk): never acknowledged
-                    raise output_error(exc) from None
+                write(batch)
+                n += len(batch)
+                if saver is not None:
+                    saver.write_batch(batch)
+                pending.extend(batch)
+                flush()
             if count is not None and n >= count:
                 return n
     except KeyboardInterrupt:

@@ -17,18 +17,27 @@ class Whole:
     rest, when a signal handler that does not raise runs during a write larger than its
     buffer to a pipe that is full. That is a Ctrl-C held by interrupts.deferred() while
     `sub` waits for its reader: the batch's messages were acknowledged, and the output
-    ended mid-line with thousands of them missing."""
+    ended mid-line with thousands of them missing.
 
-    __slots__ = ("stream", "flush", "close", "fileno")
+    A write that fails is the one error line of the run: OutputClosed when the reader
+    has gone, else "cannot write output" (the owner's `what`), exit 1."""
 
-    def __init__(self, stream: IO[bytes]):
-        self.stream = stream
+    __slots__ = ("stream", "owner", "flush", "close", "fileno")
+
+    def __init__(self, stream: IO[bytes], owner=None):
+        self.stream, self.owner = stream, owner
         self.flush, self.close, self.fileno = stream.flush, stream.close, stream.fileno
 
     def write(self, data) -> int:
-        n = self.stream.write(data)
-        if n is not None and n < len(data):
-            write_rest(self.stream, data, n)
+        try:
+            n = self.stream.write(data)
+            if n is not None and n < len(data):
+                write_rest(self.stream, data, n)
+        except BrokenPipeError:
+            _quiet_broken_pipe()
+            raise OutputClosed() from None
+        except OSError as exc:
+            raise output_error(exc, getattr(self.owner, "what", "output")) from None
         return len(data)
 
     def __getattr__(self, name: str):
@@ -49,7 +58,7 @@ class Writer:
     what = "output"  # in the error when it cannot be written: "cannot write output"
 
     def __init__(self, out: IO[bytes]):
-        self.out = out if out is None or type(out) is Whole else Whole(out)
+        self.out = out if out is None or type(out) is Whole else Whole(out, self)
 
     def write(self, msg: Message) -> None:
         raise NotImplementedError
@@ -61,15 +70,7 @@ class Writer:
             self.write(msg)
 
     def write_all(self, msgs) -> None:
-        """The batch, written and flushed; output that cannot be written is one error
-        (OutputClosed when the reader has gone, else "cannot write output", exit 1)."""
-        try:
-            self.write_batch(msgs)
-        except BrokenPipeError:
-            _quiet_broken_pipe()
-            raise OutputClosed() from None
-        except OSError as exc:
-            raise output_error(exc, self.what) from None
+        self.write_batch(msgs)
         self.flush()
 
     def flush(self) -> None:

@@ -285,3 +285,15 @@ def test_the_lane_imports_neither_click_nor_aiocoap(libcoap):
     code, out, modules = express_probe("coap", "get", f"{libcoap}/")
     assert code == 0 and out.startswith(b"This is a test server")
     assert not {"click", "aiocoap", "asyncio", "rich"} & modules
+
+
+@pytest.mark.parametrize("express", [True, False], ids=["lane", "normal"])
+@pytest.mark.parametrize("output", ["raw", "json"])
+def test_a_full_disk_is_one_line_and_exit_1(device, express, output):
+    """stdout on /dev/full (ENOSPC): `cannot write output: no space left on device`, exit
+    1, both ways (the lane printed a traceback, the normal path `unexpected OSError`)."""
+    env = clean_env() if express else clean_env(IOTCTL_EXPRESS="0")
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "iotctl", "coap", "get", device.uri + "/time", "-o", output],
+                           stdout=full, stderr=subprocess.PIPE, env=env, timeout=60)
+    assert (r.returncode, r.stderr) == (1, b"iotctl: error: cannot write output: no space left on device\n")

@@ -131,3 +131,12 @@ def test_options_it_does_not_know_take_the_normal_path(peer):
                  ["get", "http://u:p@127.0.0.1/"], ["get", "/rel"], ["get", f"{B}/x", "-H", "a: 1", "-H", "b: 2"],
                  ["get", f"{B}/x", "-H", "bad header"], ["post", f"{B}/x"], ["get"]):
         assert get(argv) is None, argv
+
+
+def test_a_full_disk_is_one_line_and_exit_1_in_the_lane(peer):
+    """stdout on /dev/full (ENOSPC): one line, exit 1 (the lane printed a traceback)."""
+    peer("nginx")
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "iotctl", "http", "get", f"{B}/hello"], stdout=full,
+                           stderr=subprocess.PIPE, env=clean_env(), timeout=60)
+    assert (r.returncode, r.stderr) == (1, b"iotctl: error: cannot write output: no space left on device\n")

@@ -23,7 +23,7 @@ from __future__ import annotations
 import sys
 import time
 
-from iotctl.express import Options, connect_error, error, positive
+from iotctl.express import Options, connect_error, emit, error, positive
 
 _COMMON = {
     "-A": ("accept", "value"), "--accept": ("accept", "value"),
@@ -584,7 +584,9 @@ def _run(verb, uri, host, port, options, payload, timeout, max_size, mode, templ
     ok = 64 <= resp.code < 96
     code_text = _code_text(resp.code)
     if ok or mode in ("json", "jsonl"):
-        _show(resp, uri, code_text, mode, template, quiet)
+        shown = _show(resp, uri, code_text, mode, template, quiet)
+        if shown:
+            return shown
     if ok:
         return 0
     text = resp.payload.decode("utf-8", "replace").strip()
@@ -623,8 +625,8 @@ def _location(resp: _Message) -> str | None:
     return "/" + "/".join(path) + ("?" + "&".join(query) if query else "")
 
 
-def _show(resp: _Message, uri: str, code_text: str, mode: str, template: str | None, quiet: bool) -> None:
-    """cli._write for one response."""
+def _show(resp: _Message, uri: str, code_text: str, mode: str, template: str | None, quiet: bool) -> int:
+    """cli._write for one response: 0, or 1 when stdout cannot take it (express.emit)."""
     location = _location(resp)
     if location and not quiet:
         sys.stderr.write(f"iotctl: {code_text}: {location}\n")
@@ -633,31 +635,18 @@ def _show(resp: _Message, uri: str, code_text: str, mode: str, template: str | N
         if not quiet and sys.stderr.isatty():
             sys.stderr.write(f"iotctl: {uri}: {code_text}\n")
             sys.stderr.flush()
-        return
+        return 0
     if mode == "raw":
         out = resp.payload + b"\n"
     elif mode == "hex":
         out = resp.payload.hex().encode("ascii") + b"\n"
     else:
-        out = None
-    try:
-        if out is not None:
-            n = sys.stdout.buffer.write(out)
-            if n < len(out):  # a signal during a large write to a full pipe (output/writers.py: Whole)
-                from iotctl.output.writers import write_rest
-
-                write_rest(sys.stdout.buffer, out, n)
-        else:
-            _envelope(resp, uri, code_text, location, mode, template)
-        sys.stdout.buffer.flush()
-    except BrokenPipeError:
-        from iotctl.output.writers import _quiet_broken_pipe
-
-        _quiet_broken_pipe()
+        out = _envelope(resp, uri, code_text, location, mode, template)
+    return emit(out)
 
 
-def _envelope(resp: _Message, uri: str, code_text: str, location: str | None, mode: str, template) -> None:
-    """The response as client.to_message makes it, written by the normal path's writer."""
+def _envelope(resp: _Message, uri: str, code_text: str, location: str | None, mode: str, template) -> bytes:
+    """The response as client.to_message makes it, rendered by the normal path's writer."""
     from iotctl.message import Message
     from iotctl.output import writers
     from iotctl.protocols.coap import formats
@@ -669,7 +658,9 @@ def _envelope(resp: _Message, uri: str, code_text: str, location: str | None, mo
     ct = _option(resp, CONTENT_FORMAT)
     content_type = formats.content_format_name(int.from_bytes(ct, "big")) if ct is not None else None
     msg = Message("coap", uri, bytes(resp.payload), content_type, meta)
-    out = sys.stdout.buffer
+    import io
+
+    out = io.BytesIO()
     if mode == "text":
         writer = writers.TextWriter(out)
     elif mode == "template":
@@ -677,3 +668,4 @@ def _envelope(resp: _Message, uri: str, code_text: str, location: str | None, mo
     else:
         writer = writers.JsonWriter(out, lines=mode == "jsonl")
     writer.write(msg)
+    return out.getvalue()

@@ -15,7 +15,7 @@ from __future__ import annotations
 import sys
 import time
 
-from iotctl.express import Options, connect_error, error, positive, status
+from iotctl.express import Options, connect_error, emit, error, positive, status
 
 OPTIONS = Options({
     "-H": ("header", "value"), "--header": ("header", "value"),
@@ -127,19 +127,7 @@ def _run(url, head: bytes, timeout: float, quiet: bool, fields) -> int:
     if not body:
         status(f"GET {url.shown}: {status_code} {reason}", quiet)
         return 0
-    try:
-        data = body + b"\n"
-        n = sys.stdout.buffer.write(data)
-        if n < len(data):  # a signal during a large write to a full pipe (output/writers.py: Whole)
-            from iotctl.output.writers import write_rest
-
-            write_rest(sys.stdout.buffer, data, n)
-        sys.stdout.buffer.flush()
-    except BrokenPipeError:
-        from iotctl.output.writers import _quiet_broken_pipe
-
-        _quiet_broken_pipe()
-    return 0
+    return emit(body + b"\n")
 
 
 def _response(sock, deadline: float):
