@@ -50,6 +50,7 @@ def run(argv: list[str] | None = None) -> int:
     debug = _debug_requested(argv)
     try:
         result = cli.main(args=argv, prog_name="iotctl", standalone_mode=False)
+        sys.stdout.flush()  # what help, check, bench... printed: a full disk is said here, not at exit
         return result if isinstance(result, int) else ExitCode.OK
     except OutputClosed:
         return ExitCode.OK
@@ -89,9 +90,30 @@ def run(argv: list[str] | None = None) -> int:
         return ExitCode.OK
     except Exception as exc:  # the last resort: one line, traceback only with --debug
         _trace(debug)
+        if isinstance(exc, OSError) and _output_failed(exc):
+            from iotctl.output.writers import output_error
+
+            error = output_error(exc)
+            _error(error.what, error.why)
+            return ExitCode.ERROR
         _error(f"unexpected {type(exc).__name__}", str(exc) or None,
                None if debug else "run again with -d/--debug for the traceback")
         return ExitCode.ERROR
+
+
+def _output_failed(exc: OSError) -> bool:
+    """True for what a full disk or a quota makes of a write (ENOSPC, EDQUOT, EFBIG)
+    that no writer reported: text that click, rich or print wrote to stdout (the files
+    iotctl writes say so themselves, with their names). stdout is then pointed at
+    /dev/null, so that the interpreter's last flush at exit stays quiet."""
+    import errno
+
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        return False
+    from iotctl.output import _quiet_broken_pipe
+
+    _quiet_broken_pipe()
+    return True
 
 
 def _debug_requested(argv: list[str] | None) -> bool:

@@ -26,8 +26,7 @@ def attempt(argv: list[str]) -> int | None:
     if argv == ["--version"]:
         from iotctl import __version__
 
-        _write_out(f"iotctl {__version__}\n")
-        return 0
+        return _write_out(f"iotctl {__version__}\n")
     if len(argv) < 2 or not _plain_environment():
         return None
     from iotctl.registry import PROTOCOLS
@@ -57,12 +56,8 @@ def _config_dir() -> str:
     return os.path.join(base, "iotctl")
 
 
-def _write_out(text: str) -> None:
-    try:
-        sys.stdout.write(text)
-        sys.stdout.flush()
-    except BrokenPipeError:
-        pass
+def _write_out(text: str) -> int:
+    return emit(text.encode())
 
 
 # --------------------------------------------------------------------------- what lanes share

@@ -236,3 +236,20 @@ def test_a_usage_error_before_anything_was_sent_has_no_send_report(iotctl, peer,
     assert (r.exit_code, r.stderr) == (2, f"iotctl: error: cannot read file {tmp_path / 'missing.jsonl'}: "
                                           "No such file or directory\n"), r
     assert not failed.exists() or failed.read_bytes() == b""
+
+
+@pytest.mark.parametrize("args", [["--version"], ["--help"], ["mqtt", "--help"], ["completion", "bash"],
+                                  ["profile", "--help"]])
+def test_a_full_disk_under_text_output_is_one_line_and_exit_1(args):
+    """stdout on /dev/full (ENOSPC) under what click prints (help, completion) or the
+    express lane (--version): one line, exit 1 (it was `unexpected OSError`, and a
+    traceback for --version)."""
+    import subprocess
+    import sys
+
+    from tests.helpers import clean_env
+
+    with open("/dev/full", "wb") as full:
+        r = subprocess.run([sys.executable, "-m", "iotctl", *args], stdout=full, stderr=subprocess.PIPE,
+                           env=clean_env(), timeout=60)
+    assert (r.returncode, r.stderr) == (1, b"iotctl: error: cannot write output: no space left on device\n")
