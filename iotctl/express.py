@@ -157,18 +157,35 @@ def emit(data: bytes) -> int:
     try:
         n = out.write(data)
         if n < len(data):
-            from iotctl.output.writers import write_rest
-
             write_rest(out, data, n)
         out.flush()
     except BrokenPipeError:
-        from iotctl.output.writers import _quiet_broken_pipe
-
-        _quiet_broken_pipe()
+        quiet_stdout()
     except OSError as exc:
         error("cannot write output", (os.strerror(exc.errno) if exc.errno else str(exc)).lower())
         return 1
     return 0
+
+
+def write_rest(stream, data, done: int) -> None:
+    """What a short write() left of `data` (from `done` on)."""
+    view = memoryview(data)[done:]
+    while view:
+        n = stream.write(view)
+        if n is None:  # a non-blocking stream that is full
+            raise BlockingIOError(11, "write could not complete without blocking")
+        view = view[n:]
+
+
+def quiet_stdout() -> None:
+    """After EPIPE (or a full disk), point stdout at /dev/null so the interpreter's
+    final flush stays silent."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
 
 
 def status(text: str, quiet: bool) -> None:

@@ -3,10 +3,10 @@ when the caller says a batch of messages is complete."""
 
 from __future__ import annotations
 
-import sys
 from typing import IO
 
 from iotctl.errors import OutputClosed
+from iotctl.express import quiet_stdout as _quiet_broken_pipe, write_rest  # noqa: F401  (re-exported)
 from iotctl.message import Message
 
 
@@ -42,16 +42,6 @@ class Whole:
 
     def __getattr__(self, name: str):
         return getattr(self.stream, name)
-
-
-def write_rest(stream: IO[bytes], data, done: int) -> None:
-    """What a short write() left of `data` (from `done` on)."""
-    view = memoryview(data)[done:]
-    while view:
-        n = stream.write(view)
-        if n is None:  # a non-blocking stream that is full
-            raise BlockingIOError(11, "write could not complete without blocking")
-        view = view[n:]
 
 
 class Writer:
@@ -163,14 +153,3 @@ def output_error(exc: OSError, what: str = "output"):
 
     why = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
     return IotctlError(f"cannot write {what}", why)
-
-
-def _quiet_broken_pipe() -> None:
-    """After EPIPE, point stdout at devnull so the interpreter's final flush stays silent."""
-    import os
-
-    try:
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-    except (OSError, ValueError):
-        pass
