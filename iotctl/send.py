@@ -431,7 +431,11 @@ def _stopped(sender: Sender, sent: int, acknowledged: int, window: Window, unsen
     if failed is None:
         return ", ".join(parts) + " (--failed FILE keeps what was not acknowledged)"
     first = [m for m, _ in window.refused] + window.unsettled() + unsent
-    n = write_failed(failed, first, rest, sender.protocol, sender.composed)
+    try:
+        n = write_failed(failed, first, rest, sender.protocol, sender.composed)
+    except IotctlError as exc:  # a full disk: said after the error that stopped the run
+        parts.append(f"{exc.what}: {exc.why}")
+        return ", ".join(parts)
     parts.append(f"{n} not acknowledged written to {failed}")
     return ", ".join(parts)
 
@@ -460,8 +464,9 @@ def write_failed(path: str, first: list[Message], rest: Iterable[Message], proto
         writer.write(msg)
         n += 1
 
-    with fh:
-        writer = JsonWriter(fh, lines=True)
+    writer = JsonWriter(fh, lines=True)
+    writer.what = f"--failed file {path}"  # a full disk: IotctlError, which the report adds
+    try:
         try:
             with interrupts.deferred():  # what was taken from the input is all written
                 for msg in first:
@@ -476,4 +481,6 @@ def write_failed(path: str, first: list[Message], rest: Iterable[Message], proto
         except KeyboardInterrupt:
             pass  # a second Ctrl-C: the rest of the input stays unread, the report still comes
         writer.flush()
+    finally:
+        writer.release()
     return n

@@ -252,6 +252,20 @@ def test_failed_file_replays_on_its_own_to_the_same_exchange_with_the_same_prope
 # --------------------------------------------------------------------------- issue 21 item 9: stdout closed while idle
 
 
+def test_a_failed_file_on_a_full_disk_keeps_the_refusal_as_the_error(names):
+    """--failed /dev/full after a refusal: the refusal stays the error (exit 6) and the
+    report says the file could not be written (it was `cannot write output`, exit 1, the
+    refusal gone)."""
+    ex = names("exchange")
+    done = subprocess.run(start_cmd("amqp", "publish", "-e", ex, "-r", "k1", "-l", "--failed", "/dev/full"),
+                          input=b"a\nb\n", capture_output=True, timeout=60, env=_env())
+    assert done.returncode == 6, done.stderr
+    lines = done.stderr.decode().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"iotctl: error: publish: NOT_FOUND - no exchange {ex!r} in vhost '/'; sent "), lines
+    assert lines[0].endswith(", acknowledged 0, cannot write --failed file /dev/full: no space left on device"), lines
+
+
 def test_consume_notices_a_closed_stdout_while_idle(names):
     q = queue_of(names)
     proc = start("amqp", "consume", q)
