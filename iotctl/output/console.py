@@ -24,8 +24,37 @@ def _make(name: str):
     from rich.console import Console
 
     stream = sys.stdout if name == "stdout" else sys.stderr
+    if name == "stdout" and hasattr(stream, "buffer"):
+        stream = _WholeText(stream)
     return Console(file=stream, force_terminal=_color, no_color=True if _color is False else None,
                    highlight=False, soft_wrap=name == "stdout", stderr=name == "stderr")
+
+
+class _WholeText:
+    """sys.stdout for rich, its text written whole. TextIOWrapper ignores a short write of
+    its buffer (output.writers.Whole says when CPython makes one: a Ctrl-C held while a
+    terminal paused with Ctrl-S lets nothing through), and the rest was lost."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        from iotctl.express import write_rest
+
+        stream = self.stream
+        stream.flush()  # what was written through sys.stdout itself goes first
+        data = text.encode(stream.encoding or "utf-8", stream.errors or "strict")
+        buffer = stream.buffer
+        n = buffer.write(data)
+        if n is not None and n < len(data):
+            write_rest(buffer, data, n)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.buffer.flush()
+
+    def __getattr__(self, name: str):
+        return getattr(self.stream, name)
 
 
 def stdout():

@@ -248,3 +248,65 @@ def test_a_ctrl_c_while_the_reader_lags_cuts_nothing_out_of_a_batch(attempt):
     assert proc.returncode == 0, err
     assert err == b"written\ninterrupted after the batch\n"
     assert out == b"".join(b"%06d\n" % i for i in range(40000))
+
+
+PRETTY_WHILE_CTRL_C_WAITS = """
+import sys
+from iotctl import interrupts
+from iotctl.message import Message
+from iotctl.output import make_writer
+
+writer = make_writer("pretty")
+payload = b"".join(b"%06d\\n" % i for i in range(30000))
+msg = Message("mqtt", "big/text", payload, "text/plain", {"qos": 0, "retain": False})
+with interrupts.guarded():
+    try:
+        with interrupts.deferred():
+            sys.stderr.write("writing\\n")
+            sys.stderr.flush()
+            writer.write_batch([msg])
+            writer.flush()
+            sys.stderr.write("written\\n")
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted after the batch\\n")
+"""
+
+
+def test_a_ctrl_c_while_the_terminal_lags_cuts_nothing_out_of_pretty_output():
+    """The same on a terminal that takes nothing (paused with Ctrl-S): pretty output goes
+    through rich and sys.stdout's text layer, which ignored a short write of its buffer."""
+    import os
+    import pty
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.helpers import clean_env
+
+    master, slave = pty.openpty()
+    env = clean_env(NO_COLOR="1", COLUMNS="80", LINES="24", TERM="dumb")
+    proc = subprocess.Popen([sys.executable, "-c", PRETTY_WHILE_CTRL_C_WAITS], stdout=slave,
+                            stderr=subprocess.PIPE, env=env)
+    os.close(slave)
+    try:
+        assert proc.stderr.readline() == b"writing\n"
+        time.sleep(0.3)  # the terminal's buffer (a few KiB) is full long before 210,000 bytes
+        proc.send_signal(signal.SIGINT)
+        seen = bytearray()
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the program has exited and closed its side
+                break
+            if not chunk:
+                break
+            seen += chunk
+        err = proc.stderr.read()
+        assert proc.wait(30) == 0, err
+    finally:
+        os.close(master)
+    assert err == b"written\ninterrupted after the batch\n"
+    text = bytes(seen).replace(b"\r\n", b"\n").decode()
+    lines = [line for line in text.splitlines() if len(line) == 6 and line.isdigit()]
+    assert lines == [f"{i:06d}" for i in range(30000)], (len(lines), text[-200:])
