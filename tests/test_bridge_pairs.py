@@ -192,6 +192,7 @@ def test_coap_observe_of_the_simulated_device_into_http_puts_at_nginx(peer):
 def test_mqttsn_through_the_gateway_into_a_stomp_queue(peer):
     peer("mosquitto")
     peer("rabbitmq-stomp")
+    n = _name()
     gw = _spawn("mqttsn", "gateway", "-p", "0", "--broker", "mqtt://127.0.0.1:1883")
     try:
         import re
@@ -200,7 +201,6 @@ def test_mqttsn_through_the_gateway_into_a_stomp_queue(peer):
         while "listening on udp" not in text and text:
             text = gw.stderr.readline().decode()
         port = int(re.search(r"127\.0\.0\.1:(\d+)", text).group(1))
-        n = _name()
         topic, queue = f"pairs/{n}", f"/queue/bridge-{n}"
         bridge = _spawn("bridge", f"mqttsn://127.0.0.1:{port}/{topic}?qos=1",
                         f"stomp://guest:guest@127.0.0.1:61613{queue}", "-C", "20", "-W", "60")
@@ -213,6 +213,7 @@ def test_mqttsn_through_the_gateway_into_a_stomp_queue(peer):
     finally:
         gw.send_signal(signal.SIGTERM)
         gw.wait(10)
+        _iotctl("amqp", "delete", "queue", f"bridge-{n}", "--if-exists")  # STOMP made it durable
 
 
 def test_stomp_to_xmpp_and_xmpp_to_mqtt(peer):
@@ -244,6 +245,7 @@ def test_stomp_to_xmpp_and_xmpp_to_mqtt(peer):
         for proc in (to_xmpp, to_mqtt):
             if proc.poll() is None:
                 proc.kill()
+        _iotctl("amqp", "delete", "queue", f"bridge-{n}", "--if-exists")  # STOMP made it durable
 
 
 def test_an_amqp_routing_key_becomes_an_mqtt_topic_by_default(peer):

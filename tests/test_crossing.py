@@ -71,8 +71,9 @@ JUNK = {"qos", "retain", "delivery_tag", "exchange", "routing_key", "redelivered
 class Target:
     """A protocol's sink and source on one address of the real peer."""
 
-    def __init__(self, name: str, sink: str, source: str, first_source: bool = True):
+    def __init__(self, name: str, sink: str, source: str, first_source: bool = True, queue: str | None = None):
         self.name, self.sink_url, self.source_url, self.first_source = name, sink, source, first_source
+        self.queue = queue  # a RabbitMQ queue it made (STOMP and AMQP 1.0 make durable ones): deleted after
 
 
 def _iotctl(*args: str) -> None:
@@ -101,13 +102,13 @@ def _target(name: str, coap_port: int) -> Target:
     if name == "amqp":
         _iotctl("amqp", "declare", "queue", f"crossing-{n}", "--auto-delete")
         url = f"amqp://guest:guest@127.0.0.1/%2f?queue=crossing-{n}"
-        return Target(name, url, url)
+        return Target(name, url, url, queue=f"crossing-{n}")
     if name == "stomp":
         url = f"stomp://guest:guest@127.0.0.1:61613/queue/crossing-{n}"
-        return Target(name, url, url)
+        return Target(name, url, url, queue=f"crossing-{n}")
     if name == "amqp1":
         url = f"amqp1://guest:guest@127.0.0.1:5672//queue/crossing-{n}"
-        return Target(name, url, url)
+        return Target(name, url, url, queue=f"crossing-{n}")
     if name == "xmpp":
         tls = f"server=127.0.0.1:5222&cafile={CERTS / 'ca.crt'}"
         return Target(name, f"xmpp://frank:frank-pw@localhost/grace@localhost?{tls}",
@@ -158,7 +159,11 @@ def test_what_crosses_into_each_protocol(peer, coap_device, target_name):
     for source_name in SOURCES:
         original = CAPTURES[source_name]
         target = _target(target_name, coap_device)
-        got = _carry(target, original)
+        try:
+            got = _carry(target, original)
+        finally:
+            if target.queue is not None:
+                _iotctl("amqp", "delete", "queue", target.queue, "--if-exists")
         assert got.payload == PAYLOAD, (source_name, target_name)
         sent = foreign(original, target_name) or portable_reader(source_name)(original)
         back = portable_reader(target_name)(got)
