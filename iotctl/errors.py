@@ -87,6 +87,11 @@ class Interrupted(IotctlError):
     code = ExitCode.INTERRUPTED
 
 
+class OutputFailed(IotctlError):
+    """Output that cannot be written (a full disk, a quota): `cannot write output: WHY`,
+    exit 1, raised before anything written is acknowledged."""
+
+
 class OutputClosed(IotctlError):
     """Whoever read our stdout has gone (`| head -1`): stop quietly, successfully, as
     mosquitto_sub does. Not an OSError, so click's own broken-pipe path (exit 1) never

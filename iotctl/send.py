@@ -17,7 +17,7 @@ import time
 from typing import Callable, Hashable, Iterable, Iterator
 
 from iotctl import interrupts
-from iotctl.errors import ConnectionLost, IotctlError, PeerError, TimeoutError_, UsageError
+from iotctl.errors import ConnectionLost, IotctlError, OutputFailed, PeerError, TimeoutError_, UsageError
 from iotctl.connection import Connection
 from iotctl.message import Message
 from iotctl.payload import PayloadSpec
@@ -395,6 +395,8 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
             window.settle()
             if isinstance(exc, UsageError) and sent == 0 and not window.refused:
                 raise  # nothing was sent: no send report
+            if isinstance(exc, OutputFailed) and sent == 1 and failed is None and not window.refused:
+                raise  # one request whose answer could not be printed: nothing else to account for
             if isinstance(exc, ConnectionLost) and window.refused:
                 # the peer refused, then closed the connection (STOMP's ERROR): the refusal is the outcome
                 exc = sender.refusal({i: reason for i, (_, reason) in enumerate(window.refused)})

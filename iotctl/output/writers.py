@@ -149,7 +149,7 @@ def output_error(exc: OSError, what: str = "output"):
     error): nothing unwritten is acknowledged, since the error comes before the ack."""
     import os
 
-    from iotctl.errors import IotctlError
+    from iotctl.errors import OutputFailed
 
     why = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
-    return IotctlError(f"cannot write {what}", why)
+    return OutputFailed(f"cannot write {what}", why)

@@ -133,10 +133,13 @@ def test_options_it_does_not_know_take_the_normal_path(peer):
         assert get(argv) is None, argv
 
 
-def test_a_full_disk_is_one_line_and_exit_1_in_the_lane(peer):
-    """stdout on /dev/full (ENOSPC): one line, exit 1 (the lane printed a traceback)."""
+@pytest.mark.parametrize("express", [True, False], ids=["lane", "normal"])
+def test_a_full_disk_is_one_line_and_exit_1_both_ways(peer, express):
+    """stdout on /dev/full (ENOSPC): one line, exit 1 (the lane printed a traceback; the
+    normal path added a send report, `sent 1, acknowledged 0 (--failed FILE ...)`)."""
     peer("nginx")
+    env = clean_env() if express else clean_env(IOTCTL_EXPRESS="0")
     with open("/dev/full", "wb") as full:
         r = subprocess.run([sys.executable, "-m", "iotctl", "http", "get", f"{B}/hello"], stdout=full,
-                           stderr=subprocess.PIPE, env=clean_env(), timeout=60)
+                           stderr=subprocess.PIPE, env=env, timeout=60)
     assert (r.returncode, r.stderr) == (1, b"iotctl: error: cannot write output: no space left on device\n")
