@@ -18,6 +18,8 @@ from iotctl.errors import UsageError
 from iotctl.message import Message
 
 IDLE_AFTER = 0.25  # seconds without input before a stream says it is idle
+MAX_PAYLOAD = 256 << 20  # one message's payload at most: MQTT's largest packet, more than any broker here takes
+TOO_BIG = "more than 256 MiB, the most one message may carry"
 
 
 class PayloadSpec:
@@ -70,7 +72,7 @@ class PayloadSpec:
         elif self.file is not None:
             data = read_file(self.file)
         elif self.stdin:
-            data = (stdin or sys.stdin.buffer).read()
+            data = _read_bounded(stdin or sys.stdin.buffer, "cannot read stdin")
         else:
             return b""
         return codecs.encode(data, self.encode)
@@ -94,13 +96,37 @@ class PayloadSpec:
 
 
 def read_file(path: str) -> bytes:
+    """A file's bytes (`-` is stdin); refused past MAX_PAYLOAD: a regular file by its
+    size, before it is read; a device or a pipe (/dev/zero) once that much came."""
+    what = f"cannot read file {path}"
     if path == "-":
-        return sys.stdin.buffer.read()
+        return _read_bounded(sys.stdin.buffer, what)
     try:
         with open(path, "rb") as fh:
-            return fh.read()
+            import os
+
+            if os.fstat(fh.fileno()).st_size > MAX_PAYLOAD:
+                raise UsageError(what, TOO_BIG)
+            return _read_bounded(fh, what)
     except OSError as exc:
-        raise UsageError(f"cannot read file {path}", exc.strerror or str(exc)) from None
+        raise UsageError(what, exc.strerror or str(exc)) from None
+
+
+def _read_bounded(stream: IO[bytes], what: str) -> bytes:
+    """All of a stream, refused (UsageError) once it gave more than MAX_PAYLOAD: an
+    endless input stops there instead of filling the memory."""
+    data = bytearray()
+    read = getattr(stream, "read1", stream.read)
+    while True:
+        try:
+            chunk = read(1 << 20)
+        except OSError as exc:
+            raise UsageError(what, exc.strerror or str(exc)) from None
+        if not chunk:
+            return bytes(data)
+        data += chunk
+        if len(data) > MAX_PAYLOAD:
+            raise UsageError(what, TOO_BIG)
 
 
 def _line_batches(stream: IO[bytes], encode: str | None) -> Iterator[list[bytes]]:
@@ -113,19 +139,27 @@ def _line_batches(stream: IO[bytes], encode: str | None) -> Iterator[list[bytes]
 
 
 def _split(chunks: Iterator[bytes | None]) -> Iterator[list[bytes]]:
-    rest = b""
+    parts: list[bytes] = []  # the line so far, when it spans chunks (joined once, when it ends)
+    size = 0
     for chunk in chunks:
         if chunk is None:
             yield []
             continue
         lines = chunk.split(b"\n")
-        if rest:
-            lines[0] = rest + lines[0]
+        if len(lines) == 1:  # no line feed: the line goes on
+            parts.append(chunk)
+            size += len(chunk)
+            if size > MAX_PAYLOAD:  # an endless line (/dev/zero) stops here, not in the memory
+                raise UsageError("stdin", f"a line of {TOO_BIG} (no line feed)")
+            continue
+        if parts:
+            parts.append(lines[0])
+            lines[0] = b"".join(parts)
         rest = lines.pop()
-        if lines:
-            yield lines
-    if rest:
-        yield [rest]
+        parts, size = ([rest], len(rest)) if rest else ([], 0)
+        yield lines
+    if parts:
+        yield [b"".join(parts)]
 
 
 def _encoded(chunks: Iterator[bytes | None], encode: str) -> Iterator[list[bytes]]:
@@ -219,8 +253,11 @@ def replay(path: str, speed: float | None = None) -> Iterator[Message]:
     previous: float | None = None
     started = time.monotonic()
     offset = 0.0
+    longest = MAX_PAYLOAD * 4 // 3 + (1 << 20)  # a 256 MiB payload as base64, and its envelope
     with fh:
-        for number, raw in enumerate(fh, 1):
+        for number, raw in enumerate(iter(lambda: fh.readline(longest + 1), b""), 1):
+            if len(raw) > longest:  # an endless line stops here, not in the memory
+                raise UsageError(f"{path}, line {number}", f"longer than {longest >> 20} MiB: not a message envelope")
             if not raw.strip():
                 continue
             try:
