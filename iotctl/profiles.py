@@ -140,11 +140,13 @@ def _atomic_write(path: Path, content: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):  # a full disk, a quota: the file is left as it was
+            raise IotctlError(f"cannot write {path}", (exc.strerror or str(exc)).lower()) from None
         raise
 
 

@@ -233,3 +233,23 @@ def test_trace_passcode_pattern_covers_escaped_characters():
     assert _redacted(str([b"passcode:partOne\\partTwo\n"])) == "[b'passcode:****\\n']"
     assert _redacted(str([b"passcode:it's\n"])) == '[b"passcode:****\\n"]'
     assert _redacted("passcode:plain\nlogin:me") == "passcode:****\nlogin:me"
+
+
+def test_a_profile_that_cannot_be_written_is_one_line_and_the_old_one_stays(tmp_path):
+    """A full disk or a quota while a profile is saved (RLIMIT_FSIZE 0: EFBIG, as a quota
+    says it): `cannot write PATH: file too large`, exit 1, and the profile as it was (it
+    said `unexpected OSError`)."""
+    import resource
+
+    env = clean_env(IOTCTL_CONFIG_DIR=str(tmp_path))
+
+    def iotctl(*args, limited=False):
+        return subprocess.run([sys.executable, "-m", "iotctl", *args], capture_output=True, env=env, timeout=60,
+                              preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))) if limited else None)
+
+    assert iotctl("profile", "add", "lab", "mqtt.host=127.0.0.1").returncode == 0
+    r = iotctl("profile", "set", "lab", "mqtt.port=1884", limited=True)
+    path = tmp_path / "profiles" / "lab.toml"
+    assert (r.returncode, r.stderr.decode()) == (1, f"iotctl: error: cannot write {path}: file too large\n")
+    assert "1884" not in path.read_text() and "127.0.0.1" in path.read_text()
+    assert [p.name for p in path.parent.iterdir()] == ["lab.toml"]  # no temporary file left
