@@ -52,26 +52,21 @@ class Histogram:
 
     def record_many(self, values) -> None:
         """record() for each value (a batch: one bridge confirmation)."""
+        values = [int(v) if v > 0 else 0 for v in values]
+        if not values:
+            return
         counts = self.counts
         get = counts.get
-        lo, hi, n, total = self.min, self.max, 0, 0
         for value in values:
-            value = int(value) if value > 0 else 0
-            if value < SUB:
-                i = value
-            else:
-                shift = value.bit_length() - SUB_BITS - 1
-                i = ((shift + 1) << SUB_BITS) + ((value >> shift) - SUB)
+            i = _index(value)
             counts[i] = get(i, 0) + 1
-            n += 1
-            total += value
-            if lo is None or value < lo:
-                lo = value
-            if hi is None or value > hi:
-                hi = value
-        self.total += n
-        self.sum += total
-        self.min, self.max = lo, hi
+        self.total += len(values)
+        self.sum += sum(values)
+        lo, hi = min(values), max(values)
+        if self.min is None or lo < self.min:
+            self.min = lo
+        if self.max is None or hi > self.max:
+            self.max = hi
 
     def merge(self, other: "Histogram") -> "Histogram":
         for i, n in other.counts.items():

@@ -274,3 +274,14 @@ def test_histograms_merge_exactly(parts):
     assert (merged.min, merged.max, merged.sum) == (whole.min, whole.max, whole.sum)
     for p in (50, 90, 99, 99.9, 100):
         assert merged.percentile(p) == whole.percentile(p)
+
+
+@given(st.lists(st.lists(st.floats(min_value=-5, max_value=1e9, allow_nan=False), max_size=40), max_size=5))
+def test_histogram_record_many_is_record_one_by_one(batches):
+    """The bridge records a confirmation's latencies at once: the same as one by one."""
+    one, many = Histogram(), Histogram()
+    for batch in batches:
+        for v in batch:
+            one.record(v)
+        many.record_many(batch)
+    assert (many.counts, many.total, many.sum, many.min, many.max) == (one.counts, one.total, one.sum, one.min, one.max)
