@@ -1302,25 +1302,11 @@ class Consumer(_Owner, receive.Receiver):
         self.open()
 
     def _on_message(self, channel, method, props, body) -> None:
-        # the consume hot path: to_message() inlined
-        headers = props.headers
-        key = method.routing_key
-        tag = method.delivery_tag
-        msg = Message("amqp", key, body, _text(props.content_type), {
-            "exchange": method.exchange, "routing_key": key, "redelivered": method.redelivered,
-            "delivery_tag": tag, "properties": properties_dict(props),
-            "headers": _plain(headers) if headers else {}})
-        if self.mode == "auto":
-            if self.accept is None or self.accept(msg):
-                self._batch.append(msg)
-            return
-        msg.token = token = self._base + tag
-        if self._exact:
-            self._delivered(token)
-            if self.accept is not None and not self.accept(msg):
-                self._settle([token])  # not shown: nothing to keep it for
-                return
-        self._batch.append(msg)
+        """A delivery pika read (before the fast path took over, or without it): kept
+        as the fast path keeps its own (_took)."""
+        msg = to_message(method, props, body)
+        msg.token = method.delivery_tag
+        self._batch.extend(self._took([msg]))
 
     def poll(self, wait):
         fast = self.fast
