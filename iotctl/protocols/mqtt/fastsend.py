@@ -19,10 +19,9 @@ import time
 
 from iotctl.errors import AuthError, ConnectionLost, IotctlError, PeerError
 from iotctl.protocols.mqtt.express import varint as remaining_length
-from iotctl.protocols.mqtt.fastpath import BAD_LENGTH, DISCONNECT_REASONS, RECV, long_length
+from iotctl.protocols.mqtt.fastpath import BAD_LENGTH, DISCONNECT_REASONS, MAX_PACKET, RECV, long_length
 
 LIMIT = 64 << 10  # a batch of PUBLISH packets leaves once this much gathered
-MAX_REMAINING = 268_435_455
 _TOPICS_KEPT = 4096
 
 try:  # what a non-blocking TLS socket raises instead of BlockingIOError
@@ -103,7 +102,7 @@ class FastWriter:
             encoded = self._topic(topic)
         v5 = self.v5
         size = len(encoded) + len(payload) + (len(props) if v5 else 0) + (2 if qos else 0)
-        if size > MAX_REMAINING:
+        if size > MAX_PACKET:
             raise BadPublish("Payload too large.")
         out = self.out
         out.append(0x30 | (qos << 1) | retain)
