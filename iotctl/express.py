@@ -162,9 +162,14 @@ def emit(data: bytes) -> int:
     except BrokenPipeError:
         quiet_stdout()
     except OSError as exc:
-        error("cannot write output", (os.strerror(exc.errno) if exc.errno else str(exc)).lower())
+        error("cannot write output", os_reason(exc))
         return 1
     return 0
+
+
+def os_reason(exc: OSError) -> str:
+    """An OSError as an error line says it: `no space left on device`."""
+    return (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
 
 
 def write_rest(stream, data, done: int) -> None:

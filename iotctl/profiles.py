@@ -146,7 +146,9 @@ def _atomic_write(path: Path, content: bytes) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError):  # a full disk, a quota: the file is left as it was
-            raise IotctlError(f"cannot write {path}", (exc.strerror or str(exc)).lower()) from None
+            from iotctl.express import os_reason
+
+            raise IotctlError(f"cannot write {path}", os_reason(exc)) from None
         raise
 
 

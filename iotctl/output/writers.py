@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import IO
 
 from iotctl.errors import OutputClosed
-from iotctl.express import quiet_stdout as _quiet_broken_pipe, write_rest  # noqa: F401  (re-exported)
+from iotctl.express import os_reason, quiet_stdout as _quiet_broken_pipe, write_rest  # noqa: F401  (re-exported)
 from iotctl.message import Message
 
 
@@ -147,9 +147,6 @@ class TemplateWriter(Writer):
 def output_error(exc: OSError, what: str = "output"):
     """The one line for output that cannot be written (a full disk, a quota, an I/O
     error): nothing unwritten is acknowledged, since the error comes before the ack."""
-    import os
-
     from iotctl.errors import OutputFailed
 
-    why = (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
-    return OutputFailed(f"cannot write {what}", why)
+    return OutputFailed(f"cannot write {what}", os_reason(exc))
