@@ -287,8 +287,11 @@ class Bridge:
                 room = window.limit - len(window.inflight)
                 wanted = None if count is None else count - stats.received
                 if not waiting and room > 0 and (wanted is None or wanted > 0):
+                    wait = 0.002 if busy else 0.2
+                    if self._confirmed_unacked:  # the source may send no more until they are acknowledged
+                        wait = min(wait, max(0.0, self._ack_by - now))
                     try:
-                        batch = source.poll(0.002 if busy else 0.2)
+                        batch = source.poll(wait)
                     except ConnectionLost as lost:
                         if not (spec.reconnect and source.can_reconnect):
                             raise

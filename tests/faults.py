@@ -1,7 +1,8 @@
 """Fault tools for tests, 127.0.0.1 only:
 
 - TcpRelay, in front of a real peer, can cut every connection, freeze (hold every
-  byte, connections open), thaw, or refuse new ones (bounded in time, one thread):
+  byte, connections open), thaw, or refuse new ones (bounded in time, one thread),
+  and show a tap what passes each way:
 
     with TcpRelay(1883) as relay:
         ... connect the client to 127.0.0.1:relay.port ...
@@ -22,8 +23,10 @@ import threading
 
 
 class TcpRelay:
-    def __init__(self, target_port: int, target_host: str = "127.0.0.1"):
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1", tap=None):
         self.target = (target_host, target_port)
+        self.tap = tap  # tap(from_client: bool, data: bytes), on the relay's thread, before the bytes go on
+        self._clients: set[socket.socket] = set()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -149,6 +152,7 @@ class TcpRelay:
         with self._lock:
             self._pairs[client] = upstream
             self._pairs[upstream] = client
+            self._clients.add(client)
         sel.register(client, selectors.EVENT_READ, "data")
         sel.register(upstream, selectors.EVENT_READ, "data")
 
@@ -167,6 +171,8 @@ class TcpRelay:
         if not data:
             self._drop(sel, sock, buffers, reset=False)
             return
+        if self.tap is not None:
+            self.tap(sock in self._clients, data)
         buffers[other] += data
         self._flush(sel, other, buffers)
 
@@ -187,6 +193,8 @@ class TcpRelay:
             other = self._pairs.pop(sock, None)
             if other is not None:
                 self._pairs.pop(other, None)
+            self._clients.discard(sock)
+            self._clients.discard(other)
         for s in (sock, other):
             if s is None:
                 continue

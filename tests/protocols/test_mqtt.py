@@ -282,6 +282,65 @@ def test_persistent_session_receives_what_was_published_while_away(iotctl, broke
     iotctl("mqtt", "sub", *PRIVATE, "-i", cid, "-t", topic, "-W", "0.2")
 
 
+class Unacknowledged:
+    """A TcpRelay tap that follows one MQTT connection: the most QoS 1 PUBLISHes the
+    broker had sent that the client had not yet acknowledged (PUBACK)."""
+
+    def __init__(self):
+        self.streams = {True: bytearray(), False: bytearray()}
+        self.open, self.most, self.delivered = 0, 0, 0
+
+    def __call__(self, from_client: bool, data: bytes) -> None:
+        buf = self.streams[from_client]
+        buf += data
+        while len(buf) >= 2:
+            length, shift, i = 0, 0, 1
+            while i < len(buf) and buf[i] & 0x80:
+                length |= (buf[i] & 0x7F) << shift
+                shift, i = shift + 7, i + 1
+            if i >= len(buf) or len(buf) < i + 1 + (length | (buf[i] & 0x7F) << shift):
+                return
+            length |= (buf[i] & 0x7F) << shift
+            kind = buf[0]
+            del buf[:i + 1 + length]
+            if not from_client and kind >> 4 == 3 and kind & 0x06 == 0x02:  # PUBLISH, QoS 1
+                self.open += 1
+                self.delivered += 1
+                self.most = max(self.most, self.open)
+            elif from_client and kind >> 4 == 4:  # PUBACK
+                self.open -= 1
+
+
+@pytest.mark.parametrize("how", ["sub", "bridge"])
+def test_the_receive_maximum_bounds_what_the_broker_sends_ahead(iotctl, broker, topic, how):
+    # --receive-maximum / ?receive_maximum=: the QoS 1 messages the broker may send
+    # before they are acknowledged. Mosquitto 2.0.11 keeps to 1 exactly; past that it
+    # sends more than it may once a resumed session's acknowledgements come (PEERS.md)
+    from tests.faults import TcpRelay
+
+    cid = f"iotctl-test-rm-{os.getpid()}-{time.time_ns() % 100000}"
+    session = ("-i", cid, "--no-clean-start", "--session-expiry", "60", "-t", topic, "-q", "1")
+    assert iotctl("mqtt", "sub", *PRIVATE, *session, "-W", "0.2").exit_code == 5
+    pub(iotctl, topic, "-q", "1", "-l", input="".join(f"m{i}\n" for i in range(300)))
+    tap = Unacknowledged()
+    with TcpRelay(11883, tap=tap) as relay:
+        if how == "sub":
+            r = iotctl("mqtt", "sub", "-h", "127.0.0.1", "-p", relay.port, *session, "--receive-maximum", "1",
+                       "-C", "300", "-W", "20")
+        else:
+            r = iotctl("bridge", f"mqtt://127.0.0.1:{relay.port}/{topic}?qos=1&client_id={cid}&clean_start=false"
+                                 "&session_expiry=60&receive_maximum=1",
+                       f"mqtt://127.0.0.1:11883/{topic}/copy?qos=1", "-C", "300", "-W", "20", "-o", "raw")
+    assert r.exit_code == 0, r
+    assert r.stdout.splitlines() == [f"m{i}" for i in range(300)]
+    assert (tap.delivered, tap.open, tap.most) == (300, 0, 1)
+
+
+def test_receive_maximum_needs_mqtt_5(iotctl):
+    r = iotctl("mqtt", "sub", *PRIVATE, "-t", "x", "--receive-maximum", "10", "-V", "3.1.1")
+    assert r.exit_code == 2 and "--receive-maximum: needs MQTT 5" in r.stderr, r
+
+
 def test_persistent_session_needs_client_id(iotctl):
     r = iotctl("mqtt", "sub", *PRIVATE, "--no-clean-start", "-t", "x")
     assert r.exit_code == 2 and "-i" in r.stderr

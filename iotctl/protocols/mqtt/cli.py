@@ -176,9 +176,12 @@ def publish(cfg, topics, qos, retain, sending, timeout, props, payload):
 @click.option("--max-size", type=click.IntRange(min=64, max=268_435_460), default=None, metavar="BYTES",
               help="The largest packet taken (exit 6 past it, nothing buffered); with MQTT 5 the broker is "
                    "told, and does not send bigger ones [default: the protocol's 256 MiB].")
+@click.option("--receive-maximum", type=click.IntRange(1, 65535), default=None, metavar="N",
+              help="MQTT 5: the QoS 1/2 messages the broker may send before they are acknowledged "
+                   "(each is acknowledged once written out) [default: 1000].")
 @receive_options(idle="ok", reconnect=True)
 def subscribe(cfg, topics, qoss, no_retained, retained_only, filter_out, no_local, retain_as_published,
-              retain_handling, topic_and_payload, max_size, receive):
+              retain_handling, topic_and_payload, max_size, receive_maximum, receive):
     """Print messages arriving on one or more topic filters.
 
     Ctrl-C ends it (exit 0). With -C N it stops after N messages; with -W S it gives
@@ -194,7 +197,8 @@ def subscribe(cfg, topics, qoss, no_retained, retained_only, filter_out, no_loca
     if topic_and_payload and settings().output == "auto" and settings().format is None:
         settings().output = "text"
     subscriber = endpoints.source(cfg, topics, qoss, no_retained, retained_only, filter_out, no_local,
-                                  retain_as_published, retain_handling, receive, max_size=max_size)
+                                  retain_as_published, retain_handling, receive, max_size=max_size,
+                                  receive_maximum=receive_maximum)
     with subscriber:
         status(f"subscribed to {', '.join(topics)} on {cfg.endpoint.display}")
         receiving.run(subscriber, receive, "subscribe")

@@ -56,9 +56,12 @@ class MqttConfig:
     def __init__(self, endpoint: Endpoint, version: str = "5", client_id: str | None = None,
                  keepalive: int = 60, clean_start: bool = True, session_expiry: int | None = None,
                  will: Will | None = None, connect_timeout: float = 10.0, debug: bool = False,
-                 max_packet: int | None = None):
+                 max_packet: int | None = None, receive_maximum: int | None = None):
         self.endpoint, self.version, self.client_id, self.keepalive = endpoint, version, client_id, keepalive
         self.max_packet = max_packet  # --max-size of a subscriber: the largest packet it takes
+        # a subscriber's --receive-maximum: the QoS 1/2 messages the broker may send it
+        # unacknowledged (MQTT 5's Receive Maximum in CONNECT; None: not sent)
+        self.receive_maximum = receive_maximum
         self.clean_start, self.session_expiry, self.will = clean_start, session_expiry, will
         self.connect_timeout, self.debug = connect_timeout, debug
 
@@ -402,6 +405,9 @@ class Session:
             if cfg.max_packet:  # the broker then never sends us a bigger packet
                 props = props or Properties(PacketTypes.CONNECT)
                 props.MaximumPacketSize = cfg.max_packet
+            if cfg.receive_maximum:  # without it Mosquitto keeps 20 unacknowledged (max_inflight_messages)
+                props = props or Properties(PacketTypes.CONNECT)
+                props.ReceiveMaximum = cfg.receive_maximum
             kwargs["properties"] = props
         try:
             self.client.connect(ep.host, ep.port, cfg.keepalive, **kwargs)

@@ -36,12 +36,23 @@ def address_args(url, role: str) -> list[str]:
 
 # --------------------------------------------------------------------------- source
 
+# The QoS 1/2 messages a subscriber lets the broker send ahead of its acknowledgements
+# (as an AMQP consumer's prefetch). A subscriber acknowledges a message only once it is
+# written out (a bridge: once the target confirmed it), so the broker's own default
+# (Mosquitto: 20) would make every batch wait for a round trip.
+RECEIVE_MAXIMUM = 1000
+
 
 def source(cfg, topics=(), qoss=(), no_retained=False, retained_only=False, filter_out=(), no_local=False,
-           retain_as_published=False, retain_handling=0, receive=None, max_size=None, **_ignored):
+           retain_as_published=False, retain_handling=0, receive=None, max_size=None, receive_maximum=None,
+           **_ignored):
     """The subscription (a receive.Receiver, entered to connect and subscribe)."""
     if max_size is not None:
         cfg.max_packet = max_size
+    if receive_maximum is not None:
+        require_v5(cfg, "--receive-maximum")
+    if cfg.version == "5":
+        cfg.receive_maximum = receive_maximum or RECEIVE_MAXIMUM
     from iotctl.protocols.mqtt.client import Subscriber, Subscription
 
     if not topics:
