@@ -122,3 +122,153 @@ def test_max_size_is_told_to_an_mqtt5_broker_which_then_drops_bigger_messages(pe
     out, err = sub.communicate(timeout=30)
     assert sub.returncode == 0, err
     assert out == b"small\n"
+
+
+# --------------------------------------------------------------------------- before the SUBACK
+
+
+def _packet(sock) -> tuple[int, bytes]:
+    """One MQTT packet from `sock`: (first byte, body)."""
+    def exactly(n):
+        data = b""
+        while len(data) < n:
+            chunk = sock.recv(n - len(data))
+            if not chunk:
+                raise EOFError
+            data += chunk
+        return data
+
+    first = exactly(1)[0]
+    length, shift = 0, 0
+    while True:
+        b = exactly(1)[0]
+        length |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            return first, exactly(length)
+
+
+def _connect_properties(body: bytes) -> dict[int, bytes]:
+    """The properties of an MQTT 5 CONNECT (identifier -> raw value; two-byte ones only,
+    which is all these tests look at: 0x21 receive maximum), {} for MQTT 3."""
+    name_len = int.from_bytes(body[:2], "big")
+    p = 2 + name_len
+    if body[p] != 5:
+        return {}
+    p += 4  # level, flags, keep-alive
+    length, shift = 0, 0
+    while True:
+        b = body[p]
+        p += 1
+        length |= (b & 0x7F) << shift
+        shift += 7
+        if b < 0x80:
+            break
+    props, stop = {}, p + length
+    while p < stop:
+        ident = body[p]
+        size = {0x11: 4, 0x21: 2, 0x27: 4}[ident]
+        props[ident] = body[p + 1:p + 1 + size]
+        p += 1 + size
+    return props
+
+
+class Backlog:
+    """A broker resuming a session: CONNACK, then `n` QoS 1 PUBLISHes, then the SUBACK
+    with `codes`; it records the CONNECT's properties and counts the PUBACKs."""
+
+    def __init__(self, n: int, codes: bytes = b"\x01", v5: bool = True):
+        from tests.faults import ScriptedPeer
+
+        self.n, self.codes, self.v5 = n, codes, v5
+        self.props: dict | None = None
+        self.pubacks = 0
+        self.peer = ScriptedPeer(self.handle)
+        self.port = self.peer.port
+
+    def handle(self, conn):
+        _, body = _packet(conn)
+        self.props = _connect_properties(body)
+        conn.sendall(b"\x20\x03\x01\x00\x00" if self.v5 else b"\x20\x02\x01\x00")  # session present
+        first, body = _packet(conn)
+        assert first >> 4 == 8, first  # SUBSCRIBE
+        mid = body[:2]
+        burst = bytearray()
+        for i in range(self.n):
+            payload = b"m%d" % i
+            topic = b"\x00\x01t"
+            packet_id = (i % 65535 + 1).to_bytes(2, "big")
+            rest = topic + packet_id + (b"\x00" if self.v5 else b"") + payload
+            burst += bytes([0x32, len(rest)]) + rest
+        conn.sendall(bytes(burst))
+        conn.sendall(b"\x90" + bytes([2 + self.v5 + len(self.codes)]) + mid + (b"\x00" if self.v5 else b"")
+                     + self.codes)
+        try:
+            while True:
+                first, _ = _packet(conn)
+                if first >> 4 == 4:
+                    self.pubacks += 1
+                elif first >> 4 == 14:  # DISCONNECT
+                    return
+        except (EOFError, OSError):
+            return
+
+
+@pytest.mark.parametrize("version, n", [("5", 1500), ("3.1.1", 1500), ("5", 7000)])
+def test_a_backlog_sent_before_the_suback_is_printed_and_acknowledged(version, n):
+    broker = Backlog(n, v5=version == "5")
+    r = subprocess.run([sys.executable, "-m", "iotctl", "mqtt", "sub", "-h", "127.0.0.1", "-p", str(broker.port),
+                        "-t", "t", "-q", "1", "-i", "resumed", "--no-clean-start", "-V", version, "-C", str(n),
+                        "-W", "20"], capture_output=True, env=clean_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.decode().splitlines() == [f"m{i}" for i in range(n)]
+    assert broker.pubacks == n
+    # an MQTT 5 subscriber names its receive maximum (1000); MQTT 3 has none
+    assert broker.props == ({0x21: (1000).to_bytes(2, "big"), 0x11: b"\xff\xff\xff\xff"} if version == "5" else {})
+
+
+@pytest.mark.parametrize("version, code, exit_code, why", [
+    ("5", b"\x87", 4, "broker refused: Not authorized"),
+    ("5", b"\x97", 6, "broker refused: Quota exceeded"),
+    ("3.1.1", b"\x80", 6, "broker refused: refused"),
+])
+def test_a_refusing_suback_is_one_line_after_a_backlog(version, code, exit_code, why):
+    broker = Backlog(10, codes=code, v5=version == "5")
+    r = subprocess.run([sys.executable, "-m", "iotctl", "mqtt", "sub", "-h", "127.0.0.1", "-p", str(broker.port),
+                        "-t", "t", "-q", "1", "-i", "resumed", "--no-clean-start", "-V", version, "-W", "20"],
+                       capture_output=True, env=clean_env(), timeout=60)
+    assert r.returncode == exit_code, r.stderr
+    assert r.stderr.decode().splitlines() == [f"iotctl: error: cannot subscribe to 't': {why}"]
+    assert r.stdout == b""
+
+
+def test_a_suback_behind_a_long_backlog_is_still_checked():
+    """Past 2,048 messages before the SUBACK the subscriber hands them on (they are the
+    resumed session's); a refusal behind them is still one line and exit 4."""
+    broker = Backlog(7000, codes=b"\x87")
+    r = subprocess.run([sys.executable, "-m", "iotctl", "mqtt", "sub", "-h", "127.0.0.1", "-p", str(broker.port),
+                        "-t", "t", "-q", "1", "-i", "resumed", "--no-clean-start", "-W", "20"],
+                       capture_output=True, env=clean_env(), timeout=60)
+    assert r.returncode == 4, r.stderr
+    lines = r.stderr.decode().splitlines()
+    assert lines[-1] == "iotctl: error: cannot subscribe to 't': broker refused: Not authorized", lines
+    assert "Traceback" not in r.stderr.decode()
+    printed = r.stdout.decode().splitlines()
+    assert printed == [f"m{i}" for i in range(len(printed))] and len(printed) >= 2048
+
+
+def test_memory_stays_bounded_however_much_comes_before_the_suback():
+    """A broker that sends a resumed session its whole queue before the SUBACK (as
+    Mosquitto 2.0.11 does): the peak does not grow with the queue (it held them all)."""
+    from tests.helpers import PEAK_RSS_PROGRAM
+
+    peaks = {}
+    for n in (5_000, 100_000):
+        broker = Backlog(n)
+        r = subprocess.run([sys.executable, "-c", PEAK_RSS_PROGRAM, "mqtt", "sub", "-h", "127.0.0.1", "-p",
+                            str(broker.port), "-t", "t", "-q", "1", "-i", "resumed", "--no-clean-start", "-C", str(n),
+                            "-W", "60", "-o", "raw"], capture_output=True, env=clean_env(), timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count(b"\n") == n and broker.pubacks == n
+        peaks[n] = int(r.stderr.decode().split("peak-rss-kib ")[1].split()[0])
+    assert peaks[100_000] <= peaks[5_000] + 4 * 1024, peaks

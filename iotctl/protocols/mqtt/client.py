@@ -699,13 +699,33 @@ class Session:
 
         wait_until(lambda: mid in self._suback, step, timeout,
                    lambda: TimeoutError_("subscribe", f"no SUBACK within {timeout:g} s"), slice_=30.0)
-        for sub, code in zip(subs, self._suback.pop(mid)):
+        self.check_suback(subs, self._suback.pop(mid))
+
+    def check_suback(self, subs: list[Subscription], codes) -> None:
+        """Exit 4 or 6 for a filter the SUBACK refused (`codes`: paho's, or the bytes)."""
+        for sub, code in zip(subs, codes):
             value = code.value if hasattr(code, "value") else int(code)
             if value >= 0x80:
-                why = str(code) if hasattr(code, "value") else "refused"
+                why = str(code) if hasattr(code, "value") else _suback_reason(value) if self.v5 else "refused"
                 if value == 0x87:
                     raise AuthError(f"cannot subscribe to {sub.topic_filter!r}", f"broker refused: {why}")
                 raise PeerError(f"cannot subscribe to {sub.topic_filter!r}", f"broker refused: {why}")
+
+    def flush_writes(self, timeout: float) -> bool:
+        """Write what paho queued without reading (a fast path reads the socket);
+        False when the connection is gone or it did not go within `timeout`."""
+        client = self.client
+        deadline = time.monotonic() + timeout
+        while client.want_write():
+            if time.monotonic() > deadline:
+                return False
+            try:
+                select.select([], [client.socket()], [], 0.05)
+            except (OSError, ValueError, TypeError):
+                return False
+            if client.loop_write() not in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_AGAIN):
+                return False
+        return True
 
     def receiver(self, accept=None, until=None) -> "Receiver":
         """This (open) session's messages for the receive driver."""
@@ -749,6 +769,23 @@ class Session:
 
     def publish_probe(self) -> None:
         self.client.publish(self.probe_topic(), b"", 0, False)
+
+
+# At most this many messages a resumed session's broker sent before the SUBACK are held
+# before the subscriber starts handing them on, and they go to the receive driver this
+# many at a time, as the fast path's reads do (about 2,000 small messages a read): memory
+# stays bounded and a Ctrl-C waits for one batch, not for the whole backlog. (Mosquitto
+# 2.0.11 sends a resumed session its whole queue at once, past the receive maximum.)
+EARLY_BATCH = 2048
+
+
+def _suback_reason(value: int) -> str:
+    from paho.mqtt.reasoncodes import ReasonCode
+
+    try:
+        return str(ReasonCode(PacketTypes.SUBACK, identifier=value))
+    except ValueError:
+        return f"reason 0x{value:02x}"
 
 
 class Refusal(tuple):
@@ -1042,8 +1079,10 @@ class Subscriber(Receiver):
         return [s.topic_filter for s in self.subs]
 
     fast = None  # the FastReader once the subscription stands (not over websockets)
+    _suback_due = None  # (packet id, subscriptions) of a SUBACK that came behind a backlog
 
     def open(self) -> None:
+        self._suback_due = None
         session = Session(self.cfg, manual_ack=self.manual_ack)
         try:
             session.connect()
@@ -1052,15 +1091,44 @@ class Subscriber(Receiver):
             if self.retained_only:
                 subs.append(Subscription(probe, 0))
             session._accept = self._accept(probe)
-            session.subscribe(subs, self.cfg.connect_timeout)
-            if self.retained_only:
-                session.publish_probe()
-                self.until = (lambda m: m.address == probe)
-            self.fast = self._fast(session)
+            fast = None if self.retained_only else self._fast(session)
+            if fast is not None:
+                self._subscribe_fast(session, fast, subs)
+            else:
+                session.subscribe(subs, self.cfg.connect_timeout)
+                if self.retained_only:
+                    session.publish_probe()
+                    self.until = (lambda m: m.address == probe)
+                fast = self._fast(session)
+            self.fast = fast
         except BaseException:
             session.close()
             raise
         self.session = session
+
+    def _subscribe_fast(self, session: Session, fast, subs: list[Subscription]) -> None:
+        """SUBSCRIBE with the fast path already reading: a resumed session's backlog,
+        which a broker sends from the CONNACK on and so mostly before the SUBACK, is read
+        by it too, not by paho one by one (kept in the session's batch until the first
+        poll). Once EARLY_BATCH messages came first, the SUBACK is looked for as polls
+        go on (`_suback_due`), so memory stays bounded whatever the broker sends ahead."""
+        timeout = self.cfg.connect_timeout
+        mid = session.subscribe_request(subs)
+        if not session.flush_writes(timeout):
+            raise session._lost("subscribe")
+        deadline = time.monotonic() + timeout
+        while mid not in fast.subacks:
+            if len(session._batch) >= EARLY_BATCH:  # a resumed session's messages: they prove it stands
+                self._suback_due = (mid, subs)
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError_("subscribe", f"no SUBACK within {timeout:g} s")
+            try:
+                session._batch.extend(fast.poll(min(left, 1.0)))
+            except ConnectionLost as lost:
+                raise ConnectionLost("subscribe", lost.why) from None
+        session.check_suback(subs, fast.subacks.pop(mid))
 
     def _fast(self, session: Session):
         """Read the socket directly from now on (fastpath.py), once paho is between
@@ -1093,13 +1161,18 @@ class Subscriber(Receiver):
         if self.ended:
             return None
         session = self.session
-        if session._batch:  # read by paho before the fast path took over
-            batch = session._take()
+        if session._batch:  # read before the SUBACK (or by paho before the fast path took over)
+            batch = session._batch[:EARLY_BATCH]
+            del session._batch[:EARLY_BATCH]
         else:
             try:
                 batch = fast.poll(wait)
             except ConnectionLost as lost:
                 raise ConnectionLost(f"subscription to {', '.join(self.filters)}", lost.why) from None
+            due = self._suback_due
+            if due is not None and due[0] in fast.subacks:
+                self._suback_due = None
+                session.check_suback(due[1], fast.subacks.pop(due[0]))
         return self._cut(batch)
 
     def ack(self, batch) -> None:

@@ -1,8 +1,9 @@
-"""The subscriber's receive fast path (issue 20): once paho has connected and the
-subscription is acknowledged, the session's socket is read here directly. Packets are
-parsed in bulk from whatever one recv() returned — PUBLISH into `Message`s, PUBREL
-answered with PUBCOMP, PINGRESP, a server's DISCONNECT — and acknowledgements are
-written in one send per batch, only after the batch was written out (receive driver).
+"""The subscriber's receive fast path (issue 20): once paho has connected, the session's
+socket is read here directly, from the SUBSCRIBE on (a resumed session's backlog comes
+before the SUBACK). Packets are parsed in bulk from whatever one recv() returned —
+PUBLISH into `Message`s, SUBACK, PUBREL answered with PUBCOMP, PINGRESP, a server's
+DISCONNECT — and acknowledgements are written in one send per batch, only after the
+batch was written out (receive driver).
 Keep-alive pings are sent here too. paho's per-packet Python (about 8 µs a message) is
 what this replaces; the envelope it builds is exactly paho's (tests compare both).
 
@@ -49,8 +50,10 @@ class FastReader:
         self.last_out = time.monotonic()
         self.ping_sent: float | None = None
         self.out = bytearray()  # PUBCOMPs and pings not written yet
+        self.subacks: dict[int, bytes] = {}  # packet id -> the SUBACK's codes, one per filter
 
     # ------------------------------------------------------------------ reading
+        self.subacks: dict[int, bytes] = {}  # packet id -> the SUBACK's codes, one per filter
 
     def poll(self, wait: float | None) -> list[Message]:
         """The messages that arrived within `wait` seconds (those already buffered at
@@ -171,6 +174,12 @@ class FastReader:
                     self.out += _ack_packet(mid, qos)
             elif kind == 6:  # PUBREL (QoS 2): complete it
                 self.out += b"\x70\x02" + buf[start:start + 2]
+            elif kind == 9:  # SUBACK (the subscription was sent once this reader took over)
+                p = start + 2
+                if v5:
+                    plen, p = _varint(buf, p)  # its properties (a reason string): not shown
+                    p += plen
+                self.subacks[(buf[start] << 8) | buf[start + 1]] = buf[p:end]
             elif kind == 13:  # PINGRESP
                 self.ping_sent = None
             elif kind == 14:  # DISCONNECT from the server (MQTT 5)
@@ -184,7 +193,7 @@ class FastReader:
                 if reason:
                     raise PeerError("subscription", f"broker closed the connection: {name}")
                 raise ConnectionLost("subscription", "connection lost (the broker disconnected)")
-            # SUBACK, UNSUBACK, PUBACK...: nothing a subscriber waits for here
+            # UNSUBACK, PUBACK...: nothing a subscriber waits for here
         self.buf = buf[pos:] if pos < n else b""
         return out
 
