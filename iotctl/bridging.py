@@ -13,7 +13,8 @@ connection is opened again with backoff and what was in flight is sent again; af
 from __future__ import annotations
 
 import time
-from collections import deque
+from collections import Counter, deque
+from operator import attrgetter
 from typing import Callable
 
 from iotctl import interrupts
@@ -26,6 +27,7 @@ from iotctl.send import Sender, Window
 
 ACK_BATCH = 256  # confirmed messages acknowledged to the source at once, at most
 ACK_DELAY = 0.005  # seconds a confirmed message waits for others before it is acknowledged
+_ts = attrgetter("ts")
 
 
 class BridgeSpec:
@@ -115,9 +117,10 @@ class Bridge:
     # ------------------------------------------------------------------ settled messages
 
     def _confirmed(self, messages: list[Message]) -> None:
-        now = time.time()
+        now = time.time() * 1e6
         stats = self.stats
-        stats.latency.record_many([(now - msg.ts) * 1e6 for msg in messages])
+        # latency in microseconds; the messages of one source read share their arrival time
+        stats.latency.record_counts({now - ts * 1e6: n for ts, n in Counter(map(_ts, messages)).items()})
         with interrupts.deferred():
             # -o and --save first: a copy that cannot be written (a full disk) ends the run
             # with these left unacknowledged at the source (they come again)

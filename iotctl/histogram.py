@@ -52,17 +52,32 @@ class Histogram:
 
     def record_many(self, values) -> None:
         """record() for each value (a batch: one bridge confirmation)."""
-        values = [int(v) if v > 0 else 0 for v in values]
-        if not values:
-            return
+        from collections import Counter
+
+        self.record_counts(Counter(values))
+
+    def record_counts(self, tally) -> None:
+        """record(value) `n` times for each value: n in `tally` (a mapping; the bridge's
+        messages of one source read share their arrival time, so a confirmation holds a
+        few distinct latencies)."""
         counts = self.counts
         get = counts.get
-        for value in values:
+        lo = hi = None
+        total = added = 0
+        for v, n in tally.items():
+            value = int(v) if v > 0 else 0
             i = _index(value)
-            counts[i] = get(i, 0) + 1
-        self.total += len(values)
-        self.sum += sum(values)
-        lo, hi = min(values), max(values)
+            counts[i] = get(i, 0) + n
+            total += n
+            added += value * n
+            if lo is None or value < lo:
+                lo = value
+            if hi is None or value > hi:
+                hi = value
+        if not total:
+            return
+        self.total += total
+        self.sum += added
         if self.min is None or lo < self.min:
             self.min = lo
         if self.max is None or hi > self.max:

@@ -116,6 +116,12 @@ class Portable:
                 f"correlation_id={self.correlation_id!r}, reply_to={self.reply_to!r})")
 
 
+# What crosses from a message that brings nothing across (a plain MQTT message, say):
+# a portable reader may return this one shared, never changed, instance, and a sender
+# that finds it has nothing to adopt (a bridge asks for every message).
+NOTHING = Portable()
+
+
 def foreign(msg: Message, protocol: str) -> Portable | None:
     """How a sender of `protocol` adopts `msg`: None when the message is native (from
     the same protocol, or composed on the command line): its `meta` is the sender's own.
@@ -124,10 +130,10 @@ def foreign(msg: Message, protocol: str) -> Portable | None:
     if not msg.protocol or msg.protocol == protocol:
         return None
     reader = _portable_reader(msg.protocol)
-    if reader is None:
-        return Portable(msg.content_type)
-    found = reader(msg)
-    if found.content_type is None:
+    found = reader(msg) if reader is not None else NOTHING
+    if found.content_type is None and msg.content_type is not None:
+        if found is NOTHING:
+            return Portable(msg.content_type)
         found.content_type = msg.content_type
     return found
 

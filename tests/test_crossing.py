@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from iotctl import resolver, send
-from iotctl.message import Message, foreign
+from iotctl.message import NOTHING, Message, foreign
 from iotctl.registry import portable_reader
 from tests.conftest import CERTS
 from tests.helpers import clean_env, free_port, wait_until
@@ -187,3 +187,16 @@ def test_what_crosses_into_each_protocol(peer, coap_device, target_name):
             assert reply == (REPLY if had[3] else None), (where, back)
         assert not {k.lower() for k, _ in back.headers} & JUNK, (where, back.headers)
         del sent
+
+
+def test_a_message_that_brings_nothing_across_is_the_shared_nothing():
+    """A bridge asks for every message: a plain MQTT message (no MQTT 5 properties)
+    finds at once that nothing crosses; an envelope's own content type still does, and
+    the shared NOTHING is never changed."""
+    plain = Message("mqtt", "a/b", b"x", None, {"qos": 1, "retain": False})
+    assert foreign(plain, "amqp") is NOTHING
+    typed = Message("mqtt", "a/b", b"x", "text/plain", {"qos": 1, "retain": False})
+    found = foreign(typed, "amqp")
+    assert found is not NOTHING and found.content_type == "text/plain"
+    assert (NOTHING.content_type, NOTHING.headers, NOTHING.correlation_id, NOTHING.reply_to) == (None, [], None, None)
+    assert foreign(plain, "mqtt") is None  # native

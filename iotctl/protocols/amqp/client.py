@@ -35,7 +35,7 @@ from pika.adapters.select_connection import SelectConnection
 from iotctl import interrupts, receive, send
 from iotctl.errors import (AuthError, ConnectError, ConnectionLost, IotctlError, PeerError, SubscriptionEnded,
                            TimeoutError_, UsageError, from_os_error)
-from iotctl.message import Message, foreign
+from iotctl.message import NOTHING, Message, foreign
 from iotctl.protocols.amqp.fastpath import FastReader, ack_frame, nack_frame
 from iotctl.settings import warn
 
@@ -867,8 +867,10 @@ class Publisher(_Owner, send.Sender):
         correlation id, reply-to), nothing else of its meta. The command line's
         properties win; its headers add to the message's."""
         found = foreign(msg, "amqp")
-        meta = msg.meta if isinstance(msg.meta, dict) else {}
         exchange = self.exchange
+        if found is NOTHING:  # a bridge's plain message: the command line's properties alone
+            return ("" if exchange is None else exchange), self.props
+        meta = msg.meta if isinstance(msg.meta, dict) else {}
         if found is None:
             fields = _captured_properties(meta)
             if msg.content_type and "content_type" not in fields:

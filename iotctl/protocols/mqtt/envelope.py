@@ -4,13 +4,13 @@ correlation data and response topic."""
 
 from __future__ import annotations
 
-from iotctl.message import Message, Portable, text_pairs, meta_bytes
+from iotctl.message import NOTHING, Message, Portable, text_pairs, meta_bytes
 
 
 def portable(msg: Message) -> Portable:
     props = msg.meta.get("properties") if isinstance(msg.meta, dict) else None
     if not isinstance(props, dict):
-        return Portable(msg.content_type)
+        return NOTHING  # message.foreign adds the envelope's content type
     corr = props.get("correlation_data")
     reply = props.get("response_topic")
     return Portable(props.get("content_type") if isinstance(props.get("content_type"), str) else msg.content_type,

@@ -18,6 +18,8 @@ import time
 from iotctl.errors import ConnectionLost, PeerError
 from iotctl.message import Message, bytes_text
 
+_now = time.time
+
 RECV = 1 << 16  # one read: a batch of at most ~2,000 small messages, so the peak memory does not depend on timing
 MAX_PACKET = 268_435_455  # the protocol's limit for a remaining length
 
@@ -120,6 +122,7 @@ class FastReader:
         v5 = self.v5
         accept = self.accept
         manual = self.manual_ack
+        now = _now()  # what one read brought arrived at once
         while n - pos >= 2:
             first = buf[pos]
             b = buf[pos + 1]
@@ -159,11 +162,12 @@ class FastReader:
                     if plen:
                         props, p = _properties(buf, p, end)
                         msg = Message("mqtt", topic, buf[p:end], props.get("content_type"),
-                                      {"qos": qos, "retain": bool(first & 1), "properties": props})
+                                      {"qos": qos, "retain": bool(first & 1), "properties": props}, now)
                     else:
-                        msg = Message("mqtt", topic, buf[p + 1:end], None, {"qos": qos, "retain": bool(first & 1)})
+                        msg = Message("mqtt", topic, buf[p + 1:end], None, {"qos": qos, "retain": bool(first & 1)},
+                                      now)
                 else:
-                    msg = Message("mqtt", topic, buf[p:end], None, {"qos": qos, "retain": bool(first & 1)})
+                    msg = Message("mqtt", topic, buf[p:end], None, {"qos": qos, "retain": bool(first & 1)}, now)
                 if accept is None or accept(msg):
                     if qos and manual:
                         msg.token = (self.owner, mid, qos)
