@@ -342,19 +342,22 @@ NOTES = [
     "and Mosquitto taking them, and a bridge from a source that costs nothing reaches 63,000/s into the same "
     "Mosquitto.",
     "- Where the CPU goes (the CPU table): a bridge does the work of one side's command and half of the "
-    "other's, and both brokers work at once, on the same CPUs. In the run of 2026-12-05 07:05 (3 rounds), "
-    "`amqp publish -l` needed 1.71 CPU seconds per 100,000 (itself 0.76, RabbitMQ 0.95) and reached 0.75 of its "
-    "ceiling; MQTT → AMQP needed 2.40 (the bridge 0.97, of which about half is pika's `basic_publish` and confirm "
-    "handling, as in `amqp publish -l`; RabbitMQ 0.95; Mosquitto 0.48 delivering the session's backlog) and "
-    "reached 0.69 of its ceiling: 0.67×. Even a bridge that cost nothing beyond `amqp publish -l`'s own work would "
-    "need 1.71 + 0.48 = 2.19 CPU seconds, and at the same share of its ceiling reach 1.71 ÷ 2.19 = 0.78×: on 2 "
-    "CPUs shared with both brokers, 0.8× in this direction needs the AMQP publish itself to cost less than "
-    "`amqp publish -l`'s, which the same code cannot. AMQP → MQTT (2.15, of which RabbitMQ delivering 0.72) "
-    "is at 1.71 ÷ 2.15 = 0.80× by the same measure: it met the target in that run (0.81×) and missed it in others "
-    "(0.78×); the rounds' ratios move by about ±0.05 on this machine. An AMQP publish "
-    "path of iotctl's own (as MQTT's fastsend.py) would take pika's share out of both `amqp publish -l` and the "
-    "bridge, raising the bar by as much. With the brokers on other machines (as in production) the ceilings "
-    "stop being shared.",
+    "other's, and both brokers work at once, on the same 2 CPUs. In the run of 2026-12-05 09:35, MQTT → AMQP "
+    "needed 2.73 CPU seconds per 100,000 (the bridge 1.15, RabbitMQ 1.25, Mosquitto 0.33 delivering the "
+    "session's backlog) against `amqp publish -l`'s 2.33, and both reached the same share of their 2-CPU "
+    "ceilings (0.76 and 0.77), so the ratio is what the CPU sums allow: 2.33 ÷ 2.73 = 0.85×. Until the MQTT "
+    "source named its receive maximum the bridge reached only 0.69 of its ceiling (0.67×): it waited, not "
+    "computed, since Mosquitto let it have 20 messages per confirm round trip. (The 07:05 note here concluded "
+    "that 0.8× could not be reached on 2 CPUs; it took that 0.69 to be the best share a bridge could reach.) "
+    "The rounds' ratios move by about ±0.05 on this machine. With the brokers on other machines (as in "
+    "production) the ceilings stop being shared.",
+    "- Since the run of 2026-12-05 07:25 (MQTT → AMQP 0.68×): the MQTT source names its receive maximum "
+    "(1,000; Mosquitto sends a client that names none 20 at a time, so the bridge, which acknowledges a message "
+    "only once RabbitMQ confirmed it, waited a confirm round trip every 20 messages: 0.63× → 0.76× in one "
+    "session, the same code otherwise); the session's backlog, which Mosquitto sends before the SUBACK, is read by "
+    "iotctl's reader instead of paho's (about 20 µs a message there); a confirmed batch's latencies are recorded "
+    "per arrival time (one a source read) and a plain MQTT message finds at once that nothing of it crosses into "
+    "AMQP properties. The bridge's CPU for 100,000 went from 1.28 to about 1.21 s in that session.",
     "- Memory: the peak is reached within the first tens of thousands of messages — the window (1,000), what is "
     "taken from the source and waits for room, and what the source delivers ahead (a queue's prefetch of 1,000; "
     "an MQTT session's burst: one read of up to 64 KiB) — and then stays; it does not grow with the number "
@@ -440,8 +443,9 @@ def section(args, rates: dict, mem: dict, took: float, info: dict) -> str:
         "",
         "- Rate = N ÷ the wall time of the process (start-up, connecting and the last confirmation included). "
         "Each bridge takes the N messages its side's publisher just left (the MQTT session's backlog, the "
-        "queue), with its defaults (`--max-inflight 1000`, the AMQP source's prefetch, the MQTT sink's window, "
-        "the broker's receive maximum: 20 for this Mosquitto); stdout is not used (`-o` off).",
+        "queue), with its defaults (`--max-inflight 1000`, the AMQP source's prefetch of 1,000, the MQTT source's "
+        "receive maximum of 1,000, the MQTT sink's window: the broker's receive maximum, 20 for this Mosquitto); "
+        "stdout is not used (`-o` off).",
         "- Counted every run: the MQTT → AMQP queue held exactly N and the source session nothing more; the "
         "AMQP → MQTT queue was left empty and the target session held exactly N distinct messages (read back "
         "with `iotctl mqtt sub --idle-timeout 2`; not `mosquitto_sub -C N`, which at QoS 1 leaves thousands of its "
