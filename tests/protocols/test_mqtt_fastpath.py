@@ -242,13 +242,17 @@ def test_a_refusing_suback_is_one_line_after_a_backlog(version, code, exit_code,
     assert r.stdout == b""
 
 
-def test_a_suback_behind_a_long_backlog_is_still_checked():
+READERS = {"fast path": {}, "paho": {"IOTCTL_MQTT_PAHO_RECEIVE": "1"}}  # paho: also over websockets
+
+
+@pytest.mark.parametrize("reader", READERS)
+def test_a_suback_behind_a_long_backlog_is_still_checked(reader):
     """Past 2,048 messages before the SUBACK the subscriber hands them on (they are the
     resumed session's); a refusal behind them is still one line and exit 4."""
     broker = Backlog(7000, codes=b"\x87")
     r = subprocess.run([sys.executable, "-m", "iotctl", "mqtt", "sub", "-h", "127.0.0.1", "-p", str(broker.port),
                         "-t", "t", "-q", "1", "-i", "resumed", "--no-clean-start", "-W", "20"],
-                       capture_output=True, env=clean_env(), timeout=60)
+                       capture_output=True, env=clean_env(**READERS[reader]), timeout=60)
     assert r.returncode == 4, r.stderr
     lines = r.stderr.decode().splitlines()
     assert lines[-1] == "iotctl: error: cannot subscribe to 't': broker refused: Not authorized", lines
@@ -257,7 +261,8 @@ def test_a_suback_behind_a_long_backlog_is_still_checked():
     assert printed == [f"m{i}" for i in range(len(printed))] and len(printed) >= 2048
 
 
-def test_memory_stays_bounded_however_much_comes_before_the_suback():
+@pytest.mark.parametrize("reader", READERS)
+def test_memory_stays_bounded_however_much_comes_before_the_suback(reader):
     """A broker that sends a resumed session its whole queue before the SUBACK (as
     Mosquitto 2.0.11 does): the peak does not grow with the queue (it held them all)."""
     from tests.helpers import PEAK_RSS_PROGRAM
@@ -267,7 +272,8 @@ def test_memory_stays_bounded_however_much_comes_before_the_suback():
         broker = Backlog(n)
         r = subprocess.run([sys.executable, "-c", PEAK_RSS_PROGRAM, "mqtt", "sub", "-h", "127.0.0.1", "-p",
                             str(broker.port), "-t", "t", "-q", "1", "-i", "resumed", "--no-clean-start", "-C", str(n),
-                            "-W", "60", "-o", "raw"], capture_output=True, env=clean_env(), timeout=120)
+                            "-W", "60", "-o", "raw"], capture_output=True, env=clean_env(**READERS[reader]),
+                           timeout=120)
         assert r.returncode == 0, r.stderr
         assert r.stdout.count(b"\n") == n and broker.pubacks == n
         peaks[n] = int(r.stderr.decode().split("peak-rss-kib ")[1].split()[0])

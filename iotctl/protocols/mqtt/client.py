@@ -690,16 +690,22 @@ class Session:
 
     # ------------------------------------------------------------------ subscribing
 
-    def subscribe(self, subs: list[Subscription], timeout: float) -> None:
+    def subscribe(self, subs: list[Subscription], timeout: float, hold: int | None = None) -> int | None:
+        """SUBSCRIBE and wait for the SUBACK. With `hold`, stop waiting once that many
+        messages came before it (a resumed session's backlog): their packet id is
+        returned, and the caller checks `suback(mid)` as it reads on (check_suback)."""
         mid = self.subscribe_request(subs)
 
         def step(wait: float) -> None:
             if not self._pump(wait):
                 raise self._lost("subscribe")
 
-        wait_until(lambda: mid in self._suback, step, timeout,
+        wait_until(lambda: mid in self._suback or (hold is not None and len(self._batch) >= hold), step, timeout,
                    lambda: TimeoutError_("subscribe", f"no SUBACK within {timeout:g} s"), slice_=30.0)
+        if mid not in self._suback:
+            return mid
         self.check_suback(subs, self._suback.pop(mid))
+        return None
 
     def check_suback(self, subs: list[Subscription], codes) -> None:
         """Exit 4 or 6 for a filter the SUBACK refused (`codes`: paho's, or the bytes)."""
@@ -757,8 +763,11 @@ class Session:
                             return
                 yield batch
 
-    def _take(self) -> list[Message]:
+    def _take(self, limit: int | None = None) -> list[Message]:
         batch = self._batch
+        if limit is not None and len(batch) > limit:
+            self._batch = batch[limit:]
+            return batch[:limit]
         self._batch = []
         return batch
 
@@ -1032,11 +1041,11 @@ class Receiver(receive.Receiver):
             wait = 0.0
         if not session._pump(1.0 if wait is None else wait):
             if session._batch:
-                return session._take()
+                return session._take(EARLY_BATCH)
             raise session._lost("subscription")
         if not session._batch:
             return []
-        return self._cut(session._take())
+        return self._cut(session._take(EARLY_BATCH))
 
     def _cut(self, batch: list[Message]) -> list[Message]:
         """The batch up to the message `until` ends the stream at (that one left out)."""
@@ -1079,7 +1088,7 @@ class Subscriber(Receiver):
         return [s.topic_filter for s in self.subs]
 
     fast = None  # the FastReader once the subscription stands (not over websockets)
-    _suback_due = None  # (packet id, subscriptions) of a SUBACK that came behind a backlog
+    _suback_due = None  # (packet id, subscriptions) of a SUBACK still to come behind a backlog
 
     def open(self) -> None:
         self._suback_due = None
@@ -1095,7 +1104,9 @@ class Subscriber(Receiver):
             if fast is not None:
                 self._subscribe_fast(session, fast, subs)
             else:
-                session.subscribe(subs, self.cfg.connect_timeout)
+                due = session.subscribe(subs, self.cfg.connect_timeout, hold=EARLY_BATCH)
+                if due is not None:
+                    self._suback_due = (due, subs)
                 if self.retained_only:
                     session.publish_probe()
                     self.until = (lambda m: m.address == probe)
@@ -1157,13 +1168,17 @@ class Subscriber(Receiver):
     def poll(self, wait):
         fast = self.fast
         if fast is None:
-            return super().poll(wait)
+            batch = super().poll(wait)
+            due = self._suback_due
+            if due is not None and due[0] in self.session._suback:
+                self._suback_due = None
+                self.session.check_suback(due[1], self.session._suback.pop(due[0]))
+            return batch
         if self.ended:
             return None
         session = self.session
         if session._batch:  # read before the SUBACK (or by paho before the fast path took over)
-            batch = session._batch[:EARLY_BATCH]
-            del session._batch[:EARLY_BATCH]
+            batch = session._take(EARLY_BATCH)
         else:
             try:
                 batch = fast.poll(wait)
