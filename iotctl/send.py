@@ -331,12 +331,13 @@ class Result:
 
 
 def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: float = 10.0,
-        progress: bool = False, failed: str | None = None, verb: str = "sent") -> Result:
+        progress: bool = False, failed: str | None = None, verb: str = "sent", report: bool = True) -> Result:
     """Send every item; return once all are acknowledged (or refused: then raise the
     sender's refusal error). `timeout`: give up (exit 5) when no acknowledgement
     arrives for that long while one is awaited. On an early stop (an error, the
     timeout, Ctrl-C) the error says how many were sent, acknowledged and not sent, and
-    `failed` receives every message not acknowledged."""
+    `failed` receives every message not acknowledged. `report=False`: one request with
+    nothing of the user's in it (`http get URL`): its error alone, as `coap get` says it."""
     from iotctl.output.console import progress as make_progress
 
     window = Window(sender, timeout, what)
@@ -397,6 +398,14 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
                 raise  # nothing was sent: no send report
             if isinstance(exc, OutputFailed) and sent == 1 and failed is None and not window.refused:
                 raise  # one request whose answer could not be printed: nothing else to account for
+            if not report and failed is None:
+                if isinstance(exc, KeyboardInterrupt):
+                    from iotctl.errors import Interrupted
+
+                    raise Interrupted(f"{what} interrupted") from None
+                if isinstance(exc, ConnectionLost) and window.refused:
+                    raise sender.refusal({i: reason for i, (_, reason) in enumerate(window.refused)}) from None
+                raise
             if isinstance(exc, ConnectionLost) and window.refused:
                 # the peer refused, then closed the connection (STOMP's ERROR): the refusal is the outcome
                 exc = sender.refusal({i: reason for i, (_, reason) in enumerate(window.refused)})
@@ -417,6 +426,8 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
     if window.refused:
         reasons = {i: reason for i, (_, reason) in enumerate(window.refused)}
         error = sender.refusal(reasons)
+        if not report and failed is None:
+            raise error
         unsent = [out] if out is not None and out is not IDLE else []  # taken from the input, not sent
         note = _stopped(sender, sent, acknowledged, window, unsent, items, failed)
         error.why = f"{error.why}; {note}" if error.why else note

@@ -143,3 +143,36 @@ def test_a_full_disk_is_one_line_and_exit_1_both_ways(peer, express):
         r = subprocess.run([sys.executable, "-m", "iotctl", "http", "get", f"{B}/hello"], stdout=full,
                            stderr=subprocess.PIPE, env=env, timeout=60)
     assert (r.returncode, r.stderr) == (1, b"iotctl: error: cannot write output: no space left on device\n")
+
+
+@pytest.mark.parametrize("args, line", [
+    ((f"{B}/status/404",), f"iotctl: error: GET {B}/status/404: 404 Not Found: status 404: no such thing"),
+    ((f"{B}/slow", "-W", "1"), f"iotctl: error: GET {B}/slow: no complete response within 1 s"),
+])
+def test_one_get_failing_is_its_error_alone_both_ways(peer, args, line):
+    """`http get URL` is one request with nothing of the user's to keep: no send report
+    (`sent 1, acknowledged 0 (--failed FILE ...)`), as `coap get` says it."""
+    peer("nginx")
+    for code, out, err in both(*args):
+        assert err.decode().splitlines() == [line], err
+
+
+def test_one_get_interrupted_is_one_line_both_ways():
+    import signal
+
+    from tests.helpers import wait_until
+
+    fake = Fake(None)
+    try:
+        for env in ({}, {"IOTCTL_EXPRESS": "0"}):
+            before = fake.requests
+            url = f"http://127.0.0.1:{fake.port}/x"
+            proc = subprocess.Popen([sys.executable, "-m", "iotctl", "http", "get", url],
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=clean_env(**env))
+            wait_until(lambda: fake.requests > before, 20, "the request")
+            proc.send_signal(signal.SIGINT)
+            out, err = proc.communicate(timeout=30)
+            assert proc.returncode == 130, (env, err)
+            assert err.decode().strip().splitlines() == [f"iotctl: error: GET {url} interrupted"]
+    finally:
+        fake.stop()

@@ -190,8 +190,9 @@ def _run_requests(method, url, cfg, payload, sending, json_, content_type, inclu
         items = _empty_requests(sending)
     what = f"{method or 'POST'} {requester.url.shown if requester.url else 'http'}"
     with requester:
+        # one request with no body of the user's (`http get URL`): its error is the whole story
         send.run(requester, items, what, cfg.timeout + 5, progress=payload.streaming, failed=sending.failed,
-                 verb="requesting")
+                 verb="requesting", report=bool(given) or sending.repeat > 1)
 
 
 def _at_the_url(items):

@@ -27,7 +27,6 @@ OPTIONS = Options({
 MAX_SIZE = 16 << 20  # the normal path's --max-size default
 MAX_HEAD = 64 * 1024
 CONNECT_CAP = 30.0  # the normal path connects within min(-W, 30 s)
-NOTE = "sent 1, acknowledged 0, refused 1 (--failed FILE keeps what was not acknowledged)"
 
 
 class _Give(Exception):
@@ -69,7 +68,7 @@ def get(argv: list[str]) -> int | None:
         return None
     except KeyboardInterrupt:
         sys.stderr.write("\n")
-        error(f"GET {url.shown} interrupted", "sent 1, acknowledged 0 (--failed FILE keeps what was not acknowledged)")
+        error(f"GET {url.shown} interrupted")
         return 130
 
 
@@ -110,14 +109,13 @@ def _run(url, head: bytes, timeout: float, quiet: bool, fields) -> int:
             sock.sendall(head)
             status_code, reason, headers, body = _response(sock, deadline)
         except socket.timeout:
-            error(f"GET {url.shown}", f"no complete response within {timeout:g} s; "
-                                      "sent 1, acknowledged 0 (--failed FILE keeps what was not acknowledged)")
+            error(f"GET {url.shown}", f"no complete response within {timeout:g} s")
             return 5
         except OSError:
             raise _Give() from None
     if status_code >= 400:
         code, why, hint = fields.refusal_text(status_code, reason, body)
-        error(f"GET {url.shown}", f"{why}; {NOTE}", hint)
+        error(f"GET {url.shown}", why, hint)
         return code
     if 300 <= status_code and not quiet:
         location = fields.header(headers, "location")
