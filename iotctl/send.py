@@ -398,17 +398,15 @@ def run(sender: Sender, items: Iterable[Message], what: str = "send", timeout: f
                 raise  # nothing was sent: no send report
             if isinstance(exc, OutputFailed) and sent == 1 and failed is None and not window.refused:
                 raise  # one request whose answer could not be printed: nothing else to account for
-            if not report and failed is None:
+            if isinstance(exc, ConnectionLost) and window.refused:
+                # the peer refused, then closed the connection (STOMP's ERROR): the refusal is the outcome
+                exc = sender.refusal({i: reason for i, (_, reason) in enumerate(window.refused)})
+            if not report and failed is None:  # one request of nothing the user gave: its error alone
                 if isinstance(exc, KeyboardInterrupt):
                     from iotctl.errors import Interrupted
 
                     raise Interrupted(f"{what} interrupted") from None
-                if isinstance(exc, ConnectionLost) and window.refused:
-                    raise sender.refusal({i: reason for i, (_, reason) in enumerate(window.refused)}) from None
-                raise
-            if isinstance(exc, ConnectionLost) and window.refused:
-                # the peer refused, then closed the connection (STOMP's ERROR): the refusal is the outcome
-                exc = sender.refusal({i: reason for i, (_, reason) in enumerate(window.refused)})
+                raise exc
             acknowledged = window.acknowledged if counted else sent - len(inflight)
             unsent = [out] if out is not None and out is not IDLE else []
             note = _stopped(sender, sent, acknowledged, window, unsent, items, failed)
