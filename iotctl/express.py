@@ -155,9 +155,7 @@ def emit(data: bytes) -> int:
     written (a full disk) the error line and 1, as on the normal path."""
     out = sys.stdout.buffer
     try:
-        n = out.write(data)
-        if n < len(data):
-            write_rest(out, data, n)
+        write_whole(out, data)
         out.flush()
     except BrokenPipeError:
         quiet_stdout()
@@ -172,9 +170,13 @@ def os_reason(exc: OSError) -> str:
     return (os.strerror(exc.errno) if exc.errno else str(exc)).lower()
 
 
-def write_rest(stream, data, done: int) -> None:
-    """What a short write() left of `data` (from `done` on)."""
-    view = memoryview(data)[done:]
+def write_whole(stream, data) -> None:
+    """stream.write(data), then what a short write left of it (output.writers.Whole says
+    when CPython makes one)."""
+    n = stream.write(data)
+    if n is None or n >= len(data):
+        return
+    view = memoryview(data)[n:]
     while view:
         n = stream.write(view)
         if n is None:  # a non-blocking stream that is full

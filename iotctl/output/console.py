@@ -39,15 +39,11 @@ class _WholeText:
         self.stream = stream
 
     def write(self, text: str) -> int:
-        from iotctl.express import write_rest
+        from iotctl.express import write_whole
 
         stream = self.stream
         stream.flush()  # what was written through sys.stdout itself goes first
-        data = text.encode(stream.encoding or "utf-8", stream.errors or "strict")
-        buffer = stream.buffer
-        n = buffer.write(data)
-        if n is not None and n < len(data):
-            write_rest(buffer, data, n)
+        write_whole(stream.buffer, text.encode(stream.encoding or "utf-8", stream.errors or "strict"))
         return len(text)
 
     def flush(self) -> None:

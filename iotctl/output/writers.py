@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import IO
 
 from iotctl.errors import OutputClosed
-from iotctl.express import os_reason, quiet_stdout as _quiet_broken_pipe, write_rest  # noqa: F401  (re-exported)
+from iotctl.express import os_reason, quiet_stdout as _quiet_broken_pipe, write_whole  # noqa: F401  (re-exported)
 from iotctl.message import Message
 
 
@@ -30,9 +30,7 @@ class Whole:
 
     def write(self, data) -> int:
         try:
-            n = self.stream.write(data)
-            if n is not None and n < len(data):
-                write_rest(self.stream, data, n)
+            write_whole(self.stream, data)
         except BrokenPipeError:
             _quiet_broken_pipe()
             raise OutputClosed() from None
